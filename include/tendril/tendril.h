@@ -1,0 +1,5 @@
+/* Umbrella header: everything public in Tendril. */
+#ifndef TENDRIL_TENDRIL_H
+#define TENDRIL_TENDRIL_H
+#include <tendril/te.h>
+#endif

@@ -1,0 +1,1 @@
+"""Tendril: RDMA point-to-point communication for LLM systems (Python API)."""
