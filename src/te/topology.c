@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <sched.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -170,7 +171,8 @@ static int list_dir(const char *path, names *out)
         names_free(out);
         return rc;
     }
-    qsort(out->v, out->n, sizeof *out->v, name_cmp);
+    if (out->n > 1)
+        qsort(out->v, out->n, sizeof *out->v, name_cmp);
     return 0;
 }
 
@@ -445,7 +447,7 @@ static int find_gpus(ctx *c)
         c->gpus[c->n_gpus++] = g;
     }
     names_free(&ns);
-    if (rc == 0)
+    if (rc == 0 && c->n_gpus > 1)
         qsort(c->gpus, c->n_gpus, sizeof *c->gpus, gpu_cmp);
     return rc;
 }
@@ -990,7 +992,8 @@ static int place_cpus(ctx *c, const cpumask *allowed, te_topo *t, te_topo_group 
             rc = -ENOMEM;
             break;
         }
-        memcpy(nc, o.cpu, o.n * sizeof *nc);
+        if (o.n)
+            memcpy(nc, o.cpu, o.n * sizeof *nc);
         numa[ni].cpus = nc;
         size_t k = 0, gi = 0;
         for (size_t g = 0; g < c->n_gpus; g++)
@@ -1035,7 +1038,8 @@ static int place_cpus(ctx *c, const cpumask *allowed, te_topo *t, te_topo_group 
             rc = -ENOMEM;
             break;
         }
-        memcpy(gc, t->cpus, t->n_cpus * sizeof *gc);
+        if (t->n_cpus)
+            memcpy(gc, t->cpus, t->n_cpus * sizeof *gc);
         groups[g].cpus = gc;
         groups[g].n_cpus = t->n_cpus;
         groups[g].cpus_remote = true;
@@ -1175,7 +1179,8 @@ int te_topo_detect(const te_topo_options *opt_in, te_topo **out)
     if ((rc = find_gpus(&c)) != 0 || (rc = find_rdma_nics(&c)) != 0 ||
         (rc = find_net_nics(&c, &opt)) != 0)
         goto fail;
-    qsort(c.nics, c.n_nics, sizeof *c.nics, nic_cmp);
+    if (c.n_nics > 1)
+        qsort(c.nics, c.n_nics, sizeof *c.nics, nic_cmp);
 
     for (size_t g = 0; g < c.n_gpus; g++)
         if (c.gpus[g].d.numa < 0)
