@@ -127,7 +127,8 @@ void te_topo_options_init(te_topo_options *opt);
 
 /* Detects the topology. opt may be NULL (defaults). Files missing from the tree are
  * tolerated (a partial tree yields a partial answer); fails only with -EINVAL for a bad
- * option (message names it), -ENOENT when nothing under sysfs_root can be read, -ENOMEM.
+ * option (message names it), -ENOENT when nothing under sysfs_root can be read, -ENOMEM,
+ * or the error of sched_getaffinity() when opt->cpuset is NULL.
  * On success *out must be released with te_topo_free. */
 int te_topo_detect(const te_topo_options *opt, te_topo **out);
 
