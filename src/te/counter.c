@@ -1,0 +1,68 @@
+/* Completion counters: bumped by workers directly, waited on by anyone. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/notify.h"
+#include "te/engine_internal.h"
+
+struct te_counter {
+    _Atomic uint64_t done;
+    _Atomic uint64_t errors;
+    te_notify wake;
+};
+
+int te_counter_create(te_counter **out)
+{
+    te_err_clear();
+    if (!out) return te_err(-EINVAL, "te_counter_create: out is NULL");
+    te_counter *c = calloc(1, sizeof *c);
+    if (!c) return te_err(-ENOMEM, "te_counter_create: out of memory");
+    te_notify_init(&c->wake);
+    *out = c;
+    return 0;
+}
+
+void te_counter_destroy(te_counter *c) { free(c); }
+
+uint64_t te_counter_done(const te_counter *c)
+{
+    return c ? atomic_load(&((te_counter *)c)->done) : 0;
+}
+
+uint64_t te_counter_errors(const te_counter *c)
+{
+    return c ? atomic_load(&((te_counter *)c)->errors) : 0;
+}
+
+void te_counter_bump_internal(te_counter *c, bool failed)
+{
+    /* errors first, so a waiter that sees `done` also sees the error it includes */
+    if (failed) atomic_fetch_add_explicit(&c->errors, 1, memory_order_release);
+    atomic_fetch_add_explicit(&c->done, 1, memory_order_release);
+    te_notify_wake(&c->wake);
+}
+
+int te_counter_wait(te_counter *c, uint64_t target, int timeout_ms)
+{
+    te_err_clear();
+    if (!c) return te_err(-EINVAL, "te_counter_wait: counter is NULL");
+    uint64_t deadline = te_deadline_ms(timeout_ms);
+    for (int spin = 0;; spin++) {
+        if (atomic_load_explicit(&c->done, memory_order_acquire) >= target) return 0;
+        uint64_t now = te_now_ns();
+        if (now >= deadline)
+            return te_err(-ETIMEDOUT, "te_counter_wait: %llu of %llu operations done after %d ms",
+                          (unsigned long long)atomic_load(&c->done), (unsigned long long)target,
+                          timeout_ms);
+        if (spin < 200) continue;
+        uint32_t t = te_notify_prepare(&c->wake);
+        if (atomic_load(&c->done) >= target) {
+            te_notify_cancel(&c->wake);
+            return 0;
+        }
+        uint64_t left = deadline - now;
+        te_notify_wait(&c->wake, t, left < 10000000ull ? left : 10000000ull);
+    }
+}

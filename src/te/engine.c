@@ -1,0 +1,349 @@
+/* Engine lifecycle: configuration (with environment overrides), opening the NICs of
+ * every group, starting the worker and callback threads, and an orderly stop in which
+ * every pending operation completes with -ECANCELED. */
+#include <sched.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "te/engine_internal.h"
+
+#define DEFAULT_OP_TIMEOUT_MS 30000u
+#define DEFAULT_MAX_MSG 65536u
+
+void te_config_init(te_config *cfg)
+{
+    if (!cfg) return;
+    memset(cfg, 0, sizeof *cfg);
+    cfg->struct_size = sizeof *cfg;
+    cfg->provider = "auto";
+    for (int g = 0; g < TE_MAX_GROUPS; g++) {
+        cfg->groups[g].cuda_device = TE_DEVICE_HOST;
+        cfg->groups[g].worker_cpu = -1;
+    }
+}
+
+/* Engine-owned copies of the strings the config points at. */
+typedef struct cfg_strings {
+    char provider[64];
+    char nics[TE_MAX_GROUPS][TE_MAX_NICS][64];
+} cfg_strings;
+
+static int env_u32(const char *name, uint32_t *out)
+{
+    const char *s = getenv(name);
+    if (!s || !*s) return 0;
+    char *end;
+    unsigned long v = strtoul(s, &end, 10);
+    if (*end || v > UINT32_MAX) return te_err(-EINVAL, "%s=%s is not a number", name, s);
+    *out = (uint32_t)v;
+    return 1;
+}
+
+static int apply_env(te_config *c, cfg_strings *st)
+{
+    const char *s = getenv("TENDRIL_PROVIDER");
+    if (s && *s) c->provider = s;
+    if ((s = getenv("TENDRIL_NICS")) && *s) {
+        if (c->n_groups == 0) c->n_groups = 1;
+        uint32_t n = 0;
+        const char *p = s;
+        while (*p) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+            if (n == TE_MAX_NICS || len == 0 || len >= 64)
+                return te_err(-EINVAL, "TENDRIL_NICS=%s: give 1..%d comma-separated NIC names", s,
+                              TE_MAX_NICS);
+            memcpy(st->nics[0][n], p, len);
+            st->nics[0][n][len] = '\0';
+            c->groups[0].nics[n] = st->nics[0][n];
+            n++;
+            p = comma ? comma + 1 : p + len;
+        }
+        c->groups[0].n_nics = n;
+    }
+    uint32_t v;
+    int r;
+    if ((r = env_u32("TENDRIL_OP_TIMEOUT_MS", &v)) < 0) return r;
+    if (r) c->op_timeout_ms = v;
+    if ((r = env_u32("TENDRIL_BUSY_POLL", &v)) < 0) return r;
+    if (r) c->busy_poll = v != 0;
+    return 0;
+}
+
+int engine_enter(te_engine *e)
+{
+    atomic_fetch_add_explicit(&e->submitters, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&e->state, memory_order_seq_cst) != ENGINE_RUNNING) {
+        atomic_fetch_sub_explicit(&e->submitters, 1, memory_order_seq_cst);
+        return te_err(-ESHUTDOWN, "engine is stopped");
+    }
+    return 0;
+}
+
+void engine_leave(te_engine *e) { atomic_fetch_sub_explicit(&e->submitters, 1, memory_order_release); }
+
+te_group *engine_group_for_device(te_engine *e, int device, int *err)
+{
+    for (uint32_t g = 0; g < e->n_groups; g++)
+        if (e->groups[g]->cuda_device == device) return e->groups[g];
+    if (device == TE_DEVICE_HOST) return e->groups[0]; /* host memory: the main group */
+    *err = te_err(-ENODEV, "no group of this engine drives CUDA device %d", device);
+    return NULL;
+}
+
+static int open_group(te_engine *e, uint32_t gi, const te_group_config *gc)
+{
+    te_group *g = calloc(1, sizeof *g);
+    if (!g) return te_err(-ENOMEM, "out of memory");
+    e->groups[gi] = g;
+    g->e = e;
+    g->idx = gi;
+    g->cuda_device = gc->cuda_device;
+    g->worker_cpu = gc->worker_cpu;
+    g->n_nics = gc->n_nics ? gc->n_nics : 1;
+    if (g->n_nics > TE_MAX_NICS)
+        return te_err(-EINVAL, "group %u: %u NICs requested (1..%d)", gi, g->n_nics, TE_MAX_NICS);
+    if (gc->cuda_device < TE_DEVICE_HOST)
+        return te_err(-EINVAL, "group %u: cuda_device %d is invalid", gi, gc->cuda_device);
+
+    char listed[TE_MAX_NICS * 4][64];
+    int n_listed = -1;
+    const char *names[TE_MAX_NICS];
+    for (uint32_t k = 0; k < g->n_nics; k++) {
+        names[k] = gc->nics[k];
+        if (!names[k]) {
+            if (n_listed < 0) {
+                n_listed = tp_fabric_list_domains(e->provider, listed, TE_MAX_NICS * 4);
+                if (n_listed < 0) return n_listed;
+            }
+            if ((int)k >= n_listed)
+                return te_err(-ENODEV, "group %u: %u NICs requested but provider %s offers only %d",
+                              gi, g->n_nics, e->provider, n_listed);
+            names[k] = listed[k];
+        }
+        for (uint32_t j = 0; j < k; j++)
+            if (!strcmp(names[j], names[k]))
+                return te_err(-EINVAL, "group %u: NIC '%s' listed twice", gi, names[k]);
+    }
+    for (uint32_t k = 0; k < g->n_nics; k++) {
+        te_nic_state *n = &g->nic[k];
+        n->ops = &tp_fabric_ops;
+        tp_open_args a = {.provider = e->provider, .nic = names[k]};
+        int r = n->ops->open(&a, &n->tp);
+        if (r) return te_err(r, "group %u NIC %u: %s", gi, k, te_last_error());
+        n->ops->info(n->tp, &n->info);
+        n->ops->address(n->tp, &n->addr);
+        TE_LOGI("group %u NIC %u: %s on %s", gi, k, n->info.provider, n->info.name);
+    }
+    return 0;
+}
+
+static void close_nics(te_engine *e)
+{
+    recv_pool_close_mrs(e);
+    mr_close_all(e);
+    for (uint32_t gi = 0; gi < TE_MAX_GROUPS; gi++) {
+        te_group *g = e->groups[gi];
+        if (!g) continue;
+        for (uint32_t k = 0; k < g->n_nics; k++) {
+            te_nic_state *n = &g->nic[k];
+            if (n->tp) n->ops->close(n->tp);
+            n->tp = NULL;
+            for (int b = 0; b < PEER_CACHE_BUCKETS; b++) {
+                te_peer_cache_entry *x = n->peers[b];
+                while (x) {
+                    te_peer_cache_entry *nx = x->next;
+                    free(x);
+                    x = nx;
+                }
+                n->peers[b] = NULL;
+            }
+        }
+        worker_free_remaining(g);
+    }
+}
+
+static void free_engine(te_engine *e)
+{
+    recv_pool_free_all(e);
+    peer_group_free_all(e);
+    mr_free_all(e);
+    imm_table_destroy(&e->imm);
+    for (uint32_t gi = 0; gi < TE_MAX_GROUPS; gi++) free(e->groups[gi]);
+    pthread_mutex_destroy(&e->lists_lock);
+    free(e);
+}
+
+int te_engine_create(const te_config *user_cfg, te_engine **out)
+{
+    te_err_clear();
+    if (!out) return te_err(-EINVAL, "te_engine_create: out is NULL");
+    *out = NULL;
+    te_config cfg;
+    te_config_init(&cfg);
+    if (user_cfg) {
+        if (user_cfg->struct_size < offsetof(te_config, groups) || user_cfg->struct_size > sizeof cfg)
+            return te_err(-EINVAL, "te_engine_create: config struct_size %zu is not one this "
+                                   "library knows (expected %zu; call te_config_init first)",
+                          user_cfg->struct_size, sizeof cfg);
+        memcpy(&cfg, user_cfg, user_cfg->struct_size);
+    }
+    cfg_strings *st = calloc(1, sizeof *st);
+    if (!st) return te_err(-ENOMEM, "out of memory");
+    int r = apply_env(&cfg, st);
+    if (r) {
+        free(st);
+        return r;
+    }
+    if (cfg.n_groups > TE_MAX_GROUPS) {
+        free(st);
+        return te_err(-EINVAL, "te_engine_create: %u groups (at most %d)", cfg.n_groups, TE_MAX_GROUPS);
+    }
+    if (cfg.n_groups == 0) {
+        cfg.n_groups = 1;
+        cfg.groups[0].cuda_device = TE_DEVICE_HOST;
+        cfg.groups[0].worker_cpu = -1;
+    }
+    for (uint32_t a = 0; a < cfg.n_groups; a++)
+        for (uint32_t b = 0; b < a; b++)
+            if (cfg.groups[a].cuda_device == cfg.groups[b].cuda_device) {
+                free(st);
+                return te_err(-EINVAL, "te_engine_create: groups %u and %u both drive device %d", b, a,
+                              cfg.groups[a].cuda_device);
+            }
+
+    te_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        free(st);
+        return te_err(-ENOMEM, "out of memory");
+    }
+    pthread_mutex_init(&e->lists_lock, NULL);
+    if ((r = imm_table_init(&e->imm))) {
+        pthread_mutex_destroy(&e->lists_lock);
+        free(e);
+        free(st);
+        return te_err(r, "cannot initialise the immediate table");
+    }
+    atomic_init(&e->state, ENGINE_RUNNING);
+    atomic_init(&e->submitters, 0);
+    e->op_timeout_ms = cfg.op_timeout_ms ? cfg.op_timeout_ms : DEFAULT_OP_TIMEOUT_MS;
+    e->max_msg_size = cfg.max_msg_size ? cfg.max_msg_size : DEFAULT_MAX_MSG;
+    e->busy_poll = cfg.busy_poll;
+    e->n_groups = cfg.n_groups;
+
+    r = tp_fabric_pick_provider(cfg.provider, e->provider, sizeof e->provider);
+    for (uint32_t gi = 0; !r && gi < cfg.n_groups; gi++) r = open_group(e, gi, &cfg.groups[gi]);
+    free(st);
+    if (!r) r = callbacks_start(e);
+    for (uint32_t gi = 0; !r && gi < cfg.n_groups; gi++) r = worker_start(e->groups[gi]);
+    if (r) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", te_last_error());
+        atomic_store(&e->state, ENGINE_STOPPING);
+        for (uint32_t gi = 0; gi < cfg.n_groups; gi++)
+            if (e->groups[gi]) worker_join(e->groups[gi]);
+        callbacks_stop(e);
+        close_nics(e);
+        free_engine(e);
+        return te_err(r, "te_engine_create: %s", why);
+    }
+    *out = e;
+    return 0;
+}
+
+int te_engine_stop(te_engine *e)
+{
+    te_err_clear();
+    if (!e) return te_err(-EINVAL, "te_engine_stop: engine is NULL");
+    int running = ENGINE_RUNNING;
+    if (!atomic_compare_exchange_strong(&e->state, &running, ENGINE_STOPPING)) {
+        while (atomic_load(&e->state) != ENGINE_STOPPED) sched_yield(); /* a concurrent stop */
+        return 0;
+    }
+    while (atomic_load(&e->submitters) > 0) sched_yield(); /* submissions are short */
+    imm_wake_all(&e->imm);
+    for (uint32_t gi = 0; gi < e->n_groups; gi++) worker_join(e->groups[gi]);
+    close_nics(e);
+    callbacks_stop(e); /* runs every queued callback, the -ECANCELED ones included */
+    atomic_store(&e->state, ENGINE_STOPPED);
+    return 0;
+}
+
+void te_engine_destroy(te_engine *e)
+{
+    if (!e) return;
+    te_engine_stop(e);
+    free_engine(e);
+}
+
+/* ---------------------------------------------------------------- accessors --- */
+
+int te_nic_address(const te_engine *e, uint32_t group, uint32_t nic, te_addr *out)
+{
+    te_err_clear();
+    if (!e || !out) return te_err(-EINVAL, "te_nic_address: %s is NULL", e ? "out" : "engine");
+    if (group >= e->n_groups) return te_err(-EINVAL, "te_nic_address: no group %u", group);
+    if (nic >= e->groups[group]->n_nics)
+        return te_err(-EINVAL, "te_nic_address: group %u has no NIC %u", group, nic);
+    *out = e->groups[group]->nic[nic].addr;
+    return 0;
+}
+
+int te_main_address(const te_engine *e, te_addr *out) { return te_nic_address(e, 0, 0, out); }
+
+uint32_t te_num_groups(const te_engine *e) { return e ? e->n_groups : 0; }
+
+uint32_t te_group_nics(const te_engine *e, uint32_t group)
+{
+    return e && group < e->n_groups ? e->groups[group]->n_nics : 0;
+}
+
+uint32_t te_num_nics(const te_engine *e)
+{
+    uint32_t n = 0;
+    for (uint32_t g = 0; e && g < e->n_groups; g++) n += e->groups[g]->n_nics;
+    return n;
+}
+
+const char *te_provider_name(const te_engine *e)
+{
+    return e && e->groups[0] ? e->groups[0]->nic[0].info.provider : "";
+}
+
+const char *te_nic_name(const te_engine *e, uint32_t group, uint32_t nic)
+{
+    if (!e || group >= e->n_groups || nic >= e->groups[group]->n_nics) return NULL;
+    return e->groups[group]->nic[nic].info.name;
+}
+
+uint64_t te_link_speed(const te_engine *e)
+{
+    uint64_t s = 0;
+    for (uint32_t g = 0; e && g < e->n_groups; g++)
+        for (uint32_t k = 0; k < e->groups[g]->n_nics; k++) s += e->groups[g]->nic[k].info.link_speed;
+    return s;
+}
+
+int te_nic_stats_get(const te_engine *e, uint32_t group, uint32_t nic, te_nic_stats *out)
+{
+    te_err_clear();
+    if (!e || !out) return te_err(-EINVAL, "te_nic_stats_get: %s is NULL", e ? "out" : "engine");
+    if (group >= e->n_groups || nic >= e->groups[group]->n_nics)
+        return te_err(-EINVAL, "te_nic_stats_get: no NIC %u in group %u", nic, group);
+    te_nic_state *n = &((te_engine *)e)->groups[group]->nic[nic];
+#define LD(f) atomic_load_explicit(&n->f, memory_order_relaxed)
+    out->write_ops = LD(st_write_ops);
+    out->write_bytes = LD(st_write_bytes);
+    out->send_ops = LD(st_send_ops);
+    out->send_bytes = LD(st_send_bytes);
+    out->recv_ops = LD(st_recv_ops);
+    out->recv_bytes = LD(st_recv_bytes);
+    out->imms_received = LD(st_imms);
+    out->errors = LD(st_errors);
+#undef LD
+    return 0;
+}

@@ -1,0 +1,266 @@
+/* Internal structures of the TransferEngine, shared by the files of src/te/.
+ *
+ * Ownership in one picture:
+ *   te_engine ── groups[g] ── nic[k] (one transport NIC each, worker-owned state)
+ *             ├─ callback thread + event queue (user callbacks never run on a worker)
+ *             ├─ imm table (imm.c)
+ *             └─ lists of MRs, pools, counters for teardown
+ * An operation (te_op) is built and validated by the submitting thread, pushed on its
+ * group's lock-free queue, and from then on touched only by that group's worker. */
+#ifndef TENDRIL_TE_ENGINE_INTERNAL_H
+#define TENDRIL_TE_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/mpsc.h"
+#include "core/notify.h"
+#include "te/imm.h"
+#include "tendril/te.h"
+#include "transport/backend.h"
+
+enum op_kind { OP_WRITE = 1, OP_PAGED, OP_SCATTER, OP_IMM, OP_BARRIER, OP_SEND };
+
+/* Context tags in the low bits of a work request's context pointer, so completions
+ * (including error completions) are classified without trusting provider opcodes. */
+enum ctx_tag { CTX_PORTION = 0, CTX_RECV = 1, CTX_MASK = 3 };
+
+struct te_op;
+
+/* The part of an operation that one NIC executes: work requests [0, count) of the
+ * operation's index space for this NIC (domain_group.c defines the index spaces). */
+typedef struct te_portion {
+    struct te_op *op;
+    uint32_t nic;
+    uint32_t first;   /* first index in the operation's index space */
+    uint32_t count;   /* work requests to post; lowered to `posted` on error/timeout */
+    uint32_t posted;
+    uint32_t done;
+    bool queued;      /* on the NIC's active list */
+    struct te_portion *next_active;
+} te_portion;
+
+typedef struct te_target {
+    te_mr_desc dst;
+    uint64_t len, src_offset, dst_offset;
+} te_target;
+
+typedef struct te_op {
+    mpsc_node qnode;
+    uint8_t kind;
+    bool has_imm;
+    bool finished;      /* user completion delivered */
+    bool started;       /* worker has planned it */
+    uint32_t imm;
+    int status;         /* first error */
+    char msg[192];
+    te_completion comp;
+    uint64_t deadline_ns;
+    uint32_t group;
+    te_mr *src;         /* reference held while in flight */
+    uint32_t n_portions;
+    te_portion portion[TE_MAX_NICS];
+    tp_peer peer[TE_MAX_NICS];  /* resolved destination per NIC (single-destination ops) */
+    struct te_op *prev, *next;  /* worker's in-flight list */
+    union {
+        struct { uint64_t src_off, dst_off, len, shard; uint32_t shards; te_route route; } w;
+        struct { te_pages *sp, *dp; uint64_t len, s_stride, s_off, d_stride, d_off; uint32_t chunk; } p;
+        struct { te_target *t; size_t n; te_peer_group *pg; te_scatter_kind kind; uint32_t nic;
+                 tp_peer *peers; /* n x N resolved, worker-filled */ } s;
+        struct { te_mr_desc *dsts; size_t n; te_route route; tp_peer *peers; } b;
+        struct { void *buf; size_t len; te_addr to; tp_mr mr; bool mr_held; } send;
+    } u;
+    te_mr_desc dst; /* OP_WRITE, OP_PAGED, OP_IMM */
+} te_op;
+
+typedef struct te_peer_cache_entry {
+    te_addr addr;
+    tp_peer peer;
+    struct te_peer_cache_entry *next;
+} te_peer_cache_entry;
+
+#define PEER_CACHE_BUCKETS 256
+
+/* Statistics have one writer (the worker): a relaxed load+store avoids a locked RMW. */
+#define STAT_ADD(field, v)                                                                     \
+    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (v), \
+                          memory_order_relaxed)
+
+typedef struct te_nic_state {
+    const tp_ops *ops;
+    tp_nic *tp;
+    tp_nic_info info;
+    te_addr addr;
+    te_portion *active_head, *active_tail; /* portions with work requests left to post */
+    te_peer_cache_entry *peers[PEER_CACHE_BUCKETS];
+    uint64_t outstanding;                  /* posted, not completed */
+    bool failed;                           /* poll reported the NIC unusable */
+    _Atomic uint64_t st_write_ops, st_write_bytes, st_send_ops, st_send_bytes;
+    _Atomic uint64_t st_recv_ops, st_recv_bytes, st_imms, st_errors;
+} te_nic_state;
+
+typedef struct te_recv_slot {
+    struct te_recv_pool *pool;
+    uint8_t *buf;
+    bool posted;
+} te_recv_slot;
+
+struct te_recv_pool {
+    te_engine *e;
+    size_t msg_size;
+    uint32_t count;
+    te_recv_fn on_recv;
+    te_done_fn on_error;
+    void *arg;
+    uint8_t *mem;
+    tp_mr mr;
+    te_recv_slot *slots;
+    _Atomic uint32_t posted;   /* slots currently posted */
+    _Atomic bool closing;
+    struct te_recv_pool *next; /* engine list */
+};
+
+enum ctl_kind { CTL_POOL_POST = 1, CTL_POOL_CANCEL, CTL_PEER_GROUP };
+
+typedef struct te_ctl {
+    mpsc_node qnode;
+    int kind;
+    void *obj;
+    _Atomic int done;     /* set by the worker; 1 + result code stored in `result` */
+    int result;
+    te_notify *wake;      /* notified when done */
+} te_ctl;
+
+typedef struct te_group {
+    te_engine *e;
+    uint32_t idx;
+    int cuda_device;
+    int worker_cpu;
+    uint32_t n_nics;
+    te_nic_state nic[TE_MAX_NICS];
+    pthread_t thread;
+    bool thread_started;
+    mpsc_queue subq;
+    mpsc_queue ctlq;
+    te_notify wake;      /* submitters wake a sleeping worker */
+    te_notify ctl_done;  /* the worker wakes control callers */
+    _Atomic bool stop;
+    uint32_t rr;         /* round-robin NIC cursor (worker-owned) */
+    te_op *inflight_head;
+    uint64_t next_timeout_check;
+} te_group;
+
+typedef struct te_cb_event te_cb_event;
+
+enum engine_state { ENGINE_RUNNING = 0, ENGINE_STOPPING, ENGINE_STOPPED };
+
+struct te_engine {
+    char provider[64];
+    uint32_t op_timeout_ms;
+    uint32_t max_msg_size;
+    bool busy_poll;
+    uint32_t n_groups;
+    te_group *groups[TE_MAX_GROUPS];
+    _Atomic int state;
+    _Atomic int submitters;   /* threads inside a submission call */
+
+    /* callback thread */
+    pthread_t cb_thread;
+    bool cb_started;
+    mpsc_queue cbq;
+    te_notify cb_wake;
+    _Atomic bool cb_stop;
+    _Atomic uint64_t cb_seq_done; /* events fully handled, for fences */
+    _Atomic uint64_t cb_seq_sent;
+    te_notify cb_fence;
+
+    te_imm_table imm;
+
+    pthread_mutex_t lists_lock; /* mrs, pools, peer groups */
+    struct te_mr *mrs;
+    struct te_recv_pool *pools;
+    struct te_peer_group *peer_groups;
+};
+
+struct te_mr {
+    te_engine *e;
+    uint32_t group;
+    void *ptr;
+    size_t len;
+    int device;
+    unsigned flags;
+    uint32_t n_nics;
+    tp_mr nic[TE_MAX_NICS];
+    _Atomic int64_t inflight;
+    bool dead;             /* engine stopped: transport MRs already closed */
+    struct te_mr *prev, *next;
+};
+
+struct te_pages {
+    _Atomic uint32_t refs;
+    size_t n;
+    uint32_t idx[];
+};
+
+struct te_peer_group {
+    te_engine *e;
+    uint32_t group;
+    size_t n;
+    te_mr_desc *peers;
+    tp_peer *resolved;  /* n x N, filled by the worker */
+    struct te_peer_group *next;
+};
+
+/* ---- engine.c ---- */
+int engine_enter(te_engine *e);   /* 0 or -ESHUTDOWN; pairs with engine_leave */
+void engine_leave(te_engine *e);
+te_group *engine_group_for_device(te_engine *e, int device, int *err);
+
+/* ---- worker.c ---- */
+int worker_start(te_group *g);
+void worker_join(te_group *g);
+void worker_submit(te_group *g, te_op *op);
+int worker_control(te_group *g, int kind, void *obj, int timeout_ms);
+void op_free(te_op *op);
+void worker_free_remaining(te_group *g);
+
+/* ---- pages.c ---- */
+void te_pages_retain_internal(te_pages *p);
+
+/* ---- counter.c ---- */
+void te_counter_bump_internal(te_counter *c, bool failed);
+
+/* ---- domain_group.c: the sharding rules ---- */
+int dg_plan(te_group *g, te_op *op, char *msg, size_t msg_cap);
+void dg_build(te_group *g, te_portion *p, uint32_t j, tp_write *w);
+int dg_resolve(te_group *g, uint32_t nic, const te_addr *addr, tp_peer *out);
+
+/* ---- callbacks.c ---- */
+int callbacks_start(te_engine *e);
+void callbacks_stop(te_engine *e);
+void cb_post_done(te_engine *e, te_done_fn fn, void *arg, int status, const char *msg);
+void cb_post_imm(te_engine *e, uint32_t imm);
+void cb_post_reached(te_engine *e, uint32_t imm, uint64_t gen);
+void cb_post_recv(te_engine *e, te_recv_pool *p, const void *data, size_t len, int status,
+                  const char *msg);
+/* Waits until every event queued before this call has been handled. */
+int cb_fence(te_engine *e, int timeout_ms);
+
+/* ---- mr.c ---- */
+void mr_close_all(te_engine *e);  /* at stop: close transport MRs */
+void mr_free_all(te_engine *e);   /* at destroy */
+
+/* ---- recv_pool.c ---- */
+void recv_pool_on_event(te_group *g, te_nic_state *n, const tp_event *ev);
+void recv_pool_worker_post(te_group *g, te_recv_pool *p);
+void recv_pool_worker_cancel(te_group *g, te_recv_pool *p);
+void recv_pool_free_all(te_engine *e);
+void recv_pool_close_mrs(te_engine *e);
+
+/* ---- peer_group.c ---- */
+int peer_group_worker_resolve(te_group *g, te_peer_group *pg);
+void peer_group_free_all(te_engine *e);
+
+#endif

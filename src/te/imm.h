@@ -1,0 +1,61 @@
+/* Immediate-data accounting (ImmCounter family). One table per engine, shared by all
+ * groups' workers: imm value -> expectation (callback when `expected` arrived) or
+ * pollable counter. Arrivals never assume order; unmatched values go to the engine's
+ * immediate callback. */
+#ifndef TENDRIL_TE_IMM_H
+#define TENDRIL_TE_IMM_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "core/notify.h"
+#include "tendril/te.h"
+
+#define IMM_BUCKETS 1024
+
+enum imm_kind { IMM_EXPECT = 1, IMM_COUNTER = 2 };
+
+typedef struct te_imm_entry {
+    uint32_t imm;
+    uint64_t gen;              /* identifies this arming across replacement */
+    int kind;
+    _Atomic int64_t count;     /* IMM_EXPECT: arrivals not yet consumed by a reach */
+    uint64_t expected;
+    te_imm_reached_fn fn;
+    void *arg;
+    _Atomic int pending;       /* a reach is queued to the callback thread */
+    struct te_imm_counter *counter;
+    struct te_imm_entry *next;
+} te_imm_entry;
+
+struct te_imm_counter {
+    te_engine *e;
+    uint32_t imm;
+    _Atomic int64_t avail;
+    _Atomic bool attached;     /* still in the engine's table */
+    te_notify wake;
+    struct te_imm_counter *next_owned; /* engine's list, freed at destroy */
+};
+
+typedef struct te_imm_table {
+    pthread_rwlock_t lock;
+    te_imm_entry *buckets[IMM_BUCKETS];
+    uint64_t next_gen;
+    te_imm_fn fn;   /* unmatched immediates */
+    void *arg;
+    struct te_imm_counter *counters; /* all counters created, for destroy */
+} te_imm_table;
+
+int imm_table_init(te_imm_table *t);
+void imm_table_destroy(te_imm_table *t);
+
+/* Worker side: one immediate arrived. */
+void imm_arrived(te_engine *e, uint32_t imm);
+/* Callback-thread side. */
+void imm_handle_reached(te_engine *e, uint32_t imm, uint64_t gen);
+void imm_deliver_plain(te_engine *e, uint32_t imm);
+/* Wakes counter waiters at stop so they return -ESHUTDOWN. */
+void imm_wake_all(te_imm_table *t);
+
+#endif

@@ -1,0 +1,464 @@
+/* The worker thread of one group: takes submitted operations off a lock-free queue,
+ * posts their work requests, drains completions, enforces deadlines.
+ *
+ * Posting is round-robin over the operations that still have work requests to post,
+ * with a small budget each per round, so a 10 000-page transfer never holds back an
+ * immediate or a small write queued behind it (no head-of-line blocking). Work requests
+ * of one round go out with FI_MORE except the last, so providers can batch doorbells. */
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "te/engine_internal.h"
+
+#define SUBMIT_BATCH 64      /* operations taken off the queue per loop iteration */
+#define POST_BUDGET 16       /* work requests per operation per round */
+#define POLL_BATCH 64        /* completions drained per NIC per iteration */
+#define IDLE_SPINS 2000      /* empty iterations before the worker starts to sleep */
+#define SLEEP_MIN_NS 20000ull
+#define SLEEP_MAX_NS 1000000ull
+
+/* ------------------------------------------------------------- op lifecycle --- */
+
+void op_free(te_op *op)
+{
+    if (op->src) atomic_fetch_sub(&op->src->inflight, 1);
+    switch (op->kind) {
+    case OP_PAGED:
+        if (op->u.p.sp) te_pages_release(op->u.p.sp);
+        if (op->u.p.dp) te_pages_release(op->u.p.dp);
+        break;
+    case OP_SCATTER:
+        if (!op->u.s.pg) free(op->u.s.peers);
+        free(op->u.s.t);
+        break;
+    case OP_BARRIER:
+        free(op->u.b.peers);
+        free(op->u.b.dsts);
+        break;
+    case OP_SEND:
+        free(op->u.send.buf);
+        break;
+    default:
+        break;
+    }
+    free(op);
+}
+
+static void inflight_add(te_group *g, te_op *op)
+{
+    op->prev = NULL;
+    op->next = g->inflight_head;
+    if (g->inflight_head) g->inflight_head->prev = op;
+    g->inflight_head = op;
+}
+
+static void inflight_del(te_group *g, te_op *op)
+{
+    if (op->prev) op->prev->next = op->next;
+    else g->inflight_head = op->next;
+    if (op->next) op->next->prev = op->prev;
+    op->prev = op->next = NULL;
+}
+
+/* Delivers the user's completion once. */
+static void op_complete_user(te_group *g, te_op *op)
+{
+    if (op->finished) return;
+    op->finished = true;
+    te_completion *c = &op->comp;
+    if (op->status) TE_LOGD("op %p failed: %s", (void *)op, op->msg);
+    if (c->counter) te_counter_bump_internal(c->counter, op->status != 0);
+    if (c->fn) cb_post_done(g->e, c->fn, c->arg, op->status, op->status ? op->msg : NULL);
+    if (!c->counter && !c->fn && op->status)
+        TE_LOGW("operation failed with no completion to report to: %s", op->msg);
+}
+
+static void op_fail(te_op *op, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void op_fail(te_op *op, int status, const char *fmt, ...)
+{
+    if (op->status) return; /* report the first error only */
+    op->status = status;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(op->msg, sizeof op->msg, fmt, ap);
+    va_end(ap);
+    for (uint32_t k = 0; k < op->n_portions; k++) op->portion[k].count = op->portion[k].posted;
+}
+
+/* Completes and frees the operation once nothing is left to post or to complete. */
+static void op_check(te_group *g, te_op *op)
+{
+    for (uint32_t k = 0; k < op->n_portions; k++) {
+        te_portion *p = &op->portion[k];
+        if (p->posted < p->count || p->done < p->posted) return;
+    }
+    op_complete_user(g, op);
+    inflight_del(g, op);
+    if (op->kind == OP_SEND && op->u.send.mr_held) g->nic[0].ops->mr_dereg(g->nic[0].tp, &op->u.send.mr);
+    op_free(op);
+}
+
+/* ----------------------------------------------------------------- posting ---- */
+
+static void nic_enqueue(te_nic_state *n, te_portion *p)
+{
+    p->queued = true;
+    p->next_active = NULL;
+    if (n->active_tail) n->active_tail->next_active = p;
+    else n->active_head = p;
+    n->active_tail = p;
+}
+
+static te_portion *nic_dequeue(te_nic_state *n)
+{
+    te_portion *p = n->active_head;
+    if (!p) return NULL;
+    n->active_head = p->next_active;
+    if (!n->active_head) n->active_tail = NULL;
+    p->queued = false;
+    p->next_active = NULL;
+    return p;
+}
+
+static int post_one(te_group *g, te_nic_state *n, te_portion *p, bool more)
+{
+    te_op *op = p->op;
+    if (op->kind == OP_SEND) {
+        return n->ops->post_send(n->tp, op->peer[0], op->u.send.buf, op->u.send.len,
+                                 op->u.send.mr_held ? op->u.send.mr.desc : NULL, p);
+    }
+    tp_write w;
+    dg_build(g, p, p->posted, &w);
+    int r = n->ops->post_write(n->tp, &w, more);
+    if (r == 0) {
+        STAT_ADD(n->st_write_ops, 1);
+        STAT_ADD(n->st_write_bytes, w.len);
+    }
+    return r;
+}
+
+/* One round on one NIC: every active portion posts up to POST_BUDGET work requests. */
+static bool nic_post_round(te_group *g, te_nic_state *n)
+{
+    bool progressed = false;
+    te_portion *stop_at = n->active_tail;
+    while (n->active_head && !n->failed) {
+        te_portion *p = nic_dequeue(n);
+        bool last_of_round = (p == stop_at);
+        uint32_t budget = POST_BUDGET;
+        int r = 0;
+        while (p->posted < p->count && budget > 0) {
+            bool more = budget > 1 && p->posted + 1 < p->count;
+            more = more || (!last_of_round && n->active_head != NULL);
+            r = post_one(g, n, p, more);
+            if (r == -EAGAIN) break;
+            if (r) {
+                op_fail(p->op, r, "NIC %u (%s): posting failed: %s", p->nic, n->info.name,
+                        te_last_error());
+                break;
+            }
+            p->posted++;
+            n->outstanding++;
+            budget--;
+            progressed = true;
+        }
+        if (p->posted < p->count) nic_enqueue(n, p); /* back of the line */
+        if (r) {
+            if (r != -EAGAIN) op_check(g, p->op);
+            if (r == -EAGAIN) break; /* the NIC is full: poll completions first */
+        }
+        if (last_of_round) break;
+    }
+    return progressed;
+}
+
+/* ------------------------------------------------------------- completions ---- */
+
+static void on_portion_event(te_group *g, te_nic_state *n, te_portion *p, const tp_event *ev)
+{
+    te_op *op = p->op;
+    p->done++;
+    if (n->outstanding) n->outstanding--;
+    if (ev->status) {
+        STAT_ADD(n->st_errors, 1);
+        op_fail(op, ev->status, "NIC %u (%s): work request failed: %s", p->nic, n->info.name,
+                ev->msg[0] ? ev->msg : te_strerror(ev->status));
+    } else if (op->kind == OP_SEND) {
+        STAT_ADD(n->st_send_ops, 1);
+        STAT_ADD(n->st_send_bytes, op->u.send.len);
+    }
+    op_check(g, op);
+}
+
+static bool nic_poll(te_group *g, te_nic_state *n)
+{
+    tp_event ev[POLL_BATCH];
+    int got = n->ops->poll(n->tp, ev, POLL_BATCH);
+    if (got < 0) {
+        if (!n->failed) TE_LOGE("NIC %s unusable: %s", n->info.name, te_last_error());
+        n->failed = true;
+        return false;
+    }
+    for (int k = 0; k < got; k++) {
+        tp_event *x = &ev[k];
+        if (x->kind == TP_EV_IMM) {
+            if (x->status) {
+                STAT_ADD(n->st_errors, 1);
+                TE_LOGW("NIC %s: incoming write failed: %s", n->info.name, x->msg);
+                continue;
+            }
+            STAT_ADD(n->st_imms, 1);
+            imm_arrived(g->e, x->imm);
+            continue;
+        }
+        uintptr_t c = (uintptr_t)x->ctx;
+        if (!c) {
+            STAT_ADD(n->st_errors, 1);
+            TE_LOGW("NIC %s: completion without context (status %d: %s)", n->info.name, x->status,
+                    x->msg);
+            continue;
+        }
+        if ((c & CTX_MASK) == CTX_RECV) recv_pool_on_event(g, n, x);
+        else on_portion_event(g, n, (te_portion *)c, x);
+    }
+    return got > 0;
+}
+
+/* ---------------------------------------------------------------- planning ---- */
+
+static void start_op(te_group *g, te_op *op)
+{
+    op->started = true;
+    inflight_add(g, op);
+    int r = dg_plan(g, op, op->msg, sizeof op->msg);
+    if (r) {
+        op->status = r;
+        op->n_portions = 0; /* nothing was posted */
+        op_check(g, op);
+        return;
+    }
+    for (uint32_t k = 0; k < op->n_portions; k++) {
+        te_portion *p = &op->portion[k];
+        te_nic_state *n = &g->nic[p->nic];
+        if (n->failed) {
+            op_fail(op, -EIO, "NIC %u (%s) has failed", p->nic, n->info.name);
+            break;
+        }
+        if (p->count) nic_enqueue(n, p);
+    }
+    if (op->kind == OP_SEND && g->nic[0].info.mr_local && !op->status) {
+        int rr = g->nic[0].ops->mr_reg(g->nic[0].tp, op->u.send.buf, op->u.send.len, TE_DEVICE_HOST,
+                                       false, &op->u.send.mr);
+        if (rr) op_fail(op, rr, "send: registering the payload failed: %s", te_last_error());
+        else op->u.send.mr_held = true;
+    }
+    op_check(g, op); /* zero work requests (e.g. no pages) completes at once */
+}
+
+static void check_deadlines(te_group *g, uint64_t now)
+{
+    for (te_op *op = g->inflight_head, *nx; op; op = nx) {
+        nx = op->next;
+        if (op->finished || now < op->deadline_ns) continue;
+        op_fail(op, -ETIMEDOUT, "operation timed out after %u ms (peer dead or unreachable?)",
+                g->e->op_timeout_ms);
+        /* Work requests already posted may still complete; the operation stays (as a
+         * zombie holding its buffers) until they do or the NIC is closed. */
+        op_complete_user(g, op);
+        op_check(g, op);
+    }
+}
+
+static void fail_nic_ops(te_group *g, uint32_t nic)
+{
+    for (te_op *op = g->inflight_head, *nx; op; op = nx) {
+        nx = op->next;
+        for (uint32_t k = 0; k < op->n_portions; k++)
+            if (op->portion[k].nic == nic && !op->finished) {
+                op_fail(op, -EIO, "NIC %u (%s) failed", nic, g->nic[nic].info.name);
+                op_complete_user(g, op);
+                break;
+            }
+    }
+}
+
+/* ------------------------------------------------------------------ control --- */
+
+static void handle_ctl(te_group *g, te_ctl *c)
+{
+    int r = 0;
+    switch (c->kind) {
+    case CTL_POOL_POST: recv_pool_worker_post(g, c->obj); break;
+    case CTL_POOL_CANCEL: recv_pool_worker_cancel(g, c->obj); break;
+    case CTL_PEER_GROUP: r = peer_group_worker_resolve(g, c->obj); break;
+    default: r = -EINVAL;
+    }
+    c->result = r;
+    atomic_store(&c->done, 1);
+    te_notify_wake(&g->ctl_done);
+}
+
+int worker_control(te_group *g, int kind, void *obj, int timeout_ms)
+{
+    te_ctl *c = calloc(1, sizeof *c);
+    if (!c) return te_err(-ENOMEM, "out of memory");
+    c->kind = kind;
+    c->obj = obj;
+    mpsc_push(&g->ctlq, &c->qnode);
+    te_notify_wake(&g->wake);
+    uint64_t deadline = te_deadline_ms(timeout_ms);
+    while (!atomic_load(&c->done)) {
+        uint32_t t = te_notify_prepare(&g->ctl_done);
+        if (atomic_load(&c->done)) {
+            te_notify_cancel(&g->ctl_done);
+            break;
+        }
+        if (te_now_ns() >= deadline) {
+            te_notify_cancel(&g->ctl_done);
+            /* The worker still owns c; it will be freed when the worker exits (drain). */
+            return te_err(-ETIMEDOUT, "worker of group %u did not answer within %d ms", g->idx,
+                          timeout_ms);
+        }
+        te_notify_wait(&g->ctl_done, t, 1000000ull);
+    }
+    int r = c->result;
+    free(c);
+    return r;
+}
+
+void worker_submit(te_group *g, te_op *op)
+{
+    mpsc_push(&g->subq, &op->qnode);
+    te_notify_wake(&g->wake);
+}
+
+/* ------------------------------------------------------------------- loop ---- */
+
+static bool has_work(te_group *g)
+{
+    if (g->inflight_head) return true;
+    return !mpsc_empty(&g->subq) || !mpsc_empty(&g->ctlq);
+}
+
+static void drain_at_exit(te_group *g)
+{
+    mpsc_node *qn;
+    while ((qn = mpsc_pop(&g->ctlq))) handle_ctl(g, (te_ctl *)qn);
+    while ((qn = mpsc_pop(&g->subq))) {
+        te_op *op = (te_op *)qn;
+        op->status = -ECANCELED;
+        snprintf(op->msg, sizeof op->msg, "engine stopped before the operation started");
+        inflight_add(g, op);
+        op_complete_user(g, op);
+        inflight_del(g, op);
+        op_free(op);
+    }
+    for (te_op *op = g->inflight_head; op; op = op->next) {
+        op_fail(op, -ECANCELED, "engine stopped with the operation in flight");
+        op_complete_user(g, op);
+    }
+    /* Ops with posted work requests are freed by worker_join after the NICs close. */
+}
+
+static void *worker_main(void *arg)
+{
+    te_group *g = arg;
+    if (g->worker_cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(g->worker_cpu, &set);
+        if (pthread_setaffinity_np(pthread_self(), sizeof set, &set))
+            TE_LOGW("group %u: cannot pin worker to CPU %d (not in this process's CPU set?)",
+                    g->idx, g->worker_cpu);
+    }
+    uint64_t sleep_ns = SLEEP_MIN_NS;
+    unsigned idle = 0;
+    while (!atomic_load_explicit(&g->stop, memory_order_acquire)) {
+        bool progressed = false;
+        mpsc_node *qn;
+        while ((qn = mpsc_pop(&g->ctlq))) {
+            handle_ctl(g, (te_ctl *)qn);
+            progressed = true;
+        }
+        for (int k = 0; k < SUBMIT_BATCH && (qn = mpsc_pop(&g->subq)); k++) {
+            start_op(g, (te_op *)qn);
+            progressed = true;
+        }
+        for (uint32_t k = 0; k < g->n_nics; k++) {
+            te_nic_state *n = &g->nic[k];
+            if (n->failed) continue;
+            progressed |= nic_post_round(g, n);
+            progressed |= nic_poll(g, n);
+            if (n->failed) fail_nic_ops(g, k);
+        }
+        uint64_t now = 0;
+        if (g->inflight_head) {
+            now = te_now_ns();
+            if (now >= g->next_timeout_check) {
+                check_deadlines(g, now);
+                g->next_timeout_check = now + 1000000ull;
+            }
+        }
+        if (progressed || g->e->busy_poll) {
+            idle = 0;
+            sleep_ns = SLEEP_MIN_NS;
+            continue;
+        }
+        if (++idle < IDLE_SPINS) continue;
+        /* Idle: sleep briefly. Providers with manual progress (tcp) move incoming data
+         * only when polled, so the sleep stays short and grows only while idle; with
+         * operations in flight it stays at the minimum. busy_poll disables this. */
+        uint32_t t = te_notify_prepare(&g->wake);
+        if (!mpsc_empty(&g->subq) || !mpsc_empty(&g->ctlq) || atomic_load(&g->stop)) {
+            te_notify_cancel(&g->wake);
+            continue;
+        }
+        te_notify_wait(&g->wake, t, sleep_ns);
+        if (!has_work(g) && sleep_ns < SLEEP_MAX_NS) sleep_ns *= 2;
+        else sleep_ns = SLEEP_MIN_NS;
+    }
+    drain_at_exit(g);
+    return NULL;
+}
+
+int worker_start(te_group *g)
+{
+    mpsc_init(&g->subq);
+    mpsc_init(&g->ctlq);
+    te_notify_init(&g->wake);
+    te_notify_init(&g->ctl_done);
+    atomic_init(&g->stop, false);
+    int r = pthread_create(&g->thread, NULL, worker_main, g);
+    if (r) return te_err(-r, "cannot start the worker thread of group %u", g->idx);
+    char name[16];
+    snprintf(name, sizeof name, "tendril-w%u", g->idx);
+    pthread_setname_np(g->thread, name);
+    g->thread_started = true;
+    return 0;
+}
+
+void worker_join(te_group *g)
+{
+    if (!g->thread_started) return;
+    atomic_store_explicit(&g->stop, true, memory_order_release);
+    te_notify_wake(&g->wake);
+    pthread_join(g->thread, NULL);
+    g->thread_started = false;
+}
+
+/* After the NICs are closed nothing can complete any more: free what is left. */
+void worker_free_remaining(te_group *g)
+{
+    while (g->inflight_head) {
+        te_op *op = g->inflight_head;
+        inflight_del(g, op);
+        if (op->kind == OP_SEND && op->u.send.mr_held) op->u.send.mr_held = false;
+        op_free(op);
+    }
+}

@@ -1,0 +1,96 @@
+/* The transport vtable: one NIC ("domain") of one backend. The engine above knows
+ * nothing of libfabric or ibverbs; it posts work requests and drains events.
+ *
+ * Threading: post_*, poll and resolve are called only by the owning group's worker.
+ * mr_reg / mr_dereg may be called from any thread concurrently with the worker (the
+ * backend must make that safe: libfabric uses FI_THREAD_SAFE domains for it). */
+#ifndef TENDRIL_TRANSPORT_BACKEND_H
+#define TENDRIL_TRANSPORT_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tendril/te.h"
+
+typedef struct tp_nic tp_nic;
+typedef uint64_t tp_peer; /* resolved peer address (fi_addr_t for libfabric) */
+
+typedef struct tp_mr {
+    void *handle;     /* backend MR object */
+    void *desc;       /* local descriptor passed with work requests (may be NULL) */
+    uint64_t rkey;    /* remote key published in te_mr_desc */
+} tp_mr;
+
+typedef struct tp_write {
+    const void *local;   /* NULL with len 0 for imm-only writes */
+    size_t len;
+    void *local_desc;
+    tp_peer peer;
+    uint64_t remote_base; /* registered base VA of the target region */
+    uint64_t remote_off;  /* offset inside it */
+    uint64_t rkey;
+    bool has_imm;
+    uint32_t imm;
+    void *ctx;            /* returned in the completion event */
+} tp_write;
+
+enum tp_event_kind {
+    TP_EV_WRITE = 1, /* local completion of a posted write (ctx) */
+    TP_EV_SEND,      /* local completion of a posted send (ctx) */
+    TP_EV_RECV,      /* a receive buffer filled (ctx, len) */
+    TP_EV_IMM,       /* an immediate arrived with a remote write (imm) */
+};
+
+typedef struct tp_event {
+    int kind;
+    int status;        /* 0 or negative errno */
+    void *ctx;
+    size_t len;
+    uint32_t imm;
+    char msg[160];     /* provider's explanation when status != 0 */
+} tp_event;
+
+typedef struct tp_open_args {
+    const char *provider; /* libfabric provider name as given by the user */
+    const char *nic;      /* domain name, NULL = first the provider offers */
+} tp_open_args;
+
+typedef struct tp_nic_info {
+    char provider[64];  /* full provider name, e.g. "tcp;ofi_rxm" */
+    char name[64];      /* domain name */
+    uint64_t link_speed; /* bits/s, 0 if unknown */
+    size_t max_msg;     /* largest single work request */
+    size_t cq_data_size;
+    bool mr_local;      /* local buffers of sends must be registered */
+} tp_nic_info;
+
+typedef struct tp_ops {
+    const char *backend;
+    int (*open)(const tp_open_args *a, tp_nic **out); /* sets te_last_error on failure */
+    void (*close)(tp_nic *n);
+    void (*info)(const tp_nic *n, tp_nic_info *out);
+    int (*address)(const tp_nic *n, te_addr *out);
+    int (*mr_reg)(tp_nic *n, void *ptr, size_t len, int device, bool remote, tp_mr *out);
+    void (*mr_dereg)(tp_nic *n, tp_mr *mr);
+    int (*resolve)(tp_nic *n, const te_addr *addr, tp_peer *out);
+    /* 0 posted, -EAGAIN try again later, other negative: this request failed. `more`
+     * hints that another post follows at once (doorbell batching). */
+    int (*post_write)(tp_nic *n, const tp_write *w, bool more);
+    int (*post_send)(tp_nic *n, tp_peer peer, const void *buf, size_t len, void *desc, void *ctx);
+    int (*post_recv)(tp_nic *n, void *buf, size_t len, void *desc, void *ctx);
+    /* Cancels a posted receive; its completion then arrives with -ECANCELED. */
+    int (*cancel_recv)(tp_nic *n, void *ctx);
+    /* Drains up to max events. >= 0 number of events; < 0 the NIC is unusable. */
+    int (*poll)(tp_nic *n, tp_event *ev, int max);
+} tp_ops;
+
+extern const tp_ops tp_fabric_ops;
+
+/* Resolves "auto" and short names to a libfabric provider string that offers RDM
+ * endpoints with RMA and remote CQ data ("tcp" -> "tcp;ofi_rxm"). 0 or -ENODEV. */
+int tp_fabric_pick_provider(const char *want, char *out, size_t cap);
+/* Lists up to max domain names of a provider; returns the count (>= 0) or -errno. */
+int tp_fabric_list_domains(const char *provider, char names[][64], int max);
+
+#endif

@@ -1,0 +1,407 @@
+/* libfabric backend: one FI_EP_RDM endpoint per NIC, writes with remote CQ data.
+ * Works with any provider that offers RDM + RMA + CQ data: efa, tcp;ofi_rxm, shm.
+ * Features newer than libfabric 1.17 are guarded by version or #ifdef. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <rdma/fabric.h>
+#include <rdma/fi_cm.h>
+#include <rdma/fi_domain.h>
+#include <rdma/fi_endpoint.h>
+#include <rdma/fi_errno.h>
+#include <rdma/fi_rma.h>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "transport/backend.h"
+
+#define TP_FI_VERSION FI_VERSION(1, 17)
+#define FI_HDR_VERSION FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION)
+
+struct tp_nic {
+    struct fi_info *info;
+    struct fid_fabric *fabric;
+    struct fid_domain *domain;
+    struct fid_cq *cq;
+    struct fid_av *av;
+    struct fid_ep *ep;
+    uint64_t mr_mode;
+    _Atomic uint64_t next_key; /* for providers without FI_MR_PROV_KEY */
+    te_addr addr;
+    tp_nic_info nfo;
+};
+
+static int fi_to_errno(int ret) { return ret < 0 ? ret : -ret; }
+
+static int fab_err(int ret, const char *what, const char *prov)
+{
+    return te_err(fi_to_errno(ret), "%s (%s): %s", what, prov ? prov : "libfabric",
+                  fi_strerror(-fi_to_errno(ret)));
+}
+
+static struct fi_info *make_hints(const char *provider, const char *domain)
+{
+    struct fi_info *h = fi_allocinfo();
+    if (!h) return NULL;
+    h->caps = FI_MSG | FI_RMA | FI_WRITE | FI_REMOTE_WRITE | FI_SEND | FI_RECV;
+    h->mode = 0;
+    h->ep_attr->type = FI_EP_RDM;
+    h->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY |
+                              FI_MR_ENDPOINT;
+    /* Thread-safe domain: memory registration runs on caller threads, never on the
+     * worker, so a large registration does not stall the posting loop. */
+    h->domain_attr->threading = FI_THREAD_SAFE;
+    if (provider) h->fabric_attr->prov_name = strdup(provider);
+    if (domain) h->domain_attr->name = strdup(domain);
+    return h;
+}
+
+/* First info whose provider offers remote CQ data wide enough for a 32-bit imm (and,
+ * if given, whose domain is the one asked for: layered providers such as ofi_rxm do not
+ * always filter on the domain-name hint). */
+static struct fi_info *pick_info(struct fi_info *list, const char *domain)
+{
+    for (struct fi_info *i = list; i; i = i->next)
+        if (i->domain_attr->cq_data_size >= 4 && (!domain || !strcmp(i->domain_attr->name, domain)))
+            return i;
+    return NULL;
+}
+
+static int query(const char *provider, const char *domain, struct fi_info **out)
+{
+    struct fi_info *hints = make_hints(provider, domain);
+    if (!hints) return te_err(-ENOMEM, "fi_allocinfo failed");
+    int ret = fi_getinfo(TP_FI_VERSION, NULL, NULL, 0, hints, out);
+    fi_freeinfo(hints);
+    return ret;
+}
+
+int tp_fabric_pick_provider(const char *want, char *out, size_t cap)
+{
+    static const char *auto_order[] = {"efa", "tcp;ofi_rxm"};
+    struct fi_info *list = NULL;
+    if (!want || !*want || !strcmp(want, "auto")) {
+        for (size_t k = 0; k < sizeof auto_order / sizeof *auto_order; k++) {
+            if (query(auto_order[k], NULL, &list) == 0) {
+                int ok = pick_info(list, NULL) != NULL;
+                fi_freeinfo(list);
+                if (ok) {
+                    snprintf(out, cap, "%s", auto_order[k]);
+                    return 0;
+                }
+            }
+        }
+        return te_err(-ENODEV, "provider auto: neither efa nor tcp;ofi_rxm offers RDM endpoints "
+                               "with RMA and remote CQ data here");
+    }
+    /* The name as given, then layered over the RxM utility provider. */
+    char layered[96];
+    snprintf(layered, sizeof layered, "%s;ofi_rxm", want);
+    const char *cands[2] = {want, layered};
+    for (int k = 0; k < 2; k++) {
+        if (k == 1 && strchr(want, ';')) break;
+        if (query(cands[k], NULL, &list) == 0) {
+            struct fi_info *i = pick_info(list, NULL);
+            if (i) snprintf(out, cap, "%s", i->fabric_attr->prov_name);
+            fi_freeinfo(list);
+            if (i) return 0;
+        }
+    }
+    return te_err(-ENODEV, "provider '%s': not available, or offers no RDM endpoint with RMA "
+                           "writes and remote CQ data (fi_info -l lists providers)", want);
+}
+
+int tp_fabric_list_domains(const char *provider, char names[][64], int max)
+{
+    struct fi_info *list = NULL;
+    int ret = query(provider, NULL, &list);
+    if (ret) return fab_err(ret, "fi_getinfo", provider);
+    int n = 0;
+    for (struct fi_info *i = list; i && n < max; i = i->next) {
+        if (i->domain_attr->cq_data_size < 4) continue;
+        int dup = 0;
+        for (int k = 0; k < n; k++)
+            if (!strcmp(names[k], i->domain_attr->name)) dup = 1;
+        if (dup) continue;
+        snprintf(names[n++], 64, "%s", i->domain_attr->name);
+    }
+    fi_freeinfo(list);
+    return n;
+}
+
+static void fab_close(tp_nic *n)
+{
+    if (!n) return;
+    if (n->ep) fi_close(&n->ep->fid);
+    if (n->av) fi_close(&n->av->fid);
+    if (n->cq) fi_close(&n->cq->fid);
+    if (n->domain) fi_close(&n->domain->fid);
+    if (n->fabric) fi_close(&n->fabric->fid);
+    if (n->info) fi_freeinfo(n->info);
+    free(n);
+}
+
+static void set_ep_options(tp_nic *n)
+{
+    (void)n;
+#if FI_HDR_VERSION >= FI_VERSION(1, 18)
+    /* All traffic must cross the NIC under test; never let the provider call CUDA. */
+    bool no = false;
+    if (!strcmp(n->nfo.provider, "efa")) {
+        int r = fi_setopt(&n->ep->fid, FI_OPT_ENDPOINT, FI_OPT_CUDA_API_PERMITTED, &no, sizeof no);
+        if (r) TE_LOGI("efa: FI_OPT_CUDA_API_PERMITTED not accepted (%s)", fi_strerror(-r));
+    }
+#endif
+#if FI_HDR_VERSION >= FI_VERSION(1, 19)
+    if (!strcmp(n->nfo.provider, "efa")) {
+        bool no_shm = false;
+        int r = fi_setopt(&n->ep->fid, FI_OPT_ENDPOINT, FI_OPT_SHARED_MEMORY_PERMITTED, &no_shm,
+                          sizeof no_shm);
+        if (r) TE_LOGI("efa: FI_OPT_SHARED_MEMORY_PERMITTED not accepted (%s)", fi_strerror(-r));
+    }
+#endif
+}
+
+static int fab_open(const tp_open_args *a, tp_nic **out)
+{
+    tp_nic *n = calloc(1, sizeof *n);
+    if (!n) return te_err(-ENOMEM, "out of memory");
+    struct fi_info *list = NULL;
+    int ret = query(a->provider, a->nic, &list);
+    if (ret) {
+        free(n);
+        return te_err(ret == -FI_ENODATA ? -ENODEV : fi_to_errno(ret),
+                      "provider '%s' has no NIC '%s' with RDM+RMA (%s)", a->provider,
+                      a->nic ? a->nic : "(any)", fi_strerror(-fi_to_errno(ret)));
+    }
+    struct fi_info *pick = pick_info(list, a->nic);
+    if (!pick) {
+        fi_freeinfo(list);
+        free(n);
+        return te_err(-ENODEV, "provider '%s' has no NIC '%s' with remote CQ data of 4+ bytes",
+                      a->provider, a->nic ? a->nic : "(any)");
+    }
+    n->info = fi_dupinfo(pick);
+    fi_freeinfo(list);
+    if (!n->info) {
+        free(n);
+        return te_err(-ENOMEM, "fi_dupinfo failed");
+    }
+    snprintf(n->nfo.provider, sizeof n->nfo.provider, "%s", n->info->fabric_attr->prov_name);
+    snprintf(n->nfo.name, sizeof n->nfo.name, "%s", n->info->domain_attr->name);
+    n->nfo.max_msg = n->info->ep_attr->max_msg_size;
+    n->nfo.cq_data_size = n->info->domain_attr->cq_data_size;
+    if (n->info->nic && n->info->nic->link_attr) n->nfo.link_speed = n->info->nic->link_attr->speed;
+    n->mr_mode = n->info->domain_attr->mr_mode;
+    n->nfo.mr_local = (n->mr_mode & FI_MR_LOCAL) != 0;
+    atomic_init(&n->next_key, 1);
+
+    const char *prov = n->nfo.provider;
+    if ((ret = fi_fabric(n->info->fabric_attr, &n->fabric, NULL))) goto fail_fi_fabric;
+    if ((ret = fi_domain(n->fabric, n->info, &n->domain, NULL))) goto fail_fi_domain;
+    struct fi_cq_attr cq_attr = {.format = FI_CQ_FORMAT_DATA, .wait_obj = FI_WAIT_NONE, .size = 0};
+    if ((ret = fi_cq_open(n->domain, &cq_attr, &n->cq, NULL))) goto fail_cq;
+    struct fi_av_attr av_attr = {.type = FI_AV_UNSPEC};
+    if ((ret = fi_av_open(n->domain, &av_attr, &n->av, NULL))) goto fail_av;
+    if ((ret = fi_endpoint(n->domain, n->info, &n->ep, NULL))) goto fail_ep;
+    if ((ret = fi_ep_bind(n->ep, &n->cq->fid, FI_TRANSMIT | FI_RECV))) goto fail_bind;
+    if ((ret = fi_ep_bind(n->ep, &n->av->fid, 0))) goto fail_bind;
+    set_ep_options(n);
+    if ((ret = fi_enable(n->ep))) goto fail_enable;
+    size_t alen = sizeof n->addr.bytes;
+    if ((ret = fi_getname(&n->ep->fid, n->addr.bytes, &alen))) goto fail_name;
+    if (alen == 0 || alen > TE_ADDR_MAX) {
+        ret = -FI_ETOOSMALL;
+        goto fail_name;
+    }
+    n->addr.transport = TE_TRANSPORT_FABRIC;
+    n->addr.len = (uint8_t)alen;
+    *out = n;
+    return 0;
+
+#define FAIL(label, what)                                                                       \
+    label:                                                                                      \
+    ret = fab_err(ret, what, prov);                                                            \
+    fab_close(n);                                                                              \
+    return ret;
+    FAIL(fail_fi_fabric, "fi_fabric")
+    FAIL(fail_fi_domain, "fi_domain")
+    FAIL(fail_cq, "fi_cq_open")
+    FAIL(fail_av, "fi_av_open")
+    FAIL(fail_ep, "fi_endpoint")
+    FAIL(fail_bind, "fi_ep_bind")
+    FAIL(fail_enable, "fi_enable")
+    FAIL(fail_name, "fi_getname")
+#undef FAIL
+}
+
+static void fab_info(const tp_nic *n, tp_nic_info *out) { *out = n->nfo; }
+
+static int fab_address(const tp_nic *n, te_addr *out)
+{
+    *out = n->addr;
+    return 0;
+}
+
+static int fab_mr_reg(tp_nic *n, void *ptr, size_t len, int device, bool remote, tp_mr *out)
+{
+    if (device != TE_DEVICE_HOST)
+        return te_err(-ENOSYS, "CUDA memory registration is not available in this build");
+    uint64_t access = FI_SEND | FI_RECV | FI_WRITE | FI_READ;
+    if (remote) access |= FI_REMOTE_WRITE | FI_REMOTE_READ;
+    uint64_t key = (n->mr_mode & FI_MR_PROV_KEY) ? 0 : atomic_fetch_add(&n->next_key, 1);
+    struct fid_mr *mr = NULL;
+    /* A zero-length region still needs a key for imm-only writes: register one byte. */
+    int ret = fi_mr_reg(n->domain, ptr, len ? len : 1, access, 0, key, 0, &mr, NULL);
+    if (ret) return fab_err(ret, "fi_mr_reg", n->nfo.provider);
+    if (n->mr_mode & FI_MR_ENDPOINT) {
+        if ((ret = fi_mr_bind(mr, &n->ep->fid, 0)) || (ret = fi_mr_enable(mr))) {
+            fi_close(&mr->fid);
+            return fab_err(ret, "fi_mr_bind/enable", n->nfo.provider);
+        }
+    }
+    out->handle = mr;
+    out->desc = fi_mr_desc(mr);
+    out->rkey = fi_mr_key(mr);
+    return 0;
+}
+
+static void fab_mr_dereg(tp_nic *n, tp_mr *mr)
+{
+    if (mr->handle) fi_close(&((struct fid_mr *)mr->handle)->fid);
+    mr->handle = NULL;
+}
+
+static int fab_resolve(tp_nic *n, const te_addr *addr, tp_peer *out)
+{
+    if (addr->transport != TE_TRANSPORT_FABRIC)
+        return te_err(-EINVAL, "peer address is not a libfabric address (transport %u)",
+                      addr->transport);
+    fi_addr_t fa = FI_ADDR_UNSPEC;
+    int ret = fi_av_insert(n->av, addr->bytes, 1, &fa, 0, NULL);
+    if (ret != 1)
+        return te_err(-EHOSTUNREACH, "fi_av_insert (%s): peer address rejected (%s)",
+                      n->nfo.provider, ret < 0 ? fi_strerror(-ret) : "not inserted");
+    *out = fa;
+    return 0;
+}
+
+static int post_status(int ret)
+{
+    if (ret == 0) return 0;
+    if (ret == -FI_EAGAIN) return -EAGAIN;
+    return fi_to_errno(ret);
+}
+
+static int fab_post_write(tp_nic *n, const tp_write *w, bool more)
+{
+    struct iovec iov = {.iov_base = (void *)w->local, .iov_len = w->len};
+    void *desc = w->local_desc;
+    uint64_t raddr = (n->mr_mode & FI_MR_VIRT_ADDR) ? w->remote_base + w->remote_off : w->remote_off;
+    struct fi_rma_iov rma = {.addr = raddr, .len = w->len, .key = w->rkey};
+    struct fi_msg_rma msg = {
+        .msg_iov = w->len ? &iov : NULL,
+        .desc = w->len ? &desc : NULL,
+        .iov_count = w->len ? 1 : 0,
+        .addr = w->peer,
+        .rma_iov = &rma, /* valid even for zero-length writes: EFA requires it */
+        .rma_iov_count = 1,
+        .context = w->ctx,
+        .data = w->imm,
+    };
+    uint64_t flags = (w->has_imm ? FI_REMOTE_CQ_DATA : 0) | (more ? FI_MORE : 0);
+    int ret = (int)fi_writemsg(n->ep, &msg, flags);
+    if (ret && ret != -FI_EAGAIN)
+        te_err(fi_to_errno(ret), "fi_writemsg (%s): %s", n->nfo.provider, fi_strerror(-ret));
+    return post_status(ret);
+}
+
+static int fab_post_send(tp_nic *n, tp_peer peer, const void *buf, size_t len, void *desc, void *ctx)
+{
+    int ret = (int)fi_send(n->ep, buf, len, desc, peer, ctx);
+    if (ret && ret != -FI_EAGAIN)
+        te_err(fi_to_errno(ret), "fi_send (%s): %s", n->nfo.provider, fi_strerror(-ret));
+    return post_status(ret);
+}
+
+static int fab_post_recv(tp_nic *n, void *buf, size_t len, void *desc, void *ctx)
+{
+    int ret = (int)fi_recv(n->ep, buf, len, desc, FI_ADDR_UNSPEC, ctx);
+    if (ret && ret != -FI_EAGAIN)
+        te_err(fi_to_errno(ret), "fi_recv (%s): %s", n->nfo.provider, fi_strerror(-ret));
+    return post_status(ret);
+}
+
+static int fab_cancel_recv(tp_nic *n, void *ctx)
+{
+    int ret = (int)fi_cancel(&n->ep->fid, ctx);
+    return ret ? te_err(fi_to_errno(ret), "fi_cancel (%s): %s", n->nfo.provider, fi_strerror(-ret)) : 0;
+}
+
+static int classify(uint64_t flags)
+{
+    if (flags & FI_REMOTE_WRITE) return TP_EV_IMM;
+    if (flags & FI_RECV) return TP_EV_RECV;
+    if (flags & FI_SEND) return TP_EV_SEND;
+    return TP_EV_WRITE;
+}
+
+static int fab_poll(tp_nic *n, tp_event *ev, int max)
+{
+    struct fi_cq_data_entry ent[16];
+    int got = 0;
+    while (got < max) {
+        int want = max - got < 16 ? max - got : 16;
+        ssize_t r = fi_cq_read(n->cq, ent, (size_t)want);
+        if (r == -FI_EAGAIN) break;
+        if (r == -FI_EAVAIL) {
+            struct fi_cq_err_entry e = {0};
+            ssize_t er = fi_cq_readerr(n->cq, &e, 0);
+            if (er == -FI_EAGAIN) break;
+            if (er < 0) return te_err(-EIO, "fi_cq_readerr (%s): %s", n->nfo.provider,
+                                      fi_strerror((int)-er));
+            tp_event *x = &ev[got++];
+            memset(x, 0, sizeof *x);
+            x->kind = classify(e.flags);
+            x->ctx = e.op_context;
+            x->status = e.err ? -(int)e.err : -EIO;
+            if (x->status == -FI_ECANCELED) x->status = -ECANCELED;
+            const char *why = fi_cq_strerror(n->cq, e.prov_errno, e.err_data, NULL, 0);
+            snprintf(x->msg, sizeof x->msg, "%s: %s (%s)", n->nfo.provider,
+                     fi_strerror((int)(e.err ? e.err : FI_EIO)), why ? why : "no detail");
+            continue;
+        }
+        if (r < 0) return te_err(-EIO, "fi_cq_read (%s): %s", n->nfo.provider, fi_strerror((int)-r));
+        for (ssize_t k = 0; k < r; k++) {
+            tp_event *x = &ev[got++];
+            x->kind = classify(ent[k].flags);
+            x->status = 0;
+            x->ctx = ent[k].op_context;
+            x->len = ent[k].len;
+            x->imm = (uint32_t)ent[k].data;
+            x->msg[0] = '\0';
+        }
+        if (r < want) break;
+    }
+    return got;
+}
+
+const tp_ops tp_fabric_ops = {
+    .backend = "libfabric",
+    .open = fab_open,
+    .close = fab_close,
+    .info = fab_info,
+    .address = fab_address,
+    .mr_reg = fab_mr_reg,
+    .mr_dereg = fab_mr_dereg,
+    .resolve = fab_resolve,
+    .post_write = fab_post_write,
+    .post_send = fab_post_send,
+    .post_recv = fab_post_recv,
+    .cancel_recv = fab_cancel_recv,
+    .poll = fab_poll,
+};

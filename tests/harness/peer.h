@@ -1,0 +1,19 @@
+/* The remote end of integration tests. Started as a child process; prints
+ *   "ready <main-address-hex> <descriptor-hex>"
+ * then answers one line per command:
+ *   hash OFF LEN            -> "hash H" (FNV-1a of the region's bytes)
+ *   zero                    -> "ok"     (clears the region)
+ *   counter IMM             -> "ok"     (te_imm_counter for IMM)
+ *   wait IMM N MS           -> "ok 0 V" | "err CODE V" (counter wait, V = value after)
+ *   value IMM               -> "value V"
+ *   expect IMM N KEEP       -> "ok"     (te_imm_expect; callback returns KEEP)
+ *   imms IMM                -> "imms REACHED PLAIN"
+ *   msgs                    -> "msgs COUNT HASHSUM" (messages received by the pool)
+ *   send ADDR LEN SEED      -> "ok 1" after the send completed
+ *   stats                   -> "stats IMMS RECVS ERRORS"
+ *   sleep                   -> (no reply)
+ *   quit                    -> exits 0 */
+#ifndef TENDRIL_TEST_PEER_H
+#define TENDRIL_TEST_PEER_H
+int th_peer_main(const char *arg);
+#endif
