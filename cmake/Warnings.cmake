@@ -10,7 +10,9 @@ function(tendril_warnings target)
 endfunction()
 
 if(TENDRIL_SANITIZE)
-  set(_san -fsanitize=${TENDRIL_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all)
-  add_compile_options($<$<COMPILE_LANGUAGE:C>:${_san}>)
+  # One generator expression per flag: a list inside one would be split on ';'.
+  foreach(f -fsanitize=${TENDRIL_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all)
+    add_compile_options("$<$<COMPILE_LANGUAGE:C>:${f}>")
+  endforeach()
   add_link_options(-fsanitize=${TENDRIL_SANITIZE})
 endif()

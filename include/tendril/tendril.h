@@ -2,4 +2,5 @@
 #ifndef TENDRIL_TENDRIL_H
 #define TENDRIL_TENDRIL_H
 #include <tendril/te.h>
+#include <tendril/te_topo.h>
 #endif
