@@ -1,0 +1,155 @@
+/*
+ * Tendril MoE all-to-all (a2a): expert-parallel dispatch and combine between the GPUs
+ * of one NVLink domain.
+ *
+ * Each rank owns one context. A context allocates one block of GPU memory with
+ * cuMemCreate (POSIX file-descriptor handle type), hands the descriptor to every peer
+ * over a Unix socket (SCM_RIGHTS) and maps every peer's block into its own address
+ * space. Counts, flags and data then all travel over NVLink as plain loads/stores from
+ * the kernels; nothing waits on the host.
+ *
+ * An iteration is four phases, run by every rank exactly once and in this order:
+ *   dispatch send -> dispatch recv -> combine send -> combine recv
+ * Send and recv halves may be issued separately (other work in between) or together.
+ * Everything is stream-ordered and CUDA-graph capturable: per-iteration state (epoch,
+ * counters) lives in device memory and the variable batch size may be given as a
+ * device-side int32 (`bound_m`).
+ *
+ * Routing: experts are split in contiguous blocks, rank r owns experts
+ * [r*L, min((r+1)*L, E)) with L = ceil(E / world_size).
+ *
+ * Dispatch output (per rank), "expert-major padded":
+ *   out_expert_num_tokens[l] = rows received for local expert l (unpadded)
+ *   rows of local expert l occupy [off_l, off_l + cnt_l), off_l = sum_{k<l} roundup(cnt_k, pad)
+ *   the order of rows inside one expert is unspecified; padding rows are not written.
+ * Combine: out[t] = (accumulate ? out[t] : 0) + sum_k w[t,k] * y(t,k), with fp32
+ *   accumulation. The expert rank forms the fp32 partial sum of its own experts' rows for
+ *   a token (k ascending) and the token's rank adds the partials of all ranks (rank
+ *   ascending): the result is deterministic.
+ *
+ * Conventions (as the rest of Tendril): every fallible call returns 0 or a negative errno;
+ * a2a_last_error() describes the last failure of the calling thread. A spin-wait on a
+ * peer inside a kernel is bounded by a deadline (a2a_config.timeout_ms); when it expires
+ * the kernel records the error, every later kernel of the context returns at once, and
+ * the next host call (or a2a_poll_error) returns -ETIMEDOUT.
+ *
+ * Thread-safety: a context is used by one thread at a time (calls on one context must
+ * be serialized by the caller); distinct contexts are independent.
+ */
+#ifndef TENDRIL_A2A_H
+#define TENDRIL_A2A_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define A2A_MAX_RANKS 32 /* ranks of one NVLink domain */
+#define A2A_MAX_TOPK 8   /* experts per token */
+
+typedef struct a2a_ctx a2a_ctx;
+
+/* Element type of the combine (expert output and combined output). */
+typedef enum a2a_dtype {
+    A2A_DTYPE_BF16 = 1,
+    A2A_DTYPE_F16 = 2,
+    A2A_DTYPE_F32 = 3,
+} a2a_dtype;
+
+typedef struct a2a_config {
+    size_t struct_size;          /* sizeof(a2a_config): set it, for ABI growth */
+    int rank;                    /* this rank, 0 <= rank < world_size */
+    int world_size;              /* ranks in the NVLink domain (EP size), 1..A2A_MAX_RANKS */
+    int device;                  /* CUDA device ordinal of this rank */
+    uint32_t max_num_tokens;     /* tokens per rank per call (sizes the buffers) */
+    uint32_t num_experts;        /* global expert count E */
+    uint32_t experts_per_token;  /* top-k K, 1..A2A_MAX_TOPK */
+    uint32_t expert_padding;     /* each local expert's run is padded to a multiple (>=1) */
+    uint32_t hidden_dim;         /* H */
+    uint32_t hidden_dim_scale;   /* S fp32 scales per token (0 = none) */
+    uint32_t in_elem_size;       /* bytes per dispatched element: 1 (fp8), 2, 4 */
+    a2a_dtype out_dtype;         /* combine dtype */
+    uint32_t num_sms;            /* blocks per kernel (one per SM); 0 = every SM */
+    uint32_t timeout_ms;         /* bound of every in-kernel wait on a peer; 0 = 10000 */
+    const char *rendezvous;      /* job-unique name of the socket exchange (<= 80 chars) */
+} a2a_config;
+
+/* Tensors of one dispatch. Strides are in bytes unless noted. Pointers are device
+ * pointers of the context's device. Rows of x and out_x must be 16-byte aligned. */
+typedef struct a2a_dispatch_args {
+    size_t struct_size;
+    uint32_t num_tokens;          /* T (static upper bound of this call) */
+    const int32_t *bound_m;       /* optional device int32: actual tokens (<= T) */
+    const void *x;                /* [T, H] in_elem_size */
+    size_t x_stride;
+    const float *x_scale;         /* [T, S] fp32 (NULL when S == 0) */
+    size_t x_scale_stride0, x_scale_stride1; /* in elements */
+    const int32_t *indices;       /* [T, K] expert ids (int32 or uint32), contiguous */
+    int32_t *out_num_tokens;      /* [L] int32 */
+    void *out_x;                  /* [capacity, H] */
+    size_t out_x_stride;
+    float *out_x_scale;           /* [capacity, S] */
+    size_t out_scale_stride0, out_scale_stride1; /* in elements */
+    uint32_t out_capacity;        /* rows of out_x / out_x_scale */
+} a2a_dispatch_args;
+
+typedef struct a2a_combine_args {
+    size_t struct_size;
+    uint32_t num_tokens;          /* T, as in the matching dispatch */
+    const int32_t *bound_m;
+    const int32_t *indices;       /* [T, K], as in the matching dispatch */
+    const float *weights;         /* [T, K] fp32, contiguous */
+    const void *expert_y;         /* [rows, H] out_dtype, same layout as dispatch out_x */
+    size_t expert_y_stride;
+    uint32_t expert_y_rows;
+    void *out;                    /* [T, H] out_dtype */
+    size_t out_stride;
+    int accumulate;               /* add onto out instead of overwriting */
+} a2a_combine_args;
+
+#define A2A_SEND 1u
+#define A2A_RECV 2u
+
+/* Text for a negative errno returned by an a2a_ call. Thread-safe. */
+const char *a2a_strerror(int err);
+/* Message of the last failed a2a_ call of this thread ("" if none). */
+const char *a2a_last_error(void);
+
+/* Allocates the shared buffers on cfg->device and exports them. Any thread. */
+int a2a_create(const a2a_config *cfg, a2a_ctx **out);
+/* Exchanges buffers with every peer over Unix sockets named after cfg->rendezvous and
+ * maps theirs. Every rank calls it; returns -ETIMEDOUT if a peer does not show up within
+ * timeout_ms. */
+int a2a_connect(a2a_ctx *ctx, int timeout_ms);
+/* Frees everything. Peers must have finished using this rank (a barrier first). */
+void a2a_destroy(a2a_ctx *ctx);
+
+/* Rows a rank may receive in the worst case (capacity of out_x / expert_y). */
+uint32_t a2a_max_recv_tokens(const a2a_ctx *ctx);
+/* Local experts of this rank, and the first global expert id it owns. */
+uint32_t a2a_num_local_experts(const a2a_ctx *ctx);
+uint32_t a2a_first_expert(const a2a_ctx *ctx);
+/* Bytes of GPU memory the context allocated (shared + private). */
+size_t a2a_memory_bytes(const a2a_ctx *ctx);
+
+/* Enqueue the send and/or recv half (flags A2A_SEND | A2A_RECV) on `stream` (a
+ * cudaStream_t; NULL = legacy default stream). The phase order per iteration is checked
+ * on the host: -EPROTO if a half is called out of order. -ETIMEDOUT / -EOVERFLOW if a
+ * kernel reported an error earlier (the context is then unusable). */
+int a2a_dispatch(a2a_ctx *ctx, const a2a_dispatch_args *args, unsigned flags, void *stream);
+int a2a_combine(a2a_ctx *ctx, const a2a_combine_args *args, unsigned flags, void *stream);
+
+/* 0, or the error a kernel recorded (-ETIMEDOUT: a peer did not answer in time;
+ * -EOVERFLOW: more rows than out_capacity; -ECANCELED: aborted). Reads host-mapped
+ * memory, no synchronization. Any thread. */
+int a2a_poll_error(a2a_ctx *ctx);
+/* Makes every running and future kernel of this context return at once (kernels poll
+ * the flag while they wait). Any thread. */
+void a2a_abort(a2a_ctx *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

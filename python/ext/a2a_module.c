@@ -1,0 +1,218 @@
+/*
+ * tendril._a2a: CPython binding of the NVLink all-to-all (include/tendril/a2a.h).
+ * Tensors come in as integers (data_ptr(), byte strides, stream handles) from the
+ * pure-Python wrapper tendril.p2p_all_to_all; no torch headers are needed here.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <tendril/a2a.h>
+
+#define CAPSULE "tendril.a2a_ctx"
+
+static PyObject *raise_rc(int rc) {
+    const char *msg = a2a_last_error();
+    PyObject *exc = rc == -ETIMEDOUT ? PyExc_TimeoutError : PyExc_RuntimeError;
+    if (rc == -EINVAL) exc = PyExc_ValueError;
+    PyErr_Format(exc, "%s (%s, errno %d)", msg && msg[0] ? msg : a2a_strerror(rc), a2a_strerror(rc), -rc);
+    return NULL;
+}
+
+static void capsule_free(PyObject *cap) {
+    a2a_ctx *c = PyCapsule_GetPointer(cap, CAPSULE);
+    if (c) a2a_destroy(c);
+}
+
+static a2a_ctx *get_ctx(PyObject *cap) {
+    a2a_ctx *c = PyCapsule_GetPointer(cap, CAPSULE);
+    if (!c && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a2a context already destroyed");
+    return c;
+}
+
+static PyObject *py_create(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwl[] = {"rank", "world_size", "device", "max_num_tokens", "num_experts",
+                          "experts_per_token", "expert_padding", "hidden_dim", "hidden_dim_scale",
+                          "in_elem_size", "out_dtype", "num_sms", "timeout_ms", "rendezvous", NULL};
+    int rank, world, device, out_dtype;
+    unsigned int T, E, K, pad, H, S, in_size, num_sms, timeout_ms;
+    const char *rdv;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiIIIIIIIiIIs", kwl, &rank, &world, &device, &T, &E, &K,
+                                     &pad, &H, &S, &in_size, &out_dtype, &num_sms, &timeout_ms, &rdv))
+        return NULL;
+    a2a_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.struct_size = sizeof(cfg);
+    cfg.rank = rank;
+    cfg.world_size = world;
+    cfg.device = device;
+    cfg.max_num_tokens = T;
+    cfg.num_experts = E;
+    cfg.experts_per_token = K;
+    cfg.expert_padding = pad;
+    cfg.hidden_dim = H;
+    cfg.hidden_dim_scale = S;
+    cfg.in_elem_size = in_size;
+    cfg.out_dtype = (a2a_dtype)out_dtype;
+    cfg.num_sms = num_sms;
+    cfg.timeout_ms = timeout_ms;
+    cfg.rendezvous = rdv;
+    a2a_ctx *c = NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = a2a_create(&cfg, &c);
+    Py_END_ALLOW_THREADS if (rc) return raise_rc(rc);
+    PyObject *cap = PyCapsule_New(c, CAPSULE, capsule_free);
+    if (!cap) a2a_destroy(c);
+    return cap;
+}
+
+static PyObject *py_connect(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    int timeout_ms;
+    if (!PyArg_ParseTuple(args, "Oi", &cap, &timeout_ms)) return NULL;
+    a2a_ctx *c = get_ctx(cap);
+    if (!c) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = a2a_connect(c, timeout_ms);
+    Py_END_ALLOW_THREADS if (rc) return raise_rc(rc);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_destroy(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    a2a_ctx *c = PyCapsule_GetPointer(cap, CAPSULE);
+    if (c) {
+        Py_BEGIN_ALLOW_THREADS a2a_destroy(c);
+        Py_END_ALLOW_THREADS PyCapsule_SetDestructor(cap, NULL);
+        PyCapsule_SetPointer(cap, (void *)1); /* placeholder: a capsule pointer cannot be NULL */
+        PyCapsule_SetName(cap, "tendril.a2a_ctx.destroyed");
+    } else {
+        PyErr_Clear();
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_info(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    a2a_ctx *c = get_ctx(cap);
+    if (!c) return NULL;
+    return Py_BuildValue("{s:I,s:I,s:I,s:n}", "max_recv_tokens", a2a_max_recv_tokens(c), "num_local_experts",
+                         a2a_num_local_experts(c), "first_expert", a2a_first_expert(c), "memory_bytes",
+                         (Py_ssize_t)a2a_memory_bytes(c));
+}
+
+static PyObject *py_poll_error(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    a2a_ctx *c = get_ctx(cap);
+    if (!c) return NULL;
+    int rc = a2a_poll_error(c);
+    if (rc) return raise_rc(rc);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_abort(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    a2a_ctx *c = get_ctx(cap);
+    if (!c) return NULL;
+    a2a_abort(c);
+    Py_RETURN_NONE;
+}
+
+/* dispatch(ctx, flags, T, bound_m, x, x_stride, x_scale, xs0, xs1, indices,
+ *          out_num, out_x, out_x_stride, out_scale, os0, os1, out_capacity, stream) */
+static PyObject *py_dispatch(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    unsigned int flags, T, cap_rows;
+    unsigned long long bound_m, x, xst, xs, xs0, xs1, idx, onum, ox, oxst, os, os0, os1, stream;
+    if (!PyArg_ParseTuple(args, "OIIKKKKKKKKKKKKKIK", &cap, &flags, &T, &bound_m, &x, &xst, &xs, &xs0, &xs1,
+                          &idx, &onum, &ox, &oxst, &os, &os0, &os1, &cap_rows, &stream))
+        return NULL;
+    a2a_ctx *c = get_ctx(cap);
+    if (!c) return NULL;
+    a2a_dispatch_args a;
+    memset(&a, 0, sizeof(a));
+    a.struct_size = sizeof(a);
+    a.num_tokens = T;
+    a.bound_m = (const int32_t *)(uintptr_t)bound_m;
+    a.x = (const void *)(uintptr_t)x;
+    a.x_stride = xst;
+    a.x_scale = (const float *)(uintptr_t)xs;
+    a.x_scale_stride0 = xs0;
+    a.x_scale_stride1 = xs1;
+    a.indices = (const int32_t *)(uintptr_t)idx;
+    a.out_num_tokens = (int32_t *)(uintptr_t)onum;
+    a.out_x = (void *)(uintptr_t)ox;
+    a.out_x_stride = oxst;
+    a.out_x_scale = (float *)(uintptr_t)os;
+    a.out_scale_stride0 = os0;
+    a.out_scale_stride1 = os1;
+    a.out_capacity = cap_rows;
+    int rc = a2a_dispatch(c, &a, flags, (void *)(uintptr_t)stream);
+    if (rc) return raise_rc(rc);
+    Py_RETURN_NONE;
+}
+
+/* combine(ctx, flags, T, bound_m, indices, weights, y, y_stride, y_rows, out, out_stride,
+ *         accumulate, stream) */
+static PyObject *py_combine(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    unsigned int flags, T, y_rows;
+    int acc;
+    unsigned long long bound_m, idx, w, y, yst, out, ost, stream;
+    if (!PyArg_ParseTuple(args, "OIIKKKKKIKKpK", &cap, &flags, &T, &bound_m, &idx, &w, &y, &yst, &y_rows, &out,
+                          &ost, &acc, &stream))
+        return NULL;
+    a2a_ctx *c = get_ctx(cap);
+    if (!c) return NULL;
+    a2a_combine_args a;
+    memset(&a, 0, sizeof(a));
+    a.struct_size = sizeof(a);
+    a.num_tokens = T;
+    a.bound_m = (const int32_t *)(uintptr_t)bound_m;
+    a.indices = (const int32_t *)(uintptr_t)idx;
+    a.weights = (const float *)(uintptr_t)w;
+    a.expert_y = (const void *)(uintptr_t)y;
+    a.expert_y_stride = yst;
+    a.expert_y_rows = y_rows;
+    a.out = (void *)(uintptr_t)out;
+    a.out_stride = ost;
+    a.accumulate = acc;
+    int rc = a2a_combine(c, &a, flags, (void *)(uintptr_t)stream);
+    if (rc) return raise_rc(rc);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"create", (PyCFunction)(void (*)(void))py_create, METH_VARARGS | METH_KEYWORDS,
+     "create(**config) -> context capsule"},
+    {"connect", py_connect, METH_VARARGS, "connect(ctx, timeout_ms): exchange buffers with the peers"},
+    {"destroy", py_destroy, METH_VARARGS, "destroy(ctx)"},
+    {"info", py_info, METH_VARARGS, "info(ctx) -> dict of sizes"},
+    {"poll_error", py_poll_error, METH_VARARGS, "poll_error(ctx): raise the error a kernel recorded"},
+    {"abort", py_abort, METH_VARARGS, "abort(ctx): make every kernel of the context return"},
+    {"dispatch", py_dispatch, METH_VARARGS, "dispatch(ctx, flags, ...)"},
+    {"combine", py_combine, METH_VARARGS, "combine(ctx, flags, ...)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_a2a",
+                                    "Tendril MoE all-to-all over NVLink (C extension)", -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__a2a(void);
+PyMODINIT_FUNC PyInit__a2a(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    PyModule_AddIntConstant(m, "SEND", A2A_SEND);
+    PyModule_AddIntConstant(m, "RECV", A2A_RECV);
+    PyModule_AddIntConstant(m, "DTYPE_BF16", A2A_DTYPE_BF16);
+    PyModule_AddIntConstant(m, "DTYPE_F16", A2A_DTYPE_F16);
+    PyModule_AddIntConstant(m, "DTYPE_F32", A2A_DTYPE_F32);
+    return m;
+}

@@ -1,0 +1,91 @@
+/*
+ * Interface between the host side of the all-to-all (C) and its kernels (CUDA C).
+ *
+ * Shared block of every rank (mapped by every peer), offsets identical on all ranks:
+ *   flags  [3][W] uint32, one 128-byte line each: DSP (dispatch data from src complete),
+ *          WGT (src's combine weights published), CMB (src's combine partials complete
+ *          and src done reading what we sent it). Single writer (src), monotonic epochs.
+ *   cnt    [W][L+1] int32: per source, tokens per local expert, then rows sent.
+ *   meta   [W][Tmax][K+1] int32: per source slot: token id, then per k
+ *          (local_expert << 21 | index within (source, expert)) or -1.
+ *   rows   [W][Tmax][row_bytes]: per source slot: payload then fp32 scales.
+ *   wgt    [W][Tmax][K] fp32: per source, its combine weights (only entries routed here).
+ *   part   [W][Tmax][H] fp32: per expert rank, its weighted partial sum for our token t.
+ * See docs/a2a.md for the protocol and why no write-after-read hazard exists.
+ */
+#ifndef TENDRIL_A2A_KERNELS_H
+#define TENDRIL_A2A_KERNELS_H
+
+#include <stdint.h>
+#include <tendril/a2a.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define A2A_THREADS 512
+#define A2A_WARPS (A2A_THREADS / 32)
+#define A2A_CHUNK 64          /* tokens routed per block step in dispatch send */
+#define A2A_MAX_EXPERTS 4096
+#define A2A_IDX_BITS 21       /* meta entry: expert << 21 | index */
+#define A2A_MAX_TOKENS (1u << A2A_IDX_BITS)
+
+enum { A2A_FLAG_DSP = 0, A2A_FLAG_WGT = 1, A2A_FLAG_CMB = 2 };
+enum { A2A_PH_DSEND = 0, A2A_PH_DRECV = 1, A2A_PH_CSEND = 2, A2A_PH_CRECV = 3 };
+/* error word: code << 24 | phase << 16 | peer */
+enum { A2A_ERR_TIMEOUT = 1, A2A_ERR_OVERFLOW = 2, A2A_ERR_ABORT = 3 };
+/* arrival counters in the workspace */
+enum { A2A_ARR_DSEND = 0, A2A_ARR_WGT = 1, A2A_ARR_CSEND = 2, A2A_ARR_CRECV = 3, A2A_ARR_N = 8 };
+
+typedef struct a2a_kparams {
+    char *peer[A2A_MAX_RANKS]; /* base of each rank's shared block, mapped here */
+    uint64_t off_flags, off_cnt, off_meta, off_rows, off_wgt, off_part;
+    uint32_t *ws_iter;         /* completed iterations (epoch of the next = +1) */
+    uint32_t *ws_err;          /* first error (device copy) */
+    uint32_t *ws_arrive;       /* [A2A_ARR_N] block arrival counters */
+    int32_t *ws_total_cnt;     /* [2][E] tokens per expert, by epoch parity */
+    int32_t *ws_total_rcnt;    /* [2][W] rows per destination rank, by parity */
+    int32_t *ws_src_base;      /* [W][L] first output row of (source, local expert) */
+    int32_t *ws_nsrc;          /* [W] rows received per source */
+    uint32_t *host_err;        /* host-mapped: first error */
+    const uint32_t *host_abort;/* host-mapped: abort request */
+    uint64_t timeout_ns;
+    int32_t rank, world;
+    uint32_t E, L, K, H, S, Tmax, pad;
+    uint32_t payload_bytes;    /* H * in_elem_size (multiple of 16) */
+    uint32_t row_bytes;        /* staging row stride */
+    uint32_t out_dtype;        /* a2a_dtype */
+    /* per call */
+    uint32_t T;
+    const int32_t *bound_m;
+    const int32_t *indices;
+    const void *x;
+    uint64_t x_stride;
+    const float *x_scale;
+    uint64_t xs0, xs1;
+    int32_t *out_num_tokens;
+    void *out_x;
+    uint64_t out_x_stride;
+    float *out_scale;
+    uint64_t os0, os1;
+    uint32_t out_capacity;
+    const float *weights;
+    const void *y;
+    uint64_t y_stride;
+    uint32_t y_rows;
+    void *out;
+    uint64_t out_stride;
+    int32_t accumulate;
+} a2a_kparams;
+
+/* Dynamic shared memory a phase needs. */
+size_t a2a_kernel_smem(int phase, const a2a_kparams *p);
+/* Launches phase `phase` with `nblocks` blocks on `stream`. Returns a cudaError_t. */
+int a2a_kernel_launch(int phase, const a2a_kparams *p, int nblocks, void *stream);
+/* Largest number of co-resident blocks of the heaviest kernel on this device. */
+int a2a_kernel_max_blocks(const a2a_kparams *p, int device);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

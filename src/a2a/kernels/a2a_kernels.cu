@@ -1,0 +1,799 @@
+/*
+ * MoE all-to-all over NVLink: the four phase kernels.
+ *
+ * Every kernel is a plain launch of nblocks x 512 threads (one block per SM). Blocks do
+ * not wait for each other except where noted ("co-resident"). Work is split in warp
+ * tasks: a task is (row, segment of the row); lanes move 16-byte vectors.
+ *
+ * Cross-GPU ordering: data stores -> fence.sys by every thread -> block arrival counter
+ * (counts blocks, never items) -> the last block does fence.sys and st.release.sys of
+ * the epoch into each peer's flag. The reader spins with ld.acquire.sys, bounded by a
+ * globaltimer deadline, then reads the data.
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "../a2a_kernels.h"
+
+typedef a2a_kparams P;
+
+#define FULL 0xffffffffu
+
+/* ------------------------------------------------------------ primitives ---- */
+
+static __device__ __forceinline__ uint64_t gtimer(void) {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+static __device__ __forceinline__ uint32_t ld_acquire_sys(const uint32_t *p) {
+    uint32_t v;
+    asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+static __device__ __forceinline__ void st_release_sys(uint32_t *p, uint32_t v) {
+    asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+static __device__ __forceinline__ uint32_t ld_vol(const uint32_t *p) {
+    return *(const volatile uint32_t *)p;
+}
+static __device__ __forceinline__ int32_t ld_vol_i(const int32_t *p) {
+    return *(const volatile int32_t *)p;
+}
+/* streaming read of caller input (read-only for the kernel's lifetime) */
+static __device__ __forceinline__ uint4 ld_in(const void *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+/* read of data a peer wrote (after the acquire of its flag) */
+static __device__ __forceinline__ uint4 ld_peer(const void *p) {
+    uint4 v;
+    asm volatile("ld.global.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) : "memory");
+    return v;
+}
+static __device__ __forceinline__ void st_v4(void *p, uint4 v) {
+    asm volatile("st.global.v4.u32 [%0], {%1,%2,%3,%4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z),
+                 "r"(v.w)
+                 : "memory");
+}
+
+static __device__ __forceinline__ uint32_t *flag_ptr(const P &p, int owner, int kind, int src) {
+    return (uint32_t *)(p.peer[owner] + p.off_flags) + ((size_t)kind * p.world + src) * 32;
+}
+static __device__ __forceinline__ int32_t *cnt_ptr(const P &p, int owner, int src) {
+    return (int32_t *)(p.peer[owner] + p.off_cnt) + (size_t)src * (p.L + 1);
+}
+static __device__ __forceinline__ int32_t *meta_ptr(const P &p, int owner, int src, int j) {
+    return (int32_t *)(p.peer[owner] + p.off_meta) + ((size_t)src * p.Tmax + j) * (p.K + 1);
+}
+static __device__ __forceinline__ char *row_ptr(const P &p, int owner, int src, int j) {
+    return p.peer[owner] + p.off_rows + ((size_t)src * p.Tmax + j) * p.row_bytes;
+}
+static __device__ __forceinline__ float *wgt_ptr(const P &p, int owner, int src) {
+    return (float *)(p.peer[owner] + p.off_wgt) + (size_t)src * p.Tmax * p.K;
+}
+static __device__ __forceinline__ float *part_ptr(const P &p, int owner, int src, int t) {
+    return (float *)(p.peer[owner] + p.off_part) + ((size_t)src * p.Tmax + t) * p.H;
+}
+
+static __device__ __forceinline__ bool failed(const P &p) { return ld_vol(p.ws_err) != 0; }
+
+static __device__ void set_error(const P &p, uint32_t code, uint32_t phase, uint32_t peer) {
+    uint32_t w = (code << 24) | (phase << 16) | (peer & 0xffff);
+    if (atomicCAS(p.ws_err, 0u, w) == 0u) {
+        *(volatile uint32_t *)p.host_err = w;
+        __threadfence_system();
+    }
+}
+
+/* One thread waits until *flag >= target (wrap-safe), a deadline passes, or the context
+ * failed / was aborted. */
+static __device__ bool wait_flag(const P &p, const uint32_t *flag, uint32_t target, uint32_t phase,
+                                 uint32_t peer) {
+    if ((int32_t)(ld_acquire_sys(flag) - target) >= 0) return true;
+    const uint64_t t0 = gtimer();
+    for (uint32_t n = 1;; n++) {
+        if ((int32_t)(ld_acquire_sys(flag) - target) >= 0) return true;
+        if (failed(p)) return false;
+        if ((n & 255) == 0) {
+            if (ld_vol(p.host_abort)) {
+                set_error(p, A2A_ERR_ABORT, phase, peer);
+                return false;
+            }
+            if (gtimer() - t0 > p.timeout_ns) {
+                set_error(p, A2A_ERR_TIMEOUT, phase, peer);
+                return false;
+            }
+        }
+    }
+}
+
+/* Whole block: wait for flag `kind` of every source in the own block. Uniform result. */
+static __device__ bool block_wait_all(const P &p, int kind, uint32_t target, uint32_t phase) {
+    __shared__ int s_fail;
+    if (threadIdx.x == 0) s_fail = 0;
+    __syncthreads();
+    if ((int)threadIdx.x < p.world) {
+        if (!wait_flag(p, flag_ptr(p, p.rank, kind, threadIdx.x), target, phase, threadIdx.x))
+            s_fail = 1;
+    }
+    __syncthreads();
+    const int f = s_fail;
+    __syncthreads();
+    return f == 0;
+}
+
+/* Every block calls it once at its end. Returns true in the last block to arrive (whole
+ * block, uniform). All stores of all blocks made before are visible system-wide to what
+ * the last block does after. The counter is reset for the next launch. */
+static __device__ bool arrive_last(uint32_t *counter) {
+    __shared__ int s_last;
+    __threadfence_system();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const uint32_t old = atomicAdd(counter, 1u);
+        s_last = (old == gridDim.x - 1);
+        if (s_last) {
+            __threadfence_system();
+            *(volatile uint32_t *)counter = 0;
+        }
+    }
+    __syncthreads();
+    return s_last != 0;
+}
+
+static __device__ __forceinline__ uint32_t epoch(const P &p) { return ld_vol(p.ws_iter) + 1; }
+
+static __device__ __forceinline__ int tokens_now(const P &p) {
+    int T = (int)p.T;
+    if (p.bound_m) {
+        const int b = *(const volatile int32_t *)p.bound_m;
+        T = b < 0 ? 0 : (b < T ? b : T);
+    }
+    return T;
+}
+
+/* exclusive prefix over the block of one value per thread; *total = sum */
+static __device__ int block_excl_scan(int v, int *total) {
+    __shared__ int s_warp[A2A_WARPS + 1];
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    int x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(FULL, x, o);
+        if (lane >= o) x += y;
+    }
+    if (lane == 31) s_warp[wid] = x;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int run = 0;
+        for (int w = 0; w < A2A_WARPS; w++) {
+            const int c = s_warp[w];
+            s_warp[w] = run;
+            run += c;
+        }
+        s_warp[A2A_WARPS] = run;
+    }
+    __syncthreads();
+    const int r = s_warp[wid] + x - v;
+    *total = s_warp[A2A_WARPS];
+    __syncthreads();
+    return r;
+}
+
+/* Segments per row so that tasks cover the warps of the grid; each segment >= minv. */
+static __device__ __forceinline__ int pick_nseg(int nrows, int nvec, int minv) {
+    if (nrows <= 0) return 1;
+    const int warps = gridDim.x * A2A_WARPS;
+    int nseg = (warps + nrows - 1) / nrows;
+    int maxseg = nvec / minv;
+    if (maxseg < 1) maxseg = 1;
+    if (nseg > maxseg) nseg = maxseg;
+    return nseg < 1 ? 1 : nseg;
+}
+
+/* Shared routing tables of the receiving side: first output row of (source, local
+ * expert), rows per source and their prefix. Loaded from the cnt region (dispatch recv)
+ * or from the workspace (combine send). */
+struct RecvTables {
+    int *base;   /* [W][L] */
+    int *rowoff; /* [W+1] */
+};
+
+/* ------------------------------------------------------------ dispatch send ---- */
+
+__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send(P p) {
+    extern __shared__ int smem[];
+    if (failed(p)) return;
+    const uint32_t ep = epoch(p);
+    const int par = ep & 1;
+    const int W = p.world, K = p.K, E = p.E, L = p.L, me = p.rank;
+    int *s_ecnt = smem;                  /* [E] count per expert within the chunk */
+    int *s_ebase = s_ecnt + E;           /* [E] global base of the chunk per expert */
+    int *s_rcnt = s_ebase + E;           /* [W] */
+    int *s_rbase = s_rcnt + W;           /* [W] */
+    int *s_pos = s_rbase + W;            /* [CHUNK*K] index within (me, expert) */
+    int *s_slot = s_pos + A2A_CHUNK * K; /* [CHUNK*W] slot at destination or -1 */
+    int *s_dl = s_slot + A2A_CHUNK * W;  /* [CHUNK*8] destination list: r << 24 | slot */
+    int *s_nd = s_dl + A2A_CHUNK * 8;    /* [CHUNK] */
+    int32_t *tot_cnt = p.ws_total_cnt + (size_t)par * E;
+    int32_t *tot_rcnt = p.ws_total_rcnt + (size_t)par * W;
+    const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
+
+    for (int i = tid; i < E; i += A2A_THREADS) s_ecnt[i] = 0;
+    for (int i = tid; i < W; i += A2A_THREADS) s_rcnt[i] = 0;
+    const int T = tokens_now(p);
+    int chunk = (T + gridDim.x - 1) / gridDim.x;
+    if (chunk > A2A_CHUNK) chunk = A2A_CHUNK;
+    if (chunk < 1) chunk = 1;
+    const int nchunks = (T + chunk - 1) / chunk;
+    const uint32_t nvec = p.payload_bytes / 16;
+    __syncthreads();
+
+    for (int c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const int t0 = c * chunk;
+        const int nt = min(chunk, T - t0);
+        const int npairs = nt * K;
+        for (int i = tid; i < nt * W; i += A2A_THREADS) s_slot[i] = -1;
+        __syncthreads();
+        /* 1: positions inside the chunk */
+        for (int i = tid; i < npairs; i += A2A_THREADS) {
+            const int t = t0 + i / K, k = i % K;
+            const uint32_t e = (uint32_t)p.indices[(size_t)t * K + k];
+            if (e >= (uint32_t)E) {
+                s_pos[i] = -1; /* dropped route */
+                continue;
+            }
+            const int r = e / L;
+            bool first = true;
+            for (int k2 = 0; k2 < k; k2++) {
+                const uint32_t e2 = (uint32_t)p.indices[(size_t)t * K + k2];
+                if (e2 < (uint32_t)E && (int)(e2 / L) == r) first = false;
+            }
+            s_pos[i] = atomicAdd(&s_ecnt[e], 1);
+            if (first) s_slot[(i / K) * W + r] = atomicAdd(&s_rcnt[r], 1);
+        }
+        __syncthreads();
+        /* 2: reserve global ranges (one atomic per touched expert / rank) */
+        for (int i = tid; i < npairs; i += A2A_THREADS) {
+            if (s_pos[i] == 0) {
+                const int e = p.indices[(size_t)(t0 + i / K) * K + i % K];
+                s_ebase[e] = atomicAdd(&tot_cnt[e], s_ecnt[e]);
+            }
+        }
+        for (int r = tid; r < W; r += A2A_THREADS)
+            if (s_rcnt[r] > 0) s_rbase[r] = atomicAdd(&tot_rcnt[r], s_rcnt[r]);
+        __syncthreads();
+        /* 3: final positions; reset the per-chunk counters */
+        for (int i = tid; i < npairs; i += A2A_THREADS) {
+            if (s_pos[i] >= 0) {
+                const int e = p.indices[(size_t)(t0 + i / K) * K + i % K];
+                s_pos[i] += s_ebase[e];
+            }
+        }
+        for (int i = tid; i < nt * W; i += A2A_THREADS)
+            if (s_slot[i] >= 0) s_slot[i] += s_rbase[i % W];
+        __syncthreads();
+        for (int i = tid; i < npairs; i += A2A_THREADS) {
+            const uint32_t e = (uint32_t)p.indices[(size_t)(t0 + i / K) * K + i % K];
+            if (e < (uint32_t)E) s_ecnt[e] = 0;
+        }
+        for (int r = tid; r < W; r += A2A_THREADS) s_rcnt[r] = 0;
+        /* destination list per token, and the slot metadata at each destination */
+        for (int ti = tid; ti < nt; ti += A2A_THREADS) {
+            int nd = 0;
+            for (int r = 0; r < W; r++) {
+                const int j = s_slot[ti * W + r];
+                if (j >= 0) s_dl[ti * 8 + nd++] = (r << 24) | j;
+            }
+            s_nd[ti] = nd;
+        }
+        for (int i = tid; i < nt * W; i += A2A_THREADS) {
+            const int ti = i / W, r = i % W, j = s_slot[i];
+            if (j < 0) continue;
+            int32_t *m = meta_ptr(p, r, me, j);
+            const int t = t0 + ti;
+            m[0] = t;
+            for (int k = 0; k < K; k++) {
+                const uint32_t e = (uint32_t)p.indices[(size_t)t * K + k];
+                int v = -1;
+                if (e < (uint32_t)E && (int)(e / L) == r)
+                    v = (int)(((e - r * L) << A2A_IDX_BITS) | (uint32_t)s_pos[ti * K + k]);
+                m[1 + k] = v;
+            }
+        }
+        __syncthreads();
+        /* 4: data. task = (token, segment); one warp per task */
+        int nseg = (A2A_WARPS + nt - 1) / nt;
+        if (nseg > (int)nvec / 32) nseg = (int)nvec / 32;
+        if (nseg < 1) nseg = 1;
+        const int vps = (nvec + nseg - 1) / nseg;
+        for (int task = wid; task < nt * nseg; task += A2A_WARPS) {
+            const int ti = task / nseg, seg = task % nseg;
+            const int t = t0 + ti;
+            const int nd = s_nd[ti];
+            char *dst[8];
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                dst[q] = nullptr;
+                if (q < nd) {
+                    const int d = s_dl[ti * 8 + q];
+                    dst[q] = row_ptr(p, d >> 24, me, d & 0xffffff);
+                }
+            }
+            const char *src = (const char *)p.x + (size_t)t * p.x_stride;
+            const int v0 = seg * vps, v1 = min((int)nvec, v0 + vps);
+            for (int v = v0 + lane; v < v1; v += 32 * 4) {
+                uint4 val[4];
+#pragma unroll
+                for (int u = 0; u < 4; u++)
+                    if (v + 32 * u < v1) val[u] = ld_in(src + (size_t)(v + 32 * u) * 16);
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    if (v + 32 * u < v1) {
+#pragma unroll
+                        for (int q = 0; q < 8; q++)
+                            if (q < nd) st_v4(dst[q] + (size_t)(v + 32 * u) * 16, val[u]);
+                    }
+                }
+            }
+            if (seg == nseg - 1) {
+                for (int i = lane; i < (int)p.S; i += 32) {
+                    const float f = p.x_scale[(size_t)t * p.xs0 + (size_t)i * p.xs1];
+#pragma unroll
+                    for (int q = 0; q < 8; q++)
+                        if (q < nd) ((float *)(dst[q] + p.payload_bytes))[i] = f;
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    if (arrive_last(&p.ws_arrive[A2A_ARR_DSEND])) {
+        /* every block's atomics are done: publish the counts, then the flags */
+        for (int i = tid; i < W * (L + 1); i += A2A_THREADS) {
+            const int r = i / (L + 1), l = i % (L + 1);
+            int v;
+            if (l < L) {
+                const int e = r * L + l;
+                v = e < E ? ld_vol_i(&tot_cnt[e]) : 0;
+            } else {
+                v = ld_vol_i(&tot_rcnt[r]);
+            }
+            cnt_ptr(p, r, me)[l] = v;
+        }
+        int32_t *nxt_cnt = p.ws_total_cnt + (size_t)(par ^ 1) * E;
+        int32_t *nxt_rcnt = p.ws_total_rcnt + (size_t)(par ^ 1) * W;
+        for (int i = tid; i < E; i += A2A_THREADS) nxt_cnt[i] = 0;
+        for (int i = tid; i < W; i += A2A_THREADS) nxt_rcnt[i] = 0;
+        __threadfence_system();
+        __syncthreads();
+        if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_DSP, me), ep);
+    }
+}
+
+/* ------------------------------------------------------------ recv tables ---- */
+
+/* Number of experts this rank owns. */
+static __device__ __forceinline__ int local_experts(const P &p) {
+    const int n = (int)p.E - p.rank * (int)p.L;
+    return n < 0 ? 0 : (n > (int)p.L ? (int)p.L : n);
+}
+
+/* Fills s_base[W][L] (first output row of each (source, local expert)) and
+ * s_rowoff[W+1] (prefix of rows per source). from_counts: computed from the cnt region
+ * (dispatch recv; block 0 also writes out_num_tokens and saves the tables for combine);
+ * otherwise loaded from the workspace (combine send). Returns the rows received. */
+static __device__ int load_recv_tables(const P &p, int *s_base, int *s_rowoff, bool from_counts) {
+    const int W = p.world, L = p.L, me = p.rank, tid = threadIdx.x;
+    const int nloc = local_experts(p);
+    if (from_counts) {
+        for (int i = tid; i < W * L; i += A2A_THREADS) {
+            const int s = i / L, l = i % L;
+            s_base[i] = l < nloc ? ld_vol_i(cnt_ptr(p, me, s) + l) : 0;
+        }
+        if (tid < W) s_rowoff[tid] = ld_vol_i(cnt_ptr(p, me, tid) + L);
+    } else {
+        for (int i = tid; i < W * L; i += A2A_THREADS) s_base[i] = p.ws_src_base[i];
+        if (tid < W) s_rowoff[tid] = p.ws_nsrc[tid];
+    }
+    __syncthreads();
+    if (from_counts) {
+        if (blockIdx.x == 0 && tid < W) p.ws_nsrc[tid] = s_rowoff[tid];
+        const int per = (L + A2A_THREADS - 1) / A2A_THREADS; /* <= 8 */
+        int tl[8];
+        int mysum = 0;
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            tl[q] = 0;
+            const int l = tid * per + q;
+            if (q < per && l < L) {
+                int run = 0;
+                for (int s = 0; s < W; s++) {
+                    const int c = s_base[s * L + l];
+                    s_base[s * L + l] = run;
+                    run += c;
+                }
+                tl[q] = run;
+                mysum += (run + (int)p.pad - 1) / (int)p.pad * (int)p.pad;
+            }
+        }
+        int total;
+        int off = block_excl_scan(mysum, &total);
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            const int l = tid * per + q;
+            if (q < per && l < L) {
+                for (int s = 0; s < W; s++) s_base[s * L + l] += off;
+                if (blockIdx.x == 0 && l < nloc) p.out_num_tokens[l] = tl[q];
+                off += (tl[q] + (int)p.pad - 1) / (int)p.pad * (int)p.pad;
+            }
+        }
+        if (blockIdx.x == 0 && tid == 0 && total > (int)p.out_capacity)
+            set_error(p, A2A_ERR_OVERFLOW, A2A_PH_DRECV, 0);
+        __syncthreads();
+        if (blockIdx.x == 0)
+            for (int i = tid; i < W * L; i += A2A_THREADS) p.ws_src_base[i] = s_base[i];
+    }
+    if (tid == 0) {
+        int run = 0;
+        for (int s = 0; s < W; s++) {
+            const int c = s_rowoff[s];
+            s_rowoff[s] = run;
+            run += c;
+        }
+        s_rowoff[W] = run;
+    }
+    __syncthreads();
+    return s_rowoff[W];
+}
+
+static __device__ __forceinline__ void row_to_src(const int *s_rowoff, int W, int r, int *s, int *j) {
+    int k = 0;
+    while (k < W - 1 && s_rowoff[k + 1] <= r) k++;
+    *s = k;
+    *j = r - s_rowoff[k];
+}
+
+/* ------------------------------------------------------------ dispatch recv ---- */
+
+__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv(P p) {
+    extern __shared__ int smem[];
+    if (failed(p)) return;
+    const uint32_t ep = epoch(p);
+    if (!block_wait_all(p, A2A_FLAG_DSP, ep, A2A_PH_DRECV)) return;
+    const int W = p.world, L = p.L, K = p.K, me = p.rank;
+    int *s_base = smem, *s_rowoff = smem + W * L;
+    const int nrows = load_recv_tables(p, s_base, s_rowoff, true);
+    const int lane = threadIdx.x & 31;
+    const int nvec = p.payload_bytes / 16;
+    const int nseg = pick_nseg(nrows, nvec, 32);
+    const int vps = (nvec + nseg - 1) / nseg;
+    const int nwarps = gridDim.x * A2A_WARPS;
+    const uint32_t idx_mask = (1u << A2A_IDX_BITS) - 1;
+    for (int task = blockIdx.x * A2A_WARPS + (threadIdx.x >> 5); task < nrows * nseg; task += nwarps) {
+        const int r = task / nseg, seg = task % nseg;
+        int s, j;
+        row_to_src(s_rowoff, W, r, &s, &j);
+        int my = -1;
+        if (lane < K) {
+            const int ent = ld_vol_i(meta_ptr(p, me, s, j) + 1 + lane);
+            if (ent >= 0) {
+                my = s_base[s * L + (ent >> A2A_IDX_BITS)] + (int)((uint32_t)ent & idx_mask);
+                if (my >= (int)p.out_capacity) {
+                    set_error(p, A2A_ERR_OVERFLOW, A2A_PH_DRECV, s);
+                    my = -1;
+                }
+            }
+        }
+        int dr[8];
+        char *dst[8];
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            dr[q] = __shfl_sync(FULL, my, q);
+            dst[q] = dr[q] >= 0 ? (char *)p.out_x + (size_t)dr[q] * p.out_x_stride : nullptr;
+        }
+        const char *src = row_ptr(p, me, s, j);
+        const int v0 = seg * vps, v1 = min(nvec, v0 + vps);
+        for (int v = v0 + lane; v < v1; v += 32 * 4) {
+            uint4 val[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                if (v + 32 * u < v1) val[u] = ld_peer(src + (size_t)(v + 32 * u) * 16);
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                if (v + 32 * u < v1) {
+#pragma unroll
+                    for (int q = 0; q < 8; q++)
+                        if (dst[q]) st_v4(dst[q] + (size_t)(v + 32 * u) * 16, val[u]);
+                }
+            }
+        }
+        if (seg == nseg - 1) {
+            const float *ssrc = (const float *)(src + p.payload_bytes);
+            for (int i = lane; i < (int)p.S; i += 32) {
+                const float f = *(const volatile float *)&ssrc[i];
+#pragma unroll
+                for (int q = 0; q < 8; q++)
+                    if (dr[q] >= 0) p.out_scale[(size_t)dr[q] * p.os0 + (size_t)i * p.os1] = f;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------ element access ---- */
+
+template <int DT> struct Elt;
+template <> struct Elt<A2A_DTYPE_BF16> { static constexpr int bytes = 2; };
+template <> struct Elt<A2A_DTYPE_F16> { static constexpr int bytes = 2; };
+template <> struct Elt<A2A_DTYPE_F32> { static constexpr int bytes = 4; };
+
+static __device__ __forceinline__ void u4_to_f(uint4 u, float *f, int dt) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if (dt == A2A_DTYPE_BF16) {
+            f[2 * i] = __uint_as_float(w[i] << 16);
+            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        } else {
+            __half2 h = *(const __half2 *)&w[i];
+            const float2 ff = __half22float2(h);
+            f[2 * i] = ff.x;
+            f[2 * i + 1] = ff.y;
+        }
+    }
+}
+
+/* 8 elements of type DT at p (16 or 32 bytes) as floats */
+template <int DT, bool INPUT> static __device__ __forceinline__ void load8(const char *p, float *f) {
+    if (DT == A2A_DTYPE_F32) {
+        const uint4 a = INPUT ? ld_in(p) : *(const uint4 *)p;
+        const uint4 b = INPUT ? ld_in(p + 16) : *(const uint4 *)(p + 16);
+        f[0] = __uint_as_float(a.x); f[1] = __uint_as_float(a.y);
+        f[2] = __uint_as_float(a.z); f[3] = __uint_as_float(a.w);
+        f[4] = __uint_as_float(b.x); f[5] = __uint_as_float(b.y);
+        f[6] = __uint_as_float(b.z); f[7] = __uint_as_float(b.w);
+    } else {
+        const uint4 a = INPUT ? ld_in(p) : *(const uint4 *)p;
+        u4_to_f(a, f, DT);
+    }
+}
+
+template <int DT> static __device__ __forceinline__ void store8(char *p, const float *f) {
+    if (DT == A2A_DTYPE_F32) {
+        st_v4(p, make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
+                            __float_as_uint(f[3])));
+        st_v4(p + 16, make_uint4(__float_as_uint(f[4]), __float_as_uint(f[5]),
+                                 __float_as_uint(f[6]), __float_as_uint(f[7])));
+    } else {
+        uint32_t w[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            if (DT == A2A_DTYPE_BF16) {
+                __nv_bfloat162 b = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+                w[i] = *(uint32_t *)&b;
+            } else {
+                __half2 h = __floats2half2_rn(f[2 * i], f[2 * i + 1]);
+                w[i] = *(uint32_t *)&h;
+            }
+        }
+        st_v4(p, make_uint4(w[0], w[1], w[2], w[3]));
+    }
+}
+
+/* ------------------------------------------------------------ combine send ---- */
+
+template <int DT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_send(P p) {
+    extern __shared__ int smem[];
+    if (failed(p)) return;
+    const uint32_t ep = epoch(p);
+    const int W = p.world, L = p.L, K = p.K, E = p.E, me = p.rank;
+    const int tid = threadIdx.x, lane = tid & 31;
+    /* A: publish this rank's weights to the ranks that own the experts */
+    {
+        const int T = tokens_now(p);
+        for (int i = blockIdx.x * A2A_THREADS + tid; i < T * K; i += gridDim.x * A2A_THREADS) {
+            const uint32_t e = (uint32_t)p.indices[i];
+            if (e < (uint32_t)E) wgt_ptr(p, e / L, me)[i] = p.weights[i];
+        }
+        if (arrive_last(&p.ws_arrive[A2A_ARR_WGT]))
+            if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_WGT, me), ep);
+    }
+    /* B: every source's weights (co-resident grid: our own last block publishes too) */
+    if (!block_wait_all(p, A2A_FLAG_WGT, ep, A2A_PH_CSEND)) return;
+    int *s_base = smem, *s_rowoff = smem + W * L;
+    const int nrows = load_recv_tables(p, s_base, s_rowoff, false);
+    /* C: weighted partial sum of the local experts' rows of each received token */
+    const int nchunk = p.H / 8;
+    const int nseg = pick_nseg(nrows, nchunk, 32);
+    const int cps = (nchunk + nseg - 1) / nseg;
+    const int nwarps = gridDim.x * A2A_WARPS;
+    const uint32_t idx_mask = (1u << A2A_IDX_BITS) - 1;
+    constexpr int EB = Elt<DT>::bytes;
+    for (int task = blockIdx.x * A2A_WARPS + (tid >> 5); task < nrows * nseg; task += nwarps) {
+        const int r = task / nseg, seg = task % nseg;
+        int s, j;
+        row_to_src(s_rowoff, W, r, &s, &j);
+        const int32_t *m = meta_ptr(p, me, s, j);
+        const int t = ld_vol_i(m);
+        int my = -1;
+        float myw = 0.f;
+        if (lane < K) {
+            const int ent = ld_vol_i(m + 1 + lane);
+            if (ent >= 0) {
+                my = s_base[s * L + (ent >> A2A_IDX_BITS)] + (int)((uint32_t)ent & idx_mask);
+                if (my >= (int)p.y_rows) {
+                    set_error(p, A2A_ERR_OVERFLOW, A2A_PH_CSEND, s);
+                    my = -1;
+                }
+                myw = *(const volatile float *)&wgt_ptr(p, me, s)[(size_t)t * K + lane];
+            }
+        }
+        const char *yr[8];
+        float w[8];
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            const int row = __shfl_sync(FULL, my, q);
+            w[q] = __shfl_sync(FULL, myw, q);
+            yr[q] = row >= 0 ? (const char *)p.y + (size_t)row * p.y_stride : nullptr;
+        }
+        char *dstp = (char *)part_ptr(p, s, me, t);
+        const int c0 = seg * cps, c1 = min(nchunk, c0 + cps);
+        for (int c = c0 + lane; c < c1; c += 32) {
+            float acc[8];
+#pragma unroll
+            for (int i = 0; i < 8; i++) acc[i] = 0.f;
+            float v[8][8];
+#pragma unroll
+            for (int q = 0; q < 8; q++)
+                if (yr[q]) load8<DT, true>(yr[q] + (size_t)c * 8 * EB, v[q]);
+#pragma unroll
+            for (int q = 0; q < 8; q++)
+                if (yr[q]) {
+#pragma unroll
+                    for (int i = 0; i < 8; i++) acc[i] = fmaf(w[q], v[q][i], acc[i]);
+                }
+            store8<A2A_DTYPE_F32>(dstp + (size_t)c * 32, acc);
+        }
+    }
+    /* D: partials delivered and our reads of cnt/meta/rows/wgt done */
+    if (arrive_last(&p.ws_arrive[A2A_ARR_CSEND]))
+        if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_CMB, me), ep);
+}
+
+/* ------------------------------------------------------------ combine recv ---- */
+
+template <int DT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_recv(P p) {
+    if (failed(p)) return;
+    const uint32_t ep = epoch(p);
+    if (!block_wait_all(p, A2A_FLAG_CMB, ep, A2A_PH_CRECV)) return;
+    const int K = p.K, E = p.E, L = p.L, me = p.rank;
+    const int lane = threadIdx.x & 31;
+    const int T = tokens_now(p);
+    const int nchunk = p.H / 8;
+    const int nseg = pick_nseg(T, nchunk, 32);
+    const int cps = (nchunk + nseg - 1) / nseg;
+    const int nwarps = gridDim.x * A2A_WARPS;
+    constexpr int EB = Elt<DT>::bytes;
+    for (int task = blockIdx.x * A2A_WARPS + (threadIdx.x >> 5); task < T * nseg; task += nwarps) {
+        const int t = task / nseg, seg = task % nseg;
+        uint32_t bit = 0;
+        if (lane < K) {
+            const uint32_t e = (uint32_t)p.indices[(size_t)t * K + lane];
+            if (e < (uint32_t)E) bit = 1u << (e / L);
+        }
+        uint32_t mask = __reduce_or_sync(FULL, bit);
+        const float *src[8];
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            src[q] = nullptr;
+            if (mask) {
+                const int r = __ffs(mask) - 1;
+                mask &= mask - 1;
+                src[q] = part_ptr(p, me, r, t);
+            }
+        }
+        char *outp = (char *)p.out + (size_t)t * p.out_stride;
+        const int c0 = seg * cps, c1 = min(nchunk, c0 + cps);
+        for (int c = c0 + lane; c < c1; c += 32) {
+            float acc[8];
+            if (p.accumulate) {
+                load8<DT, false>(outp + (size_t)c * 8 * EB, acc);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) acc[i] = 0.f;
+            }
+            float v[8][8];
+#pragma unroll
+            for (int q = 0; q < 8; q++)
+                if (src[q]) {
+                    const uint4 a = ld_peer(src[q] + (size_t)c * 8);
+                    const uint4 b = ld_peer(src[q] + (size_t)c * 8 + 4);
+                    v[q][0] = __uint_as_float(a.x); v[q][1] = __uint_as_float(a.y);
+                    v[q][2] = __uint_as_float(a.z); v[q][3] = __uint_as_float(a.w);
+                    v[q][4] = __uint_as_float(b.x); v[q][5] = __uint_as_float(b.y);
+                    v[q][6] = __uint_as_float(b.z); v[q][7] = __uint_as_float(b.w);
+                }
+#pragma unroll
+            for (int q = 0; q < 8; q++)
+                if (src[q]) {
+#pragma unroll
+                    for (int i = 0; i < 8; i++) acc[i] += v[q][i];
+                }
+            store8<DT>(outp + (size_t)c * 8 * EB, acc);
+        }
+    }
+    if (arrive_last(&p.ws_arrive[A2A_ARR_CRECV]))
+        if (threadIdx.x == 0) {
+            *(volatile uint32_t *)p.ws_iter = ep;
+            __threadfence();
+        }
+}
+
+/* ------------------------------------------------------------ launch ---- */
+
+extern "C" size_t a2a_kernel_smem(int phase, const a2a_kparams *p) {
+    switch (phase) {
+    case A2A_PH_DSEND:
+        return sizeof(int) * (2 * (size_t)p->E + 2 * (size_t)p->world + A2A_CHUNK * (size_t)p->K +
+                              A2A_CHUNK * (size_t)p->world + A2A_CHUNK * 8 + A2A_CHUNK);
+    case A2A_PH_DRECV:
+    case A2A_PH_CSEND:
+        return sizeof(int) * ((size_t)p->world * p->L + p->world + 1);
+    default:
+        return 0;
+    }
+}
+
+typedef void (*kfn)(P);
+
+static kfn pick(int phase, int dt) {
+    switch (phase) {
+    case A2A_PH_DSEND: return k_dispatch_send;
+    case A2A_PH_DRECV: return k_dispatch_recv;
+    case A2A_PH_CSEND:
+        return dt == A2A_DTYPE_BF16 ? k_combine_send<A2A_DTYPE_BF16>
+               : dt == A2A_DTYPE_F16 ? k_combine_send<A2A_DTYPE_F16>
+                                     : k_combine_send<A2A_DTYPE_F32>;
+    default:
+        return dt == A2A_DTYPE_BF16 ? k_combine_recv<A2A_DTYPE_BF16>
+               : dt == A2A_DTYPE_F16 ? k_combine_recv<A2A_DTYPE_F16>
+                                     : k_combine_recv<A2A_DTYPE_F32>;
+    }
+}
+
+extern "C" int a2a_kernel_launch(int phase, const a2a_kparams *p, int nblocks, void *stream) {
+    const kfn f = pick(phase, (int)p->out_dtype);
+    const size_t smem = a2a_kernel_smem(phase, p);
+    cudaError_t err = cudaSuccess;
+    if (smem > 48 * 1024)
+        err = cudaFuncSetAttribute((const void *)f, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   (int)smem);
+    if (err != cudaSuccess) return (int)err;
+    f<<<nblocks, A2A_THREADS, smem, (cudaStream_t)stream>>>(*p);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int a2a_kernel_max_blocks(const a2a_kparams *p, int device) {
+    int sms = 0;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return -1;
+    int best = 1 << 30;
+    for (int ph = 0; ph < 4; ph++) {
+        const kfn f = pick(ph, (int)p->out_dtype);
+        const size_t smem = a2a_kernel_smem(ph, p);
+        if (smem > 48 * 1024 &&
+            cudaFuncSetAttribute((const void *)f, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)smem) != cudaSuccess)
+            return -1;
+        int nb = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, f, A2A_THREADS, smem) != cudaSuccess)
+            return -1;
+        if (nb * sms < best) best = nb * sms;
+    }
+    return best;
+}
