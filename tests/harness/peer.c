@@ -180,6 +180,12 @@ int th_peer_main(const char *arg)
             te_nic_stats s;
             te_nic_stats_get(P.e, 0, 0, &s);
             th_child_reply("stats %" PRIu64 " %" PRIu64 " %" PRIu64, s.imms_received, s.recv_ops, s.errors);
+        } else if (!strcmp(cmd, "nicstats") && sscanf(line, "nicstats %llu", &x) == 1) {
+            te_nic_stats s;
+            r = te_nic_stats_get(P.e, 0, (uint32_t)x, &s);
+            if (r) th_child_reply("err %d", r);
+            else th_child_reply("nicstats %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64,
+                                s.imms_received, s.recv_ops, s.errors, s.write_ops, s.write_bytes);
         } else if (!strcmp(cmd, "sleep")) {
             /* no reply: the parent kills us */
         } else {

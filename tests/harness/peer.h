@@ -11,6 +11,8 @@
  *   msgs                    -> "msgs COUNT HASHSUM" (messages received by the pool)
  *   send ADDR LEN SEED      -> "ok 1" after the send completed
  *   stats                   -> "stats IMMS RECVS ERRORS"
+ *   nicstats K              -> "nicstats IMMS RECVS ERRORS WRITE_OPS WRITE_BYTES" of
+ *                              NIC K of group 0 ("err CODE" if no such NIC)
  *   sleep                   -> (no reply)
  *   quit                    -> exits 0 */
 #ifndef TENDRIL_TEST_PEER_H
