@@ -104,9 +104,10 @@ static int open_group(te_engine *e, uint32_t gi, const te_group_config *gc)
     g->idx = gi;
     g->cuda_device = gc->cuda_device;
     g->worker_cpu = gc->worker_cpu;
-    g->n_nics = gc->n_nics ? gc->n_nics : 1;
-    if (g->n_nics > TE_MAX_NICS)
-        return te_err(-EINVAL, "group %u: %u NICs requested (1..%d)", gi, g->n_nics, TE_MAX_NICS);
+    uint32_t want = gc->n_nics ? gc->n_nics : 1;
+    if (want > TE_MAX_NICS)
+        return te_err(-EINVAL, "group %u: %u NICs requested (1..%d)", gi, want, TE_MAX_NICS);
+    g->n_nics = want;
     if (gc->cuda_device < TE_DEVICE_HOST)
         return te_err(-EINVAL, "group %u: cuda_device %d is invalid", gi, gc->cuda_device);
 

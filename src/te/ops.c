@@ -297,10 +297,10 @@ int te_barrier(te_engine *e, uint32_t imm, const te_mr_desc *dsts, size_t n, te_
     if (n && !dsts) FAIL(te_err(-EINVAL, "te_barrier: dsts is NULL with n = %zu", n));
     te_group *g = e->groups[0];
     int r;
-    if ((r = check_route(g, route, fn))) FAIL(r);
     if (route.kind == TE_ROUTE_SHARDED && route.n > 1)
         FAIL(te_err(-EINVAL, "te_barrier: sharded barriers take n = 0 or 1 (each destination gets "
                              "exactly one immediate)"));
+    if ((r = check_route(g, route, fn))) FAIL(r);
     for (size_t k = 0; k < n; k++) {
         char what[32];
         snprintf(what, sizeof what, "dsts[%zu]", k);

@@ -1,0 +1,326 @@
+/* Errors a user relies on: bad input is rejected synchronously with a message naming the
+ * problem (and nothing is queued), an engine used after stop says so, a stop completes
+ * every pending operation exactly once, and a peer that dies produces errors within a
+ * bounded time instead of a hang. */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "core/clock.h"
+#include "harness.h"
+#include "peer.h"
+
+#define REGION (4u << 20)
+#define TMO 20000
+
+typedef struct fx {
+    te_engine *e;
+    uint8_t *buf;
+    te_mr *mr;      /* remote-writable: also our own destination */
+    te_mr_desc self;
+} fx;
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof *f);
+    te_config cfg;
+    th_config(&cfg);
+    cfg.op_timeout_ms = 3000;
+    assert_int_equal(te_engine_create(&cfg, &f->e), 0);
+    f->buf = aligned_alloc(4096, REGION);
+    memset(f->buf, 1, REGION);
+    assert_int_equal(te_mr_register(f->e, f->buf, REGION, TE_DEVICE_HOST, TE_MR_REMOTE_WRITE, &f->mr), 0);
+    assert_int_equal(te_mr_desc_get(f->mr, &f->self), 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    te_engine_destroy(f->e);
+    free(f->buf);
+    free(f);
+    return 0;
+}
+
+#define EXPECT_ERR(call, code, needle)                                                          \
+    do {                                                                                        \
+        int _r = (call);                                                                        \
+        if (_r != (code)) fail_msg("%s returned %d, want %d (%s)", #call, _r, code, te_last_error()); \
+        if (!strstr(te_last_error(), needle))                                                   \
+            fail_msg("%s: message '%s' lacks '%s'", #call, te_last_error(), needle);            \
+    } while (0)
+
+static void test_write_validation(void **state)
+{
+    fx *f = *state;
+    te_counter *c;
+    assert_int_equal(te_counter_create(&c), 0);
+    te_completion comp = {.counter = c};
+    te_write_args a = {.src = f->mr, .len = 100, .dst = &f->self, .route = {TE_ROUTE_SHARDED, 0}};
+
+    te_write_args b = a;
+    b.src_offset = REGION - 99;
+    EXPECT_ERR(te_write(f->e, &b, &comp), -ERANGE, "source range");
+    b = a;
+    b.dst_offset = REGION;
+    EXPECT_ERR(te_write(f->e, &b, &comp), -ERANGE, "destination range");
+    b = a;
+    b.src_offset = UINT64_MAX - 10; /* overflow must not wrap into range */
+    EXPECT_ERR(te_write(f->e, &b, &comp), -ERANGE, "source range");
+    b = a;
+    b.src = NULL;
+    EXPECT_ERR(te_write(f->e, &b, &comp), -EINVAL, "src is NULL");
+    b = a;
+    b.dst = NULL;
+    EXPECT_ERR(te_write(f->e, &b, &comp), -EINVAL, "dst is NULL");
+    te_mr_desc two = f->self;
+    two.n_nics = 2;
+    two.nic[1] = two.nic[0];
+    b = a;
+    b.dst = &two;
+    EXPECT_ERR(te_write(f->e, &b, &comp), -EINVAL, "same number of NICs");
+    te_mr_desc five = f->self;
+    five.n_nics = 5;
+    b.dst = &five;
+    EXPECT_ERR(te_write(f->e, &b, &comp), -EINVAL, "must be 1..4");
+    b = a;
+    b.route = (te_route){TE_ROUTE_PINNED, 1};
+    EXPECT_ERR(te_write(f->e, &b, &comp), -EINVAL, "pinned NIC index 1 out of range");
+    b.route = (te_route){TE_ROUTE_SHARDED, 3};
+    EXPECT_ERR(te_write(f->e, &b, &comp), -EINVAL, "3 shards requested");
+    b.route = (te_route){7, 0};
+    EXPECT_ERR(te_write(f->e, &b, &comp), -EINVAL, "unknown route kind");
+    EXPECT_ERR(te_write(f->e, NULL, &comp), -EINVAL, "args is NULL");
+    EXPECT_ERR(te_write(NULL, &a, &comp), -EINVAL, "engine is NULL");
+
+    /* An MR of another engine is not usable here. */
+    te_engine *other;
+    te_config cfg;
+    th_config(&cfg);
+    assert_int_equal(te_engine_create(&cfg, &other), 0);
+    te_mr *foreign;
+    assert_int_equal(te_mr_register(other, f->buf, 4096, TE_DEVICE_HOST, 0, &foreign), 0);
+    b = a;
+    b.src = foreign;
+    EXPECT_ERR(te_write(f->e, &b, &comp), -EINVAL, "another engine");
+    te_engine_destroy(other);
+
+    /* Paged: mismatched counts, pages beyond either region. */
+    uint32_t idx[3] = {0, 1, 2}, big[1] = {5000};
+    te_pages *p3, *p2, *pbig;
+    assert_int_equal(te_pages_create(idx, 3, &p3), 0);
+    assert_int_equal(te_pages_create(idx, 2, &p2), 0);
+    assert_int_equal(te_pages_create(big, 1, &pbig), 0);
+    te_paged_args pa = {.page_len = 4096, .src = f->mr, .src_pages = p3, .src_stride = 4096,
+                        .dst = &f->self, .dst_pages = p2, .dst_stride = 4096};
+    EXPECT_ERR(te_write_paged(f->e, &pa, &comp), -EINVAL, "3 source pages but 2");
+    pa.src_pages = pbig;
+    pa.dst_pages = pbig;
+    EXPECT_ERR(te_write_paged(f->e, &pa, &comp), -ERANGE, "source page 5000");
+    pa.src_pages = p3;
+    pa.dst_pages = p3;
+    pa.dst_stride = REGION;
+    EXPECT_ERR(te_write_paged(f->e, &pa, &comp), -ERANGE, "destination page 2");
+    te_pages_release(p3);
+    te_pages_release(p2);
+    te_pages_release(pbig);
+
+    /* Scatter and barrier. */
+    te_scatter_args sa = {.src = f->mr, .targets = NULL, .n_targets = 0};
+    EXPECT_ERR(te_write_scatter(f->e, &sa, &comp), -EINVAL, "no targets");
+    te_scatter_target t = {.dst = &f->self, .len = 10, .dst_offset = REGION - 5};
+    sa.targets = &t;
+    sa.n_targets = 1;
+    EXPECT_ERR(te_write_scatter(f->e, &sa, &comp), -ERANGE, "destination range");
+    sa.kind = TE_SCATTER_SINGLE;
+    sa.nic = 2;
+    t.dst_offset = 0;
+    EXPECT_ERR(te_write_scatter(f->e, &sa, &comp), -EINVAL, "NIC index 2 out of range");
+    EXPECT_ERR(te_barrier(f->e, 1, &f->self, 1, (te_route){TE_ROUTE_SHARDED, 2}, &comp), -EINVAL,
+               "take n = 0 or 1");
+    EXPECT_ERR(te_write_imm(f->e, 1, NULL, (te_route){TE_ROUTE_PINNED, 0}, &comp), -EINVAL, "dst is NULL");
+
+    /* Sends: size limit, bad address. */
+    te_addr me;
+    assert_int_equal(te_main_address(f->e, &me), 0);
+    static uint8_t big_msg[70000];
+    EXPECT_ERR(te_send(f->e, &me, big_msg, sizeof big_msg, &comp), -EMSGSIZE, "max_msg_size");
+    te_addr bogus = {0};
+    EXPECT_ERR(te_send(f->e, &bogus, big_msg, 10, &comp), -EINVAL, "not an address");
+
+    /* Registration. */
+    te_mr *m;
+    EXPECT_ERR(te_mr_register(f->e, NULL, 10, TE_DEVICE_HOST, 0, &m), -EINVAL, "ptr is NULL");
+    EXPECT_ERR(te_mr_register(f->e, f->buf, 0, TE_DEVICE_HOST, 0, &m), -EINVAL, "len is 0");
+    EXPECT_ERR(te_mr_register(f->e, f->buf, 10, 3, 0, &m), -ENODEV, "CUDA device 3");
+    EXPECT_ERR(te_mr_register(f->e, f->buf, 10, TE_DEVICE_HOST, 0x80, &m), -EINVAL, "unknown flags");
+    te_mr *local;
+    te_mr_desc d;
+    assert_int_equal(te_mr_register(f->e, f->buf, 4096, TE_DEVICE_HOST, 0, &local), 0);
+    EXPECT_ERR(te_mr_desc_get(local, &d), -EPERM, "local-only");
+    assert_int_equal(te_mr_deregister(local), 0);
+
+    /* Immediates. */
+    EXPECT_ERR(te_imm_expect(f->e, 5, 0, NULL, NULL, NULL), -EINVAL, "expected must be");
+    EXPECT_ERR(te_imm_remove(f->e, 12345, NULL), -ENOENT, "no expectation");
+
+    /* Nothing was queued by any of the rejected calls. */
+    usleep(50000);
+    assert_int_equal(te_counter_done(c), 0);
+    te_counter_destroy(c);
+}
+
+static void test_config_validation(void **state)
+{
+    (void)state;
+    te_engine *e;
+    te_config cfg;
+    th_config(&cfg);
+    cfg.groups[0].n_nics = 5;
+    EXPECT_ERR(te_engine_create(&cfg, &e), -EINVAL, "5 NICs requested");
+    th_config(&cfg);
+    cfg.provider = "no-such-provider";
+    EXPECT_ERR(te_engine_create(&cfg, &e), -ENODEV, "no-such-provider");
+    th_config(&cfg);
+    cfg.groups[0].nics[0] = "no-such-nic0";
+    assert_true(te_engine_create(&cfg, &e) < 0);
+    assert_non_null(strstr(te_last_error(), "no-such-nic0"));
+    th_config(&cfg);
+    cfg.struct_size = 3;
+    EXPECT_ERR(te_engine_create(&cfg, &e), -EINVAL, "struct_size");
+    th_config(&cfg);
+    cfg.n_groups = 2;
+    cfg.groups[1] = cfg.groups[0];
+    EXPECT_ERR(te_engine_create(&cfg, &e), -EINVAL, "both drive device");
+}
+
+static void test_use_after_stop(void **state)
+{
+    fx *f = *state;
+    te_imm_counter *ic;
+    assert_int_equal(te_imm_counter_create(f->e, 9, &ic), 0);
+    assert_int_equal(te_engine_stop(f->e), 0);
+    assert_int_equal(te_engine_stop(f->e), 0); /* idempotent */
+    te_write_args a = {.src = f->mr, .len = 1, .dst = &f->self};
+    EXPECT_ERR(te_write(f->e, &a, NULL), -ESHUTDOWN, "stopped");
+    te_mr *m;
+    EXPECT_ERR(te_mr_register(f->e, f->buf, 10, TE_DEVICE_HOST, 0, &m), -ESHUTDOWN, "stopped");
+    te_addr me;
+    assert_int_equal(te_main_address(f->e, &me), 0);
+    EXPECT_ERR(te_send(f->e, &me, "x", 1, NULL), -ESHUTDOWN, "stopped");
+    EXPECT_ERR(te_imm_counter_wait(ic, 1, 1000), -ESHUTDOWN, "stopped");
+    EXPECT_ERR(te_imm_expect(f->e, 1, 1, NULL, NULL, NULL), -ESHUTDOWN, "stopped");
+}
+
+typedef struct tally {
+    int ok, canceled, other, calls;
+} tally;
+
+static void on_done(void *arg, int status, const char *msg)
+{
+    tally *t = arg;
+    t->calls++; /* the callback thread is the only writer */
+    if (status == 0) t->ok++;
+    else if (status == -ECANCELED) t->canceled++;
+    else t->other++;
+    if (status && !msg) t->other += 1000; /* errors must carry a message */
+}
+
+static void start_peer(th_proc *p, te_addr *addr, te_mr_desc *d)
+{
+    char line[4096], ahex[TE_ADDR_TEXT_MAX], dhex[2 * TE_MR_DESC_ENCODED_MAX + 1];
+    assert_int_equal(th_spawn(p, "peer", "67108864"), 0);
+    assert_int_equal(th_recv(p, line, sizeof line, TMO), 0);
+    assert_int_equal(sscanf(line, "ready %511s %2047s", ahex, dhex), 2);
+    assert_int_equal(te_addr_parse(ahex, addr), 0);
+    assert_int_equal(th_desc_from_hex(dhex, d), 0);
+}
+
+static void test_stop_with_pending(void **state)
+{
+    fx *f = *state;
+    th_proc p;
+    te_addr pa;
+    te_mr_desc pd;
+    start_peer(&p, &pa, &pd);
+    tally t = {0};
+    const int n = 200;
+    for (int k = 0; k < n; k++) {
+        te_write_args a = {.src = f->mr, .len = REGION, .dst = &pd, .dst_offset = (uint64_t)(k % 8) * REGION,
+                           .route = {TE_ROUTE_SHARDED, 0}};
+        te_completion c = {.fn = on_done, .arg = &t};
+        assert_int_equal(te_write(f->e, &a, &c), 0);
+    }
+    assert_int_equal(te_engine_stop(f->e), 0);
+    /* Every callback has run before stop returned, exactly once each. */
+    assert_int_equal(t.calls, n);
+    assert_int_equal(t.ok + t.canceled, n);
+    assert_int_equal(t.other, 0);
+    assert_true(t.canceled > 0);
+    th_send(&p, "quit");
+    assert_int_equal(th_wait(&p, TMO), 0);
+}
+
+static void test_peer_death(void **state)
+{
+    fx *f = *state;
+    th_proc p;
+    te_addr pa;
+    te_mr_desc pd;
+    start_peer(&p, &pa, &pd);
+    te_counter *c;
+    assert_int_equal(te_counter_create(&c), 0);
+    te_completion comp = {.counter = c};
+    uint64_t submitted = 0;
+    /* Traffic flows, then the peer is killed mid-stream. */
+    for (int k = 0; k < 16; k++) {
+        te_write_args a = {.src = f->mr, .len = REGION, .dst = &pd, .route = {TE_ROUTE_SHARDED, 0}};
+        assert_int_equal(te_write(f->e, &a, &comp), 0);
+        submitted++;
+    }
+    assert_int_equal(te_counter_wait(c, 4, TMO), 0);
+    th_kill(&p, SIGKILL);
+    uint64_t t0 = te_now_ns();
+    for (int k = 0; k < 50; k++) {
+        te_write_args a = {.src = f->mr, .len = REGION, .dst = &pd, .route = {TE_ROUTE_SHARDED, 0}};
+        assert_int_equal(te_write(f->e, &a, &comp), 0);
+        submitted++;
+        te_completion sc = {.counter = c};
+        assert_int_equal(te_send(f->e, &pa, "ping", 4, &sc), 0);
+        submitted++;
+        usleep(2000);
+    }
+    /* Everything completes — with errors — within the op timeout plus slack. */
+    int r = te_counter_wait(c, submitted, 15000);
+    if (r) fail_msg("pending operations did not complete after the peer died: %s", te_last_error());
+    double secs = (double)(te_now_ns() - t0) / 1e9;
+    print_message("peer death: %llu ops completed, %llu errors, %.2f s after the kill\n",
+                  (unsigned long long)submitted, (unsigned long long)te_counter_errors(c), secs);
+    assert_true(te_counter_errors(c) > 0);
+    th_wait(&p, TMO);
+    te_counter_destroy(c);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 3 && !strcmp(argv[1], "--child")) return th_peer_main(argc > 3 ? argv[3] : NULL);
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_write_validation, setup, teardown),
+        cmocka_unit_test(test_config_validation),
+        cmocka_unit_test_setup_teardown(test_use_after_stop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_with_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_peer_death, setup, teardown),
+    };
+    return cmocka_run_group_tests_name(th_provider(), tests, NULL, NULL);
+}
