@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""bench_all_to_all: MoE dispatch/combine over NVLink (tendril.P2PAllToAll) against NCCL
+all-to-all (torch.distributed.all_to_all_single) on the same data, in the same run.
+
+Default shape: DeepSeek-V3 (hidden 7168, fp8 e4m3 payload + 56 fp32 scales per token,
+bf16 combine, 256 experts, top-8), decode (128 tokens/rank) and prefill (4096 tokens/rank),
+one process per GPU. Every iteration draws fresh random routing. Before each timed
+region the ranks are aligned on the GPU (NCCL all-reduce) and a GEMM is queued so that
+launch overhead is not what is measured.
+
+Series (µs, samples of all ranks pooled): dispatch / combine back to back (send+recv in
+one call), and split: send and recv halves timed separately with unrelated GPU work in
+between (the recv half then mostly finds its data already there).
+GB/s columns: "logical" = T*K rows (pplx-garden's definition: T*K*(H*in + S*4) for
+dispatch, T*K*H*out for combine); "moved" = rows a rank actually sends, one per
+(token, destination rank) (DeepEP's and the NCCL baseline's definition).
+
+  python3 bench/bench_all_to_all/bench_all_to_all.py [--modes decode,prefill] [--json out.json]
+"""
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    i = min(len(xs) - 1, max(0, int(round(q / 100.0 * (len(xs) - 1)))))
+    return xs[i]
+
+
+def run_mode(args, rank, world, dev, T):
+    from tendril.p2p_all_to_all import P2PAllToAll
+    H, S, E, K = args.hidden, args.scales, args.experts, args.topk
+    a2a = P2PAllToAll(max_num_tokens=T, num_experts=E, expert_padding=1, hidden_dim=H,
+                      hidden_dim_scale=S, in_dtype=torch.float8_e4m3fn, out_dtype=torch.bfloat16,
+                      scale_dtype=torch.float32, num_experts_per_token=K, device=dev,
+                      num_sms=args.num_sms, timeout_ms=20000)
+    cap = a2a.max_recv_tokens
+    L = (E + world - 1) // world
+    x = torch.randn(T, H, device=dev).to(torch.float8_e4m3fn)
+    xs = torch.rand(T, S, device=dev)
+    out_num = torch.empty(a2a.num_local_experts, dtype=torch.int32, device=dev)
+    out_x = torch.empty(cap, H, dtype=torch.float8_e4m3fn, device=dev)
+    out_s = torch.empty(cap, S, device=dev)
+    y = torch.randn(cap, H, device=dev).to(torch.bfloat16)
+    out = torch.empty(T, H, dtype=torch.bfloat16, device=dev)
+    gsz = 2048 if T <= 128 else 8192
+    ga = torch.randn(gsz, gsz, device=dev)
+    one = torch.ones(1, device=dev)
+    drow = H + 4 * S  # dispatch row bytes (fp8 payload + scales)
+    crow = 2 * H      # combine row bytes (bf16)
+    nccl_in_d = torch.empty(T * world, drow, dtype=torch.uint8, device=dev)
+    nccl_out_d = torch.empty(T * world, drow, dtype=torch.uint8, device=dev)
+    nccl_in_c = torch.empty(T * world, crow, dtype=torch.uint8, device=dev)
+    nccl_out_c = torch.empty(T * world, crow, dtype=torch.uint8, device=dev)
+
+    def align():
+        dist.all_reduce(one)
+        torch.mm(ga, ga)
+
+    names = ["dispatch", "combine", "dispatch_send", "dispatch_recv", "combine_send", "combine_recv",
+             "nccl_dispatch", "nccl_combine"]
+    res = {n: [] for n in names}
+    moved = []
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(16)]
+    iters = args.warmup + (args.iters if T <= 128 else args.prefill_iters)
+    for it in range(iters):
+        idx = torch.rand(T, E, device=dev).topk(K, dim=1).indices.to(torch.int32)
+        w = torch.rand(T, K, device=dev)
+        # NCCL baseline inputs: one row per (token, destination rank)
+        dest = torch.zeros(T, world, dtype=torch.bool, device=dev)
+        dest.scatter_(1, (idx // L).long(), True)
+        send_counts = dest.sum(0)
+        recv_counts = torch.empty_like(send_counts)
+        dist.all_to_all_single(recv_counts, send_counts)
+        sc, rc = send_counts.tolist(), recv_counts.tolist()
+        moved.append(sum(sc))
+        # --- back to back
+        align()
+        ev[0].record()
+        a2a.dispatch(out_num, out_x, out_s, x, xs, idx, w)
+        ev[1].record()
+        align()
+        ev[2].record()
+        a2a.combine(out, idx, w, y)
+        ev[3].record()
+        # --- split, unrelated work between the halves
+        align()
+        ev[4].record()
+        a2a.dispatch(out_num, out_x, out_s, x, xs, idx, w, do_recv=False)
+        ev[5].record()
+        torch.mm(ga, ga)
+        ev[6].record()
+        a2a.dispatch(out_num, out_x, out_s, x, xs, idx, w, do_send=False)
+        ev[7].record()
+        align()
+        ev[8].record()
+        a2a.combine(out, idx, w, y, do_recv=False)
+        ev[9].record()
+        torch.mm(ga, ga)
+        ev[10].record()
+        a2a.combine(out, idx, w, y, do_send=False)
+        ev[11].record()
+        # --- NCCL all-to-all of the same rows
+        align()
+        ev[12].record()
+        dist.all_to_all_single(nccl_out_d[:sum(rc)], nccl_in_d[:sum(sc)], rc, sc)
+        ev[13].record()
+        align()
+        ev[14].record()
+        dist.all_to_all_single(nccl_out_c[:sum(sc)], nccl_in_c[:sum(rc)], sc, rc)
+        ev[15].record()
+        torch.cuda.synchronize()
+        a2a.poll_error()
+        if it < args.warmup:
+            continue
+        pairs = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11), (12, 13), (14, 15)]
+        for n, (a, b) in zip(names, pairs):
+            res[n].append(ev[a].elapsed_time(ev[b]) * 1000.0)
+    a2a.destroy()
+    gathered = [None] * world
+    dist.all_gather_object(gathered, {"res": res, "moved": moved})
+    if rank != 0:
+        return None
+    pooled = {n: [v for g in gathered for v in g["res"][n]] for n in names}
+    mv = statistics.mean(v for g in gathered for v in g["moved"][args.warmup:] or g["moved"])
+    logical = {"d": T * K * (H + 4 * S), "c": T * K * crow}
+    moved_b = {"d": mv * drow, "c": mv * crow}
+    rows = []
+    for n in names:
+        kind = "c" if "combine" in n else "d"
+        p50, p99 = pct(pooled[n], 50), pct(pooled[n], 99)
+        rows.append({"series": n, "p50_us": p50, "p99_us": p99, "mean_us": statistics.mean(pooled[n]),
+                     "gbps_logical": logical[kind] / p50 / 1e3 if "nccl" not in n else None,
+                     "gbps_moved": moved_b[kind] / p50 / 1e3, "samples": len(pooled[n])})
+    return {"tokens": T, "world": world, "hidden": H, "scales": S, "experts": E, "topk": K,
+            "num_sms": args.num_sms or torch.cuda.get_device_properties(dev).multi_processor_count,
+            "rows_moved_per_rank": mv, "series": rows}
+
+
+def worker(rank, world, port, args):
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+    torch.cuda.set_device(rank)
+    dev = torch.device("cuda", rank)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            device_id=dev)
+    out = []
+    for m in args.modes.split(","):
+        T = {"decode": args.decode_tokens, "prefill": args.prefill_tokens}[m]
+        r = run_mode(args, rank, world, dev, T)
+        if rank == 0:
+            r["mode"] = m
+            out.append(r)
+            print_table(r)
+    if rank == 0 and args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def print_table(r):
+    print(f"\n{r['mode']}: EP{r['world']} T={r['tokens']}/rank H={r['hidden']} S={r['scales']} "
+          f"E={r['experts']} top-{r['topk']} fp8->bf16, {r['num_sms']} SMs, "
+          f"{r['rows_moved_per_rank']:.0f} rows moved/rank/direction")
+    print(f"{'series':<15}{'p50 us':>10}{'p99 us':>10}{'GB/s logical':>14}{'GB/s moved':>12}")
+    for s in r["series"]:
+        gl = f"{s['gbps_logical']:.0f}" if s["gbps_logical"] is not None else "-"
+        print(f"{s['series']:<15}{s['p50_us']:>10.1f}{s['p99_us']:>10.1f}{gl:>14}{s['gbps_moved']:>12.0f}")
+    sys.stdout.flush()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", type=int, default=0, help="ranks (default: one per GPU)")
+    ap.add_argument("--modes", default="decode,prefill")
+    ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--prefill-tokens", type=int, default=4096)
+    ap.add_argument("--hidden", type=int, default=7168)
+    ap.add_argument("--scales", type=int, default=56)
+    ap.add_argument("--experts", type=int, default=256)
+    ap.add_argument("--topk", type=int, default=8)
+    ap.add_argument("--num-sms", type=int, default=0, help="blocks per kernel (0 = every SM)")
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--iters", type=int, default=300, help="timed decode iterations")
+    ap.add_argument("--prefill-iters", type=int, default=50, help="timed prefill iterations")
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    world = args.world or torch.cuda.device_count()
+    if world < 1:
+        print("bench_all_to_all: no CUDA device")
+        return 77
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(worker, args=(world, port, args), nprocs=world, join=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""MoE dispatch/combine between the GPUs of one NVLink domain.
+
+`P2PAllToAll` follows pplx-garden's constructor and `dispatch`/`combine` signatures. The
+kernels live in the C library (include/tendril/a2a.h); this module turns tensors into
+pointers and strides and bootstraps the peers from a torch.distributed process group:
+rank 0 draws a job-unique name, every rank exports its GPU buffer as a file descriptor
+and the peers fetch it over a Unix socket (SCM_RIGHTS; no ptrace capability needed).
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from . import _a2a
+
+_OUT_DTYPES = {
+    torch.bfloat16: _a2a.DTYPE_BF16,
+    torch.float16: _a2a.DTYPE_F16,
+    torch.float32: _a2a.DTYPE_F32,
+}
+
+
+def _ptr(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+class P2PAllToAll:
+    """Expert-parallel all-to-all over NVLink (every rank of `global_group` on one node).
+
+    Experts are placed in contiguous blocks: rank r owns experts
+    [r * ceil(E/W), min((r+1) * ceil(E/W), E)).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_num_tokens: int,
+        num_experts: int,
+        expert_padding: int,
+        hidden_dim: int,
+        hidden_dim_scale: Optional[int],
+        in_dtype: torch.dtype,
+        out_dtype: torch.dtype,
+        scale_dtype: Optional[torch.dtype],
+        num_experts_per_token: int,
+        nets_per_gpu: int = 1,
+        max_private_tokens: Optional[int] = None,
+        device: torch.device,
+        dp_group: Optional[dist.ProcessGroup] = None,
+        node_group: Optional[dist.ProcessGroup] = None,
+        global_group: Optional[dist.ProcessGroup] = None,
+        num_sms: Optional[int] = None,
+        timeout_ms: int = 10000,
+    ) -> None:
+        group = global_group if global_group is not None else (node_group or dist.group.WORLD)
+        world = dist.get_world_size(group)
+        rank = dist.get_rank(group)
+        if dp_group is not None and dist.get_world_size(dp_group) > 1:
+            raise NotImplementedError("P2PAllToAll: dp_group (TP) size > 1 is not supported yet")
+        if node_group is not None and dist.get_world_size(node_group) != world:
+            raise NotImplementedError(
+                "P2PAllToAll: ranks on several nodes need the RDMA path, which is not part of this build; "
+                "node_group must span global_group")
+        if out_dtype not in _OUT_DTYPES:
+            raise ValueError(f"P2PAllToAll: out_dtype {out_dtype} must be bfloat16, float16 or float32")
+        scales = int(hidden_dim_scale or 0)
+        if scales and scale_dtype not in (None, torch.float32):
+            raise ValueError("P2PAllToAll: scale_dtype must be torch.float32")
+        # nets_per_gpu and max_private_tokens size the RDMA path of pplx-garden; over
+        # NVLink every token goes straight to its final slot, so they have no effect.
+        del nets_per_gpu, max_private_tokens
+        self.device = torch.device(device)
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.group = group
+        self.rank, self.world_size = rank, world
+        self.max_num_tokens = max_num_tokens
+        self.num_experts = num_experts
+        self.hidden_dim = hidden_dim
+        self.hidden_dim_scale = scales
+        self.in_dtype, self.out_dtype = in_dtype, out_dtype
+        self.num_experts_per_token = num_experts_per_token
+        self.expert_padding = expert_padding
+
+        name = [uuid.uuid4().hex[:24] if rank == 0 else None]
+        dist.broadcast_object_list(name, src=dist.get_global_rank(group, 0), group=group)
+        itemsize = torch.empty((), dtype=in_dtype).element_size()
+        self._ctx = _a2a.create(
+            rank=rank, world_size=world, device=self.device.index, max_num_tokens=max_num_tokens,
+            num_experts=num_experts, experts_per_token=num_experts_per_token,
+            expert_padding=expert_padding, hidden_dim=hidden_dim, hidden_dim_scale=scales,
+            in_elem_size=itemsize, out_dtype=_OUT_DTYPES[out_dtype], num_sms=int(num_sms or 0),
+            timeout_ms=int(timeout_ms), rendezvous=f"{name[0]}")
+        try:
+            _a2a.connect(self._ctx, max(int(timeout_ms), 60000))
+        except Exception:
+            _a2a.destroy(self._ctx)
+            raise
+        dist.barrier(group=group)
+        info = _a2a.info(self._ctx)
+        self.max_recv_tokens = info["max_recv_tokens"]
+        self.num_local_experts = info["num_local_experts"]
+        self.first_expert = info["first_expert"]
+        self.memory_bytes = info["memory_bytes"]
+
+    # ------------------------------------------------------------------ helpers ----
+    def _stream(self) -> int:
+        return torch.cuda.current_stream(self.device).cuda_stream
+
+    @staticmethod
+    def _indices(indices: torch.Tensor) -> torch.Tensor:
+        if indices.dtype not in (torch.int32, getattr(torch, "uint32", torch.int32)):
+            indices = indices.to(torch.int32)
+        return indices.contiguous()
+
+    def _bound(self, bound_m: Optional[torch.Tensor]) -> int:
+        if bound_m is None:
+            return 0
+        if bound_m.dtype != torch.int32 or bound_m.numel() != 1 or not bound_m.is_cuda:
+            raise ValueError("bound_m must be a one-element int32 CUDA tensor")
+        return bound_m.data_ptr()
+
+    # ----------------------------------------------------------------- dispatch ----
+    def dispatch(
+        self,
+        out_expert_num_tokens: torch.Tensor,
+        out_expert_x: torch.Tensor,
+        out_expert_x_scale: Optional[torch.Tensor],
+        dp_x: torch.Tensor,
+        dp_x_scale: Optional[torch.Tensor],
+        indices: torch.Tensor,
+        weights: torch.Tensor,
+        bound_m: Optional[torch.Tensor] = None,
+        do_send: bool = True,
+        do_recv: bool = True,
+    ) -> None:
+        flags = (_a2a.SEND if do_send else 0) | (_a2a.RECV if do_recv else 0)
+        if not flags:
+            raise ValueError("dispatch: do_send or do_recv must be true")
+        T = dp_x.shape[0]
+        if dp_x.dim() != 2 or dp_x.shape[1] != self.hidden_dim or dp_x.stride(1) != 1:
+            raise ValueError(f"dispatch: dp_x must be [T, {self.hidden_dim}] with unit inner stride")
+        if dp_x.dtype.itemsize != self.in_dtype.itemsize:
+            raise ValueError(f"dispatch: dp_x dtype {dp_x.dtype} does not match in_dtype {self.in_dtype}")
+        if out_expert_x.dim() != 2 or out_expert_x.stride(1) != 1:
+            raise ValueError("dispatch: out_expert_x must be 2-D with unit inner stride")
+        idx = self._indices(indices)
+        if idx.shape != (T, self.num_experts_per_token):
+            raise ValueError(f"dispatch: indices must be [{T}, {self.num_experts_per_token}]")
+        es = dp_x.element_size()
+        xs, xs0, xs1 = 0, 0, 0
+        os, os0, os1 = 0, 0, 0
+        if self.hidden_dim_scale:
+            if dp_x_scale is None or out_expert_x_scale is None:
+                raise ValueError("dispatch: dp_x_scale and out_expert_x_scale are required")
+            if dp_x_scale.dtype != torch.float32 or out_expert_x_scale.dtype != torch.float32:
+                raise ValueError("dispatch: scales must be float32")
+            xs, xs0, xs1 = dp_x_scale.data_ptr(), dp_x_scale.stride(0), dp_x_scale.stride(1)
+            os, os0, os1 = (out_expert_x_scale.data_ptr(), out_expert_x_scale.stride(0),
+                            out_expert_x_scale.stride(1))
+        if out_expert_num_tokens.dtype != torch.int32:
+            raise ValueError("dispatch: out_expert_num_tokens must be int32")
+        _a2a.dispatch(
+            self._ctx, flags, T, self._bound(bound_m), dp_x.data_ptr(), dp_x.stride(0) * es, xs, xs0, xs1,
+            idx.data_ptr(), out_expert_num_tokens.data_ptr(), out_expert_x.data_ptr(),
+            out_expert_x.stride(0) * out_expert_x.element_size(), os, os0, os1, out_expert_x.shape[0],
+            self._stream())
+
+    # ------------------------------------------------------------------ combine ----
+    def combine(
+        self,
+        out_tokens: torch.Tensor,
+        indices: torch.Tensor,
+        weights: torch.Tensor,
+        expert_y: torch.Tensor,
+        bound_m: Optional[torch.Tensor] = None,
+        do_send: bool = True,
+        do_recv: bool = True,
+        accumulate: bool = False,
+    ) -> None:
+        flags = (_a2a.SEND if do_send else 0) | (_a2a.RECV if do_recv else 0)
+        if not flags:
+            raise ValueError("combine: do_send or do_recv must be true")
+        T = out_tokens.shape[0]
+        if out_tokens.dtype != self.out_dtype or expert_y.dtype != self.out_dtype:
+            raise ValueError(f"combine: out_tokens and expert_y must be {self.out_dtype}")
+        if out_tokens.stride(-1) != 1 or expert_y.stride(-1) != 1:
+            raise ValueError("combine: out_tokens and expert_y need a unit inner stride")
+        idx = self._indices(indices)
+        if idx.shape != (T, self.num_experts_per_token):
+            raise ValueError(f"combine: indices must be [{T}, {self.num_experts_per_token}]")
+        w = weights
+        if w.dtype != torch.float32:
+            w = w.to(torch.float32)
+        w = w.contiguous()
+        es = expert_y.element_size()
+        _a2a.combine(
+            self._ctx, flags, T, self._bound(bound_m), idx.data_ptr(), w.data_ptr(), expert_y.data_ptr(),
+            expert_y.stride(0) * es, expert_y.shape[0], out_tokens.data_ptr(), out_tokens.stride(0) * es,
+            bool(accumulate), self._stream())
+
+    # -------------------------------------------------------------------- misc -----
+    def poll_error(self) -> None:
+        """Raises the error a kernel recorded (TimeoutError when a peer did not answer)."""
+        _a2a.poll_error(self._ctx)
+
+    def abort(self) -> None:
+        _a2a.abort(self._ctx)
+
+    def destroy(self) -> None:
+        if self._ctx is None:
+            return
+        torch.cuda.synchronize(self.device)
+        dist.barrier(group=self.group)
+        _a2a.destroy(self._ctx)
+        self._ctx = None
+        dist.barrier(group=self.group)

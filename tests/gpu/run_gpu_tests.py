@@ -1,0 +1,28 @@
+#!/usr/bin/env python3
+"""ctest entry of the GPU tests: exits 77 (ctest SKIP) with the reason when this machine
+cannot run them (no PyTorch, no CUDA device, extension not built), else runs pytest."""
+import os
+import sys
+
+
+def skip(why):
+    print(f"SKIP: {why}")
+    sys.exit(77)
+
+
+try:
+    import torch
+except ImportError:
+    skip("PyTorch is not installed")
+if torch.cuda.device_count() == 0:
+    skip("no CUDA device")
+try:
+    import pytest  # noqa: F401
+except ImportError:
+    skip("pytest is not installed")
+try:
+    import tendril._a2a  # noqa: F401
+except ImportError as e:
+    skip(f"tendril._a2a is not importable ({e}); build with CUDA and Python headers")
+here = os.path.dirname(os.path.abspath(__file__))
+sys.exit(pytest.main(["-q", "-x", "-s", os.path.join(here, "test_a2a.py")] + sys.argv[1:]))
