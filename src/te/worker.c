@@ -266,8 +266,26 @@ static void check_deadlines(te_group *g, uint64_t now)
     for (te_op *op = g->inflight_head, *nx; op; op = nx) {
         nx = op->next;
         if (op->finished || now < op->deadline_ns) continue;
-        op_fail(op, -ETIMEDOUT, "operation timed out after %u ms (peer dead or unreachable?)",
-                g->e->op_timeout_ms);
+        /* Name the NIC that holds it up, and count its work requests that never completed
+         * as that NIC's errors: a dead link (tcp retransmits silently, no provider error)
+         * then shows up in te_nic_stats of that NIC only. */
+        int stuck = -1;
+        uint32_t pending = 0;
+        for (uint32_t k = 0; k < op->n_portions; k++) {
+            te_portion *p = &op->portion[k];
+            if (p->posted > p->done) STAT_ADD(g->nic[p->nic].st_errors, p->posted - p->done);
+            if (stuck < 0 && (p->posted > p->done || p->posted < p->count)) {
+                stuck = (int)p->nic;
+                pending = p->count - p->done;
+            }
+        }
+        if (stuck >= 0)
+            op_fail(op, -ETIMEDOUT, "operation timed out after %u ms: NIC %d (%s) still has %u work "
+                    "request(s) without completion (peer dead or link down?)", g->e->op_timeout_ms,
+                    stuck, g->nic[stuck].info.name, pending);
+        else
+            op_fail(op, -ETIMEDOUT, "operation timed out after %u ms (peer dead or unreachable?)",
+                    g->e->op_timeout_ms);
         /* Work requests already posted may still complete; the operation stays (as a
          * zombie holding its buffers) until they do or the NIC is closed. */
         op_complete_user(g, op);
