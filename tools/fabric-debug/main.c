@@ -1,0 +1,741 @@
+/* fabric-debug: point-to-point benchmark of the TransferEngine against the raw provider.
+ *
+ *   fabric-debug server [opts]           prints a connect token, serves until told to stop
+ *   fabric-debug client TOKEN [opts]     runs the workloads against that server
+ *   fabric-debug local [opts]            starts a server process here, then the client
+ *
+ * The client writes into the server's memory; every workload runs twice, through the
+ * engine and through plain libfabric calls on one thread (raw.c), and the table shows
+ * both and their ratio. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "raw.h"
+#include "tendril/te.h"
+
+#define REGION (80ull << 20)
+#define PING 0x50494e47u
+#define PONG 0x504f4e47u
+#define MSG 4096
+
+typedef struct opts {
+    const char *provider;
+    const char *nic_names;
+    uint32_t nics;
+    bool quick, verify;
+    const char *json;
+    int modes; /* bit 0 engine, bit 1 raw */
+} opts;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *what, int r)
+{
+    fprintf(stderr, "fabric-debug: %s: %s (%s)\n", what, te_strerror(r), te_last_error());
+    exit(1);
+}
+
+static void hex(const uint8_t *b, size_t n, char *out)
+{
+    for (size_t k = 0; k < n; k++) sprintf(out + 2 * k, "%02x", b[k]);
+    out[2 * n] = '\0';
+}
+
+static size_t unhex(const char *s, uint8_t *b, size_t cap)
+{
+    size_t n = 0;
+    unsigned v;
+    while (s[0] && s[1] && n < cap && sscanf(s, "%2x", &v) == 1) {
+        b[n++] = (uint8_t)v;
+        s += 2;
+    }
+    return n;
+}
+
+static uint64_t fnv(const uint8_t *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t k = 0; k < n; k++) h = (h ^ p[k]) * 1099511628211ull;
+    return h;
+}
+
+static te_engine *make_engine(const opts *o, bool busy)
+{
+    te_config cfg;
+    te_config_init(&cfg);
+    cfg.provider = o->provider;
+    cfg.n_groups = 1;
+    cfg.groups[0].n_nics = o->nics;
+    cfg.busy_poll = busy;
+    char *names = o->nic_names ? strdup(o->nic_names) : NULL, *save = NULL;
+    uint32_t k = 0;
+    for (char *t = names ? strtok_r(names, ",", &save) : NULL; t && k < TE_MAX_NICS;
+         t = strtok_r(NULL, ",", &save))
+        cfg.groups[0].nics[k++] = t;
+    if (k && k != o->nics) {
+        fprintf(stderr, "fabric-debug: --nic-names lists %u NICs but --nics is %u\n", k, o->nics);
+        exit(2);
+    }
+    te_engine *e;
+    int r = te_engine_create(&cfg, &e);
+    if (r) die("engine", r);
+    /* names stays allocated: the engine copied what it needs, but keep it simple */
+    return e;
+}
+
+/* ------------------------------------------------------------------ server --- */
+
+typedef struct server {
+    te_engine *e;
+    uint8_t *mem, *raw_mem;
+    te_mr *mr;
+    raw_ep *raw;
+    raw_region rr;
+    te_mr_desc client_pong;
+    te_addr client;
+    bool have_client;
+    uint8_t client_raw[256];
+    size_t client_raw_len;
+    uint64_t client_raw_key, client_raw_base;
+    _Atomic bool stop;
+    _Atomic bool raw_connected;
+} server;
+
+static server S;
+
+static void reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void reply(const char *fmt, ...)
+{
+    char buf[MSG];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (S.have_client) te_send(S.e, &S.client, buf, (size_t)n + 1, NULL);
+}
+
+static void server_on_msg(void *arg, const void *data, size_t len)
+{
+    char m[MSG];
+    snprintf(m, sizeof m, "%.*s", (int)len, (const char *)data);
+    if (!strncmp(m, "hello ", 6)) {
+        char a[600], d[2400], ra[600];
+        unsigned long long key, base;
+        if (sscanf(m, "hello %599s %2399s %599s %llx %llx", a, d, ra, &key, &base) != 5) return;
+        uint8_t db[TE_MR_DESC_ENCODED_MAX];
+        size_t dn = unhex(d, db, sizeof db);
+        if (te_addr_parse(a, &S.client) || te_mr_desc_decode(db, dn, &S.client_pong)) {
+            fprintf(stderr, "server: bad hello\n");
+            return;
+        }
+        S.have_client = true;
+        S.client_raw_len = unhex(ra, S.client_raw, sizeof S.client_raw);
+        S.client_raw_key = key;
+        S.client_raw_base = base;
+        if (raw_connect(S.raw, S.client_raw, S.client_raw_len) == 0) atomic_store(&S.raw_connected, true);
+        reply("hello-ok");
+    } else if (!strncmp(m, "hash ", 5)) {
+        char which;
+        unsigned long long off, n;
+        if (sscanf(m, "hash %c %llu %llu", &which, &off, &n) != 3 || off > REGION || n > REGION - off)
+            return reply("hash-err");
+        reply("hash %" PRIu64, fnv((which == 'r' ? S.raw_mem : S.mem) + off, n));
+    } else if (!strncmp(m, "bye", 3)) {
+        atomic_store(&S.stop, true);
+    }
+}
+
+static void server_on_imm(void *arg, uint32_t imm)
+{
+    if (imm == PING && S.have_client)
+        te_write_imm(S.e, PONG, &S.client_pong, (te_route){TE_ROUTE_PINNED, 0}, NULL);
+}
+
+/* Progress for the raw endpoint (tcp needs the target to poll) and raw pongs. */
+static void *server_raw_thread(void *arg)
+{
+    uint64_t writes = 0, imms = 0, seen = 0;
+    uint32_t last = 0;
+    int idle = 0;
+    while (!atomic_load(&S.stop)) {
+        raw_poll(S.raw, &writes, &imms, &last);
+        if (imms != seen) {
+            for (; seen < imms; seen++)
+                if (atomic_load(&S.raw_connected))
+                    while (raw_write(S.raw, &S.rr, 0, 0, raw_remote_addr(S.raw, S.client_raw_base, 0),
+                                     S.client_raw_key, true, PONG, false) == -EAGAIN)
+                        raw_poll(S.raw, &writes, &seen, &last);
+            idle = 0;
+        } else if (++idle > 200000) {
+            struct timespec ts = {0, 50000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return NULL;
+}
+
+static int run_server(const opts *o)
+{
+    S.e = make_engine(o, false);
+    S.mem = aligned_alloc(4096, REGION);
+    S.raw_mem = aligned_alloc(4096, REGION);
+    memset(S.mem, 0, REGION);
+    memset(S.raw_mem, 0, REGION);
+    int r = te_mr_register(S.e, S.mem, REGION, TE_DEVICE_HOST, TE_MR_REMOTE_WRITE, &S.mr);
+    if (r) die("register", r);
+    te_recv_pool *pool;
+    if ((r = te_recv_pool_create(S.e, MSG, 16, server_on_msg, NULL, NULL, &pool))) die("recv pool", r);
+    te_imm_set_callback(S.e, server_on_imm, NULL);
+    char err[256];
+    if (raw_open(te_provider_name(S.e), te_nic_name(S.e, 0, 0), &S.raw, err, sizeof err)) {
+        fprintf(stderr, "fabric-debug: raw endpoint: %s\n", err);
+        return 1;
+    }
+    if (raw_register(S.raw, S.raw_mem, REGION, true, &S.rr)) return 1;
+    uint8_t rawname[256];
+    size_t rawlen = sizeof rawname;
+    raw_name(S.raw, rawname, &rawlen);
+    te_mr_desc d;
+    te_mr_desc_get(S.mr, &d);
+    uint8_t db[TE_MR_DESC_ENCODED_MAX];
+    size_t dn;
+    te_mr_desc_encode(&d, db, sizeof db, &dn);
+    char dh[2 * TE_MR_DESC_ENCODED_MAX + 1], rh[600];
+    hex(db, dn, dh);
+    hex(rawname, rawlen, rh);
+    printf("fabric-debug server: provider %s, %u NIC(s)\n", te_provider_name(S.e), te_group_nics(S.e, 0));
+    printf("token %s:%s:%" PRIx64 ":%" PRIx64 "\n", dh, rh, S.rr.key, (uint64_t)(uintptr_t)S.raw_mem);
+    fflush(stdout);
+    pthread_t t;
+    pthread_create(&t, NULL, server_raw_thread, NULL);
+    for (int k = 0; k < 3600 * 100 && !atomic_load(&S.stop); k++) usleep(10000);
+    atomic_store(&S.stop, true);
+    pthread_join(t, NULL);
+    te_engine_destroy(S.e);
+    raw_deregister(&S.rr);
+    raw_close(S.raw);
+    free(S.mem);
+    free(S.raw_mem);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ client --- */
+
+typedef struct client {
+    te_engine *e;
+    uint8_t *src, *pong_mem;
+    te_mr *mr, *pong_mr;
+    te_mr_desc dst;
+    te_imm_counter *pongs;
+    te_counter *done;
+    raw_ep *raw;
+    raw_region rsrc, rpong;
+    uint64_t raw_key, raw_base;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    char last_reply[MSG];
+    int replies;
+    FILE *json;
+    int json_rows;
+} client;
+
+static client C = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+static void client_on_msg(void *arg, const void *data, size_t len)
+{
+    pthread_mutex_lock(&C.lock);
+    snprintf(C.last_reply, sizeof C.last_reply, "%.*s", (int)len, (const char *)data);
+    C.replies++;
+    pthread_cond_broadcast(&C.cond);
+    pthread_mutex_unlock(&C.lock);
+}
+
+static int ask(const te_addr *srv, char *out, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int ask(const te_addr *srv, char *out, size_t cap, const char *fmt, ...)
+{
+    char m[MSG];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(m, sizeof m, fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&C.lock);
+    int before = C.replies;
+    pthread_mutex_unlock(&C.lock);
+    int r = te_send(C.e, srv, m, (size_t)n + 1, NULL);
+    if (r) return r;
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 30;
+    pthread_mutex_lock(&C.lock);
+    while (C.replies == before && r == 0) r = pthread_cond_timedwait(&C.cond, &C.lock, &dl);
+    snprintf(out, cap, "%s", C.last_reply);
+    pthread_mutex_unlock(&C.lock);
+    return r ? -ETIMEDOUT : 0;
+}
+
+typedef struct result {
+    double secs;
+    uint64_t ops, bytes, wrs;
+} result;
+
+/* Single writes of `size`: `count` operations, at most `window` in flight. */
+static result engine_single(uint64_t size, uint64_t count, uint64_t window)
+{
+    uint64_t base = te_counter_done(C.done);
+    double t0 = now_s();
+    for (uint64_t k = 0; k < count; k++) {
+        if (k >= window) te_counter_wait(C.done, base + k - window + 1, 60000);
+        te_write_args a = {.src = C.mr, .len = size, .dst = &C.dst, .route = {TE_ROUTE_SHARDED, 0}};
+        te_completion c = {.counter = C.done};
+        int r;
+        while ((r = te_write(C.e, &a, &c)) == -EAGAIN) {}
+        if (r) die("te_write", r);
+    }
+    if (te_counter_wait(C.done, base + count, 120000)) die("waiting for writes", -ETIMEDOUT);
+    double t1 = now_s();
+    uint32_t shards = te_group_nics(C.e, 0);
+    return (result){t1 - t0, count, count * size, count * shards};
+}
+
+static result raw_single(uint64_t size, uint64_t count, uint64_t window)
+{
+    uint64_t posted = 0, done = 0, imms = 0;
+    uint32_t last;
+    uint64_t raddr = raw_remote_addr(C.raw, C.raw_base, 0);
+    double t0 = now_s();
+    while (done < count) {
+        while (posted < count && posted - done < window) {
+            int r = raw_write(C.raw, &C.rsrc, 0, size, raddr, C.raw_key, false, 0, false);
+            if (r == -EAGAIN) break;
+            if (r) die("raw write", r);
+            posted++;
+        }
+        if (raw_poll(C.raw, &done, &imms, &last) < 0) die("raw poll", -EIO);
+    }
+    return (result){now_s() - t0, count, count * size, count};
+}
+
+static uint32_t *make_pages(uint64_t n, uint64_t slots, uint32_t seed)
+{
+    uint32_t *v = malloc(n * sizeof *v);
+    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+    for (uint64_t k = 0; k < n; k++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v[k] = (uint32_t)(x % slots);
+    }
+    return v;
+}
+
+#define PAGE_OFF 1024ull
+
+static result engine_paged(uint64_t page, uint64_t pages, uint64_t count, uint64_t window, te_pages *idx)
+{
+    uint64_t stride = page + 128;
+    uint64_t base = te_counter_done(C.done);
+    double t0 = now_s();
+    for (uint64_t k = 0; k < count; k++) {
+        if (k >= window) te_counter_wait(C.done, base + k - window + 1, 60000);
+        te_paged_args a = {.page_len = page, .src = C.mr, .src_pages = idx, .src_stride = stride,
+                           .src_offset = PAGE_OFF, .dst = &C.dst, .dst_pages = idx,
+                           .dst_stride = stride, .dst_offset = PAGE_OFF};
+        te_completion c = {.counter = C.done};
+        int r = te_write_paged(C.e, &a, &c);
+        if (r) die("te_write_paged", r);
+    }
+    if (te_counter_wait(C.done, base + count, 120000)) die("waiting for paged writes", -ETIMEDOUT);
+    return (result){now_s() - t0, count, count * pages * page, count * pages};
+}
+
+static result raw_paged(uint64_t page, uint64_t pages, uint64_t count, uint64_t window, const uint32_t *idx)
+{
+    uint64_t stride = page + 128, total = count * pages, posted = 0, done = 0, imms = 0;
+    uint32_t last;
+    uint64_t wwin = window * pages;
+    double t0 = now_s();
+    while (done < total) {
+        while (posted < total && posted - done < wwin) {
+            uint64_t i = idx[posted % pages];
+            uint64_t off = PAGE_OFF + stride * i;
+            bool more = (posted + 1) % pages != 0;
+            int r = raw_write(C.raw, &C.rsrc, off, page, raw_remote_addr(C.raw, C.raw_base, off),
+                              C.raw_key, false, 0, more);
+            if (r == -EAGAIN) break;
+            if (r) die("raw write", r);
+            posted++;
+        }
+        if (raw_poll(C.raw, &done, &imms, &last) < 0) die("raw poll", -EIO);
+    }
+    return (result){now_s() - t0, count, total * page, total};
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void latency(bool raw, int n, double *p50, double *p99, double *p999)
+{
+    double *lat = malloc((size_t)n * sizeof *lat);
+    uint64_t done = 0, imms = 0;
+    uint32_t last;
+    for (int k = 0; k < n; k++) {
+        double t0 = now_s();
+        if (raw) {
+            uint64_t want = imms + 1;
+            while (raw_write(C.raw, &C.rsrc, 0, 0, raw_remote_addr(C.raw, C.raw_base, 0), C.raw_key, true,
+                             PING, false) == -EAGAIN)
+                raw_poll(C.raw, &done, &imms, &last);
+            while (imms < want)
+                if (raw_poll(C.raw, &done, &imms, &last) < 0) die("raw poll", -EIO);
+        } else {
+            int r = te_write_imm(C.e, PING, &C.dst, (te_route){TE_ROUTE_PINNED, 0}, NULL);
+            if (r) die("te_write_imm", r);
+            if ((r = te_imm_counter_wait(C.pongs, 1, 10000))) die("waiting for pong", r);
+        }
+        lat[k] = (now_s() - t0) * 1e6;
+    }
+    qsort(lat, (size_t)n, sizeof *lat, cmp_d);
+    *p50 = lat[n / 2];
+    *p99 = lat[(int)(n * 0.99)];
+    *p999 = lat[n - 1 - (n / 1000)];
+    free(lat);
+}
+
+static void json_row(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void json_row(const char *fmt, ...)
+{
+    if (!C.json) return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(C.json, "%s\n  ", C.json_rows++ ? "," : "");
+    vfprintf(C.json, fmt, ap);
+    va_end(ap);
+}
+
+static void size_str(uint64_t b, char *out)
+{
+    if (b >= (1 << 20) && b % (1 << 20) == 0) sprintf(out, "%" PRIu64 " MiB", b >> 20);
+    else if (b >= 1024 && b % 1024 == 0) sprintf(out, "%" PRIu64 " KiB", b >> 10);
+    else sprintf(out, "%" PRIu64 " B", b);
+}
+
+static void print_row(const char *kind, uint64_t size, uint64_t pages, const result *e, const result *r,
+                      int modes)
+{
+    char s[32];
+    size_str(size, s);
+    double egb = e ? (double)e->bytes / e->secs / 1e9 : 0, rgb = r ? (double)r->bytes / r->secs / 1e9 : 0;
+    double emo = e ? (double)e->wrs / e->secs / 1e6 : 0, rmo = r ? (double)r->wrs / r->secs / 1e6 : 0;
+    printf("%-7s %9s %6" PRIu64 " | %8.3f %8.3f %6.3f | %8.3f %8.3f %6.3f\n", kind, s, pages,
+           egb, rgb, (modes == 3 && rgb > 0) ? egb / rgb : NAN, emo, rmo,
+           (modes == 3 && rmo > 0) ? emo / rmo : NAN);
+    json_row("{\"workload\":\"%s\",\"bytes\":%" PRIu64 ",\"pages\":%" PRIu64
+             ",\"engine_gbps\":%.4f,\"raw_gbps\":%.4f,\"engine_mops\":%.4f,\"raw_mops\":%.4f}",
+             kind, size, pages, egb, rgb, emo, rmo);
+    fflush(stdout);
+}
+
+static int run_client(const char *token, const opts *o)
+{
+    char d[2400], ra[600];
+    unsigned long long key, base;
+    char *tok = strdup(token);
+    for (char *p = tok; *p; p++)
+        if (*p == ':') *p = ' ';
+    if (sscanf(tok, "%2399s %599s %llx %llx", d, ra, &key, &base) != 4) {
+        fprintf(stderr, "fabric-debug: malformed token\n");
+        return 2;
+    }
+    free(tok);
+    uint8_t db[TE_MR_DESC_ENCODED_MAX], rab[256];
+    size_t dn = unhex(d, db, sizeof db), ran = unhex(ra, rab, sizeof rab);
+    int r;
+    C.e = make_engine(o, false);
+    if ((r = te_mr_desc_decode(db, dn, &C.dst))) die("server token (descriptor)", r);
+    C.raw_key = key;
+    C.raw_base = base;
+    C.src = aligned_alloc(4096, REGION);
+    C.pong_mem = aligned_alloc(4096, 4096);
+    for (uint64_t k = 0; k < REGION; k++) C.src[k] = (uint8_t)(k * 131 + (k >> 12));
+    if ((r = te_mr_register(C.e, C.src, REGION, TE_DEVICE_HOST, 0, &C.mr))) die("register", r);
+    if ((r = te_mr_register(C.e, C.pong_mem, 4096, TE_DEVICE_HOST, TE_MR_REMOTE_WRITE, &C.pong_mr)))
+        die("register", r);
+    te_counter_create(&C.done);
+    te_imm_counter_create(C.e, PONG, &C.pongs);
+    te_recv_pool *pool;
+    if ((r = te_recv_pool_create(C.e, MSG, 8, client_on_msg, NULL, NULL, &pool))) die("recv pool", r);
+    char err[256];
+    if (raw_open(te_provider_name(C.e), te_nic_name(C.e, 0, 0), &C.raw, err, sizeof err)) {
+        fprintf(stderr, "fabric-debug: raw endpoint: %s\n", err);
+        return 1;
+    }
+    if (raw_register(C.raw, C.src, REGION, false, &C.rsrc) ||
+        raw_register(C.raw, C.pong_mem, 4096, true, &C.rpong) || raw_connect(C.raw, rab, ran)) {
+        fprintf(stderr, "fabric-debug: raw endpoint setup failed\n");
+        return 1;
+    }
+    te_addr srv = C.dst.nic[0].addr, me;
+    te_main_address(C.e, &me);
+    char mh[TE_ADDR_TEXT_MAX], ph[2 * TE_MR_DESC_ENCODED_MAX + 1], rh[600], reply_buf[MSG];
+    te_addr_format(&me, mh, sizeof mh);
+    te_mr_desc pd;
+    te_mr_desc_get(C.pong_mr, &pd);
+    uint8_t pb[TE_MR_DESC_ENCODED_MAX];
+    size_t pn;
+    te_mr_desc_encode(&pd, pb, sizeof pb, &pn);
+    hex(pb, pn, ph);
+    uint8_t myraw[256];
+    size_t myrawlen = sizeof myraw;
+    raw_name(C.raw, myraw, &myrawlen);
+    hex(myraw, myrawlen, rh);
+    if ((r = ask(&srv, reply_buf, sizeof reply_buf, "hello %s %s %s %" PRIx64 " %" PRIx64, mh, ph, rh,
+                 C.rpong.key, (uint64_t)(uintptr_t)C.pong_mem)) || strcmp(reply_buf, "hello-ok")) {
+        fprintf(stderr, "fabric-debug: server did not answer hello (%d, '%s')\n", r, reply_buf);
+        return 1;
+    }
+    if (o->json && !(C.json = fopen(o->json, "w"))) {
+        perror(o->json);
+        return 1;
+    }
+    if (C.json) fprintf(C.json, "{\"provider\":\"%s\",\"nics\":%u,\"rows\":[", te_provider_name(C.e),
+                        te_group_nics(C.e, 0));
+
+    int modes = o->modes;
+    printf("\nfabric-debug: provider %s, %u NIC(s) per group (%s), engine vs raw provider\n",
+           te_provider_name(C.e), te_group_nics(C.e, 0), te_nic_name(C.e, 0, 0));
+    printf("%-7s %9s %6s | %8s %8s %6s | %8s %8s %6s\n", "op", "size", "pages", "eng GB/s", "raw GB/s",
+           "ratio", "eng Mops", "raw Mops", "ratio");
+    printf("-------------------------------------------------------------------------------\n");
+    static const uint64_t sizes_full[] = {1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20,
+                                          4 << 20, 16 << 20, 64 << 20};
+    static const uint64_t sizes_quick[] = {4 << 10, 64 << 10, 1 << 20, 16 << 20};
+    const uint64_t *sizes = o->quick ? sizes_quick : sizes_full;
+    size_t n_sizes = o->quick ? 4 : 9;
+    uint64_t budget = o->quick ? (256ull << 20) : (1024ull << 20);
+    for (size_t s = 0; s < n_sizes; s++) {
+        uint64_t size = sizes[s];
+        uint64_t count = budget / size;
+        if (count < 16) count = 16;
+        if (count > (o->quick ? 20000u : 100000u)) count = o->quick ? 20000 : 100000;
+        uint64_t window = (64ull << 20) / size;
+        window = window < 2 ? 2 : window > 64 ? 64 : window;
+        result e = {0}, rr = {0};
+        if (modes & 1) e = engine_single(size, count, window);
+        if (modes & 2) rr = raw_single(size, count, window);
+        print_row("single", size, 1, modes & 1 ? &e : NULL, modes & 2 ? &rr : NULL, modes);
+        if (o->verify && (modes & 1)) {
+            ask(&srv, reply_buf, sizeof reply_buf, "hash e 0 %" PRIu64, size);
+            char want[64];
+            snprintf(want, sizeof want, "hash %" PRIu64, fnv(C.src, size));
+            if (strcmp(reply_buf, want)) {
+                fprintf(stderr, "fabric-debug: VERIFY FAILED for %" PRIu64 "-byte writes\n", size);
+                return 3;
+            }
+        }
+    }
+    static const uint64_t pg_full[] = {1 << 10, 4 << 10, 16 << 10, 64 << 10};
+    static const uint64_t cnt_full[] = {64, 1024};
+    for (size_t s = 0; s < 4; s++)
+        for (size_t c = 0; c < 2; c++) {
+            uint64_t page = pg_full[s], pages = o->quick ? cnt_full[c] / 4 : cnt_full[c];
+            uint64_t slots = (REGION - PAGE_OFF - page) / (page + 128);
+            uint32_t *idx = make_pages(pages, slots, 0x123);
+            te_pages *tp;
+            te_pages_create(idx, pages, &tp);
+            uint64_t total_pages = o->quick ? 16384 : 65536;
+            if (total_pages * page > budget) total_pages = budget / page;
+            uint64_t count = total_pages / pages;
+            if (count < 4) count = 4;
+            uint64_t window = 16;
+            result e = {0}, rr = {0};
+            if (modes & 1) e = engine_paged(page, pages, count, window, tp);
+            if (modes & 2) rr = raw_paged(page, pages, count, window, idx);
+            print_row("paged", page, pages, modes & 1 ? &e : NULL, modes & 2 ? &rr : NULL, modes);
+            if (o->verify && (modes & 1)) {
+                uint64_t off = PAGE_OFF + (page + 128) * idx[0];
+                ask(&srv, reply_buf, sizeof reply_buf, "hash e %" PRIu64 " %" PRIu64, off, page);
+                char want[64];
+                snprintf(want, sizeof want, "hash %" PRIu64, fnv(C.src + off, page));
+                if (strcmp(reply_buf, want)) {
+                    fprintf(stderr, "fabric-debug: VERIFY FAILED for paged writes\n");
+                    return 3;
+                }
+            }
+            te_pages_release(tp);
+            free(idx);
+        }
+    int n = o->quick ? 300 : 2000;
+    double e50 = 0, e99 = 0, e999 = 0, r50 = 0, r99 = 0, r999 = 0;
+    if (modes & 1) latency(false, n, &e50, &e99, &e999);
+    if (modes & 2) latency(true, n, &r50, &r99, &r999);
+    printf("\nimm round trip (%d samples), us:   p50      p99    p99.9\n", n);
+    if (modes & 1) printf("  engine                        %8.1f %8.1f %8.1f\n", e50, e99, e999);
+    if (modes & 2) printf("  raw provider                  %8.1f %8.1f %8.1f\n", r50, r99, r999);
+    json_row("{\"workload\":\"imm_rtt_us\",\"engine_p50\":%.2f,\"engine_p99\":%.2f,\"engine_p999\":%.2f,"
+             "\"raw_p50\":%.2f,\"raw_p99\":%.2f,\"raw_p999\":%.2f}", e50, e99, e999, r50, r99, r999);
+
+    printf("\nper-NIC statistics (engine, this process):\n  NIC  name          writes      bytes  errors\n");
+    for (uint32_t k = 0; k < te_group_nics(C.e, 0); k++) {
+        te_nic_stats st;
+        te_nic_stats_get(C.e, 0, k, &st);
+        printf("  %3u  %-10s %9" PRIu64 " %10.3f GB %7" PRIu64 "\n", k, te_nic_name(C.e, 0, k),
+               st.write_ops, (double)st.write_bytes / 1e9, st.errors);
+        json_row("{\"nic\":%u,\"name\":\"%s\",\"write_ops\":%" PRIu64 ",\"write_bytes\":%" PRIu64
+                 ",\"errors\":%" PRIu64 "}", k, te_nic_name(C.e, 0, k), st.write_ops, st.write_bytes,
+                 st.errors);
+    }
+    if (C.json) {
+        fprintf(C.json, "\n]}\n");
+        fclose(C.json);
+    }
+    te_send(C.e, &srv, "bye", 4, NULL);
+    usleep(100000);
+    te_engine_destroy(C.e);
+    raw_deregister(&C.rsrc);
+    raw_deregister(&C.rpong);
+    raw_close(C.raw);
+    free(C.src);
+    free(C.pong_mem);
+    return 0;
+}
+
+/* ------------------------------------------------------------------- local --- */
+
+static int run_local(int argc, char **argv, const opts *o)
+{
+    int pipefd[2];
+    if (pipe(pipefd)) return 1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(pipefd[1], 1);
+        close(pipefd[0]);
+        char **av = calloc((size_t)argc + 2, sizeof *av);
+        av[0] = "/proc/self/exe";
+        av[1] = "server";
+        for (int k = 2; k < argc; k++) av[k] = argv[k];
+        execv("/proc/self/exe", av);
+        _exit(127);
+    }
+    close(pipefd[1]);
+    FILE *f = fdopen(pipefd[0], "r");
+    char line[8192], token[8192] = "";
+    while (fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "token ", 6)) {
+            snprintf(token, sizeof token, "%s", line + 6);
+            token[strcspn(token, "\n")] = '\0';
+            break;
+        }
+        fputs(line, stdout);
+    }
+    if (!*token) {
+        fprintf(stderr, "fabric-debug: the server did not start\n");
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return 1;
+    }
+    int rc = run_client(token, o);
+    for (int k = 0; k < 100; k++) {
+        if (waitpid(pid, NULL, WNOHANG) == pid) return rc;
+        usleep(50000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return rc;
+}
+
+static void usage(void)
+{
+    puts("usage: fabric-debug server [opts]\n"
+         "       fabric-debug client TOKEN [opts]\n"
+         "       fabric-debug local [opts]      (server and client on this machine)\n"
+         "options:\n"
+         "  --provider P     auto (default), tcp, shm, efa, verbs, or any libfabric provider\n"
+         "  --nics N         NICs per group (1..4, default 1)\n"
+         "  --nic-names A,B  NIC (domain) names; default: the provider's first N (tcp in local mode: lo)\n"
+         "  --mode M         engine, raw or both (default both)\n"
+         "  --quick          fewer sizes and iterations (about a minute)\n"
+         "  --verify         check the written bytes through the server\n"
+         "  --json FILE      also write the results as JSON\n"
+         "environment: TENDRIL_PROVIDER, TENDRIL_NICS, TENDRIL_LOG (see te.h)");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage();
+        return argc < 2 ? 2 : 0;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    opts o = {.provider = "auto", .nics = 1, .modes = 3};
+    const char *cmd = argv[1];
+    const char *token = NULL;
+    int first = 2;
+    if (!strcmp(cmd, "client")) {
+        if (argc < 3) {
+            usage();
+            return 2;
+        }
+        token = argv[2];
+        first = 3;
+    }
+    static struct option lo[] = {{"provider", 1, 0, 'p'}, {"nics", 1, 0, 'n'}, {"nic-names", 1, 0, 'N'},
+                                 {"mode", 1, 0, 'm'},     {"quick", 0, 0, 'q'}, {"verify", 0, 0, 'v'},
+                                 {"json", 1, 0, 'j'},     {0, 0, 0, 0}};
+    optind = first;
+    int c;
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (c) {
+        case 'p': o.provider = optarg; break;
+        case 'n': o.nics = (uint32_t)atoi(optarg); break;
+        case 'N': o.nic_names = optarg; break;
+        case 'm': o.modes = !strcmp(optarg, "engine") ? 1 : !strcmp(optarg, "raw") ? 2 : 3; break;
+        case 'q': o.quick = true; break;
+        case 'v': o.verify = true; break;
+        case 'j': o.json = optarg; break;
+        default: usage(); return 2;
+        }
+    }
+    if (o.nics < 1 || o.nics > TE_MAX_NICS) {
+        fprintf(stderr, "fabric-debug: --nics must be 1..%d\n", TE_MAX_NICS);
+        return 2;
+    }
+    /* In local mode over tcp the loopback interface is the fast path (DESIGN.md §5). */
+    if (!strcmp(cmd, "local") && !o.nic_names && o.nics == 1 && !getenv("TENDRIL_NICS")) {
+        char picked[64] = "";
+        te_engine *probe;
+        te_config cfg;
+        te_config_init(&cfg);
+        cfg.provider = o.provider;
+        if (te_engine_create(&cfg, &probe) == 0) {
+            snprintf(picked, sizeof picked, "%s", te_provider_name(probe));
+            te_engine_destroy(probe);
+        }
+        if (strstr(picked, "tcp")) setenv("TENDRIL_NICS", "lo", 1);
+    }
+    if (!strcmp(cmd, "server")) return run_server(&o);
+    if (!strcmp(cmd, "client")) return run_client(token, &o);
+    if (!strcmp(cmd, "local")) return run_local(argc, argv, &o);
+    usage();
+    return 2;
+}
