@@ -365,6 +365,79 @@ uint64_t te_imm_counter_value(const te_imm_counter *c); /* available now */
 /* Removes the counter from the engine and frees it. */
 void te_imm_counter_destroy(te_imm_counter *c);
 
+/* ------------------------------------------------------------- watchers ---- */
+
+/* Scalar watcher (UVM watcher): a 64-bit word that GPU kernels (also inside captured
+ * and replayed CUDA graphs) or host threads write; a CPU thread of the engine notices
+ * each change and calls the watcher's callback with (last value seen, current value).
+ * Intermediate values written faster than the thread polls may be skipped.
+ *
+ * Memory: with a CUDA driver present, the words live in pinned host memory mapped into
+ * the GPU address space (cuMemHostAlloc PORTABLE|DEVICEMAP), usable from any context
+ * and device; without CUDA they are plain host memory (host writers only). A word
+ * starts at 0 and is zeroed again when its watcher is released; slots are recycled.
+ *
+ * Threading: the engine's watcher thread (started at the first te_watcher_alloc) polls
+ * every live word; it spins while words change and for ~2 ms after the last change,
+ * then sleeps with a growing interval (at most 200 us). With te_config.busy_poll it
+ * never sleeps. Callbacks run ON THE WATCHER THREAD (not the callback thread: one hop
+ * less and no queueing behind completion callbacks): keep them short; they may submit
+ * operations, allocate and free watchers, but must not block on engine progress and
+ * must not call te_engine_stop/destroy. */
+typedef struct te_watcher te_watcher;
+
+/* Return true to keep watching, false to release the watcher (as te_watcher_free; the
+ * handle is invalid after the callback returns false). */
+typedef bool (*te_watch_fn)(void *arg, uint64_t old_value, uint64_t new_value);
+
+/* Allocates a watcher (at most 32768 live per engine: -ENOSPC beyond). Thread-safe. */
+int te_watcher_alloc(te_engine *e, te_watch_fn fn, void *arg, te_watcher **out);
+/* Host address of the watched word (write it with a 64-bit store). NULL for NULL. */
+volatile uint64_t *te_watcher_ptr(const te_watcher *w);
+/* Device address of the same word for kernels (equal to the host address under UVA;
+ * equal to it as well in the plain-host fallback, where no GPU can use it). */
+uint64_t te_watcher_device_ptr(const te_watcher *w);
+/* Releases a watcher; after return its callback is not running and will not run again.
+ * May be called from any thread, including from a watcher callback. Watchers still live
+ * at te_engine_destroy are freed with the engine (do not free them afterwards). */
+void te_watcher_free(te_watcher *w);
+/* "mapped-host" (GPU-visible pinned host memory) or "host" (no CUDA). */
+const char *te_watcher_memory_kind(const te_engine *e);
+
+/* ---------------------------------------------------- GPU-visible completion ---- */
+
+/* An immediate counter whose completion a GPU kernel can poll without any CPU thread
+ * hop: each time `expected` immediates of value `imm` have arrived, the receiving worker
+ * raises a 64-bit *epoch* (1, 2, 3, ...). A kernel waiting for round r polls the word
+ * until epoch >= r; nobody ever resets the word (so no wake-up can be lost, unlike the
+ * original's GdrCounter, which reset it from two sides). Arrivals beyond a round count
+ * toward the next one. The low 32 bits at the same address form a 32-bit epoch for
+ * kernels that prefer it (wraps after 2^32 rounds).
+ *
+ * Ordering: the epoch is raised only after the provider reported the remote write
+ * complete (its payload placed), with a release store (and a store fence for
+ * write-combined GDRCopy mappings). A kernel must read it with an acquire or volatile
+ * load followed by __threadfence_system() before reading the payload, e.g.
+ *     while (ld_acquire_sys(flag) < r) ;   // or: volatile load + __threadfence_system()
+ * Memory: GDRCopy (a word in GPU memory mapped for the CPU) when libgdrapi and its driver
+ * exist, otherwise mapped pinned host memory, otherwise (no CUDA) plain host memory.
+ * Replaces any expectation or counter for `imm` (te_imm_remove removes the flag's table
+ * entry; the flag then stays valid but stops advancing). Thread-safe. */
+typedef struct te_imm_flag te_imm_flag;
+
+int te_imm_flag_create(te_engine *e, uint32_t imm, uint64_t expected, te_imm_flag **out);
+/* Device address of the epoch word (8-byte aligned). */
+uint64_t te_imm_flag_device_ptr(const te_imm_flag *f);
+/* Current epoch, read on the host. */
+uint64_t te_imm_flag_value(const te_imm_flag *f);
+/* Host-side wait until epoch >= target: 0, -ETIMEDOUT, or -ESHUTDOWN. */
+int te_imm_flag_wait(te_imm_flag *f, uint64_t target, int timeout_ms);
+/* "gdrcopy", "mapped-host" or "host". */
+const char *te_imm_flag_memory_kind(const te_imm_flag *f);
+/* Removes the flag from the engine (if still installed) and frees it. The device
+ * pointer is invalid afterwards: no kernel may still poll it. */
+void te_imm_flag_destroy(te_imm_flag *f);
+
 #ifdef __cplusplus
 }
 #endif

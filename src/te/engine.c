@@ -133,7 +133,7 @@ static int open_group(te_engine *e, uint32_t gi, const te_group_config *gc)
     for (uint32_t k = 0; k < g->n_nics; k++) {
         te_nic_state *n = &g->nic[k];
         n->ops = &tp_fabric_ops;
-        tp_open_args a = {.provider = e->provider, .nic = names[k]};
+        tp_open_args a = {.provider = e->provider, .nic = names[k], .hmem = g->cuda_device >= 0};
         int r = n->ops->open(&a, &n->tp);
         if (r) return te_err(r, "group %u NIC %u: %s", gi, k, te_last_error());
         n->ops->info(n->tp, &n->info);
@@ -173,6 +173,7 @@ static void free_engine(te_engine *e)
     recv_pool_free_all(e);
     peer_group_free_all(e);
     mr_free_all(e);
+    watchers_free(e);
     imm_table_destroy(&e->imm);
     for (uint32_t gi = 0; gi < TE_MAX_GROUPS; gi++) free(e->groups[gi]);
     pthread_mutex_destroy(&e->lists_lock);
@@ -266,6 +267,7 @@ int te_engine_stop(te_engine *e)
         return 0;
     }
     while (atomic_load(&e->submitters) > 0) sched_yield(); /* submissions are short */
+    watchers_stop(e);
     imm_wake_all(&e->imm);
     for (uint32_t gi = 0; gi < e->n_groups; gi++) worker_join(e->groups[gi]);
     close_nics(e);

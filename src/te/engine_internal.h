@@ -178,6 +178,8 @@ struct te_engine {
 
     te_imm_table imm;
 
+    struct te_watchers *watchers; /* watcher.c: created at the first te_watcher_alloc */
+
     pthread_mutex_t lists_lock; /* mrs, pools, peer groups */
     struct te_mr *mrs;
     struct te_recv_pool *pools;
@@ -251,6 +253,10 @@ int cb_fence(te_engine *e, int timeout_ms);
 /* ---- mr.c ---- */
 void mr_close_all(te_engine *e);  /* at stop: close transport MRs */
 void mr_free_all(te_engine *e);   /* at destroy */
+
+/* ---- watcher.c ---- */
+void watchers_stop(te_engine *e);  /* at stop: joins the watcher thread */
+void watchers_free(te_engine *e);  /* at destroy: frees watchers and their memory */
 
 /* ---- recv_pool.c ---- */
 void recv_pool_on_event(te_group *g, te_nic_state *n, const tp_event *ev);

@@ -47,6 +47,7 @@ void imm_table_destroy(te_imm_table *t)
         c = nx;
     }
     t->counters = NULL;
+    imm_flag_free_all(t);
     pthread_rwlock_destroy(&t->lock);
 }
 
@@ -80,6 +81,8 @@ void imm_arrived(te_engine *e, uint32_t imm)
     if (x->kind == IMM_COUNTER) {
         atomic_fetch_add(&x->counter->avail, 1);
         te_notify_wake(&x->counter->wake);
+    } else if (x->kind == IMM_FLAG) {
+        imm_flag_arrived(x->flag);
     } else {
         atomic_fetch_add(&x->count, 1);
         maybe_reach(e, x);
@@ -144,6 +147,8 @@ static void unlink_entry(te_imm_table *t, uint32_t imm, te_imm_prev *prev)
             p.count = (uint64_t)atomic_load(&x->counter->avail);
             atomic_store(&x->counter->attached, false);
             te_notify_wake(&x->counter->wake);
+        } else if (x->kind == IMM_FLAG) {
+            imm_flag_detach(x->flag, &p);
         } else {
             int64_t c = atomic_load(&x->count);
             p.count = c > 0 ? (uint64_t)c : 0;
@@ -303,4 +308,13 @@ void te_imm_counter_destroy(te_imm_counter *c)
     if (*cp) *cp = c->next_owned;
     pthread_rwlock_unlock(&e->imm.lock);
     free(c);
+}
+
+te_imm_entry **imm_slot(te_imm_table *t, uint32_t imm) { return find_slot(t, imm); }
+
+void imm_install_locked(te_imm_table *t, te_imm_entry *x, te_imm_prev *prev)
+{
+    unlink_entry(t, x->imm, prev);
+    x->gen = t->next_gen++;
+    *find_slot(t, x->imm) = x;
 }

@@ -14,7 +14,7 @@
 
 #define IMM_BUCKETS 1024
 
-enum imm_kind { IMM_EXPECT = 1, IMM_COUNTER = 2 };
+enum imm_kind { IMM_EXPECT = 1, IMM_COUNTER = 2, IMM_FLAG = 3 /* imm_flag.c */ };
 
 typedef struct te_imm_entry {
     uint32_t imm;
@@ -26,6 +26,7 @@ typedef struct te_imm_entry {
     void *arg;
     _Atomic int pending;       /* a reach is queued to the callback thread */
     struct te_imm_counter *counter;
+    struct te_imm_flag *flag;  /* IMM_FLAG */
     struct te_imm_entry *next;
 } te_imm_entry;
 
@@ -45,6 +46,7 @@ typedef struct te_imm_table {
     te_imm_fn fn;   /* unmatched immediates */
     void *arg;
     struct te_imm_counter *counters; /* all counters created, for destroy */
+    struct te_imm_flag *flags;       /* all GPU-visible flags created (imm_flag.c) */
 } te_imm_table;
 
 int imm_table_init(te_imm_table *t);
@@ -55,6 +57,16 @@ void imm_arrived(te_engine *e, uint32_t imm);
 /* Callback-thread side. */
 void imm_handle_reached(te_engine *e, uint32_t imm, uint64_t gen);
 void imm_deliver_plain(te_engine *e, uint32_t imm);
+/* Entry slot for imm (lock held by the caller), and installation of a new entry that
+ * replaces the old one (write lock held): used by imm_flag.c. */
+te_imm_entry **imm_slot(te_imm_table *t, uint32_t imm);
+void imm_install_locked(te_imm_table *t, te_imm_entry *x, te_imm_prev *prev);
+
+/* imm_flag.c: the worker's increment, the description of a detached flag, teardown. */
+void imm_flag_arrived(struct te_imm_flag *f);
+void imm_flag_detach(struct te_imm_flag *f, te_imm_prev *p);
+void imm_flag_free_all(te_imm_table *t);
+
 /* Wakes counter waiters at stop so they return -ESHUTDOWN. */
 void imm_wake_all(te_imm_table *t);
 

@@ -54,6 +54,7 @@ typedef struct tp_event {
 typedef struct tp_open_args {
     const char *provider; /* libfabric provider name as given by the user */
     const char *nic;      /* domain name, NULL = first the provider offers */
+    bool hmem;            /* the NIC serves a GPU group: request device-memory support */
 } tp_open_args;
 
 typedef struct tp_nic_info {

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <rdma/fabric.h>
 #include <rdma/fi_cm.h>
@@ -17,6 +18,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "cuda/cuda_loader.h"
 #include "transport/backend.h"
 
 #define TP_FI_VERSION FI_VERSION(1, 17)
@@ -33,6 +35,8 @@ struct tp_nic {
     _Atomic uint64_t next_key; /* for providers without FI_MR_PROV_KEY */
     te_addr addr;
     tp_nic_info nfo;
+    bool hmem;                 /* opened with FI_HMEM: CUDA memory can be registered */
+    char hmem_why[160];        /* why not, when !hmem and CUDA memory was wanted */
 };
 
 static int fi_to_errno(int ret) { return ret < 0 ? ret : -ret; }
@@ -43,15 +47,19 @@ static int fab_err(int ret, const char *what, const char *prov)
                   fi_strerror(-fi_to_errno(ret)));
 }
 
-static struct fi_info *make_hints(const char *provider, const char *domain)
+/* hmem: ask for FI_HMEM (device memory in MRs) and accept FI_MR_HMEM. Only NICs of
+ * groups that drive a GPU ask: FI_HMEM in the hints filters out every provider that
+ * lacks it, and host-only engines must keep working there. */
+static struct fi_info *make_hints(const char *provider, const char *domain, bool hmem)
 {
     struct fi_info *h = fi_allocinfo();
     if (!h) return NULL;
     h->caps = FI_MSG | FI_RMA | FI_WRITE | FI_REMOTE_WRITE | FI_SEND | FI_RECV;
+    if (hmem) h->caps |= FI_HMEM;
     h->mode = 0;
     h->ep_attr->type = FI_EP_RDM;
     h->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY |
-                              FI_MR_ENDPOINT;
+                              FI_MR_ENDPOINT | (hmem ? FI_MR_HMEM : 0);
     /* Thread-safe domain: memory registration runs on caller threads, never on the
      * worker, so a large registration does not stall the posting loop. */
     h->domain_attr->threading = FI_THREAD_SAFE;
@@ -71,13 +79,18 @@ static struct fi_info *pick_info(struct fi_info *list, const char *domain)
     return NULL;
 }
 
-static int query(const char *provider, const char *domain, struct fi_info **out)
+static int query_hmem(const char *provider, const char *domain, bool hmem, struct fi_info **out)
 {
-    struct fi_info *hints = make_hints(provider, domain);
+    struct fi_info *hints = make_hints(provider, domain, hmem);
     if (!hints) return te_err(-ENOMEM, "fi_allocinfo failed");
     int ret = fi_getinfo(TP_FI_VERSION, NULL, NULL, 0, hints, out);
     fi_freeinfo(hints);
     return ret;
+}
+
+static int query(const char *provider, const char *domain, struct fi_info **out)
+{
+    return query_hmem(provider, domain, false, out);
 }
 
 int tp_fabric_pick_provider(const char *want, char *out, size_t cap)
@@ -171,7 +184,26 @@ static int fab_open(const tp_open_args *a, tp_nic **out)
     tp_nic *n = calloc(1, sizeof *n);
     if (!n) return te_err(-ENOMEM, "out of memory");
     struct fi_info *list = NULL;
-    int ret = query(a->provider, a->nic, &list);
+    int ret = -FI_ENODATA;
+    bool hmem_tried = false;
+    if (a->hmem) {
+        /* A GPU group: prefer a domain that can register device memory; without one,
+         * open the plain domain so host memory still works, and remember why. */
+        hmem_tried = true;
+        ret = query_hmem(a->provider, a->nic, true, &list);
+        if (!ret && !pick_info(list, a->nic)) {
+            fi_freeinfo(list);
+            list = NULL;
+            ret = -FI_ENODATA;
+        }
+        if (ret) {
+            snprintf(n->hmem_why, sizeof n->hmem_why,
+                     "provider '%s' offers no FI_HMEM capability on NIC '%s' (fi_getinfo: %s)",
+                     a->provider, a->nic ? a->nic : "(any)", fi_strerror(-fi_to_errno(ret)));
+            TE_LOGI("%s: CUDA memory cannot be registered on this NIC", n->hmem_why);
+        }
+    }
+    if (ret) ret = query(a->provider, a->nic, &list);
     if (ret) {
         free(n);
         return te_err(ret == -FI_ENODATA ? -ENODEV : fi_to_errno(ret),
@@ -197,6 +229,11 @@ static int fab_open(const tp_open_args *a, tp_nic **out)
     n->nfo.cq_data_size = n->info->domain_attr->cq_data_size;
     if (n->info->nic && n->info->nic->link_attr) n->nfo.link_speed = n->info->nic->link_attr->speed;
     n->mr_mode = n->info->domain_attr->mr_mode;
+    n->hmem = (n->info->caps & FI_HMEM) != 0;
+    if (!n->hmem && !hmem_tried)
+        snprintf(n->hmem_why, sizeof n->hmem_why,
+                 "the NIC belongs to a host-memory group (cuda_device = TE_DEVICE_HOST), opened "
+                 "without FI_HMEM");
     n->nfo.mr_local = (n->mr_mode & FI_MR_LOCAL) != 0;
     atomic_init(&n->next_key, 1);
 
@@ -247,17 +284,80 @@ static int fab_address(const tp_nic *n, te_addr *out)
     return 0;
 }
 
+/* Registers CUDA device memory of GPU `device`: dma-buf first (FI_MR_DMABUF, libfabric
+ * >= 1.18 headers, kernel and driver permitting), then FI_HMEM_CUDA with iface/device
+ * (the provider resolves the pages itself, through nvidia-peermem or CUDA IPC). Never
+ * falls back to treating the pointer as host memory: a provider would then read GPU
+ * addresses with the CPU. */
+static int fab_mr_reg_cuda(tp_nic *n, void *ptr, size_t len, int device, uint64_t access,
+                           uint64_t key, struct fid_mr **mr)
+{
+    int r = tcu_check_device_memory(ptr, len, device);
+    if (r) return r;
+    if (!n->hmem)
+        return te_err(-EOPNOTSUPP, "CUDA memory cannot be registered on %s NIC %s: %s",
+                      n->nfo.provider, n->nfo.name,
+                      n->hmem_why[0] ? n->hmem_why : "the domain lacks FI_HMEM");
+    struct iovec iov = {.iov_base = ptr, .iov_len = len};
+    struct fi_mr_attr attr = {
+        .iov_count = 1,
+        .access = access,
+        .requested_key = key,
+        .iface = FI_HMEM_CUDA,
+    };
+    attr.device.cuda = device;
+    int ret;
+    char dmabuf_why[200] = "libfabric headers older than 1.18 (no FI_MR_DMABUF)";
+#ifdef FI_MR_DMABUF
+    {
+        int fd = -1;
+        uint64_t off = 0;
+        r = tcu_dmabuf_export(ptr, len, device, &fd, &off);
+        if (!r) {
+            struct fi_mr_dmabuf dmabuf = {
+                .fd = fd, .offset = off, .len = len, .base_addr = (void *)((uintptr_t)ptr - off)};
+            attr.dmabuf = &dmabuf;
+            ret = fi_mr_regattr(n->domain, &attr, FI_MR_DMABUF, mr);
+            close(fd);
+            if (!ret) return 0;
+            snprintf(dmabuf_why, sizeof dmabuf_why, "fi_mr_regattr(FI_MR_DMABUF): %s",
+                     fi_strerror(-fi_to_errno(ret)));
+        } else {
+            snprintf(dmabuf_why, sizeof dmabuf_why, "%s", te_last_error());
+        }
+        attr.mr_iov = &iov;
+    }
+#else
+    attr.mr_iov = &iov;
+#endif
+    ret = fi_mr_regattr(n->domain, &attr, 0, mr);
+    if (ret)
+        return te_err(fi_to_errno(ret) == -FI_ENOSYS ? -EOPNOTSUPP : fi_to_errno(ret),
+                      "CUDA memory of device %d on %s NIC %s: dma-buf path unavailable (%s); "
+                      "fi_mr_regattr(FI_HMEM_CUDA) failed: %s (libfabric built without CUDA "
+                      "support, or no GPUDirect RDMA peer-memory driver)",
+                      device, n->nfo.provider, n->nfo.name, dmabuf_why,
+                      fi_strerror(-fi_to_errno(ret)));
+    TE_LOGD("CUDA memory %p+%zu of device %d registered on %s via FI_HMEM_CUDA (%s)", ptr, len,
+            device, n->nfo.name, dmabuf_why);
+    return 0;
+}
+
 static int fab_mr_reg(tp_nic *n, void *ptr, size_t len, int device, bool remote, tp_mr *out)
 {
-    if (device != TE_DEVICE_HOST)
-        return te_err(-ENOSYS, "CUDA memory registration is not available in this build");
     uint64_t access = FI_SEND | FI_RECV | FI_WRITE | FI_READ;
     if (remote) access |= FI_REMOTE_WRITE | FI_REMOTE_READ;
     uint64_t key = (n->mr_mode & FI_MR_PROV_KEY) ? 0 : atomic_fetch_add(&n->next_key, 1);
     struct fid_mr *mr = NULL;
-    /* A zero-length region still needs a key for imm-only writes: register one byte. */
-    int ret = fi_mr_reg(n->domain, ptr, len ? len : 1, access, 0, key, 0, &mr, NULL);
-    if (ret) return fab_err(ret, "fi_mr_reg", n->nfo.provider);
+    int ret;
+    if (device != TE_DEVICE_HOST) {
+        ret = fab_mr_reg_cuda(n, ptr, len, device, access, key, &mr);
+        if (ret) return ret;
+    } else {
+        /* A zero-length region still needs a key for imm-only writes: register one byte. */
+        ret = fi_mr_reg(n->domain, ptr, len ? len : 1, access, 0, key, 0, &mr, NULL);
+        if (ret) return fab_err(ret, "fi_mr_reg", n->nfo.provider);
+    }
     if (n->mr_mode & FI_MR_ENDPOINT) {
         if ((ret = fi_mr_bind(mr, &n->ep->fid, 0)) || (ret = fi_mr_enable(mr))) {
             fi_close(&mr->fid);

@@ -1,0 +1,87 @@
+/* CUDA driver API loaded at run time (dlopen "libcuda.so.1"), so one libtendril binary
+ * runs on machines with and without CUDA. Only the entry points Tendril uses are
+ * resolved; the types and constants below are the driver ABI's (values from the CUDA
+ * documentation), declared here so that no CUDA header is needed to build.
+ *
+ * Thread safety: tcu_load() initialises once (pthread_once) and may be called from any
+ * thread; the returned table is immutable afterwards. Set TENDRIL_CUDA=0 in the
+ * environment to behave as if no driver were installed (tests, debugging). */
+#ifndef TENDRIL_CUDA_LOADER_H
+#define TENDRIL_CUDA_LOADER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef int tcu_result;          /* CUresult: 0 = CUDA_SUCCESS */
+typedef int tcu_device;          /* CUdevice */
+typedef void *tcu_context;       /* CUcontext */
+typedef uint64_t tcu_deviceptr;  /* CUdeviceptr */
+
+enum {
+    TCU_POINTER_ATTRIBUTE_MEMORY_TYPE = 2,
+    TCU_POINTER_ATTRIBUTE_SYNC_MEMOPS = 6,
+    TCU_POINTER_ATTRIBUTE_IS_MANAGED = 8,
+    TCU_POINTER_ATTRIBUTE_DEVICE_ORDINAL = 9,
+    TCU_MEMORYTYPE_HOST = 1,
+    TCU_MEMORYTYPE_DEVICE = 2,
+    TCU_MEMORYTYPE_ARRAY = 3,
+    TCU_MEMORYTYPE_UNIFIED = 4,
+    TCU_MEMHOSTALLOC_PORTABLE = 1,
+    TCU_MEMHOSTALLOC_DEVICEMAP = 2,
+    TCU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD = 1,
+    TCU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED = 124,
+};
+
+typedef struct tcu_api {
+    tcu_result (*cuInit)(unsigned flags);
+    tcu_result (*cuGetErrorString)(tcu_result r, const char **s);
+    tcu_result (*cuDeviceGetCount)(int *n);
+    tcu_result (*cuDeviceGet)(tcu_device *d, int ordinal);
+    tcu_result (*cuDeviceGetAttribute)(int *v, int attr, tcu_device d);
+    tcu_result (*cuDevicePrimaryCtxRetain)(tcu_context *ctx, tcu_device d);
+    tcu_result (*cuDevicePrimaryCtxRelease)(tcu_device d);  /* _v2 */
+    tcu_result (*cuCtxPushCurrent)(tcu_context ctx);        /* _v2 */
+    tcu_result (*cuCtxPopCurrent)(tcu_context *ctx);        /* _v2 */
+    tcu_result (*cuPointerGetAttribute)(void *data, int attr, tcu_deviceptr p);
+    tcu_result (*cuPointerSetAttribute)(const void *value, int attr, tcu_deviceptr p);
+    tcu_result (*cuMemHostAlloc)(void **p, size_t len, unsigned flags);
+    tcu_result (*cuMemFreeHost)(void *p);
+    tcu_result (*cuMemHostGetDevicePointer)(tcu_deviceptr *d, void *p, unsigned flags); /* _v2 */
+    tcu_result (*cuMemGetAddressRange)(tcu_deviceptr *base, size_t *len, tcu_deviceptr p); /* _v2 */
+    tcu_result (*cuMemAlloc)(tcu_deviceptr *d, size_t len);  /* _v2 */
+    tcu_result (*cuMemFree)(tcu_deviceptr d);                /* _v2 */
+    /* Optional (NULL if the driver predates CUDA 11.7): dma-buf export. */
+    tcu_result (*cuMemGetHandleForAddressRange)(void *handle, tcu_deviceptr p, size_t len,
+                                                int type, unsigned long long flags);
+} tcu_api;
+
+/* Loads and initialises the driver once. 0 and *out set, or a negative errno with
+ * te_last_error() naming what is missing: -ENOSYS (libcuda.so.1 or a symbol not
+ * found, or TENDRIL_CUDA=0), -ENODEV (cuInit failed: no device or driver mismatch). */
+int tcu_load(const tcu_api **out);
+/* "CUDA_ERROR_...: text" for a driver result. Never NULL. */
+const char *tcu_strerror(tcu_result r);
+/* Number of CUDA devices; 0 when CUDA is unavailable (never an error). */
+int tcu_device_count(void);
+
+/* Makes device `dev`'s primary context current on this thread (retaining it). Pair
+ * with tcu_ctx_leave(dev). */
+int tcu_ctx_enter(int dev);
+void tcu_ctx_leave(int dev);
+
+/* Registration check: [ptr, ptr+len) must be device memory (not managed, not host)
+ * of CUDA device `dev`. 0, or -EINVAL with a message saying what the memory is. */
+int tcu_check_device_memory(const void *ptr, size_t len, int dev);
+
+/* Exports [ptr, ptr+len) of device memory as a dma-buf. The exported range is widened to
+ * host-page alignment inside the allocation; *offset is ptr's offset inside the dma-buf.
+ * The caller closes *fd. -EOPNOTSUPP (with message) when the driver, the device or the
+ * kernel cannot. */
+int tcu_dmabuf_export(const void *ptr, size_t len, int dev, int *fd, uint64_t *offset);
+
+/* Pinned host memory mapped into the device address space (cuMemHostAlloc with
+ * PORTABLE|DEVICEMAP), zeroed. *dptr is the address kernels use. */
+int tcu_host_alloc_mapped(int dev, size_t len, void **host, uint64_t *dptr);
+void tcu_host_free_mapped(int dev, void *host);
+
+#endif
