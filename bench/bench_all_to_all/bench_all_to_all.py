@@ -42,7 +42,8 @@ def run_mode(args, rank, world, dev, T):
     a2a = P2PAllToAll(max_num_tokens=T, num_experts=E, expert_padding=1, hidden_dim=H,
                       hidden_dim_scale=S, in_dtype=torch.float8_e4m3fn, out_dtype=torch.bfloat16,
                       scale_dtype=torch.float32, num_experts_per_token=K, device=dev,
-                      num_sms=args.num_sms, timeout_ms=20000)
+                      num_sms=args.num_sms, timeout_ms=20000,
+                      combine_partial_dtype=torch.float32 if args.partial_f32 else None)
     cap = a2a.max_recv_tokens
     L = (E + world - 1) // world
     x = torch.randn(T, H, device=dev).to(torch.float8_e4m3fn)
@@ -143,7 +144,7 @@ def run_mode(args, rank, world, dev, T):
                      "gbps_moved": moved_b[kind] / p50 / 1e3, "samples": len(pooled[n])})
     return {"tokens": T, "world": world, "hidden": H, "scales": S, "experts": E, "topk": K,
             "num_sms": args.num_sms or torch.cuda.get_device_properties(dev).multi_processor_count,
-            "rows_moved_per_rank": mv, "series": rows}
+            "partials": "fp32" if args.partial_f32 else "bf16", "rows_moved_per_rank": mv, "series": rows}
 
 
 def worker(rank, world, port, args):
@@ -170,7 +171,7 @@ def worker(rank, world, port, args):
 
 def print_table(r):
     print(f"\n{r['mode']}: EP{r['world']} T={r['tokens']}/rank H={r['hidden']} S={r['scales']} "
-          f"E={r['experts']} top-{r['topk']} fp8->bf16, {r['num_sms']} SMs, "
+          f"E={r['experts']} top-{r['topk']} fp8->bf16, {r['partials']} partials, {r['num_sms']} SMs, "
           f"{r['rows_moved_per_rank']:.0f} rows moved/rank/direction")
     print(f"{'series':<15}{'p50 us':>10}{'p99 us':>10}{'GB/s logical':>14}{'GB/s moved':>12}")
     for s in r["series"]:
@@ -193,6 +194,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--iters", type=int, default=300, help="timed decode iterations")
     ap.add_argument("--prefill-iters", type=int, default=50, help="timed prefill iterations")
+    ap.add_argument("--partial-f32", action="store_true",
+                    help="combine partial sums travel as fp32 (default: as bf16, the out dtype)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     world = args.world or torch.cuda.device_count()

@@ -25,7 +25,8 @@
  * Combine: out[t] = (accumulate ? out[t] : 0) + sum_k w[t,k] * y(t,k), with fp32
  *   accumulation. The expert rank forms the fp32 partial sum of its own experts' rows for
  *   a token (k ascending) and the token's rank adds the partials of all ranks (rank
- *   ascending): the result is deterministic.
+ *   ascending): the result is deterministic. Partials travel as out_dtype, or as fp32
+ *   with a2a_config.partial_f32.
  *
  * Conventions (as the rest of Tendril): every fallible call returns 0 or a negative errno;
  * a2a_last_error() describes the last failure of the calling thread. A spin-wait on a
@@ -74,6 +75,9 @@ typedef struct a2a_config {
     uint32_t num_sms;            /* blocks per kernel (one per SM); 0 = every SM */
     uint32_t timeout_ms;         /* bound of every in-kernel wait on a peer; 0 = 10000 */
     const char *rendezvous;      /* job-unique name of the socket exchange (<= 80 chars) */
+    int partial_f32;             /* combine: expert ranks send their partial sums as fp32
+                                    (fp32 end to end) instead of out_dtype (half the bytes
+                                    for bf16/f16; one rounding of each rank's partial) */
 } a2a_config;
 
 /* Tensors of one dispatch. Strides are in bytes unless noted. Pointers are device

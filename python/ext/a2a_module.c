@@ -35,12 +35,12 @@ static a2a_ctx *get_ctx(PyObject *cap) {
 static PyObject *py_create(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwl[] = {"rank", "world_size", "device", "max_num_tokens", "num_experts",
                           "experts_per_token", "expert_padding", "hidden_dim", "hidden_dim_scale",
-                          "in_elem_size", "out_dtype", "num_sms", "timeout_ms", "rendezvous", NULL};
-    int rank, world, device, out_dtype;
+                          "in_elem_size", "out_dtype", "num_sms", "timeout_ms", "rendezvous", "partial_f32", NULL};
+    int rank, world, device, out_dtype, partial_f32 = 0;
     unsigned int T, E, K, pad, H, S, in_size, num_sms, timeout_ms;
     const char *rdv;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiIIIIIIIiIIs", kwl, &rank, &world, &device, &T, &E, &K,
-                                     &pad, &H, &S, &in_size, &out_dtype, &num_sms, &timeout_ms, &rdv))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiIIIIIIIiIIs|i", kwl, &rank, &world, &device, &T, &E, &K,
+                                     &pad, &H, &S, &in_size, &out_dtype, &num_sms, &timeout_ms, &rdv, &partial_f32))
         return NULL;
     a2a_config cfg;
     memset(&cfg, 0, sizeof(cfg));
@@ -59,6 +59,7 @@ static PyObject *py_create(PyObject *self, PyObject *args, PyObject *kw) {
     cfg.num_sms = num_sms;
     cfg.timeout_ms = timeout_ms;
     cfg.rendezvous = rdv;
+    cfg.partial_f32 = partial_f32;
     a2a_ctx *c = NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS rc = a2a_create(&cfg, &c);

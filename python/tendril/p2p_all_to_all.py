@@ -32,6 +32,12 @@ class P2PAllToAll:
 
     Experts are placed in contiguous blocks: rank r owns experts
     [r * ceil(E/W), min((r+1) * ceil(E/W), E)).
+
+    Extensions beyond pplx-garden's signature (keyword-only): `num_sms` (blocks per
+    kernel, default every SM), `timeout_ms` (bound of every in-kernel wait on a peer;
+    a timeout raises TimeoutError at the next call or poll_error()), and
+    `combine_partial_dtype` (torch.float32: expert ranks send fp32 partial sums; default:
+    partials travel as out_dtype, half the NVLink bytes for bf16/f16).
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class P2PAllToAll:
         global_group: Optional[dist.ProcessGroup] = None,
         num_sms: Optional[int] = None,
         timeout_ms: int = 10000,
+        combine_partial_dtype: Optional[torch.dtype] = None,
     ) -> None:
         group = global_group if global_group is not None else (node_group or dist.group.WORLD)
         world = dist.get_world_size(group)
@@ -93,7 +100,8 @@ class P2PAllToAll:
             num_experts=num_experts, experts_per_token=num_experts_per_token,
             expert_padding=expert_padding, hidden_dim=hidden_dim, hidden_dim_scale=scales,
             in_elem_size=itemsize, out_dtype=_OUT_DTYPES[out_dtype], num_sms=int(num_sms or 0),
-            timeout_ms=int(timeout_ms), rendezvous=f"{name[0]}")
+            timeout_ms=int(timeout_ms), rendezvous=f"{name[0]}",
+            partial_f32=int(combine_partial_dtype == torch.float32))
         try:
             _a2a.connect(self._ctx, max(int(timeout_ms), 60000))
         except Exception:

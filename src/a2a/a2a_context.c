@@ -353,6 +353,7 @@ int a2a_create(const a2a_config *cfg, a2a_ctx **out) {
     kp->payload_bytes = (uint32_t)payload;
     kp->row_bytes = (uint32_t)row;
     kp->out_dtype = cfg->out_dtype;
+    kp->partial_f32 = cfg->partial_f32 || cfg->out_dtype == A2A_DTYPE_F32;
 
     int maxb = a2a_kernel_max_blocks(kp, c->dev);
     int sms = 0;
@@ -378,6 +379,7 @@ int a2a_create(const a2a_config *cfg, a2a_ctx **out) {
     h = fnv(h, cfg->hidden_dim_scale);
     h = fnv(h, cfg->in_elem_size);
     h = fnv(h, (uint64_t)cfg->out_dtype);
+    h = fnv(h, kp->partial_f32);
     h = fnv(h, c->shared_bytes);
     c->layout_hash = h;
     leave_dev(c, prev);

@@ -10,7 +10,8 @@
  *          (local_expert << 21 | index within (source, expert)) or -1.
  *   rows   [W][Tmax][row_bytes]: per source slot: payload then fp32 scales.
  *   wgt    [W][Tmax][K] fp32: per source, its combine weights (only entries routed here).
- *   part   [W][Tmax][H] fp32: per expert rank, its weighted partial sum for our token t.
+ *   part   [W][Tmax][H] (row stride H*4): per expert rank, its weighted partial sum for our
+ *          token t, as fp32 or as out_dtype.
  * See docs/a2a.md for the protocol and why no write-after-read hazard exists.
  */
 #ifndef TENDRIL_A2A_KERNELS_H
@@ -55,6 +56,7 @@ typedef struct a2a_kparams {
     uint32_t payload_bytes;    /* H * in_elem_size (multiple of 16) */
     uint32_t row_bytes;        /* staging row stride */
     uint32_t out_dtype;        /* a2a_dtype */
+    uint32_t partial_f32;      /* partial sums travel as fp32 (else as out_dtype) */
     /* per call */
     uint32_t T;
     const int32_t *bound_m;

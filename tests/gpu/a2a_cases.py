@@ -13,6 +13,8 @@ def add(kind, cfg):
 
 # ---- EP2: shapes of the issue
 add("run", Cfg("dsv3_fp8_bf16", H=7168, S=56, E=256, K=8, T=128, in_dtype=F8, iters=3))
+add("run", Cfg("dsv3_fp8_bf16_partial_f32", H=7168, S=56, E=256, K=8, T=128, in_dtype=F8, iters=2,
+               partial_f32=True))
 add("run", Cfg("h2048_bf16_f16_pad16", H=2048, E=32, K=2, T=64, pad=16, out_dtype=torch.float16))
 add("run", Cfg("h4096_bf16_f32_top1", H=4096, E=8, K=1, T=50, out_dtype=torch.float32))
 add("run", Cfg("h2560_fp8_bf16_pad8", H=2560, S=20, E=64, K=6, T=77, pad=8, in_dtype=F8))
@@ -41,6 +43,8 @@ add("timeout", Cfg("timeout"))
 # ---- EP4 / EP8 (several ranks per GPU)
 add("run", Cfg("ep_fp8_random", H=2048, S=16, E=64, K=8, T=32, in_dtype=F8, iters=5,
                tokens=lambda r, it: (r * 11 + it * 5) % 33))
+add("run", Cfg("ep_f16_partial_f32", H=1024, E=64, K=8, T=32, out_dtype=torch.float16, iters=3,
+               partial_f32=True))
 add("run", Cfg("ep_one_rank", E=64, K=4, T=24, routing="one_rank", iters=2))
 add("run", Cfg("ep_zero_and_bound", E=24, K=3, T=24, pad=4, iters=3, out_dtype=torch.float32,
                tokens=lambda r, it: 0 if (r + it) % 3 == 0 else 24, bound=lambda r, it: 24 - r, split=True))

@@ -10,19 +10,24 @@ def skip(why):
     sys.exit(77)
 
 
-try:
-    import torch
-except ImportError:
-    skip("PyTorch is not installed")
-if torch.cuda.device_count() == 0:
-    skip("no CUDA device")
-try:
-    import pytest  # noqa: F401
-except ImportError:
-    skip("pytest is not installed")
-try:
-    import tendril._a2a  # noqa: F401
-except ImportError as e:
-    skip(f"tendril._a2a is not importable ({e}); build with CUDA and Python headers")
-here = os.path.dirname(os.path.abspath(__file__))
-sys.exit(pytest.main(["-q", "-x", "-s", os.path.join(here, "test_a2a.py")] + sys.argv[1:]))
+def main():
+    try:
+        import torch
+    except ImportError:
+        skip("PyTorch is not installed")
+    if torch.cuda.device_count() == 0:
+        skip("no CUDA device")
+    try:
+        import pytest  # noqa: F401
+    except ImportError:
+        skip("pytest is not installed")
+    try:
+        import tendril._a2a  # noqa: F401
+    except ImportError as e:
+        skip(f"tendril._a2a is not importable ({e}); build with CUDA and Python headers")
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.exit(pytest.main(["-q", "-x", "-s", os.path.join(here, "test_a2a.py")] + sys.argv[1:]))
+
+
+if __name__ == "__main__":  # spawned test workers re-import this module
+    main()

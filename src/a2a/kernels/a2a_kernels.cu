@@ -133,9 +133,9 @@ static __device__ bool block_wait_all(const P &p, int kind, uint32_t target, uin
  * the last block does after. The counter is reset for the next launch. */
 static __device__ bool arrive_last(uint32_t *counter) {
     __shared__ int s_last;
-    __threadfence_system();
-    __syncthreads();
+    __syncthreads(); /* the block's prior stores are ordered before thread 0's fence */
     if (threadIdx.x == 0) {
+        __threadfence_system();
         const uint32_t old = atomicAdd(counter, 1u);
         s_last = (old == gridDim.x - 1);
         if (s_last) {
@@ -549,18 +549,23 @@ static __device__ __forceinline__ void u4_to_f(uint4 u, float *f, int dt) {
     }
 }
 
-/* 8 elements of type DT at p (16 or 32 bytes) as floats */
-template <int DT, bool INPUT> static __device__ __forceinline__ void load8(const char *p, float *f) {
+/* 8 elements of type DT at p (16 or 32 bytes) as floats. M: 0 caller input (read-only),
+ * 1 written by a peer, 2 plain. */
+template <int M> static __device__ __forceinline__ uint4 ld16(const char *p) {
+    if (M == 0) return ld_in(p);
+    if (M == 1) return ld_peer(p);
+    return *(const uint4 *)p;
+}
+template <int DT, int M> static __device__ __forceinline__ void load8(const char *p, float *f) {
     if (DT == A2A_DTYPE_F32) {
-        const uint4 a = INPUT ? ld_in(p) : *(const uint4 *)p;
-        const uint4 b = INPUT ? ld_in(p + 16) : *(const uint4 *)(p + 16);
+        const uint4 a = ld16<M>(p);
+        const uint4 b = ld16<M>(p + 16);
         f[0] = __uint_as_float(a.x); f[1] = __uint_as_float(a.y);
         f[2] = __uint_as_float(a.z); f[3] = __uint_as_float(a.w);
         f[4] = __uint_as_float(b.x); f[5] = __uint_as_float(b.y);
         f[6] = __uint_as_float(b.z); f[7] = __uint_as_float(b.w);
     } else {
-        const uint4 a = INPUT ? ld_in(p) : *(const uint4 *)p;
-        u4_to_f(a, f, DT);
+        u4_to_f(ld16<M>(p), f, DT);
     }
 }
 
@@ -588,7 +593,7 @@ template <int DT> static __device__ __forceinline__ void store8(char *p, const f
 
 /* ------------------------------------------------------------ combine send ---- */
 
-template <int DT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_send(P p) {
+template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_send(P p) {
     extern __shared__ int smem[];
     if (failed(p)) return;
     const uint32_t ep = epoch(p);
@@ -651,14 +656,14 @@ template <int DT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_se
             float v[8][8];
 #pragma unroll
             for (int q = 0; q < 8; q++)
-                if (yr[q]) load8<DT, true>(yr[q] + (size_t)c * 8 * EB, v[q]);
+                if (yr[q]) load8<DT, 0>(yr[q] + (size_t)c * 8 * EB, v[q]);
 #pragma unroll
             for (int q = 0; q < 8; q++)
                 if (yr[q]) {
 #pragma unroll
                     for (int i = 0; i < 8; i++) acc[i] = fmaf(w[q], v[q][i], acc[i]);
                 }
-            store8<A2A_DTYPE_F32>(dstp + (size_t)c * 32, acc);
+            store8<PT>(dstp + (size_t)c * 8 * Elt<PT>::bytes, acc);
         }
     }
     /* D: partials delivered and our reads of cnt/meta/rows/wgt done */
@@ -668,7 +673,7 @@ template <int DT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_se
 
 /* ------------------------------------------------------------ combine recv ---- */
 
-template <int DT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_recv(P p) {
+template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_recv(P p) {
     if (failed(p)) return;
     const uint32_t ep = epoch(p);
     if (!block_wait_all(p, A2A_FLAG_CMB, ep, A2A_PH_CRECV)) return;
@@ -703,7 +708,7 @@ template <int DT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_re
         for (int c = c0 + lane; c < c1; c += 32) {
             float acc[8];
             if (p.accumulate) {
-                load8<DT, false>(outp + (size_t)c * 8 * EB, acc);
+                load8<DT, 2>(outp + (size_t)c * 8 * EB, acc);
             } else {
 #pragma unroll
                 for (int i = 0; i < 8; i++) acc[i] = 0.f;
@@ -711,14 +716,7 @@ template <int DT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_re
             float v[8][8];
 #pragma unroll
             for (int q = 0; q < 8; q++)
-                if (src[q]) {
-                    const uint4 a = ld_peer(src[q] + (size_t)c * 8);
-                    const uint4 b = ld_peer(src[q] + (size_t)c * 8 + 4);
-                    v[q][0] = __uint_as_float(a.x); v[q][1] = __uint_as_float(a.y);
-                    v[q][2] = __uint_as_float(a.z); v[q][3] = __uint_as_float(a.w);
-                    v[q][4] = __uint_as_float(b.x); v[q][5] = __uint_as_float(b.y);
-                    v[q][6] = __uint_as_float(b.z); v[q][7] = __uint_as_float(b.w);
-                }
+                if (src[q]) load8<PT, 1>((const char *)src[q] + (size_t)c * 8 * Elt<PT>::bytes, v[q]);
 #pragma unroll
             for (int q = 0; q < 8; q++)
                 if (src[q]) {
@@ -752,23 +750,27 @@ extern "C" size_t a2a_kernel_smem(int phase, const a2a_kparams *p) {
 
 typedef void (*kfn)(P);
 
-static kfn pick(int phase, int dt) {
+#define A2A_BF A2A_DTYPE_BF16
+#define A2A_HF A2A_DTYPE_F16
+#define A2A_FF A2A_DTYPE_F32
+
+static kfn pick(int phase, int dt, int pf32) {
     switch (phase) {
     case A2A_PH_DSEND: return k_dispatch_send;
     case A2A_PH_DRECV: return k_dispatch_recv;
     case A2A_PH_CSEND:
-        return dt == A2A_DTYPE_BF16 ? k_combine_send<A2A_DTYPE_BF16>
-               : dt == A2A_DTYPE_F16 ? k_combine_send<A2A_DTYPE_F16>
-                                     : k_combine_send<A2A_DTYPE_F32>;
+        if (dt == A2A_BF) return pf32 ? k_combine_send<A2A_BF, A2A_FF> : k_combine_send<A2A_BF, A2A_BF>;
+        if (dt == A2A_HF) return pf32 ? k_combine_send<A2A_HF, A2A_FF> : k_combine_send<A2A_HF, A2A_HF>;
+        return k_combine_send<A2A_FF, A2A_FF>;
     default:
-        return dt == A2A_DTYPE_BF16 ? k_combine_recv<A2A_DTYPE_BF16>
-               : dt == A2A_DTYPE_F16 ? k_combine_recv<A2A_DTYPE_F16>
-                                     : k_combine_recv<A2A_DTYPE_F32>;
+        if (dt == A2A_BF) return pf32 ? k_combine_recv<A2A_BF, A2A_FF> : k_combine_recv<A2A_BF, A2A_BF>;
+        if (dt == A2A_HF) return pf32 ? k_combine_recv<A2A_HF, A2A_FF> : k_combine_recv<A2A_HF, A2A_HF>;
+        return k_combine_recv<A2A_FF, A2A_FF>;
     }
 }
 
 extern "C" int a2a_kernel_launch(int phase, const a2a_kparams *p, int nblocks, void *stream) {
-    const kfn f = pick(phase, (int)p->out_dtype);
+    const kfn f = pick(phase, (int)p->out_dtype, (int)p->partial_f32);
     const size_t smem = a2a_kernel_smem(phase, p);
     cudaError_t err = cudaSuccess;
     if (smem > 48 * 1024)
@@ -784,7 +786,7 @@ extern "C" int a2a_kernel_max_blocks(const a2a_kparams *p, int device) {
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return -1;
     int best = 1 << 30;
     for (int ph = 0; ph < 4; ph++) {
-        const kfn f = pick(ph, (int)p->out_dtype);
+        const kfn f = pick(ph, (int)p->out_dtype, (int)p->partial_f32);
         const size_t smem = a2a_kernel_smem(ph, p);
         if (smem > 48 * 1024 &&
             cudaFuncSetAttribute((const void *)f, cudaFuncAttributeMaxDynamicSharedMemorySize,
