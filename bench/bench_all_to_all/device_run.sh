@@ -23,3 +23,10 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
   timeout ${BENCH_TIMEOUT:-200} python3 bench/bench_all_to_all/bench_all_to_all.py --json "$out/bench.json" "$@" >"$out/bench.log" 2>&1
   echo "bench rc=$? ($(( $(date +%s) - t0 )) s)"; tail -30 "$out/bench.log"
 fi
+if [ "$what" = ncu ]; then
+  timeout ${NCU_TIMEOUT:-150} ncu --target-processes all --clock-control none -k regex:k_ --launch-skip 40 --launch-count 12 \
+    --section SpeedOfLight --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis \
+    python3 bench/bench_all_to_all/bench_all_to_all.py --warmup 3 --iters 6 --prefill-iters 2 "$@" >"$out/ncu.log" 2>&1
+  echo "ncu rc=$? ($(( $(date +%s) - t0 )) s)"
+  grep -E "^  k_|Duration|Memory Throughput|DRAM Throughput|Stall|Warp Cycles Per Issued|Registers|Achieved Occupancy" "$out/ncu.log" | head -120
+fi
