@@ -104,6 +104,7 @@ static int open_group(te_engine *e, uint32_t gi, const te_group_config *gc)
     g->idx = gi;
     g->cuda_device = gc->cuda_device;
     g->worker_cpu = gc->worker_cpu;
+    g->event_fd = -1;
     uint32_t want = gc->n_nics ? gc->n_nics : 1;
     if (want > TE_MAX_NICS)
         return te_err(-EINVAL, "group %u: %u NICs requested (1..%d)", gi, want, TE_MAX_NICS);

@@ -145,6 +145,7 @@ typedef struct te_group {
     mpsc_queue subq;
     mpsc_queue ctlq;
     te_notify wake;      /* submitters wake a sleeping worker */
+    int event_fd;        /* ... or one blocked in poll() on the NICs' wait objects */
     te_notify ctl_done;  /* the worker wakes control callers */
     _Atomic bool stop;
     uint32_t rr;         /* round-robin NIC cursor (worker-owned) */
@@ -224,6 +225,7 @@ te_group *engine_group_for_device(te_engine *e, int device, int *err);
 int worker_start(te_group *g);
 void worker_join(te_group *g);
 void worker_submit(te_group *g, te_op *op);
+void worker_wake(te_group *g);
 int worker_control(te_group *g, int kind, void *obj, int timeout_ms);
 void op_free(te_op *op);
 void worker_free_remaining(te_group *g);

@@ -5,7 +5,10 @@
  * with a small budget each per round, so a 10 000-page transfer never holds back an
  * immediate or a small write queued behind it (no head-of-line blocking). Work requests
  * of one round go out with FI_MORE except the last, so providers can batch doorbells. */
+#include <poll.h>
 #include <sched.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -329,7 +332,7 @@ int worker_control(te_group *g, int kind, void *obj, int timeout_ms)
     c->kind = kind;
     c->obj = obj;
     mpsc_push(&g->ctlq, &c->qnode);
-    te_notify_wake(&g->wake);
+    worker_wake(g);
     uint64_t deadline = te_deadline_ms(timeout_ms);
     while (!atomic_load(&c->done)) {
         uint32_t t = te_notify_prepare(&g->ctl_done);
@@ -350,10 +353,18 @@ int worker_control(te_group *g, int kind, void *obj, int timeout_ms)
     return r;
 }
 
+void worker_wake(te_group *g)
+{
+    if (!atomic_load_explicit(&g->wake.sleepers, memory_order_seq_cst)) return; /* it is polling */
+    te_notify_wake(&g->wake);
+    uint64_t one = 1;
+    if (g->event_fd >= 0 && write(g->event_fd, &one, sizeof one) < 0) { /* counter full: awake anyway */ }
+}
+
 void worker_submit(te_group *g, te_op *op)
 {
     mpsc_push(&g->subq, &op->qnode);
-    te_notify_wake(&g->wake);
+    worker_wake(g);
 }
 
 /* ------------------------------------------------------------------- loop ---- */
@@ -382,6 +393,36 @@ static void drain_at_exit(te_group *g)
         op_complete_user(g, op);
     }
     /* Ops with posted work requests are freed by worker_join after the NICs close. */
+}
+
+enum idle_result { IDLE_BLOCKED, IDLE_RETRY, IDLE_NO_WAIT_OBJECT };
+
+/* Blocks until a NIC or a submitter has something for us, or a deadline is due.
+ * IDLE_RETRY: a provider has work pending that only polling progresses (poll again);
+ * IDLE_NO_WAIT_OBJECT: some NIC offers no wait object (the caller sleeps instead). */
+static int idle_block(te_group *g, uint64_t now)
+{
+    struct pollfd pf[TE_MAX_NICS + 1];
+    if (g->event_fd < 0) return IDLE_NO_WAIT_OBJECT;
+    for (uint32_t k = 0; k < g->n_nics; k++) {
+        te_nic_state *n = &g->nic[k];
+        int fd = n->failed ? -1 : n->ops->wait_fd(n->tp);
+        if (!n->failed && fd < 0) return IDLE_NO_WAIT_OBJECT;
+        pf[k] = (struct pollfd){.fd = fd, .events = POLLIN};
+    }
+    for (uint32_t k = 0; k < g->n_nics; k++)
+        if (!g->nic[k].failed && !g->nic[k].ops->can_block(g->nic[k].tp)) return IDLE_RETRY;
+    pf[g->n_nics] = (struct pollfd){.fd = g->event_fd, .events = POLLIN};
+    int ms = 100;
+    if (g->inflight_head) { /* deadlines are checked every millisecond */
+        if (!now) now = te_now_ns();
+        ms = g->next_timeout_check > now ? (int)((g->next_timeout_check - now) / 1000000ull) + 1 : 0;
+    }
+    if (poll(pf, g->n_nics + 1, ms) > 0 && (pf[g->n_nics].revents & POLLIN)) {
+        uint64_t v;
+        if (read(g->event_fd, &v, sizeof v) < 0) { /* nothing to drain: fine */ }
+    }
+    return IDLE_BLOCKED;
 }
 
 static void *worker_main(void *arg)
@@ -429,12 +470,19 @@ static void *worker_main(void *arg)
             continue;
         }
         if (++idle < IDLE_SPINS) continue;
-        /* Idle: sleep briefly. Providers with manual progress (tcp) move incoming data
-         * only when polled, so the sleep stays short and grows only while idle; with
-         * operations in flight it stays at the minimum. busy_poll disables this. */
+        /* Idle. Block in the kernel on the NICs' completion wait objects plus our own
+         * event fd, so incoming data (which manual-progress providers such as tcp move only
+         * while we poll) wakes us at once. Without wait objects, sleep briefly instead,
+         * growing the sleep only while nothing is in flight. busy_poll disables both. */
         uint32_t t = te_notify_prepare(&g->wake);
         if (!mpsc_empty(&g->subq) || !mpsc_empty(&g->ctlq) || atomic_load(&g->stop)) {
             te_notify_cancel(&g->wake);
+            continue;
+        }
+        int ib = idle_block(g, now);
+        if (ib != IDLE_NO_WAIT_OBJECT) {
+            te_notify_cancel(&g->wake);
+            idle = ib == IDLE_BLOCKED ? IDLE_SPINS / 2 : 0; /* poll a little before blocking again */
             continue;
         }
         te_notify_wait(&g->wake, t, sleep_ns);
@@ -452,6 +500,7 @@ int worker_start(te_group *g)
     te_notify_init(&g->wake);
     te_notify_init(&g->ctl_done);
     atomic_init(&g->stop, false);
+    g->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     int r = pthread_create(&g->thread, NULL, worker_main, g);
     if (r) return te_err(-r, "cannot start the worker thread of group %u", g->idx);
     char name[16];
@@ -465,9 +514,11 @@ void worker_join(te_group *g)
 {
     if (!g->thread_started) return;
     atomic_store_explicit(&g->stop, true, memory_order_release);
-    te_notify_wake(&g->wake);
+    worker_wake(g);
     pthread_join(g->thread, NULL);
     g->thread_started = false;
+    if (g->event_fd >= 0) close(g->event_fd);
+    g->event_fd = -1;
 }
 
 /* After the NICs are closed nothing can complete any more: free what is left. */

@@ -82,6 +82,12 @@ typedef struct tp_ops {
     int (*post_recv)(tp_nic *n, void *buf, size_t len, void *desc, void *ctx);
     /* Cancels a posted receive; its completion then arrives with -ECANCELED. */
     int (*cancel_recv)(tp_nic *n, void *ctx);
+    /* A file descriptor that turns readable when poll() has something to do (data
+     * arrived, completions ready), or -1 if the provider offers none. */
+    int (*wait_fd)(tp_nic *n);
+    /* True if blocking on wait_fd is safe now (the provider has nothing pending that only
+     * a poll() would progress); false means: poll again instead of sleeping. */
+    bool (*can_block)(tp_nic *n);
     /* Drains up to max events. >= 0 number of events; < 0 the NIC is unusable. */
     int (*poll)(tp_nic *n, tp_event *ev, int max);
 } tp_ops;

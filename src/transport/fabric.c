@@ -33,6 +33,7 @@ struct tp_nic {
     struct fid_ep *ep;
     uint64_t mr_mode;
     _Atomic uint64_t next_key; /* for providers without FI_MR_PROV_KEY */
+    int wait_fd;               /* CQ wait object, -1 if the provider has none */
     te_addr addr;
     tp_nic_info nfo;
     bool hmem;                 /* opened with FI_HMEM: CUDA memory can be registered */
@@ -240,8 +241,17 @@ static int fab_open(const tp_open_args *a, tp_nic **out)
     const char *prov = n->nfo.provider;
     if ((ret = fi_fabric(n->info->fabric_attr, &n->fabric, NULL))) goto fail_fi_fabric;
     if ((ret = fi_domain(n->fabric, n->info, &n->domain, NULL))) goto fail_fi_domain;
-    struct fi_cq_attr cq_attr = {.format = FI_CQ_FORMAT_DATA, .wait_obj = FI_WAIT_NONE, .size = 0};
-    if ((ret = fi_cq_open(n->domain, &cq_attr, &n->cq, NULL))) goto fail_cq;
+    /* A CQ with a file-descriptor wait object lets an idle worker block in the kernel
+     * and still wake the moment data arrives: with manual-progress providers (tcp) an
+     * incoming write moves only while the target polls, so a blind sleep would stall it. */
+    n->wait_fd = -1;
+    struct fi_cq_attr cq_attr = {.format = FI_CQ_FORMAT_DATA, .wait_obj = FI_WAIT_FD, .size = 0};
+    if (getenv("TENDRIL_NO_WAIT_FD") || fi_cq_open(n->domain, &cq_attr, &n->cq, NULL)) {
+        cq_attr.wait_obj = FI_WAIT_NONE;
+        if ((ret = fi_cq_open(n->domain, &cq_attr, &n->cq, NULL))) goto fail_cq;
+    } else if (fi_control(&n->cq->fid, FI_GETWAIT, &n->wait_fd)) {
+        n->wait_fd = -1;
+    }
     struct fi_av_attr av_attr = {.type = FI_AV_UNSPEC};
     if ((ret = fi_av_open(n->domain, &av_attr, &n->av, NULL))) goto fail_av;
     if ((ret = fi_endpoint(n->domain, n->info, &n->ep, NULL))) goto fail_ep;
@@ -442,6 +452,14 @@ static int fab_cancel_recv(tp_nic *n, void *ctx)
     return ret ? te_err(fi_to_errno(ret), "fi_cancel (%s): %s", n->nfo.provider, fi_strerror(-ret)) : 0;
 }
 
+static int fab_wait_fd(tp_nic *n) { return n->wait_fd; }
+
+static bool fab_can_block(tp_nic *n)
+{
+    struct fid *f = &n->cq->fid;
+    return n->wait_fd >= 0 && fi_trywait(n->fabric, &f, 1) == FI_SUCCESS;
+}
+
 static int classify(uint64_t flags)
 {
     if (flags & FI_REMOTE_WRITE) return TP_EV_IMM;
@@ -503,5 +521,7 @@ const tp_ops tp_fabric_ops = {
     .post_send = fab_post_send,
     .post_recv = fab_post_recv,
     .cancel_recv = fab_cancel_recv,
+    .wait_fd = fab_wait_fd,
+    .can_block = fab_can_block,
     .poll = fab_poll,
 };
