@@ -471,6 +471,34 @@ static void print_row(const char *kind, uint64_t size, uint64_t pages, const res
     fflush(stdout);
 }
 
+/* Per-NIC engine write bytes, for the per-NIC throughput line under multi-NIC rows. */
+static void nic_bytes(uint64_t *out)
+{
+    for (uint32_t k = 0; k < te_group_nics(C.e, 0) && k < TE_MAX_NICS; k++) {
+        te_nic_stats st;
+        out[k] = te_nic_stats_get(C.e, 0, k, &st) ? 0 : st.write_bytes;
+    }
+}
+
+/* With several NICs: each NIC's share of an engine row, in GB/s (aggregate = the row). */
+static void print_per_nic(const char *kind, uint64_t size, const uint64_t *before, double secs)
+{
+    uint32_t n = te_group_nics(C.e, 0);
+    if (n < 2 || secs <= 0) return;
+    uint64_t after[TE_MAX_NICS] = {0};
+    nic_bytes(after);
+    char line[256] = "", js[256] = "";
+    for (uint32_t k = 0; k < n && k < TE_MAX_NICS; k++) {
+        double gb = (double)(after[k] - before[k]) / secs / 1e9;
+        size_t l = strlen(line), j = strlen(js);
+        snprintf(line + l, sizeof line - l, "%s%.3f", k ? " / " : "", gb);
+        snprintf(js + j, sizeof js - j, "%s%.4f", k ? "," : "", gb);
+    }
+    printf("        per NIC (engine) GB/s: %s\n", line);
+    json_row("{\"workload\":\"%s_per_nic\",\"bytes\":%" PRIu64 ",\"engine_gbps_per_nic\":[%s]}", kind,
+             size, js);
+}
+
 static int run_client(const char *token, const opts *o)
 {
     char d[2400], ra[600];
@@ -556,9 +584,12 @@ static int run_client(const char *token, const opts *o)
         uint64_t window = (64ull << 20) / size;
         window = window < 2 ? 2 : window > 64 ? 64 : window;
         result e = {0}, rr = {0};
+        uint64_t nb[TE_MAX_NICS] = {0};
+        nic_bytes(nb);
         if (modes & 1) set_mode(&srv, "engine"), e = engine_single(size, count, window);
         if (modes & 2) set_mode(&srv, "raw"), rr = raw_single(size, count, window);
         print_row("single", size, 1, modes & 1 ? &e : NULL, modes & 2 ? &rr : NULL, modes);
+        if (modes & 1) print_per_nic("single", size, nb, e.secs);
         if (o->verify && (modes & 1)) {
             ask(&srv, reply_buf, sizeof reply_buf, "hash e 0 %" PRIu64, size);
             char want[64];
