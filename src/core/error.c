@@ -45,6 +45,7 @@ const char *te_strerror(int err)
     case -EOPNOTSUPP: return "operation not supported by this provider";
     case -EMSGSIZE: return "message too long";
     case -EAGAIN: return "resource temporarily unavailable";
+    case -EDEADLK: return "would deadlock (called from an engine callback)";
     default: break;
     }
     if (err < 0) {

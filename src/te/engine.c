@@ -84,6 +84,11 @@ int engine_enter(te_engine *e)
     return 0;
 }
 
+bool engine_on_callback_thread(const te_engine *e)
+{
+    return e->cb_started && pthread_equal(pthread_self(), e->cb_thread);
+}
+
 void engine_leave(te_engine *e) { atomic_fetch_sub_explicit(&e->submitters, 1, memory_order_release); }
 
 te_group *engine_group_for_device(te_engine *e, int device, int *err)
@@ -262,6 +267,9 @@ int te_engine_stop(te_engine *e)
 {
     te_err_clear();
     if (!e) return te_err(-EINVAL, "te_engine_stop: engine is NULL");
+    if (engine_on_callback_thread(e))
+        return te_err(-EDEADLK, "te_engine_stop: called from an engine callback (it would wait "
+                                "for itself); stop the engine from another thread");
     int running = ENGINE_RUNNING;
     if (!atomic_compare_exchange_strong(&e->state, &running, ENGINE_STOPPING)) {
         while (atomic_load(&e->state) != ENGINE_STOPPED) sched_yield(); /* a concurrent stop */
@@ -280,7 +288,10 @@ int te_engine_stop(te_engine *e)
 void te_engine_destroy(te_engine *e)
 {
     if (!e) return;
-    te_engine_stop(e);
+    if (te_engine_stop(e) == -EDEADLK) {
+        TE_LOGE("te_engine_destroy called from an engine callback: ignored (the engine leaks)");
+        return;
+    }
     free_engine(e);
 }
 

@@ -219,6 +219,7 @@ struct te_peer_group {
 /* ---- engine.c ---- */
 int engine_enter(te_engine *e);   /* 0 or -ESHUTDOWN; pairs with engine_leave */
 void engine_leave(te_engine *e);
+bool engine_on_callback_thread(const te_engine *e);
 te_group *engine_group_for_device(te_engine *e, int device, int *err);
 
 /* ---- worker.c ---- */

@@ -131,6 +131,9 @@ int te_recv_pool_destroy(te_recv_pool *p)
     te_err_clear();
     if (!p) return te_err(-EINVAL, "te_recv_pool_destroy: pool is NULL");
     te_engine *e = p->e;
+    if (engine_on_callback_thread(e))
+        return te_err(-EDEADLK, "te_recv_pool_destroy: called from an engine callback (it must "
+                                "wait until callbacks of the pool are over); call it from another thread");
     if (engine_enter(e)) return 0; /* stopped: the engine frees it with everything else */
     te_group *g = e->groups[0];
     int r = worker_control(g, CTL_POOL_CANCEL, p, 5000);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -204,9 +205,29 @@ static void test_config_validation(void **state)
     EXPECT_ERR(te_engine_create(&cfg, &e), -EINVAL, "both drive device");
 }
 
+typedef struct stop_from_cb {
+    te_engine *e;
+    _Atomic int rc;
+    _Atomic int called;
+} stop_from_cb;
+
+static void try_stop(void *arg, int status, const char *msg)
+{
+    stop_from_cb *s = arg;
+    atomic_store(&s->rc, te_engine_stop(s->e));
+    atomic_store(&s->called, 1);
+}
+
 static void test_use_after_stop(void **state)
 {
     fx *f = *state;
+    /* Stopping from inside a callback would wait for itself: refused, nothing breaks. */
+    stop_from_cb s = {.e = f->e};
+    te_completion sc = {.fn = try_stop, .arg = &s};
+    assert_int_equal(te_write_imm(f->e, 3, &f->self, (te_route){TE_ROUTE_PINNED, 0}, &sc), 0);
+    for (int k = 0; k < 1000 && !atomic_load(&s.called); k++) usleep(5000);
+    assert_int_equal(atomic_load(&s.rc), -EDEADLK);
+
     te_imm_counter *ic;
     assert_int_equal(te_imm_counter_create(f->e, 9, &ic), 0);
     assert_int_equal(te_engine_stop(f->e), 0);
