@@ -99,7 +99,9 @@ static void op_check(te_group *g, te_op *op)
 {
     for (uint32_t k = 0; k < op->n_portions; k++) {
         te_portion *p = &op->portion[k];
-        if (p->posted < p->count || p->done < p->posted) return;
+        /* A portion still on a NIC's active list is freed only after the poster has
+         * dropped it (nic_post_round re-checks the operation then). */
+        if (p->posted < p->count || p->done < p->posted || p->queued) return;
     }
     op_complete_user(g, op);
     inflight_del(g, op);
@@ -172,10 +174,8 @@ static bool nic_post_round(te_group *g, te_nic_state *n)
             progressed = true;
         }
         if (p->posted < p->count) nic_enqueue(n, p); /* back of the line */
-        if (r) {
-            if (r != -EAGAIN) op_check(g, p->op);
-            if (r == -EAGAIN) break; /* the NIC is full: poll completions first */
-        }
+        else op_check(g, p->op); /* off the list: free it if it already finished (failed) */
+        if (r == -EAGAIN) break; /* the NIC is full: poll completions first */
         if (last_of_round) break;
     }
     return progressed;
