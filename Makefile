@@ -6,7 +6,11 @@
 # Both install missing Debian packages first (scripts/install-deps.sh).
 BUILD ?= build
 JOBS ?= $(shell nproc)
+# Debian's interpreter: python3-dev, pytest and numpy come from apt (scripts/install-deps.sh);
+# a python3 earlier on PATH (pyenv, conda) may lack them.
+PYTHON ?= /usr/bin/python3
 CMAKE_ARGS ?=
+CMAKE_COMMON = -DPython3_EXECUTABLE=$(PYTHON) $(CMAKE_ARGS)
 CTEST = ctest --output-on-failure --no-tests=error
 
 .PHONY: all deps build run test test-plain test-asan test-tsan clean
@@ -17,7 +21,7 @@ deps:
 	@scripts/install-deps.sh
 
 build: deps
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_ARGS)
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_COMMON)
 	cmake --build $(BUILD) -j$(JOBS)
 
 run: build
@@ -30,14 +34,14 @@ test-plain: build
 
 test-asan: deps
 	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DTENDRIL_CUDA=OFF \
-	  -DTENDRIL_SANITIZE=address,undefined $(CMAKE_ARGS)
+	  -DTENDRIL_SANITIZE=address,undefined $(CMAKE_COMMON)
 	cmake --build $(BUILD)-asan -j$(JOBS)
 	cd $(BUILD)-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  $(CTEST) -j$(JOBS) -LE gpu
+	  $(CTEST) -j$(JOBS) -LE 'gpu|python'
 
 test-tsan: deps
 	cmake -S . -B $(BUILD)-tsan -DCMAKE_BUILD_TYPE=Debug -DTENDRIL_CUDA=OFF \
-	  -DTENDRIL_SANITIZE=thread $(CMAKE_ARGS)
+	  -DTENDRIL_SANITIZE=thread $(CMAKE_COMMON)
 	cmake --build $(BUILD)-tsan -j$(JOBS)
 	cd $(BUILD)-tsan && TSAN_OPTIONS=halt_on_error=1 $(CTEST) -j$(JOBS) -L threads
 
