@@ -499,14 +499,16 @@ static int launch_phases(a2a_ctx *c, unsigned flags, int first_phase, void *stre
     int prev;
     int rc = enter_dev(c, &prev);
     if (rc) return rc;
-    for (int i = 0; i < 2; i++) {
-        if (!(flags & (i == 0 ? A2A_SEND : A2A_RECV))) continue;
-        int e = a2a_kernel_launch(first_phase + i, &c->kp, c->nblocks, stream);
-        if (e != 0) {
-            rc = rt_fail((cudaError_t)e, "a2a kernel launch");
-            break;
-        }
-        c->next_phase = (first_phase + i + 1) % 4;
+    if (flags == (A2A_SEND | A2A_RECV)) { /* one launch for both halves */
+        int e = a2a_kernel_launch(first_phase == A2A_PH_DSEND ? A2A_PH_DBOTH : A2A_PH_CBOTH, &c->kp,
+                                  c->nblocks, stream);
+        if (e != 0) rc = rt_fail((cudaError_t)e, "a2a kernel launch");
+        else c->next_phase = (first_phase + 2) % 4;
+    } else {
+        const int ph = (flags & A2A_SEND) ? first_phase : first_phase + 1;
+        int e = a2a_kernel_launch(ph, &c->kp, c->nblocks, stream);
+        if (e != 0) rc = rt_fail((cudaError_t)e, "a2a kernel launch");
+        else c->next_phase = (ph + 1) % 4;
     }
     leave_dev(c, prev);
     return rc;

@@ -5,7 +5,8 @@
  *   flags  [3][W] uint32, one 128-byte line each: DSP (dispatch data from src complete),
  *          WGT (src's combine weights published), CMB (src's combine partials complete
  *          and src done reading what we sent it). Single writer (src), monotonic epochs.
- *   cnt    [W][L+1] int32: per source, tokens per local expert, then rows sent.
+ *   cnt    [W][L+1] int32: per source, tokens per local expert, then rows sent; summed
+ *          by the source with remote reductions, cleared by the owner in combine send.
  *   meta   [W][Tmax][K+1] int32: per source slot: token id, then per k
  *          (local_expert << 21 | index within (source, expert)) or -1.
  *   rows   [W][Tmax][row_bytes]: per source slot: payload then fp32 scales.
@@ -32,7 +33,8 @@ extern "C" {
 #define A2A_MAX_TOKENS (1u << A2A_IDX_BITS)
 
 enum { A2A_FLAG_DSP = 0, A2A_FLAG_WGT = 1, A2A_FLAG_CMB = 2 };
-enum { A2A_PH_DSEND = 0, A2A_PH_DRECV = 1, A2A_PH_CSEND = 2, A2A_PH_CRECV = 3 };
+enum { A2A_PH_DSEND = 0, A2A_PH_DRECV = 1, A2A_PH_CSEND = 2, A2A_PH_CRECV = 3,
+       A2A_PH_DBOTH = 4, A2A_PH_CBOTH = 5, A2A_PH_N = 6 }; /* BOTH: send+recv in one launch */
 /* error word: code << 24 | phase << 16 | peer */
 enum { A2A_ERR_TIMEOUT = 1, A2A_ERR_OVERFLOW = 2, A2A_ERR_ABORT = 3 };
 /* arrival counters in the workspace */

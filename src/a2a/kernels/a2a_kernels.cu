@@ -36,6 +36,9 @@ static __device__ __forceinline__ uint32_t ld_acquire_sys(const uint32_t *p) {
 static __device__ __forceinline__ void st_release_sys(uint32_t *p, uint32_t v) {
     asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
+static __device__ __forceinline__ void fence_acq_rel_sys(void) {
+    asm volatile("fence.acq_rel.sys;" ::: "memory");
+}
 static __device__ __forceinline__ uint32_t ld_vol(const uint32_t *p) {
     return *(const volatile uint32_t *)p;
 }
@@ -133,13 +136,13 @@ static __device__ bool block_wait_all(const P &p, int kind, uint32_t target, uin
  * the last block does after. The counter is reset for the next launch. */
 static __device__ bool arrive_last(uint32_t *counter) {
     __shared__ int s_last;
-    __syncthreads(); /* the block's prior stores are ordered before thread 0's fence */
+    fence_acq_rel_sys(); /* every thread: its stores (NVLink included) before the arrival */
+    __syncthreads();
     if (threadIdx.x == 0) {
-        __threadfence_system();
         const uint32_t old = atomicAdd(counter, 1u);
         s_last = (old == gridDim.x - 1);
         if (s_last) {
-            __threadfence_system();
+            fence_acq_rel_sys();
             *(volatile uint32_t *)counter = 0;
         }
     }
@@ -207,9 +210,8 @@ struct RecvTables {
 
 /* ------------------------------------------------------------ dispatch send ---- */
 
-__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send(P p) {
-    extern __shared__ int smem[];
-    if (failed(p)) return;
+static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
+    if (failed(p)) return false;
     const uint32_t ep = epoch(p);
     const int par = ep & 1;
     const int W = p.world, K = p.K, E = p.E, L = p.L, me = p.rank;
@@ -264,10 +266,16 @@ __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send(P p) {
             if (s_pos[i] == 0) {
                 const int e = p.indices[(size_t)(t0 + i / K) * K + i % K];
                 s_ebase[e] = atomicAdd(&tot_cnt[e], s_ecnt[e]);
+                /* the destination's count of (me, expert): a fire-and-forget reduction */
+                const int r = e / L;
+                atomicAdd(cnt_ptr(p, r, me) + (e - r * L), s_ecnt[e]);
             }
         }
         for (int r = tid; r < W; r += A2A_THREADS)
-            if (s_rcnt[r] > 0) s_rbase[r] = atomicAdd(&tot_rcnt[r], s_rcnt[r]);
+            if (s_rcnt[r] > 0) {
+                s_rbase[r] = atomicAdd(&tot_rcnt[r], s_rcnt[r]);
+                atomicAdd(cnt_ptr(p, r, me) + L, s_rcnt[r]);
+            }
         __syncthreads();
         /* 3: final positions; reset the per-chunk counters */
         for (int i = tid; i < npairs; i += A2A_THREADS) {
@@ -355,26 +363,19 @@ __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send(P p) {
     }
 
     if (arrive_last(&p.ws_arrive[A2A_ARR_DSEND])) {
-        /* every block's atomics are done: publish the counts, then the flags */
-        for (int i = tid; i < W * (L + 1); i += A2A_THREADS) {
-            const int r = i / (L + 1), l = i % (L + 1);
-            int v;
-            if (l < L) {
-                const int e = r * L + l;
-                v = e < E ? ld_vol_i(&tot_cnt[e]) : 0;
-            } else {
-                v = ld_vol_i(&tot_rcnt[r]);
-            }
-            cnt_ptr(p, r, me)[l] = v;
-        }
+        /* every block's data, metadata and count reductions are visible: raise the flags */
         int32_t *nxt_cnt = p.ws_total_cnt + (size_t)(par ^ 1) * E;
         int32_t *nxt_rcnt = p.ws_total_rcnt + (size_t)(par ^ 1) * W;
         for (int i = tid; i < E; i += A2A_THREADS) nxt_cnt[i] = 0;
         for (int i = tid; i < W; i += A2A_THREADS) nxt_rcnt[i] = 0;
-        __threadfence_system();
-        __syncthreads();
         if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_DSP, me), ep);
     }
+    return true;
+}
+
+__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send(P p) {
+    extern __shared__ int smem[];
+    dispatch_send(p, smem);
 }
 
 /* ------------------------------------------------------------ recv tables ---- */
@@ -462,8 +463,7 @@ static __device__ __forceinline__ void row_to_src(const int *s_rowoff, int W, in
 
 /* ------------------------------------------------------------ dispatch recv ---- */
 
-__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv(P p) {
-    extern __shared__ int smem[];
+static __device__ __forceinline__ void dispatch_recv(const P &p, int *smem) {
     if (failed(p)) return;
     const uint32_t ep = epoch(p);
     if (!block_wait_all(p, A2A_FLAG_DSP, ep, A2A_PH_DRECV)) return;
@@ -480,6 +480,13 @@ __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv(P p) {
         const int r = task / nseg, seg = task % nseg;
         int s, j;
         row_to_src(s_rowoff, W, r, &s, &j);
+        const char *src = row_ptr(p, me, s, j);
+        const int v0 = seg * vps, v1 = min(nvec, v0 + vps);
+        /* first vectors of the row in flight before the metadata comes back */
+        uint4 val[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            if (v0 + lane + 32 * u < v1) val[u] = ld_peer(src + (size_t)(v0 + lane + 32 * u) * 16);
         int my = -1;
         if (lane < K) {
             const int ent = ld_vol_i(meta_ptr(p, me, s, j) + 1 + lane);
@@ -498,13 +505,12 @@ __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv(P p) {
             dr[q] = __shfl_sync(FULL, my, q);
             dst[q] = dr[q] >= 0 ? (char *)p.out_x + (size_t)dr[q] * p.out_x_stride : nullptr;
         }
-        const char *src = row_ptr(p, me, s, j);
-        const int v0 = seg * vps, v1 = min(nvec, v0 + vps);
         for (int v = v0 + lane; v < v1; v += 32 * 4) {
-            uint4 val[4];
+            if (v != v0 + lane) {
 #pragma unroll
-            for (int u = 0; u < 4; u++)
-                if (v + 32 * u < v1) val[u] = ld_peer(src + (size_t)(v + 32 * u) * 16);
+                for (int u = 0; u < 4; u++)
+                    if (v + 32 * u < v1) val[u] = ld_peer(src + (size_t)(v + 32 * u) * 16);
+            }
 #pragma unroll
             for (int u = 0; u < 4; u++) {
                 if (v + 32 * u < v1) {
@@ -524,6 +530,19 @@ __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv(P p) {
             }
         }
     }
+}
+
+__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv(P p) {
+    extern __shared__ int smem[];
+    dispatch_recv(p, smem);
+}
+
+/* send and recv in one launch (co-resident grid: our own flag comes from our last block) */
+__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both(P p) {
+    extern __shared__ int smem[];
+    if (!dispatch_send(p, smem)) return;
+    __syncthreads();
+    dispatch_recv(p, smem);
 }
 
 /* ------------------------------------------------------------ element access ---- */
@@ -593,9 +612,8 @@ template <int DT> static __device__ __forceinline__ void store8(char *p, const f
 
 /* ------------------------------------------------------------ combine send ---- */
 
-template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_send(P p) {
-    extern __shared__ int smem[];
-    if (failed(p)) return;
+template <int DT, int PT> static __device__ __forceinline__ bool combine_send(const P &p, int *smem) {
+    if (failed(p)) return false;
     const uint32_t ep = epoch(p);
     const int W = p.world, L = p.L, K = p.K, E = p.E, me = p.rank;
     const int tid = threadIdx.x, lane = tid & 31;
@@ -610,7 +628,7 @@ template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_co
             if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_WGT, me), ep);
     }
     /* B: every source's weights (co-resident grid: our own last block publishes too) */
-    if (!block_wait_all(p, A2A_FLAG_WGT, ep, A2A_PH_CSEND)) return;
+    if (!block_wait_all(p, A2A_FLAG_WGT, ep, A2A_PH_CSEND)) return false;
     int *s_base = smem, *s_rowoff = smem + W * L;
     const int nrows = load_recv_tables(p, s_base, s_rowoff, false);
     /* C: weighted partial sum of the local experts' rows of each received token */
@@ -666,14 +684,25 @@ template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_co
             store8<PT>(dstp + (size_t)c * 8 * Elt<PT>::bytes, acc);
         }
     }
+    /* the count region was consumed by dispatch recv (tables are in the workspace): clear
+     * it for the senders' reductions of the next iteration, which start after they see
+     * our CMB flag */
+    if (blockIdx.x == 0)
+        for (int i = tid; i < W * (L + 1); i += A2A_THREADS) cnt_ptr(p, me, 0)[i] = 0;
     /* D: partials delivered and our reads of cnt/meta/rows/wgt done */
     if (arrive_last(&p.ws_arrive[A2A_ARR_CSEND]))
         if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_CMB, me), ep);
+    return true;
+}
+
+template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_send(P p) {
+    extern __shared__ int smem[];
+    combine_send<DT, PT>(p, smem);
 }
 
 /* ------------------------------------------------------------ combine recv ---- */
 
-template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_recv(P p) {
+template <int DT, int PT> static __device__ __forceinline__ void combine_recv(const P &p) {
     if (failed(p)) return;
     const uint32_t ep = epoch(p);
     if (!block_wait_all(p, A2A_FLAG_CMB, ep, A2A_PH_CRECV)) return;
@@ -733,6 +762,16 @@ template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_co
         }
 }
 
+template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_recv(P p) {
+    combine_recv<DT, PT>(p);
+}
+
+template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_both(P p) {
+    extern __shared__ int smem[];
+    if (!combine_send<DT, PT>(p, smem)) return;
+    combine_recv<DT, PT>(p);
+}
+
 /* ------------------------------------------------------------ launch ---- */
 
 extern "C" size_t a2a_kernel_smem(int phase, const a2a_kparams *p) {
@@ -742,7 +781,12 @@ extern "C" size_t a2a_kernel_smem(int phase, const a2a_kparams *p) {
                               A2A_CHUNK * (size_t)p->world + A2A_CHUNK * 8 + A2A_CHUNK);
     case A2A_PH_DRECV:
     case A2A_PH_CSEND:
+    case A2A_PH_CBOTH:
         return sizeof(int) * ((size_t)p->world * p->L + p->world + 1);
+    case A2A_PH_DBOTH: {
+        const size_t a = a2a_kernel_smem(A2A_PH_DSEND, p), b = a2a_kernel_smem(A2A_PH_DRECV, p);
+        return a > b ? a : b;
+    }
     default:
         return 0;
     }
@@ -758,6 +802,11 @@ static kfn pick(int phase, int dt, int pf32) {
     switch (phase) {
     case A2A_PH_DSEND: return k_dispatch_send;
     case A2A_PH_DRECV: return k_dispatch_recv;
+    case A2A_PH_DBOTH: return k_dispatch_both;
+    case A2A_PH_CBOTH:
+        if (dt == A2A_BF) return pf32 ? k_combine_both<A2A_BF, A2A_FF> : k_combine_both<A2A_BF, A2A_BF>;
+        if (dt == A2A_HF) return pf32 ? k_combine_both<A2A_HF, A2A_FF> : k_combine_both<A2A_HF, A2A_HF>;
+        return k_combine_both<A2A_FF, A2A_FF>;
     case A2A_PH_CSEND:
         if (dt == A2A_BF) return pf32 ? k_combine_send<A2A_BF, A2A_FF> : k_combine_send<A2A_BF, A2A_BF>;
         if (dt == A2A_HF) return pf32 ? k_combine_send<A2A_HF, A2A_FF> : k_combine_send<A2A_HF, A2A_HF>;
@@ -785,7 +834,7 @@ extern "C" int a2a_kernel_max_blocks(const a2a_kparams *p, int device) {
     int sms = 0;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return -1;
     int best = 1 << 30;
-    for (int ph = 0; ph < 4; ph++) {
+    for (int ph = 0; ph < A2A_PH_N; ph++) {
         const kfn f = pick(ph, (int)p->out_dtype, (int)p->partial_f32);
         const size_t smem = a2a_kernel_smem(ph, p);
         if (smem > 48 * 1024 &&
