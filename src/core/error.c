@@ -10,10 +10,14 @@ static _Thread_local char last_error[512];
 
 int te_err(int code, const char *fmt, ...)
 {
+    /* Format into a scratch buffer first: callers often pass te_last_error() itself as
+     * an argument, to wrap the message of a lower layer, and the buffers must not overlap. */
+    char tmp[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
+    memcpy(last_error, tmp, sizeof tmp);
     return code;
 }
 
