@@ -620,12 +620,25 @@ template <int DT, int PT> static __device__ __forceinline__ bool combine_send(co
     /* A: publish this rank's weights to the ranks that own the experts */
     {
         const int T = tokens_now(p);
-        for (int i = blockIdx.x * A2A_THREADS + tid; i < T * K; i += gridDim.x * A2A_THREADS) {
-            const uint32_t e = (uint32_t)p.indices[i];
-            if (e < (uint32_t)E) wgt_ptr(p, e / L, me)[i] = p.weights[i];
+        if (T * K <= 8 * A2A_THREADS) {
+            /* small batch: block 0 alone, no grid-wide arrival on the critical path */
+            if (blockIdx.x == 0) {
+                for (int i = tid; i < T * K; i += A2A_THREADS) {
+                    const uint32_t e = (uint32_t)p.indices[i];
+                    if (e < (uint32_t)E) wgt_ptr(p, e / L, me)[i] = p.weights[i];
+                }
+                fence_acq_rel_sys();
+                __syncthreads();
+                if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_WGT, me), ep);
+            }
+        } else {
+            for (int i = blockIdx.x * A2A_THREADS + tid; i < T * K; i += gridDim.x * A2A_THREADS) {
+                const uint32_t e = (uint32_t)p.indices[i];
+                if (e < (uint32_t)E) wgt_ptr(p, e / L, me)[i] = p.weights[i];
+            }
+            if (arrive_last(&p.ws_arrive[A2A_ARR_WGT]))
+                if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_WGT, me), ep);
         }
-        if (arrive_last(&p.ws_arrive[A2A_ARR_WGT]))
-            if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_WGT, me), ep);
     }
     /* B: every source's weights (co-resident grid: our own last block publishes too) */
     if (!block_wait_all(p, A2A_FLAG_WGT, ep, A2A_PH_CSEND)) return false;
