@@ -121,6 +121,19 @@ int tcu_ctx_enter(int dev)
     return 0;
 }
 
+void tcu_ctx_keep(int dev)
+{
+    tcu_device d;
+    tcu_context ctx;
+    if (!g_api.cuDeviceGet(&d, dev)) g_api.cuDevicePrimaryCtxRetain(&ctx, d);
+}
+
+void tcu_ctx_unkeep(int dev)
+{
+    tcu_device d;
+    if (!g_api.cuDeviceGet(&d, dev)) g_api.cuDevicePrimaryCtxRelease(d);
+}
+
 void tcu_ctx_leave(int dev)
 {
     tcu_context ctx;
@@ -211,6 +224,10 @@ int tcu_host_alloc_mapped(int dev, size_t len, void **host, uint64_t *dptr)
         cr = cu->cuMemHostGetDevicePointer(&d, p, 0);
         if (cr) cu->cuMemFreeHost(p);
     }
+    /* Keep one reference to the primary context per allocation: releasing the last
+     * reference destroys the context and frees the memory with it (a process without
+     * the CUDA runtime holds no other reference). tcu_host_free_mapped drops it. */
+    if (!cr) tcu_ctx_keep(dev);
     tcu_ctx_leave(dev);
     if (cr) return te_err(-ENOMEM, "cuMemHostAlloc(%zu, PORTABLE|DEVICEMAP) on device %d: %s", len,
                           dev, tcu_strerror(cr));
@@ -226,4 +243,5 @@ void tcu_host_free_mapped(int dev, void *host)
     if (tcu_ctx_enter(dev)) return;
     g_api.cuMemFreeHost(host);
     tcu_ctx_leave(dev);
+    tcu_ctx_unkeep(dev);
 }

@@ -68,6 +68,11 @@ int tcu_device_count(void);
  * with tcu_ctx_leave(dev). */
 int tcu_ctx_enter(int dev);
 void tcu_ctx_leave(int dev);
+/* One more / one less reference to device `dev`'s primary context (the device must have
+ * been entered once before). Memory allocated in a context dies with it: allocations
+ * that outlive the call keep a reference until they are freed. */
+void tcu_ctx_keep(int dev);
+void tcu_ctx_unkeep(int dev);
 
 /* Registration check: [ptr, ptr+len) must be device memory (not managed, not host)
  * of CUDA device `dev`. 0, or -EINVAL with a message saying what the memory is. */

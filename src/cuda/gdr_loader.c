@@ -100,6 +100,7 @@ int tgdr_alloc(int dev, tgdr_buf *out)
     }
     out->handle = mh.h;
     memset(out->map, 0, 64);
+    tcu_ctx_keep(dev); /* the allocation lives in the primary context: keep it alive */
     tcu_ctx_leave(dev);
     return 0;
 }
@@ -116,6 +117,7 @@ void tgdr_release(tgdr_buf *b)
     if (!tcu_load(&cu) && !tcu_ctx_enter(b->dev)) {
         cu->cuMemFree(b->alloc);
         tcu_ctx_leave(b->dev);
+        tcu_ctx_unkeep(b->dev);
     }
     b->map = NULL;
 }

@@ -13,7 +13,7 @@ cmake --build $B -j16 --target unit_watcher integ_imm_flag gpu_fabric_hmem_probe
 X=$B/bin
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; uname -r; } >"$OUT/machine.log" 2>&1
 { command -v fi_info && fi_info --version && echo "--- fi_info -c FI_HMEM" && fi_info -c FI_HMEM; } >"$OUT/fi_info.log" 2>&1
-run() { name=$1; shift; timeout 180 "$@" >"$OUT/$name.log" 2>&1; echo "$name rc=$?" >>"$OUT/summary.log"; }
+run() { name=$1; shift; timeout 60 "$@" >"$OUT/$name.log" 2>&1; echo "$name rc=$?" >>"$OUT/summary.log"; }
 : >"$OUT/summary.log"
 run probe $X/gpu_fabric_hmem_probe
 run unit_watcher $X/unit_watcher

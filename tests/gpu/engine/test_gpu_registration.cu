@@ -7,6 +7,10 @@
 
 #define LEN (1u << 20)
 
+/* Local completion only says the source may be reused; the data is known to be in
+ * place when the receiver has counted the write's immediate. */
+static te_imm_counter *g_arrived;
+
 static int write_and_wait(te_engine *a, te_mr *src, const te_mr_desc *dst, te_counter *c,
                           uint64_t target)
 {
@@ -15,12 +19,15 @@ static int write_and_wait(te_engine *a, te_mr *src, const te_mr_desc *dst, te_co
     w.src = src;
     w.len = LEN;
     w.dst = dst;
+    w.has_imm = true;
+    w.imm = 0x600d;
     te_completion comp = {NULL, NULL, c};
     int r = te_write(a, &w, &comp);
     if (r) return r;
     r = te_counter_wait(c, target, 20000);
     if (r) return r;
-    return te_counter_errors(c) ? -EIO : 0;
+    if (te_counter_errors(c)) return -EIO;
+    return te_imm_counter_wait(g_arrived, 1, 20000);
 }
 
 static unsigned char pat(int seed, size_t i) { return (unsigned char)(i * 131 + seed * 7 + (i >> 9)); }
@@ -88,6 +95,7 @@ static int run_provider(const char *prov)
     memset(hdst, 0, LEN);
     te_counter *c = NULL;
     REQUIRE(te_counter_create(&c) == 0, "counter");
+    REQUIRE(te_imm_counter_create(b, 0x600d, &g_arrived) == 0, "imm counter");
 
     /* Host memory on the GPU group: must work whatever the provider does with GPUs. */
     te_mr *mh_src = NULL, *mh_dst = NULL;
@@ -137,6 +145,7 @@ static int run_provider(const char *prov)
     }
     te_mr_deregister(mh_src);
     te_mr_deregister(mh_dst);
+    te_imm_counter_destroy(g_arrived);
     te_engine_destroy(a);
     te_engine_destroy(b);
     te_counter_destroy(c);
