@@ -25,6 +25,7 @@
 #define IDLE_SPINS 2000      /* empty iterations before the worker starts to sleep */
 #define SLEEP_MIN_NS 20000ull
 #define SLEEP_MAX_NS 1000000ull
+#define ACTIVE_WINDOW_NS 2000000ull /* keep polling this long after the last progress */
 
 /* ------------------------------------------------------------- op lifecycle --- */
 
@@ -369,12 +370,6 @@ void worker_submit(te_group *g, te_op *op)
 
 /* ------------------------------------------------------------------- loop ---- */
 
-static bool has_work(te_group *g)
-{
-    if (g->inflight_head) return true;
-    return !mpsc_empty(&g->subq) || !mpsc_empty(&g->ctlq);
-}
-
 static void drain_at_exit(te_group *g)
 {
     mpsc_node *qn;
@@ -397,10 +392,12 @@ static void drain_at_exit(te_group *g)
 
 enum idle_result { IDLE_BLOCKED, IDLE_RETRY, IDLE_NO_WAIT_OBJECT };
 
-/* Blocks until a NIC or a submitter has something for us, or a deadline is due.
+/* Blocks for at most timeout_ns until a NIC or a submitter has something for us.
  * IDLE_RETRY: a provider has work pending that only polling progresses (poll again);
- * IDLE_NO_WAIT_OBJECT: some NIC offers no wait object (the caller sleeps instead). */
-static int idle_block(te_group *g, uint64_t now)
+ * IDLE_NO_WAIT_OBJECT: some NIC offers no wait object (the caller sleeps instead).
+ * The timeout bounds the delay even where a provider's wait object does not fire for
+ * everything that needs progress. */
+static int idle_block(te_group *g, uint64_t timeout_ns)
 {
     struct pollfd pf[TE_MAX_NICS + 1];
     if (g->event_fd < 0) return IDLE_NO_WAIT_OBJECT;
@@ -413,12 +410,8 @@ static int idle_block(te_group *g, uint64_t now)
     for (uint32_t k = 0; k < g->n_nics; k++)
         if (!g->nic[k].failed && !g->nic[k].ops->can_block(g->nic[k].tp)) return IDLE_RETRY;
     pf[g->n_nics] = (struct pollfd){.fd = g->event_fd, .events = POLLIN};
-    int ms = 100;
-    if (g->inflight_head) { /* deadlines are checked every millisecond */
-        if (!now) now = te_now_ns();
-        ms = g->next_timeout_check > now ? (int)((g->next_timeout_check - now) / 1000000ull) + 1 : 0;
-    }
-    if (poll(pf, g->n_nics + 1, ms) > 0 && (pf[g->n_nics].revents & POLLIN)) {
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)timeout_ns};
+    if (ppoll(pf, g->n_nics + 1, &ts, NULL) > 0 && (pf[g->n_nics].revents & POLLIN)) {
         uint64_t v;
         if (read(g->event_fd, &v, sizeof v) < 0) { /* nothing to drain: fine */ }
     }
@@ -436,7 +429,7 @@ static void *worker_main(void *arg)
             TE_LOGW("group %u: cannot pin worker to CPU %d (not in this process's CPU set?)",
                     g->idx, g->worker_cpu);
     }
-    uint64_t sleep_ns = SLEEP_MIN_NS;
+    uint64_t sleep_ns = SLEEP_MIN_NS, last_progress = te_now_ns();
     unsigned idle = 0;
     while (!atomic_load_explicit(&g->stop, memory_order_acquire)) {
         bool progressed = false;
@@ -456,9 +449,8 @@ static void *worker_main(void *arg)
             progressed |= nic_poll(g, n);
             if (n->failed) fail_nic_ops(g, k);
         }
-        uint64_t now = 0;
         if (g->inflight_head) {
-            now = te_now_ns();
+            uint64_t now = te_now_ns();
             if (now >= g->next_timeout_check) {
                 check_deadlines(g, now);
                 g->next_timeout_check = now + 1000000ull;
@@ -469,25 +461,28 @@ static void *worker_main(void *arg)
             sleep_ns = SLEEP_MIN_NS;
             continue;
         }
-        if (++idle < IDLE_SPINS) continue;
+        /* With operations in flight the worker keeps polling (completions and the
+         * provider's own progress need it), yielding now and then to other threads. */
+        if (g->inflight_head) {
+            if ((++idle & 63) == 0) sched_yield();
+            continue;
+        }
+        if (idle++ == 0) last_progress = te_now_ns(); /* first idle turn after progress */
+        if (idle < IDLE_SPINS) continue;
+        if (te_now_ns() - last_progress < ACTIVE_WINDOW_NS) continue; /* recently busy: stay hot */
         /* Idle. Block in the kernel on the NICs' completion wait objects plus our own
          * event fd, so incoming data (which manual-progress providers such as tcp move only
-         * while we poll) wakes us at once. Without wait objects, sleep briefly instead,
-         * growing the sleep only while nothing is in flight. busy_poll disables both. */
+         * while we poll) wakes us at once; the timeout grows from 20 us to 1 ms while
+         * nothing happens. Without wait objects, sleep for that long instead. */
         uint32_t t = te_notify_prepare(&g->wake);
         if (!mpsc_empty(&g->subq) || !mpsc_empty(&g->ctlq) || atomic_load(&g->stop)) {
             te_notify_cancel(&g->wake);
             continue;
         }
-        int ib = idle_block(g, now);
-        if (ib != IDLE_NO_WAIT_OBJECT) {
-            te_notify_cancel(&g->wake);
-            idle = ib == IDLE_BLOCKED ? IDLE_SPINS / 2 : 0; /* poll a little before blocking again */
-            continue;
-        }
-        te_notify_wait(&g->wake, t, sleep_ns);
-        if (!has_work(g) && sleep_ns < SLEEP_MAX_NS) sleep_ns *= 2;
-        else sleep_ns = SLEEP_MIN_NS;
+        int ib = idle_block(g, sleep_ns);
+        if (ib != IDLE_NO_WAIT_OBJECT) te_notify_cancel(&g->wake);
+        else te_notify_wait(&g->wake, t, sleep_ns);
+        if (ib != IDLE_RETRY && sleep_ns < SLEEP_MAX_NS) sleep_ns *= 2;
     }
     drain_at_exit(g);
     return NULL;
