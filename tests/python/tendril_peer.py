@@ -79,6 +79,8 @@ def _peer_main(conn) -> None:
             elif op == "remove":
                 (imm,) = args
                 reply = e.remove_imm_count(imm)
+            elif op == "imms_received":
+                reply = e.nic_stats()["imms_received"]
             elif op == "state":
                 with lock:
                     reply = {k: list(v) for k, v in st.items()}
