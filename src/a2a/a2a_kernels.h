@@ -4,7 +4,9 @@
  * Shared block of every rank (mapped by every peer), offsets identical on all ranks:
  *   flags  [3][W] uint32, one 128-byte line each: DSP (dispatch data from src complete),
  *          WGT (src's combine weights published), CMB (src's combine partials complete
- *          and src done reading what we sent it). Single writer (src), monotonic epochs.
+ *          and src done reading what we sent it). Written only by src, monotonic: WGT holds
+ *          the epoch; DSP and CMB count block arrivals (red.release.sys.add), each launch
+ *          adding A2A_ARRIVE_SPAN in total, so epoch e is complete at e * A2A_ARRIVE_SPAN.
  *   cnt    [W][L+1] int32: per source, tokens per local expert, then rows sent; summed
  *          by the source with remote reductions, cleared by the owner in combine send.
  *   meta   [W][Tmax][K+1] int32: per source slot: token id, then per k
@@ -31,6 +33,8 @@ extern "C" {
 #define A2A_MAX_EXPERTS 4096
 #define A2A_IDX_BITS 21       /* meta entry: expert << 21 | index */
 #define A2A_MAX_TOKENS (1u << A2A_IDX_BITS)
+/* DSP / CMB counters: the blocks of one launch add this much in total (>= grid size) */
+#define A2A_ARRIVE_SPAN 65536u
 
 enum { A2A_FLAG_DSP = 0, A2A_FLAG_WGT = 1, A2A_FLAG_CMB = 2 };
 enum { A2A_PH_DSEND = 0, A2A_PH_DRECV = 1, A2A_PH_CSEND = 2, A2A_PH_CRECV = 3,

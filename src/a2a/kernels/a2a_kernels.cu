@@ -5,10 +5,14 @@
  * not wait for each other except where noted ("co-resident"). Work is split in warp
  * tasks: a task is (row, segment of the row); lanes move 16-byte vectors.
  *
- * Cross-GPU ordering: data stores -> fence.sys by every thread -> block arrival counter
- * (counts blocks, never items) -> the last block does fence.sys and st.release.sys of
- * the epoch into each peer's flag. The reader spins with ld.acquire.sys, bounded by a
- * globaltimer deadline, then reads the data.
+ * Cross-GPU ordering. DSP and CMB (data complete): data stores -> fence.sys by every
+ * thread -> bar.sync -> one red.release.sys.add per destination and block into the
+ * destination's counter for this source; the blocks of one launch add A2A_ARRIVE_SPAN in
+ * total (block 0 adds the remainder), so epoch e is complete when the counter reaches
+ * e * A2A_ARRIVE_SPAN (mod 2^32; the source's grid size does not matter). No grid-wide
+ * "last block" step sits between the data and the peer. WGT: st.release.sys of the
+ * epoch. The reader spins with ld.acquire.sys (wrap-safe >=), bounded by a globaltimer
+ * deadline, then reads the data.
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -38,6 +42,13 @@ static __device__ __forceinline__ void st_release_sys(uint32_t *p, uint32_t v) {
 }
 static __device__ __forceinline__ void fence_acq_rel_sys(void) {
     asm volatile("fence.acq_rel.sys;" ::: "memory");
+}
+static __device__ __forceinline__ void fence_acq_rel_gpu(void) {
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");
+}
+/* fire-and-forget add with release semantics (no value comes back) */
+static __device__ __forceinline__ void red_release_sys_add(uint32_t *p, uint32_t v) {
+    asm volatile("red.release.sys.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 static __device__ __forceinline__ uint32_t ld_vol(const uint32_t *p) {
     return *(const volatile uint32_t *)p;
@@ -134,15 +145,19 @@ static __device__ bool block_wait_all(const P &p, int kind, uint32_t target, uin
 /* Every block calls it once at its end. Returns true in the last block to arrive (whole
  * block, uniform). All stores of all blocks made before are visible system-wide to what
  * the last block does after. The counter is reset for the next launch. */
-static __device__ bool arrive_last(uint32_t *counter) {
+static __device__ bool arrive_last(uint32_t *counter, bool sys = true) {
     __shared__ int s_last;
-    fence_acq_rel_sys(); /* every thread: its stores (NVLink included) before the arrival */
+    /* every thread: its stores (NVLink included) before the arrival; gpu scope where the
+     * block stored nothing a peer reads */
+    if (sys) fence_acq_rel_sys();
+    else fence_acq_rel_gpu();
     __syncthreads();
     if (threadIdx.x == 0) {
         const uint32_t old = atomicAdd(counter, 1u);
         s_last = (old == gridDim.x - 1);
         if (s_last) {
-            fence_acq_rel_sys();
+            if (sys) fence_acq_rel_sys();
+            else fence_acq_rel_gpu();
             *(volatile uint32_t *)counter = 0;
         }
     }
@@ -150,7 +165,28 @@ static __device__ bool arrive_last(uint32_t *counter) {
     return s_last != 0;
 }
 
-static __device__ __forceinline__ uint32_t epoch(const P &p) { return ld_vol(p.ws_iter) + 1; }
+/* Error word and epoch in one round trip (both loads issued before either is used).
+ * Returns false if the context already failed. */
+static __device__ __forceinline__ bool start(const P &p, uint32_t *ep) {
+    const uint32_t err = ld_vol(p.ws_err);
+    const uint32_t it = ld_vol(p.ws_iter);
+    *ep = it + 1;
+    return err == 0;
+}
+
+/* Target of a DSP/CMB counter for epoch ep (see the header comment). */
+static __device__ __forceinline__ uint32_t arrive_target(uint32_t ep) { return ep * A2A_ARRIVE_SPAN; }
+
+/* Every block calls it once at its end: its stores (NVLink included) are released to
+ * every destination's counter `kind` for this source. Whole block. */
+static __device__ void arrive_count(const P &p, int kind) {
+    fence_acq_rel_sys(); /* every thread: its stores before the arrival */
+    __syncthreads();
+    if ((int)threadIdx.x < p.world) {
+        const uint32_t add = blockIdx.x == 0 ? A2A_ARRIVE_SPAN - (gridDim.x - 1) : 1u;
+        red_release_sys_add(flag_ptr(p, threadIdx.x, kind, p.rank), add);
+    }
+}
 
 static __device__ __forceinline__ int tokens_now(const P &p) {
     int T = (int)p.T;
@@ -189,11 +225,12 @@ static __device__ int block_excl_scan(int v, int *total) {
     return r;
 }
 
-/* Segments per row so that tasks cover the warps of the grid; each segment >= minv. */
+/* Segments per row so that tasks cover the warps of the grid without a second round
+ * (rows x segments <= warps when rows <= warps); each segment >= minv. */
 static __device__ __forceinline__ int pick_nseg(int nrows, int nvec, int minv) {
     if (nrows <= 0) return 1;
     const int warps = gridDim.x * A2A_WARPS;
-    int nseg = (warps + nrows - 1) / nrows;
+    int nseg = warps / nrows;
     int maxseg = nvec / minv;
     if (maxseg < 1) maxseg = 1;
     if (nseg > maxseg) nseg = maxseg;
@@ -211,8 +248,8 @@ struct RecvTables {
 /* ------------------------------------------------------------ dispatch send ---- */
 
 static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
-    if (failed(p)) return false;
-    const uint32_t ep = epoch(p);
+    uint32_t ep;
+    if (!start(p, &ep)) return false;
     const int par = ep & 1;
     const int W = p.world, K = p.K, E = p.E, L = p.L, me = p.rank;
     int *s_ecnt = smem;                  /* [E] count per expert within the chunk */
@@ -227,14 +264,34 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
     int32_t *tot_rcnt = p.ws_total_rcnt + (size_t)par * W;
     const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
 
-    for (int i = tid; i < E; i += A2A_THREADS) s_ecnt[i] = 0;
-    for (int i = tid; i < W; i += A2A_THREADS) s_rcnt[i] = 0;
     const int T = tokens_now(p);
     int chunk = (T + gridDim.x - 1) / gridDim.x;
     if (chunk > A2A_CHUNK) chunk = A2A_CHUNK;
     if (chunk < 1) chunk = 1;
     const int nchunks = (T + chunk - 1) / chunk;
     const uint32_t nvec = p.payload_bytes / 16;
+    /* One token per block (T <= blocks, the decode case): the block's token is loaded
+     * into registers now (one 16-byte vector per thread, two at most, and one scale), so
+     * that the load overlaps the routing below instead of following it. */
+    const bool pre = chunk == 1 && nvec <= 2 * A2A_THREADS && p.S <= A2A_THREADS;
+    uint4 pv0 = make_uint4(0, 0, 0, 0), pv1 = pv0;
+    float psc = 0.f;
+    if (pre && (int)blockIdx.x < nchunks) {
+        const int t = blockIdx.x;
+        const char *src = (const char *)p.x + (size_t)t * p.x_stride;
+        if (tid < (int)nvec) pv0 = ld_in(src + (size_t)tid * 16);
+        if (tid + A2A_THREADS < (int)nvec) pv1 = ld_in(src + (size_t)(tid + A2A_THREADS) * 16);
+        if (tid < (int)p.S) psc = p.x_scale[(size_t)t * p.xs0 + (size_t)tid * p.xs1];
+    }
+    /* parity e+1's totals were last used by dispatch send (e-1), which has finished */
+    if (blockIdx.x == 0) {
+        int32_t *nxt_cnt = p.ws_total_cnt + (size_t)(par ^ 1) * E;
+        int32_t *nxt_rcnt = p.ws_total_rcnt + (size_t)(par ^ 1) * W;
+        for (int i = tid; i < E; i += A2A_THREADS) nxt_cnt[i] = 0;
+        for (int i = tid; i < W; i += A2A_THREADS) nxt_rcnt[i] = 0;
+    }
+    for (int i = tid; i < E; i += A2A_THREADS) s_ecnt[i] = 0;
+    for (int i = tid; i < W; i += A2A_THREADS) s_rcnt[i] = 0;
     __syncthreads();
 
     for (int c = blockIdx.x; c < nchunks; c += gridDim.x) {
@@ -316,6 +373,30 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
             }
         }
         __syncthreads();
+        if (pre) {
+            /* 4 (one token, prefetched): each thread stores its vectors to every
+             * destination row */
+            const int nd = s_nd[0];
+            char *dst[8];
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                dst[q] = nullptr;
+                if (q < nd) {
+                    const int d = s_dl[q];
+                    dst[q] = row_ptr(p, d >> 24, me, d & 0xffffff);
+                }
+            }
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                if (q < nd) {
+                    if (tid < (int)nvec) st_v4(dst[q] + (size_t)tid * 16, pv0);
+                    if (tid + A2A_THREADS < (int)nvec)
+                        st_v4(dst[q] + (size_t)(tid + A2A_THREADS) * 16, pv1);
+                    if (tid < (int)p.S) ((float *)(dst[q] + p.payload_bytes))[tid] = psc;
+                }
+            }
+            continue; /* T <= blocks: this was the block's only chunk */
+        }
         /* 4: data. task = (token, segment); one warp per task */
         int nseg = (A2A_WARPS + nt - 1) / nt;
         if (nseg > (int)nvec / 32) nseg = (int)nvec / 32;
@@ -362,14 +443,8 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
         __syncthreads();
     }
 
-    if (arrive_last(&p.ws_arrive[A2A_ARR_DSEND])) {
-        /* every block's data, metadata and count reductions are visible: raise the flags */
-        int32_t *nxt_cnt = p.ws_total_cnt + (size_t)(par ^ 1) * E;
-        int32_t *nxt_rcnt = p.ws_total_rcnt + (size_t)(par ^ 1) * W;
-        for (int i = tid; i < E; i += A2A_THREADS) nxt_cnt[i] = 0;
-        for (int i = tid; i < W; i += A2A_THREADS) nxt_rcnt[i] = 0;
-        if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_DSP, me), ep);
-    }
+    /* this block's data, metadata and count reductions, released to every destination */
+    arrive_count(p, A2A_FLAG_DSP);
     return true;
 }
 
@@ -464,9 +539,9 @@ static __device__ __forceinline__ void row_to_src(const int *s_rowoff, int W, in
 /* ------------------------------------------------------------ dispatch recv ---- */
 
 static __device__ __forceinline__ void dispatch_recv(const P &p, int *smem) {
-    if (failed(p)) return;
-    const uint32_t ep = epoch(p);
-    if (!block_wait_all(p, A2A_FLAG_DSP, ep, A2A_PH_DRECV)) return;
+    uint32_t ep;
+    if (!start(p, &ep)) return;
+    if (!block_wait_all(p, A2A_FLAG_DSP, arrive_target(ep), A2A_PH_DRECV)) return;
     const int W = p.world, L = p.L, K = p.K, me = p.rank;
     int *s_base = smem, *s_rowoff = smem + W * L;
     const int nrows = load_recv_tables(p, s_base, s_rowoff, true);
@@ -482,11 +557,19 @@ static __device__ __forceinline__ void dispatch_recv(const P &p, int *smem) {
         row_to_src(s_rowoff, W, r, &s, &j);
         const char *src = row_ptr(p, me, s, j);
         const int v0 = seg * vps, v1 = min(nvec, v0 + vps);
-        /* first vectors of the row in flight before the metadata comes back */
+        /* first vectors of the row (and the first 64 scales) in flight before the
+         * metadata comes back */
         uint4 val[4];
 #pragma unroll
         for (int u = 0; u < 4; u++)
             if (v0 + lane + 32 * u < v1) val[u] = ld_peer(src + (size_t)(v0 + lane + 32 * u) * 16);
+        const bool last_seg = seg == nseg - 1;
+        const float *ssrc = (const float *)(src + p.payload_bytes);
+        float sc0 = 0.f, sc1 = 0.f;
+        if (last_seg) {
+            if (lane < (int)p.S) sc0 = *(const volatile float *)&ssrc[lane];
+            if (lane + 32 < (int)p.S) sc1 = *(const volatile float *)&ssrc[lane + 32];
+        }
         int my = -1;
         if (lane < K) {
             const int ent = ld_vol_i(meta_ptr(p, me, s, j) + 1 + lane);
@@ -520,9 +603,15 @@ static __device__ __forceinline__ void dispatch_recv(const P &p, int *smem) {
                 }
             }
         }
-        if (seg == nseg - 1) {
-            const float *ssrc = (const float *)(src + p.payload_bytes);
-            for (int i = lane; i < (int)p.S; i += 32) {
+        if (last_seg) {
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                if (dr[q] < 0) continue;
+                float *o = p.out_scale + (size_t)dr[q] * p.os0;
+                if (lane < (int)p.S) o[(size_t)lane * p.os1] = sc0;
+                if (lane + 32 < (int)p.S) o[(size_t)(lane + 32) * p.os1] = sc1;
+            }
+            for (int i = lane + 64; i < (int)p.S; i += 32) {
                 const float f = *(const volatile float *)&ssrc[i];
 #pragma unroll
                 for (int q = 0; q < 8; q++)
@@ -537,7 +626,8 @@ __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv(P p) {
     dispatch_recv(p, smem);
 }
 
-/* send and recv in one launch (co-resident grid: our own flag comes from our last block) */
+/* send and recv in one launch (co-resident grid: our own counter is raised by our own
+ * blocks, each before it starts waiting) */
 __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both(P p) {
     extern __shared__ int smem[];
     if (!dispatch_send(p, smem)) return;
@@ -613,8 +703,8 @@ template <int DT> static __device__ __forceinline__ void store8(char *p, const f
 /* ------------------------------------------------------------ combine send ---- */
 
 template <int DT, int PT> static __device__ __forceinline__ bool combine_send(const P &p, int *smem) {
-    if (failed(p)) return false;
-    const uint32_t ep = epoch(p);
+    uint32_t ep;
+    if (!start(p, &ep)) return false;
     const int W = p.world, L = p.L, K = p.K, E = p.E, me = p.rank;
     const int tid = threadIdx.x, lane = tid & 31;
     /* A: publish this rank's weights to the ranks that own the experts */
@@ -640,10 +730,12 @@ template <int DT, int PT> static __device__ __forceinline__ bool combine_send(co
                 if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_WGT, me), ep);
         }
     }
-    /* B: every source's weights (co-resident grid: our own last block publishes too) */
-    if (!block_wait_all(p, A2A_FLAG_WGT, ep, A2A_PH_CSEND)) return false;
+    /* the receive tables are local (saved by dispatch recv): loaded while the weights
+     * travel */
     int *s_base = smem, *s_rowoff = smem + W * L;
     const int nrows = load_recv_tables(p, s_base, s_rowoff, false);
+    /* B: every source's weights (co-resident grid: our own last block publishes too) */
+    if (!block_wait_all(p, A2A_FLAG_WGT, ep, A2A_PH_CSEND)) return false;
     /* C: weighted partial sum of the local experts' rows of each received token */
     const int nchunk = p.H / 8;
     const int nseg = pick_nseg(nrows, nchunk, 32);
@@ -702,9 +794,8 @@ template <int DT, int PT> static __device__ __forceinline__ bool combine_send(co
      * our CMB flag */
     if (blockIdx.x == 0)
         for (int i = tid; i < W * (L + 1); i += A2A_THREADS) cnt_ptr(p, me, 0)[i] = 0;
-    /* D: partials delivered and our reads of cnt/meta/rows/wgt done */
-    if (arrive_last(&p.ws_arrive[A2A_ARR_CSEND]))
-        if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_CMB, me), ep);
+    /* D: partials delivered and our reads of cnt/meta/rows/wgt done (per block) */
+    arrive_count(p, A2A_FLAG_CMB);
     return true;
 }
 
@@ -716,9 +807,9 @@ template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_co
 /* ------------------------------------------------------------ combine recv ---- */
 
 template <int DT, int PT> static __device__ __forceinline__ void combine_recv(const P &p) {
-    if (failed(p)) return;
-    const uint32_t ep = epoch(p);
-    if (!block_wait_all(p, A2A_FLAG_CMB, ep, A2A_PH_CRECV)) return;
+    uint32_t ep;
+    if (!start(p, &ep)) return;
+    if (!block_wait_all(p, A2A_FLAG_CMB, arrive_target(ep), A2A_PH_CRECV)) return;
     const int K = p.K, E = p.E, L = p.L, me = p.rank;
     const int lane = threadIdx.x & 31;
     const int T = tokens_now(p);
@@ -768,7 +859,8 @@ template <int DT, int PT> static __device__ __forceinline__ void combine_recv(co
             store8<DT>(outp + (size_t)c * 8 * EB, acc);
         }
     }
-    if (arrive_last(&p.ws_arrive[A2A_ARR_CRECV]))
+    /* only local stores here: gpu scope (the next kernels run on this GPU, stream order) */
+    if (arrive_last(&p.ws_arrive[A2A_ARR_CRECV], false))
         if (threadIdx.x == 0) {
             *(volatile uint32_t *)p.ws_iter = ep;
             __threadfence();
