@@ -43,7 +43,7 @@ test-tsan: deps
 	cmake -S . -B $(BUILD)-tsan -DCMAKE_BUILD_TYPE=Debug -DTENDRIL_CUDA=OFF \
 	  -DTENDRIL_SANITIZE=thread $(CMAKE_COMMON)
 	cmake --build $(BUILD)-tsan -j$(JOBS)
-	cd $(BUILD)-tsan && TSAN_OPTIONS=halt_on_error=1 $(CTEST) -j$(JOBS) -L threads
+	cd $(BUILD)-tsan && TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" $(CTEST) -j$(JOBS) -L threads
 
 clean:
 	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan

@@ -1,5 +1,6 @@
 /* Completion counters: bumped by workers directly, waited on by anyone. */
 #include <stdio.h>
+#include <sched.h>
 #include <stdlib.h>
 
 #include "core/clock.h"
@@ -12,6 +13,7 @@
 struct te_counter {
     _Atomic uint64_t done;
     _Atomic uint64_t errors;
+    _Atomic uint32_t bumping; /* workers between their increment and their wake-up */
     te_notify wake;
 };
 
@@ -26,7 +28,14 @@ int te_counter_create(te_counter **out)
     return 0;
 }
 
-void te_counter_destroy(te_counter *c) { free(c); }
+void te_counter_destroy(te_counter *c)
+{
+    if (!c) return;
+    /* A waiter may see the final count while the worker that produced it is still
+     * inside its wake-up call on this counter: let it leave first. */
+    while (atomic_load_explicit(&c->bumping, memory_order_seq_cst)) sched_yield();
+    free(c);
+}
 
 uint64_t te_counter_done(const te_counter *c)
 {
@@ -40,10 +49,12 @@ uint64_t te_counter_errors(const te_counter *c)
 
 void te_counter_bump_internal(te_counter *c, bool failed)
 {
+    atomic_fetch_add_explicit(&c->bumping, 1, memory_order_seq_cst);
     /* errors first, so a waiter that sees `done` also sees the error it includes */
     if (failed) atomic_fetch_add_explicit(&c->errors, 1, memory_order_release);
-    atomic_fetch_add_explicit(&c->done, 1, memory_order_release);
+    atomic_fetch_add_explicit(&c->done, 1, memory_order_seq_cst);
     te_notify_wake(&c->wake);
+    atomic_fetch_sub_explicit(&c->bumping, 1, memory_order_release);
 }
 
 int te_counter_wait(te_counter *c, uint64_t target, int timeout_ms)

@@ -65,7 +65,7 @@ static int apply_env(te_config *c, cfg_strings *st)
         }
         c->groups[0].n_nics = n;
     }
-    uint32_t v;
+    uint32_t v = 0;
     int r;
     if ((r = env_u32("TENDRIL_OP_TIMEOUT_MS", &v)) < 0) return r;
     if (r) c->op_timeout_ms = v;

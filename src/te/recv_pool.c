@@ -46,8 +46,14 @@ void recv_pool_on_event(te_group *g, te_nic_state *n, const tp_event *ev)
     te_recv_slot *s = (te_recv_slot *)((uintptr_t)ev->ctx & ~(uintptr_t)CTX_MASK);
     te_recv_pool *p = s->pool;
     s->posted = false;
+    if (atomic_load(&p->closing)) {
+        /* Cancelled, or arrived while closing. `closing` is set on this thread, so it
+         * cannot change under us; the decrement is our last access: the destroying
+         * thread frees the pool once it sees zero. */
+        atomic_fetch_sub(&p->posted, 1);
+        return;
+    }
     atomic_fetch_sub(&p->posted, 1);
-    if (atomic_load(&p->closing)) return; /* cancelled, or arrived while closing */
     if (ev->status) {
         STAT_ADD(n->st_errors, 1);
         cb_post_recv(g->e, p, NULL, 0, ev->status, ev->msg);

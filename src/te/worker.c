@@ -25,6 +25,7 @@
 #define IDLE_SPINS 2000      /* empty iterations before the worker starts to sleep */
 #define SLEEP_MIN_NS 20000ull
 #define SLEEP_MAX_NS 1000000ull
+#define STOP_DRAIN_NS 1000000000ull /* posted work may finish this long at stop */
 #define ACTIVE_WINDOW_NS 2000000ull /* keep polling this long after the last progress */
 
 /* ------------------------------------------------------------- op lifecycle --- */
@@ -387,7 +388,20 @@ static void drain_at_exit(te_group *g)
         op_fail(op, -ECANCELED, "engine stopped with the operation in flight");
         op_complete_user(g, op);
     }
-    /* Ops with posted work requests are freed by worker_join after the NICs close. */
+    /* Work requests already posted cannot be recalled. Let them finish for a bounded
+     * time before the endpoints close: tearing an endpoint down under in-flight writes
+     * has crashed the receiving process with libfabric 1.17's shm provider. */
+    for (uint32_t k = 0; k < g->n_nics; k++)
+        while (nic_dequeue(&g->nic[k])) {}
+    for (te_op *op = g->inflight_head, *nx; op; op = nx) {
+        nx = op->next;
+        op_check(g, op);
+    }
+    uint64_t deadline = te_now_ns() + STOP_DRAIN_NS;
+    while (g->inflight_head && te_now_ns() < deadline)
+        for (uint32_t k = 0; k < g->n_nics; k++)
+            if (!g->nic[k].failed) nic_poll(g, &g->nic[k]);
+    /* What is left is freed by worker_free_remaining once the NICs are closed. */
 }
 
 enum idle_result { IDLE_BLOCKED, IDLE_RETRY, IDLE_NO_WAIT_OBJECT };

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -76,7 +77,7 @@ static te_imm_counter *counter_for(uint32_t imm)
 
 static void on_send_done(void *arg, int status, const char *msg)
 {
-    *(int *)arg = status ? status : 1;
+    atomic_store((_Atomic int *)arg, status ? status : 1);
 }
 
 int th_peer_main(const char *arg)
@@ -169,13 +170,14 @@ int th_peer_main(const char *arg)
             te_addr dst;
             uint8_t *buf = malloc(x ? x : 1);
             th_fill(buf, x, z, 0);
-            volatile int done = 0;
+            _Atomic int done = 0;
             te_completion comp = {.fn = on_send_done, .arg = (void *)&done};
             r = te_addr_parse(to, &dst);
             if (!r) r = te_send(P.e, &dst, buf, x, &comp);
-            for (int k = 0; !r && !done && k < 10000; k++) usleep(1000);
+            for (int k = 0; !r && !atomic_load(&done) && k < 10000; k++) usleep(1000);
             free(buf);
-            th_child_reply("%s %d", !r && done == 1 ? "ok" : "err", r ? r : done);
+            int fin = atomic_load(&done);
+            th_child_reply("%s %d", !r && fin == 1 ? "ok" : "err", r ? r : fin);
         } else if (!strcmp(cmd, "stats")) {
             te_nic_stats s;
             te_nic_stats_get(P.e, 0, 0, &s);
