@@ -35,7 +35,6 @@ struct tp_nic {
     _Atomic uint64_t next_key; /* for providers without FI_MR_PROV_KEY */
     int wait_fd;               /* CQ wait object, -1 if the provider has none */
     uint64_t write_flags;      /* completion semantics requested for every write */
-    bool no_empty_delivery;    /* zero-length writes must not ask for FI_DELIVERY_COMPLETE */
     te_addr addr;
     tp_nic_info nfo;
     bool hmem;                 /* opened with FI_HMEM: CUDA memory can be registered */
@@ -234,11 +233,11 @@ static int fab_open(const tp_open_args *a, tp_nic **out)
     n->mr_mode = n->info->domain_attr->mr_mode;
     /* FI_DELIVERY_COMPLETE: a local completion means the bytes are in the target's memory,
      * not merely handed to the transport, so "write completed" is something a user can
-     * build on (plain writes of RL weights carry no immediate). shm 1.17 never completes
-     * zero-length writes flagged this way; they carry nothing to place, so there they go
-     * without the flag. */
-    n->write_flags = FI_DELIVERY_COMPLETE;
-    n->no_empty_delivery = !strcmp(n->info->fabric_attr->prov_name, "shm");
+     * build on (plain writes of RL weights carry no immediate). Not on shm: its 1.17
+     * release never completes zero-length writes flagged this way, and with the flag its
+     * receivers crash more often when a sender goes away (docs/engine.md, known limits);
+     * there, as everywhere, the immediate seen by the receiver is the arrival signal. */
+    n->write_flags = strcmp(n->info->fabric_attr->prov_name, "shm") ? FI_DELIVERY_COMPLETE : 0;
     n->hmem = (n->info->caps & FI_HMEM) != 0;
     if (!n->hmem && !hmem_tried)
         snprintf(n->hmem_why, sizeof n->hmem_why,
@@ -432,8 +431,7 @@ static int fab_post_write(tp_nic *n, const tp_write *w, bool more)
         .context = w->ctx,
         .data = w->imm,
     };
-    uint64_t flags = (w->len || !n->no_empty_delivery ? n->write_flags : 0) |
-                     (w->has_imm ? FI_REMOTE_CQ_DATA : 0) | (more ? FI_MORE : 0);
+    uint64_t flags = n->write_flags | (w->has_imm ? FI_REMOTE_CQ_DATA : 0) | (more ? FI_MORE : 0);
     int ret = (int)fi_writemsg(n->ep, &msg, flags);
     if (ret && ret != -FI_EAGAIN)
         te_err(fi_to_errno(ret), "fi_writemsg (%s): %s", n->nfo.provider, fi_strerror(-ret));
