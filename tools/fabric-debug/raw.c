@@ -22,6 +22,7 @@ struct raw_ep {
     fi_addr_t peer;
     uint64_t mr_mode;
     uint64_t next_key;
+    uint64_t write_flags; /* the same completion semantics the engine asks for */
 };
 
 int raw_open(const char *provider, const char *nic, raw_ep **out, char *err, size_t errcap)
@@ -55,6 +56,8 @@ int raw_open(const char *provider, const char *nic, raw_ep **out, char *err, siz
     }
     r->mr_mode = r->info->domain_attr->mr_mode;
     r->next_key = 1;
+    /* Like the engine (src/transport/fabric.c): writes complete on delivery, except on shm. */
+    r->write_flags = strcmp(r->info->fabric_attr->prov_name, "shm") ? FI_DELIVERY_COMPLETE : 0;
     struct fi_cq_attr cqa = {.format = FI_CQ_FORMAT_DATA, .wait_obj = FI_WAIT_NONE};
     struct fi_av_attr ava = {.type = FI_AV_UNSPEC};
     const char *step = "fi_fabric";
@@ -140,7 +143,8 @@ int raw_write(raw_ep *r, const raw_region *src, uint64_t src_off, size_t len, ui
     struct fi_msg_rma msg = {.msg_iov = len ? &iov : NULL, .desc = len ? &desc : NULL,
                              .iov_count = len ? 1 : 0, .addr = r->peer, .rma_iov = &rma,
                              .rma_iov_count = 1, .context = r, .data = imm};
-    ssize_t ret = fi_writemsg(r->ep, &msg, (has_imm ? FI_REMOTE_CQ_DATA : 0) | (more ? FI_MORE : 0));
+    ssize_t ret = fi_writemsg(r->ep, &msg,
+                              r->write_flags | (has_imm ? FI_REMOTE_CQ_DATA : 0) | (more ? FI_MORE : 0));
     if (ret == -FI_EAGAIN) return -EAGAIN;
     return (int)ret;
 }
