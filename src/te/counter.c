@@ -6,9 +6,9 @@
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/notify.h"
+#include "core/wait.h"
 #include "te/engine_internal.h"
 
-#define SPIN_NS 50000ull
 
 struct te_counter {
     _Atomic uint64_t done;
@@ -57,29 +57,25 @@ void te_counter_bump_internal(te_counter *c, bool failed)
     atomic_fetch_sub_explicit(&c->bumping, 1, memory_order_release);
 }
 
+typedef struct counter_wait {
+    te_counter *c;
+    uint64_t target;
+} counter_wait;
+
+static bool counter_reached(void *arg)
+{
+    counter_wait *w = arg;
+    return atomic_load_explicit(&w->c->done, memory_order_acquire) >= w->target;
+}
+
 int te_counter_wait(te_counter *c, uint64_t target, int timeout_ms)
 {
     te_err_clear();
     if (!c) return te_err(-EINVAL, "te_counter_wait: counter is NULL");
-    uint64_t deadline = te_deadline_ms(timeout_ms);
-    uint64_t spin_until = 0;
-    for (int spin = 0;; spin++) {
-        if (atomic_load_explicit(&c->done, memory_order_acquire) >= target) return 0;
-        uint64_t now = te_now_ns();
-        if (now >= deadline)
-            return te_err(-ETIMEDOUT, "te_counter_wait: %llu of %llu operations done after %d ms",
-                          (unsigned long long)atomic_load(&c->done), (unsigned long long)target,
-                          timeout_ms);
-        /* Spin ~50 us before sleeping: completions usually come sooner, and a futex
-         * sleep/wake pair costs more than the wait itself for small operations. */
-        if (spin == 0) spin_until = now + SPIN_NS;
-        if (now < spin_until) continue;
-        uint32_t t = te_notify_prepare(&c->wake);
-        if (atomic_load(&c->done) >= target) {
-            te_notify_cancel(&c->wake);
-            return 0;
-        }
-        uint64_t left = deadline - now;
-        te_notify_wait(&c->wake, t, left < 10000000ull ? left : 10000000ull);
-    }
+    counter_wait cw = {c, target};
+    te_wait_spec w = {.notify = &c->wake, .done = counter_reached, .arg = &cw,
+                      .deadline_ns = te_deadline_ms(timeout_ms)};
+    if (te_wait_until(&w) == 0) return 0;
+    return te_err(-ETIMEDOUT, "te_counter_wait: %llu of %llu operations done after %d ms",
+                  (unsigned long long)atomic_load(&c->done), (unsigned long long)target, timeout_ms);
 }

@@ -11,9 +11,9 @@
 
 #include "core/clock.h"
 #include "core/error.h"
+#include "core/wait.h"
 #include "te/engine_internal.h"
 
-#define SPIN_NS 50000ull
 
 static unsigned bucket_of(uint32_t imm) { return (imm * 2654435761u) >> 22; /* 10 bits */ }
 
@@ -268,34 +268,38 @@ static bool try_take(te_imm_counter *c, uint64_t n)
     return false;
 }
 
+typedef struct imm_wait {
+    te_imm_counter *c;
+    uint64_t n;
+} imm_wait;
+
+static bool imm_took(void *arg)
+{
+    imm_wait *w = arg;
+    return try_take(w->c, w->n);
+}
+
+static bool imm_engine_stopped(void *arg)
+{
+    imm_wait *w = arg;
+    return atomic_load(&w->c->e->state) != ENGINE_RUNNING;
+}
+
 int te_imm_counter_wait(te_imm_counter *c, uint64_t n, int timeout_ms)
 {
     te_err_clear();
     if (!c) return te_err(-EINVAL, "te_imm_counter_wait: counter is NULL");
     if (n > INT64_MAX) return te_err(-EINVAL, "te_imm_counter_wait: n too large");
-    uint64_t deadline = te_deadline_ms(timeout_ms);
-    uint64_t spin_until = 0;
-    for (int spin = 0;; spin++) {
-        if (try_take(c, n)) return 0;
-        if (atomic_load(&c->e->state) != ENGINE_RUNNING)
-            return te_err(-ESHUTDOWN, "te_imm_counter_wait: engine stopped");
-        uint64_t now = te_now_ns();
-        if (now >= deadline)
-            return te_err(-ETIMEDOUT, "te_imm_counter_wait: %llu of %llu immediates %u after %d ms",
-                          (unsigned long long)te_imm_counter_value(c), (unsigned long long)n,
-                          c->imm, timeout_ms);
-        /* Spin ~50 us before sleeping: completions usually come sooner, and a futex
-         * sleep/wake pair costs more than the wait itself for small operations. */
-        if (spin == 0) spin_until = now + SPIN_NS;
-        if (now < spin_until) continue;
-        uint32_t t = te_notify_prepare(&c->wake);
-        if (try_take(c, n)) {
-            te_notify_cancel(&c->wake);
-            return 0;
-        }
-        uint64_t left = deadline - now;
-        te_notify_wait(&c->wake, t, left < 10000000ull ? left : 10000000ull);
-    }
+    imm_wait iw = {c, n};
+    te_wait_spec w = {.notify = &c->wake, .done = imm_took, .give_up = imm_engine_stopped,
+                      .arg = &iw, .deadline_ns = te_deadline_ms(timeout_ms)};
+    int r = te_wait_until(&w);
+    if (r == -ESHUTDOWN) return te_err(r, "te_imm_counter_wait: engine stopped");
+    if (r)
+        return te_err(r, "te_imm_counter_wait: %llu of %llu immediates %u after %d ms",
+                      (unsigned long long)te_imm_counter_value(c), (unsigned long long)n, c->imm,
+                      timeout_ms);
+    return 0;
 }
 
 void te_imm_counter_destroy(te_imm_counter *c)

@@ -35,6 +35,7 @@
 
 #include "core/clock.h"
 #include "core/error.h"
+#include "core/wait.h"
 #include "core/log.h"
 #include "cuda/cuda_loader.h"
 #include "cuda/gdr_loader.h"
@@ -218,31 +219,38 @@ const char *te_imm_flag_memory_kind(const te_imm_flag *f)
     return f->mem == FLAG_GDR ? "gdrcopy" : f->mem == FLAG_MAPPED ? "mapped-host" : "host";
 }
 
+typedef struct flag_wait {
+    te_imm_flag *f;
+    uint64_t target;
+} flag_wait;
+
+static bool flag_reached(void *arg)
+{
+    flag_wait *w = arg;
+    return te_imm_flag_value(w->f) >= w->target;
+}
+
+static bool flag_engine_stopped(void *arg)
+{
+    flag_wait *w = arg;
+    return atomic_load(&w->f->e->state) != ENGINE_RUNNING;
+}
+
 int te_imm_flag_wait(te_imm_flag *f, uint64_t target, int timeout_ms)
 {
     te_err_clear();
     if (!f) return te_err(-EINVAL, "te_imm_flag_wait: flag is NULL");
-    uint64_t deadline = te_deadline_ms(timeout_ms);
-    for (int spin = 0;; spin++) {
-        if (te_imm_flag_value(f) >= target) return 0;
-        if (atomic_load(&f->e->state) != ENGINE_RUNNING)
-            return te_err(-ESHUTDOWN, "te_imm_flag_wait: engine stopped");
-        uint64_t now = te_now_ns();
-        if (now >= deadline)
-            return te_err(-ETIMEDOUT, "te_imm_flag_wait: imm %u at epoch %llu (%llu arrivals), "
-                                      "waited for %llu for %d ms", f->imm,
-                          (unsigned long long)te_imm_flag_value(f),
-                          (unsigned long long)atomic_load(&f->arrived),
-                          (unsigned long long)target, timeout_ms);
-        if (spin < 200) continue;
-        uint32_t t = te_notify_prepare(&f->wake);
-        if (te_imm_flag_value(f) >= target) {
-            te_notify_cancel(&f->wake);
-            return 0;
-        }
-        uint64_t left = deadline - now;
-        te_notify_wait(&f->wake, t, left < 10000000ull ? left : 10000000ull);
-    }
+    flag_wait fw = {f, target};
+    te_wait_spec w = {.notify = &f->wake, .done = flag_reached, .give_up = flag_engine_stopped,
+                      .arg = &fw, .deadline_ns = te_deadline_ms(timeout_ms)};
+    int r = te_wait_until(&w);
+    if (r == -ESHUTDOWN) return te_err(r, "te_imm_flag_wait: engine stopped");
+    if (r)
+        return te_err(r, "te_imm_flag_wait: imm %u at epoch %llu (%llu arrivals), waited for %llu "
+                         "for %d ms", f->imm, (unsigned long long)te_imm_flag_value(f),
+                      (unsigned long long)atomic_load(&f->arrived), (unsigned long long)target,
+                      timeout_ms);
+    return 0;
 }
 
 void te_imm_flag_destroy(te_imm_flag *f)

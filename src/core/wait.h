@@ -1,0 +1,24 @@
+/* The one waiting loop of the library: spin briefly (completions usually come sooner
+ * than a futex sleep/wake pair would take), then sleep on a te_notify in slices, until
+ * a condition holds, the caller gives up, or a deadline passes. */
+#ifndef TENDRIL_CORE_WAIT_H
+#define TENDRIL_CORE_WAIT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/notify.h"
+
+typedef struct te_wait_spec {
+    te_notify *notify;              /* woken by whoever makes `done` true */
+    bool (*done)(void *arg);        /* the condition (may also consume, e.g. take n) */
+    bool (*give_up)(void *arg);     /* optional: stop waiting (engine stopped) */
+    void *arg;
+    uint64_t deadline_ns;           /* te_deadline_ms(); UINT64_MAX = none */
+} te_wait_spec;
+
+/* 0 when done() held, -ESHUTDOWN when give_up() held, -ETIMEDOUT at the deadline.
+ * Sets no error message: callers describe what they waited for. */
+int te_wait_until(const te_wait_spec *w);
+
+#endif
