@@ -198,3 +198,16 @@ int th_peer_main(const char *arg)
     free(P.region);
     return 0;
 }
+
+int th_peer_start(th_proc *p, const char *arg, te_addr *addr, te_mr_desc *desc, int timeout_ms,
+                  char *why, size_t why_cap)
+{
+    char line[4096], ahex[TE_ADDR_TEXT_MAX], dhex[2 * TE_MR_DESC_ENCODED_MAX + 1];
+    int r = th_spawn(p, "peer", arg);
+    if (!r) r = th_recv(p, line, sizeof line, timeout_ms);
+    if (!r && sscanf(line, "ready %511s %2047s", ahex, dhex) != 2) r = -EPROTO;
+    if (!r) r = te_addr_parse(ahex, addr);
+    if (!r) r = th_desc_from_hex(dhex, desc);
+    if (r && why) snprintf(why, why_cap, "peer failed to start (%d): %s", r, r == -EPROTO ? line : "");
+    return r;
+}

@@ -17,5 +17,11 @@
  *   quit                    -> exits 0 */
 #ifndef TENDRIL_TEST_PEER_H
 #define TENDRIL_TEST_PEER_H
+#include "harness.h"
+
 int th_peer_main(const char *arg);
+/* Parent side: spawns the peer (region size `arg`, NULL = 8 MiB) and reads its "ready"
+ * line. 0, or a negative errno with the peer's complaint in `why` (if not NULL). */
+int th_peer_start(th_proc *p, const char *arg, te_addr *addr, te_mr_desc *desc, int timeout_ms,
+                  char *why, size_t why_cap);
 #endif

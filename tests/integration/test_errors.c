@@ -259,12 +259,8 @@ static void on_done(void *arg, int status, const char *msg)
 
 static void start_peer(th_proc *p, te_addr *addr, te_mr_desc *d)
 {
-    char line[4096], ahex[TE_ADDR_TEXT_MAX], dhex[2 * TE_MR_DESC_ENCODED_MAX + 1];
-    assert_int_equal(th_spawn(p, "peer", "67108864"), 0);
-    assert_int_equal(th_recv(p, line, sizeof line, TMO), 0);
-    assert_int_equal(sscanf(line, "ready %511s %2047s", ahex, dhex), 2);
-    assert_int_equal(te_addr_parse(ahex, addr), 0);
-    assert_int_equal(th_desc_from_hex(dhex, d), 0);
+    char why[4200];
+    if (th_peer_start(p, "67108864", addr, d, TMO, why, sizeof why)) fail_msg("%s", why);
 }
 
 static void test_stop_with_pending(void **state)

@@ -36,13 +36,8 @@ typedef struct fx {
 
 static void start_peer(peer *p)
 {
-    assert_int_equal(th_spawn(&p->proc, "peer", NULL), 0);
-    char line[4096], ahex[TE_ADDR_TEXT_MAX], dhex[2 * TE_MR_DESC_ENCODED_MAX + 1];
-    assert_int_equal(th_recv(&p->proc, line, sizeof line, TMO), 0);
-    if (strncmp(line, "ready", 5)) fail_msg("peer failed to start: %s", line);
-    assert_int_equal(sscanf(line, "ready %511s %2047s", ahex, dhex), 2);
-    assert_int_equal(te_addr_parse(ahex, &p->addr), 0);
-    assert_int_equal(th_desc_from_hex(dhex, &p->desc), 0);
+    char why[4200];
+    if (th_peer_start(&p->proc, NULL, &p->addr, &p->desc, TMO, why, sizeof why)) fail_msg("%s", why);
     p->mirror = calloc(1, REGION);
 }
 

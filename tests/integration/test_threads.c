@@ -65,17 +65,15 @@ static void test_concurrent_submitters(void **state)
 {
     (void)state;
     th_proc p;
-    char line[4096], ahex[TE_ADDR_TEXT_MAX], dhex[2 * TE_MR_DESC_ENCODED_MAX + 1], size[32];
-    snprintf(size, sizeof size, "%d", REGION);
-    assert_int_equal(th_spawn(&p, "peer", size), 0);
-    assert_int_equal(th_recv(&p, line, sizeof line, TMO), 0);
-    assert_int_equal(sscanf(line, "ready %511s %2047s", ahex, dhex), 2);
-
+    char line[4200], size[32];
+    te_addr peer_addr;
     shared s = {0};
+    snprintf(size, sizeof size, "%d", REGION);
+    if (th_peer_start(&p, size, &peer_addr, &s.dst, TMO, line, sizeof line)) fail_msg("%s", line);
+
     te_config cfg;
     th_config(&cfg);
     assert_int_equal(te_engine_create(&cfg, &s.e), 0);
-    assert_int_equal(th_desc_from_hex(dhex, &s.dst), 0);
     uint8_t *src = aligned_alloc(4096, REGION);
     th_fill(src, REGION, 99, 0);
     assert_int_equal(te_mr_register(s.e, src, REGION, TE_DEVICE_HOST, 0, &s.mr), 0);
