@@ -117,6 +117,7 @@ typedef struct server {
     _Atomic bool stop;
     _Atomic bool raw_connected;
     _Atomic bool raw_active; /* the client is running a raw workload: poll without pause */
+    _Atomic bool client_ready; /* hello received: client_pong is valid */
 } server;
 
 static server S;
@@ -147,6 +148,7 @@ static void server_on_msg(void *arg, const void *data, size_t len)
             return;
         }
         S.have_client = true;
+        atomic_store(&S.client_ready, true);
         S.client_raw_len = unhex(ra, S.client_raw, sizeof S.client_raw);
         S.client_raw_key = key;
         S.client_raw_base = base;
@@ -168,7 +170,7 @@ static void server_on_msg(void *arg, const void *data, size_t len)
 
 static void server_on_imm(void *arg, uint32_t imm)
 {
-    if (imm == PING && S.have_client)
+    if (imm == PING && atomic_load(&S.client_ready))
         te_write_imm(S.e, PONG, &S.client_pong, (te_route){TE_ROUTE_PINNED, 0}, NULL);
 }
 
@@ -409,6 +411,43 @@ static int cmp_d(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static void percentiles(double *lat, int n, double *p50, double *p99, double *p999)
+{
+    qsort(lat, (size_t)n, sizeof *lat, cmp_d);
+    *p50 = lat[n / 2];
+    *p99 = lat[(int)(n * 0.99)];
+    *p999 = lat[n - 1 - (n / 1000)];
+}
+
+/* One write of `size` at a time, submit to local completion (delivery on tcp). */
+static void write_latency(bool raw, uint64_t size, int n, double *p50, double *p99, double *p999)
+{
+    double *lat = malloc((size_t)n * sizeof *lat);
+    uint64_t done = 0, imms = 0;
+    uint32_t last;
+    for (int k = 0; k < n; k++) {
+        double t0 = now_s();
+        if (raw) {
+            uint64_t want = done + 1;
+            while (raw_write(C.raw, &C.rsrc, 0, size, raw_remote_addr(C.raw, C.raw_base, 0), C.raw_key,
+                             false, 0, false) == -EAGAIN)
+                raw_poll(C.raw, &done, &imms, &last);
+            while (done < want)
+                if (raw_poll(C.raw, &done, &imms, &last) < 0) die("raw poll", -EIO);
+        } else {
+            uint64_t base = te_counter_done(C.done);
+            te_write_args a = {.src = C.mr, .len = size, .dst = &C.dst, .route = {TE_ROUTE_SHARDED, 0}};
+            te_completion c = {.counter = C.done};
+            int r = te_write(C.e, &a, &c);
+            if (r) die("te_write", r);
+            if ((r = te_counter_wait(C.done, base + 1, 10000))) die("waiting for a write", r);
+        }
+        lat[k] = (now_s() - t0) * 1e6;
+    }
+    percentiles(lat, n, p50, p99, p999);
+    free(lat);
+}
+
 static void latency(bool raw, int n, double *p50, double *p99, double *p999)
 {
     double *lat = malloc((size_t)n * sizeof *lat);
@@ -430,10 +469,7 @@ static void latency(bool raw, int n, double *p50, double *p99, double *p999)
         }
         lat[k] = (now_s() - t0) * 1e6;
     }
-    qsort(lat, (size_t)n, sizeof *lat, cmp_d);
-    *p50 = lat[n / 2];
-    *p99 = lat[(int)(n * 0.99)];
-    *p999 = lat[n - 1 - (n / 1000)];
+    percentiles(lat, n, p50, p99, p999);
     free(lat);
 }
 
@@ -640,6 +676,22 @@ static int run_client(const char *token, const opts *o)
     if (modes & 2) printf("  raw provider                  %8.1f %8.1f %8.1f\n", r50, r99, r999);
     json_row("{\"workload\":\"imm_rtt_us\",\"engine_p50\":%.2f,\"engine_p99\":%.2f,\"engine_p999\":%.2f,"
              "\"raw_p50\":%.2f,\"raw_p99\":%.2f,\"raw_p999\":%.2f}", e50, e99, e999, r50, r99, r999);
+
+    static const uint64_t lat_sizes[] = {4 << 10, 64 << 10, 1 << 20};
+    int ln = o->quick ? 200 : 1000;
+    printf("\nsingle write, one in flight (%d samples), us:\n"
+           "  size           engine p50   p99  p99.9 |    raw p50   p99  p99.9\n", ln);
+    for (size_t k = 0; k < sizeof lat_sizes / sizeof *lat_sizes; k++) {
+        char sz[32];
+        size_str(lat_sizes[k], sz);
+        e50 = e99 = e999 = r50 = r99 = r999 = 0;
+        if (modes & 1) set_mode(&srv, "engine"), write_latency(false, lat_sizes[k], ln, &e50, &e99, &e999);
+        if (modes & 2) set_mode(&srv, "raw"), write_latency(true, lat_sizes[k], ln, &r50, &r99, &r999);
+        printf("  %-9s      %8.1f %6.1f %6.1f | %8.1f %6.1f %6.1f\n", sz, e50, e99, e999, r50, r99, r999);
+        json_row("{\"workload\":\"write_latency_us\",\"bytes\":%" PRIu64 ",\"engine_p50\":%.2f,"
+                 "\"engine_p99\":%.2f,\"engine_p999\":%.2f,\"raw_p50\":%.2f,\"raw_p99\":%.2f,"
+                 "\"raw_p999\":%.2f}", lat_sizes[k], e50, e99, e999, r50, r99, r999);
+    }
 
     printf("\nper-NIC statistics (engine, this process):\n  NIC  name          writes      bytes  errors\n");
     for (uint32_t k = 0; k < te_group_nics(C.e, 0); k++) {
