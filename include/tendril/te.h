@@ -144,6 +144,8 @@ typedef struct te_config {
  *   TENDRIL_NICS           NIC names of group 0, comma separated ("lo" or "veth0,veth1")
  *   TENDRIL_OP_TIMEOUT_MS  per-operation deadline
  *   TENDRIL_BUSY_POLL      1 = busy poll
+ *   TENDRIL_WAIT_SPIN_NS   how long te_*_wait spin before sleeping (default 50000 with
+ *                          4+ CPUs in the process's affinity set, else 0)
  *   TENDRIL_LOG            error|warn|info|debug (stderr)                           */
 void te_config_init(te_config *cfg);
 

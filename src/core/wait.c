@@ -1,21 +1,43 @@
 #include "core/wait.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
 
 #include "core/clock.h"
 
-#define SPIN_NS 50000ull          /* spin this long before sleeping */
 #define SLEEP_SLICE_NS 10000000ull /* re-check at least this often while asleep */
+
+static uint64_t spin_ns;
+static pthread_once_t spin_once = PTHREAD_ONCE_INIT;
+
+/* A waiter spins 50 us before sleeping only when the process has CPUs to spare (4 or
+ * more in its affinity set): on two CPUs the spinning waiter takes the core the worker
+ * and the peer need, which measured slower (fabric-debug, docs/performance.md).
+ * TENDRIL_WAIT_SPIN_NS overrides. */
+static void pick_spin(void)
+{
+    const char *env = getenv("TENDRIL_WAIT_SPIN_NS");
+    if (env && *env) {
+        spin_ns = strtoull(env, NULL, 10);
+        return;
+    }
+    cpu_set_t set;
+    int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    spin_ns = cpus >= 4 ? 50000ull : 0;
+}
 
 int te_wait_until(const te_wait_spec *w)
 {
+    pthread_once(&spin_once, pick_spin);
     uint64_t spin_until = 0;
     for (bool first = true;; first = false) {
         if (w->done(w->arg)) return 0;
         if (w->give_up && w->give_up(w->arg)) return -ESHUTDOWN;
         uint64_t now = te_now_ns();
         if (now >= w->deadline_ns) return -ETIMEDOUT;
-        if (first) spin_until = now + SPIN_NS;
+        if (first) spin_until = now + spin_ns;
         if (now < spin_until) continue;
         uint32_t t = te_notify_prepare(w->notify);
         if (w->done(w->arg)) {

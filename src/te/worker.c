@@ -404,7 +404,7 @@ static void drain_at_exit(te_group *g)
     /* What is left is freed by worker_free_remaining once the NICs are closed. */
 }
 
-enum idle_result { IDLE_BLOCKED, IDLE_RETRY, IDLE_NO_WAIT_OBJECT };
+enum idle_result { IDLE_BLOCKED, IDLE_NIC_ACTIVITY, IDLE_RETRY, IDLE_NO_WAIT_OBJECT };
 
 /* Blocks for at most timeout_ns until a NIC or a submitter has something for us.
  * IDLE_RETRY: a provider has work pending that only polling progresses (poll again);
@@ -425,10 +425,15 @@ static int idle_block(te_group *g, uint64_t timeout_ns)
         if (!g->nic[k].failed && !g->nic[k].ops->can_block(g->nic[k].tp)) return IDLE_RETRY;
     pf[g->n_nics] = (struct pollfd){.fd = g->event_fd, .events = POLLIN};
     struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)timeout_ns};
-    if (ppoll(pf, g->n_nics + 1, &ts, NULL) > 0 && (pf[g->n_nics].revents & POLLIN)) {
+    if (ppoll(pf, g->n_nics + 1, &ts, NULL) <= 0) return IDLE_BLOCKED;
+    if (pf[g->n_nics].revents & POLLIN) {
         uint64_t v;
         if (read(g->event_fd, &v, sizeof v) < 0) { /* nothing to drain: fine */ }
     }
+    /* Data arriving for us: incoming writes without immediates complete nothing here, so
+     * this is the only sign that a peer is streaming into our memory. */
+    for (uint32_t k = 0; k < g->n_nics; k++)
+        if (pf[k].revents) return IDLE_NIC_ACTIVITY;
     return IDLE_BLOCKED;
 }
 
@@ -496,7 +501,12 @@ static void *worker_main(void *arg)
         int ib = idle_block(g, sleep_ns);
         if (ib != IDLE_NO_WAIT_OBJECT) te_notify_cancel(&g->wake);
         else te_notify_wait(&g->wake, t, sleep_ns);
-        if (ib != IDLE_RETRY && sleep_ns < SLEEP_MAX_NS) sleep_ns *= 2;
+        if (ib == IDLE_NIC_ACTIVITY) { /* a peer is active: stay hot as after progress */
+            idle = 0;
+            sleep_ns = SLEEP_MIN_NS;
+        } else if (ib != IDLE_RETRY && sleep_ns < SLEEP_MAX_NS) {
+            sleep_ns *= 2;
+        }
     }
     drain_at_exit(g);
     return NULL;
