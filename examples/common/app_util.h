@@ -1,0 +1,54 @@
+/* Small helpers shared by the example applications: child processes with line pipes
+ * (the control plane a real deployment would run over its own RPC layer), hex forms of
+ * addresses and descriptors, clocks and a provider-aware engine config. Public API only. */
+#ifndef TENDRIL_APP_UTIL_H
+#define TENDRIL_APP_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "tendril/te.h"
+
+typedef struct app_proc {
+    pid_t pid;
+    int to_child;   /* child's stdin */
+    int from_child; /* child's stdout */
+    char buf[65536];
+    size_t have;
+} app_proc;
+
+/* Starts this executable (/proc/self/exe) with argv[1..] = args (NULL-terminated).
+ * The child's stdin/stdout are pipes; its stderr is inherited. 0 or -errno. */
+int app_spawn_self(app_proc *p, const char *const *args);
+/* One line to the child ('\n' appended). 0, -EPIPE (child gone). */
+int app_send(app_proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* One line from the child (without '\n'). 0, -ETIMEDOUT, -EPIPE (child closed/died). */
+int app_recv(app_proc *p, char *line, size_t cap, int timeout_ms);
+/* Waits for exit: exit status, 128+signal, or -ETIMEDOUT (the child is then killed). */
+int app_wait(app_proc *p, int timeout_ms);
+void app_kill(app_proc *p, int sig);
+
+/* Child side: line from stdin (0, -ETIMEDOUT, -EPIPE at EOF), reply line to stdout. */
+int app_read_line(char *line, size_t cap, int timeout_ms);
+void app_reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+uint64_t app_now_us(void);           /* CLOCK_MONOTONIC: comparable across processes */
+void app_sleep_us(uint64_t us);
+
+/* Engine config for a provider ("tcp" runs on "lo"; NULL/"" = $TENDRIL_PROVIDER or tcp). */
+void app_config(te_config *cfg, const char *provider);
+
+int app_desc_to_hex(const te_mr_desc *d, char *out, size_t cap);
+int app_desc_from_hex(const char *hex, te_mr_desc *d);
+
+/* 64-bit mixer used to generate verifiable content. */
+static inline uint64_t app_mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+#endif

@@ -1,0 +1,164 @@
+/* kv_cache_streaming: disaggregated prefill/decode over the TransferEngine.
+ *
+ *   kv_cache_streaming [options]                 decoder here, prefiller as a child process
+ *   kv_cache_streaming --role prefiller [opts]   prints its address, serves until stdin EOF
+ *   kv_cache_streaming --role decoder --peer HEX --peer-nics N [opts]
+ *
+ * Options: --provider P (tcp|shm|efa|verbs|...), --layers L, --pages P, --page-kb K,
+ * --ctx-kb K, --compute-us U (per layer), --requests R, --deadline-ms D, --cancel-demo
+ * (one request whose deadline is shorter than the prefill: cancel + confirmation). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/app_util.h"
+#include "kv_cache_streaming/kv_cache.h"
+
+typedef struct opts {
+    const char *provider, *role, *peer;
+    uint32_t peer_nics, layers, pages, requests, compute_us;
+    uint64_t page_kb, ctx_kb;
+    int deadline_ms;
+    int cancel_demo;
+} opts;
+
+static int parse(int argc, char **argv, opts *o)
+{
+    *o = (opts){.provider = "", .role = "both", .peer_nics = 1, .layers = 32, .pages = 64,
+                .requests = 3, .compute_us = 2000, .page_kb = 32, .ctx_kb = 16,
+                .deadline_ms = 20000};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--cancel-demo")) { o->cancel_demo = 1; continue; }
+        if (!v) { fprintf(stderr, "missing value for %s\n", a); return -1; }
+        i++;
+        if (!strcmp(a, "--provider")) o->provider = v;
+        else if (!strcmp(a, "--role")) o->role = v;
+        else if (!strcmp(a, "--peer")) o->peer = v;
+        else if (!strcmp(a, "--peer-nics")) o->peer_nics = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--layers")) o->layers = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--pages")) o->pages = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--requests")) o->requests = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--compute-us")) o->compute_us = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--page-kb")) o->page_kb = (uint64_t)atoll(v);
+        else if (!strcmp(a, "--ctx-kb")) o->ctx_kb = (uint64_t)atoll(v);
+        else if (!strcmp(a, "--deadline-ms")) o->deadline_ms = atoi(v);
+        else { fprintf(stderr, "unknown option %s\n", a); return -1; }
+    }
+    return 0;
+}
+
+static kv_shape shape_of(const opts *o)
+{
+    return (kv_shape){.layers = o->layers, .pages = o->pages, .page_len = o->page_kb * 1024,
+                      .ctx_len = o->ctx_kb * 1024};
+}
+
+static int run_prefiller(const opts *o, int child)
+{
+    te_config cfg;
+    app_config(&cfg, o->provider);
+    kv_prefiller_opts po = {.shape = shape_of(o), .compute_us = o->compute_us, .verbose = true};
+    kv_prefiller *pf;
+    int r = kv_prefiller_create(&cfg, &po, &pf);
+    if (r) {
+        fprintf(stderr, "prefiller: %s (%s)\n", te_strerror(r), te_last_error());
+        if (child) app_reply("error %d", r);
+        return 1;
+    }
+    te_addr a;
+    char hex[TE_ADDR_TEXT_MAX];
+    kv_prefiller_address(pf, &a);
+    te_addr_format(&a, hex, sizeof hex);
+    if (child) app_reply("ready %s %u", hex, kv_prefiller_nics(pf));
+    else printf("prefiller ready: --peer %s --peer-nics %u\n", hex, kv_prefiller_nics(pf));
+    fflush(stdout);
+    char line[256];
+    while (app_read_line(line, sizeof line, -1) == 0 && strcmp(line, "quit")) {
+    }
+    kv_prefiller_destroy(pf);
+    return 0;
+}
+
+static int run_decoder(const opts *o, const te_addr *peer, uint32_t peer_nics)
+{
+    te_config cfg;
+    app_config(&cfg, o->provider);
+    kv_decoder_opts dopts = {.shape = shape_of(o), .slots = 4 * o->pages};
+    kv_decoder *d;
+    int r = kv_decoder_create(&cfg, &dopts, &d);
+    if (r) {
+        fprintf(stderr, "decoder: %s (%s)\n", te_strerror(r), te_last_error());
+        return 1;
+    }
+    uint64_t kv_bytes = (uint64_t)o->layers * o->pages * o->page_kb * 1024;
+    printf("decoder: %u layers x %u pages x %llu KiB = %.1f MiB KV per request, compute %u us/layer\n",
+           o->layers, o->pages, (unsigned long long)o->page_kb, (double)kv_bytes / 1048576.0,
+           o->compute_us);
+    printf("decoder: expecting %llu immediates per request (layers x pages + %u context shard(s))\n",
+           (unsigned long long)o->layers * o->pages + peer_nics, peer_nics);
+    uint32_t *pages = malloc(o->pages * sizeof *pages);
+    int fails = 0;
+    uint32_t nreq = o->cancel_demo ? 1 : o->requests;
+    for (uint32_t q = 0; q < nreq; q++) {
+        for (uint32_t k = 0; k < o->pages; k++) /* scattered slots, different per request */
+            pages[k] = (k * 7 + q * 3) % dopts.slots;
+        int deadline = o->cancel_demo ? (int)(o->layers * o->compute_us / 1000 / 3) : o->deadline_ms;
+        kv_result res;
+        r = kv_decoder_run(d, peer, peer_nics, pages, o->pages, 1000 + q, deadline, 5000, &res);
+        double ideal = (double)o->layers * o->compute_us / 1e3;
+        if (r == 0)
+            printf("request %u: TTFT-like %.3f ms (compute alone %.3f ms), counter fired %u time(s), "
+                   "%llu bad bytes, %.2f GB/s KV\n",
+                   q, (double)res.ttft_us / 1e3, ideal, res.fires, (unsigned long long)res.bad_bytes,
+                   (double)kv_bytes / (double)res.ttft_us / 1e3);
+        else
+            printf("request %u: %s after %.3f ms; cancellation %s\n", q, te_strerror(r),
+                   (double)res.ttft_us / 1e3, res.confirmed ? "confirmed, pages reusable"
+                                                            : "NOT confirmed, pages quarantined");
+        if (r || res.bad_bytes) fails++;
+        fflush(stdout);
+    }
+    app_sleep_us(200000); /* let the prefiller print its table */
+    printf("late immediates after confirmation: %llu\n", (unsigned long long)kv_decoder_late_imms(d));
+    free(pages);
+    kv_decoder_destroy(d);
+    return o->cancel_demo ? 0 : fails != 0;
+}
+
+int main(int argc, char **argv)
+{
+    opts o;
+    if (parse(argc, argv, &o)) return 2;
+    if (!strcmp(o.role, "prefiller")) return run_prefiller(&o, 0);
+    if (!strcmp(o.role, "prefiller-child")) return run_prefiller(&o, 1);
+    te_addr peer;
+    if (!strcmp(o.role, "decoder")) {
+        if (!o.peer || te_addr_parse(o.peer, &peer)) {
+            fprintf(stderr, "--role decoder needs --peer ADDRESS\n");
+            return 2;
+        }
+        return run_decoder(&o, &peer, o.peer_nics);
+    }
+    /* both: the prefiller runs in a child process with the same options */
+    const char *args[40];
+    int k = 0;
+    for (int i = 1; i < argc && k < 36; i++) args[k++] = argv[i];
+    args[k++] = "--role";
+    args[k++] = "prefiller-child";
+    args[k] = NULL;
+    app_proc pf;
+    int r = app_spawn_self(&pf, args);
+    char line[1024], hex[TE_ADDR_TEXT_MAX];
+    unsigned nics = 0;
+    if (!r) r = app_recv(&pf, line, sizeof line, 30000);
+    if (r || sscanf(line, "ready %511s %u", hex, &nics) != 2 || te_addr_parse(hex, &peer)) {
+        fprintf(stderr, "prefiller did not start: %s\n", r ? te_strerror(r) : line);
+        return 1;
+    }
+    int rc = run_decoder(&o, &peer, nics);
+    app_send(&pf, "quit");
+    app_wait(&pf, 10000);
+    return rc;
+}
