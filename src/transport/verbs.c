@@ -426,6 +426,9 @@ static int vb_mr_reg(tp_nic *n, void *ptr, size_t len, int device, bool remote, 
         r = tcu_dmabuf_export(ptr, l, device, &fd, &off);
         if (!r) {
             mr = ibv_reg_dmabuf_mr(n->pd, off, l, (uintptr_t)ptr, fd, access);
+            if (!mr) /* older kernels reject the optional relaxed-ordering bit here */
+                mr = ibv_reg_dmabuf_mr(n->pd, off, l, (uintptr_t)ptr, fd,
+                                       access & ~IBV_ACCESS_RELAXED_ORDERING);
             int e = errno;
             close(fd);
             snprintf(why, sizeof why, "ibv_reg_dmabuf_mr: %s", strerror(e));
@@ -640,15 +643,16 @@ static void flush_queue(tp_nic *n, tv_peer *p)
 
 static void peer_give_up(tp_nic *n, tv_peer *p, int status, const char *why)
 {
+    bool used = p->conn.state == TV_ESTABLISHED;
     if (p->conn.state == TV_CONNECTING && n->n_connecting) n->n_connecting--;
     tv_conn_reset(&p->conn);
     fail_queue(n, p, status, why);
-    /* QPs that never carried work are destroyed; used ones park until close, so that
-     * their flushed completions still arrive. */
+    /* QPs that never carried work are destroyed; used ones park (in the error state)
+     * until close, so that the flushed completions of their work still arrive. */
     struct ibv_qp *qps[2] = {p->msg_qp, p->rma_qp};
     for (int k = 0; k < 2; k++) {
         if (!qps[k]) continue;
-        dead_qp *d = malloc(sizeof *d);
+        dead_qp *d = used ? malloc(sizeof *d) : NULL;
         if (!d) {
             destroy_qp(qps[k]);
             continue;
@@ -783,6 +787,16 @@ static void on_handshake(tp_nic *n, const uint8_t *buf, size_t len)
     int act = tv_conn_on_handshake(&p->conn, &h);
     char who[96];
     peer_name(p, who, sizeof who);
+    if (act & TV_ACT_RESTART) {
+        TE_LOGW("verbs %s: %s reconnects; its old connection is dropped", n->nfo.name, who);
+        peer_give_up(n, p, -ECONNRESET, "the peer re-established the connection");
+        if (peer_make_qps(n, p)) {
+            TE_LOGW("verbs %s: cannot accept a connection: %s", n->nfo.name, te_last_error());
+            return;
+        }
+        was_connecting = false;
+        act = tv_conn_on_handshake(&p->conn, &h);
+    }
     if (act & TV_ACT_IGNORE) {
         TE_LOGD("verbs %s: ignored a stale handshake from %s", n->nfo.name, who);
         return;

@@ -248,7 +248,7 @@ int tv_conn_on_handshake(tv_conn *c, const tv_handshake *h)
 {
     if (c->state == TV_ESTABLISHED) {
         if (h->msg_qpn != c->remote_msg_qpn || h->rma_qpn != c->remote_rma_qpn)
-            return TV_ACT_IGNORE;
+            return h->kind == TV_HS_REPLY ? TV_ACT_IGNORE : TV_ACT_RESTART;
         return h->kind == TV_HS_REQUEST ? TV_ACT_SEND_REPLY : 0;
     }
     if (c->state == TV_IDLE && h->kind == TV_HS_REPLY) return TV_ACT_IGNORE; /* answers a dead attempt */

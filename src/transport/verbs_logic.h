@@ -136,7 +136,9 @@ enum tv_conn_action {
     TV_ACT_CONNECT = 1 << 2,      /* create/move QPs to RTS with the peer's numbers */
     TV_ACT_FLUSH = 1 << 3,        /* post the operations queued while connecting */
     TV_ACT_FAIL = 1 << 4,         /* complete queued ops with an error, back to IDLE */
-    TV_ACT_IGNORE = 1 << 5,       /* stale or conflicting handshake: log and drop */
+    TV_ACT_IGNORE = 1 << 5,       /* stale handshake: log and drop */
+    TV_ACT_RESTART = 1 << 6,      /* the peer reconnects with new QPs: drop the old
+                                     connection (tv_conn_reset), then handle it again */
 };
 
 /* A local operation needs the connection: IDLE starts connecting (returns SEND_REQUEST
@@ -146,9 +148,11 @@ int tv_conn_start(tv_conn *c, const tv_conn_timing *t, uint64_t now);
  * back-off up to max_retry_ns), FAIL once the deadline passed (state becomes IDLE). */
 int tv_conn_tick(tv_conn *c, const tv_conn_timing *t, uint64_t now);
 /* The peer's handshake arrived. IDLE or CONNECTING: CONNECT|FLUSH (and SEND_REPLY for a
- * request or a legacy handshake); ESTABLISHED: SEND_REPLY for a request with the same QP
- * numbers (our reply was lost), nothing for a duplicate reply or legacy handshake, IGNORE
- * when the QP numbers differ (a restarted peer: its old connection is not reused). */
+ * request or a legacy handshake), IGNORE for a reply while IDLE (it answers an attempt
+ * that already failed); ESTABLISHED: SEND_REPLY for a request with the same QP numbers
+ * (our reply was lost), nothing for a duplicate reply or legacy handshake; with other QP
+ * numbers RESTART for a request or legacy handshake (the peer dropped the connection and
+ * builds a new one), IGNORE for a reply. */
 int tv_conn_on_handshake(tv_conn *c, const tv_handshake *h);
 /* The connection broke (error completion on its QPs): back to IDLE. */
 void tv_conn_reset(tv_conn *c);

@@ -325,7 +325,13 @@ static void test_conn_initiator(void **state)
     assert_int_equal(tv_conn_on_handshake(&c, &rep), 0); /* duplicate reply: no reply loop */
     tv_handshake other = rep;
     other.msg_qpn++;
-    assert_int_equal(tv_conn_on_handshake(&c, &other), TV_ACT_IGNORE);
+    assert_int_equal(tv_conn_on_handshake(&c, &other), TV_ACT_IGNORE); /* stale reply */
+    other.kind = TV_HS_REQUEST; /* the peer dropped the connection and builds a new one */
+    assert_int_equal(tv_conn_on_handshake(&c, &other), TV_ACT_RESTART);
+    assert_int_equal(c.state, TV_ESTABLISHED); /* the caller resets, then asks again */
+    tv_conn_reset(&c);
+    assert_int_equal(tv_conn_on_handshake(&c, &other), TV_ACT_CONNECT | TV_ACT_FLUSH | TV_ACT_SEND_REPLY);
+    assert_int_equal(c.remote_msg_qpn, other.msg_qpn);
 }
 
 static void test_conn_responder(void **state)
