@@ -583,23 +583,31 @@ static void send_handshake(tp_nic *n, tv_peer *p, int kind)
 
 /* Posts the pending chain. WRs that do not reach the hardware were already accepted,
  * so they complete through synthesized error events (each exactly once). */
-static void chain_flush(tp_nic *n)
+static int chain_post(tp_nic *n, bool own_last)
 {
-    if (!n->chain_n) return;
-    struct ibv_send_wr *bad = NULL;
+    if (!n->chain_n) return 0;
+    struct ibv_send_wr *bad = NULL, *last = &n->chain[n->chain_n - 1];
     int r = ibv_post_send(n->chain_qp, &n->chain[0], &bad);
-    if (r) {
-        char why[96];
-        snprintf(why, sizeof why, "ibv_post_send: %s", strerror(r));
-        for (struct ibv_send_wr *w = bad; w; w = w->next)
-            syn_fail(n, tv_wr_kind(w->wr_id), (void *)(uintptr_t)tv_wr_value(w->wr_id),
-                     r == ENOMEM ? -EAGAIN : -r, why);
-    }
     n->chain_n = 0;
     n->chain_qp = NULL;
+    if (!r) return 0;
+    char why[96];
+    snprintf(why, sizeof why, "ibv_post_send: %s", strerror(r));
+    for (struct ibv_send_wr *w = bad; w; w = w->next)
+        if (!own_last || w != last)
+            syn_fail(n, tv_wr_kind(w->wr_id), (void *)(uintptr_t)tv_wr_value(w->wr_id),
+                     r == ENOMEM ? -ENOBUFS : -r, why);
+    if (!own_last) return 0;
+    n->credits++; /* the caller's own WR was not accepted: it gets the error directly */
+    if (r == ENOMEM) return -EAGAIN;
+    return te_err(-r, "verbs %s: %s", n->nfo.name, why);
 }
 
-static void chain_add(tp_nic *n, struct ibv_qp *qp, const pend *o, bool more)
+static void chain_flush(tp_nic *n) { (void)chain_post(n, false); }
+
+/* Appends one accepted WR; with !more the chain is posted. own_last: a refusal of this
+ * WR is returned (-EAGAIN for ENOMEM) instead of completing it with an error event. */
+static int chain_add(tp_nic *n, struct ibv_qp *qp, const pend *o, bool more, bool own_last)
 {
     if (n->chain_n && (n->chain_qp != qp || n->chain_n == CHAIN_MAX)) chain_flush(n);
     int i = n->chain_n++;
@@ -618,7 +626,7 @@ static void chain_add(tp_nic *n, struct ibv_qp *qp, const pend *o, bool more)
     }
     if (i > 0) n->chain[i - 1].next = w;
     n->chain_qp = qp;
-    if (!more) chain_flush(n);
+    return more ? 0 : chain_post(n, own_last);
 }
 
 static void fail_queue(tp_nic *n, tv_peer *p, int status, const char *why)
@@ -635,7 +643,7 @@ static void flush_queue(tp_nic *n, tv_peer *p)
 {
     for (pend *q = p->q_head, *nx; q; q = nx) {
         nx = q->next;
-        chain_add(n, q->kind == TV_WR_SEND ? p->msg_qp : p->rma_qp, q, nx != NULL);
+        (void)chain_add(n, q->kind == TV_WR_SEND ? p->msg_qp : p->rma_qp, q, nx != NULL, false);
         free(q);
     }
     p->q_head = p->q_tail = NULL;
@@ -680,8 +688,7 @@ static int submit(tp_nic *n, tp_peer peer, pend *o, bool more)
     tv_peer *p = n->peers[peer];
     if (p->conn.state == TV_ESTABLISHED) {
         n->credits--;
-        chain_add(n, o->kind == TV_WR_SEND ? p->msg_qp : p->rma_qp, o, more);
-        return 0;
+        return chain_add(n, o->kind == TV_WR_SEND ? p->msg_qp : p->rma_qp, o, more, true);
     }
     pend *q = malloc(sizeof *q);
     if (!q) return te_err(-ENOMEM, "out of memory");
