@@ -561,7 +561,9 @@ int rl_run(const rl_opts *o, rl_result *res)
         app_proc *p = i < M ? &inf[i] : &tr[i - M];
         if (p->pid <= 0) continue;
         app_send(p, "quit");
-        app_wait(p, 10000);
+        int st = app_wait(p, 10000);
+        bool expected_death = i >= M && (int)(i - M) == o->die_trainer && st == 3;
+        if (st != 0 && !expected_death) res->child_failures++;
     }
     for (uint32_t m = 0; m < M; m++) free(dhex[m]);
     free(dhex);

@@ -72,6 +72,8 @@ typedef struct rl_result {
     double update_ms_best, update_ms_avg, gbps_best;
     uint32_t inference_timeouts; /* inference processes that reported a timed-out update */
     double fail_detect_ms;       /* go -> error reported, when an update failed */
+    uint32_t child_failures;     /* processes that exited abnormally (the crash of
+                                    die_trainer excepted) */
 } rl_result;
 
 /* Controller: spawns the processes (this executable with "--rl-child ..."), runs the

@@ -90,6 +90,7 @@ static void test_updates_arrive_intact(void **state)
     int rc = rl_run(&o, &r);
     if (rc) fail_msg("rl_run: %s", r.error);
     assert_int_equal(r.steps_ok, o.steps);
+    assert_int_equal(r.child_failures, 0);
     assert_true(r.tasks > 0);
     assert_true(r.trainer_bytes_max - r.trainer_bytes_min <= o.chunk_max);
     print_message("%u updates of %.1f MiB: best %.2f ms (%.2f GB/s)\n", r.steps_ok,
@@ -116,6 +117,7 @@ static void test_dead_trainer_is_reported(void **state)
     assert_int_equal(r.inference_timeouts, o.inference); /* the receivers noticed too */
     assert_true(r.fail_detect_ms < 10000.0);
     assert_true(el < 20000000u);
+    assert_int_equal(r.child_failures, 0);
     (void)state;
 }
 
