@@ -2,7 +2,8 @@
  * pipelined one-sided writes, barrier, per-parameter verification.
  *
  *   rl_weight_transfer [--provider P] [--trainers N] [--inference M] [--params P]
- *                      [--mib TOTAL] [--chunk-kb K] [--steps S] [--window W]        */
+ *                      [--mib TOTAL] [--chunk-kb K] [--steps S] [--window W]
+ *                      [--write-imms 0|1]   (1: immediates on data writes; forced on shm) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--chunk-kb")) o.chunk_max = (uint64_t)atoll(v) << 10;
         else if (!strcmp(a, "--steps")) o.steps = (uint32_t)atoi(v);
         else if (!strcmp(a, "--window")) o.window = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--write-imms")) o.write_imms = atoi(v) != 0;
         else {
             fprintf(stderr, "unknown option %s\n", a);
             return 2;
@@ -45,6 +47,8 @@ int main(int argc, char **argv)
         printf("FAILED: %s\n", r.error);
         return 1;
     }
+    printf("completion signal: %s\n", r.write_imms ? "immediate on every write + barrier"
+                                                   : "plain writes + barrier immediate");
     printf("%u updates verified: best %.3f ms (%.2f GB/s), mean %.3f ms\n", r.steps_ok,
            r.update_ms_best, r.gbps_best, r.update_ms_avg);
     return 0;

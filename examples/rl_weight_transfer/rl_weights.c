@@ -11,7 +11,8 @@
 #include "common/app_util.h"
 #include "tendril/te.h"
 
-#define RL_IMM 0x524c0001u /* barrier immediate: one per trainer per update */
+#define RL_IMM 0x524c0001u      /* barrier immediate: one per trainer per update */
+#define RL_DATA_IMM 0x524c0002u /* write_imms mode: one per shard of every write */
 
 void rl_opts_default(rl_opts *o)
 {
@@ -280,7 +281,8 @@ static int trainer_main(const rl_opts *o, const rl_layout *l, uint32_t me)
                     err = -ETIMEDOUT;
                 te_write_args w = {.src = mr, .src_offset = plan[i].src_off, .len = plan[i].len,
                                    .dst = &dsts[plan[i].dst], .dst_offset = plan[i].dst_off,
-                                   .has_imm = false, .route = {TE_ROUTE_SHARDED, 0}};
+                                   .has_imm = o->write_imms, .imm = RL_DATA_IMM,
+                                   .route = {TE_ROUTE_SHARDED, 0}};
                 te_completion c = {.counter = done};
                 if (!err) err = te_write(e, &w, &c);
                 if (!err) submitted++, bytes += plan[i].len;
@@ -335,7 +337,9 @@ static int inference_main(const rl_opts *o, const rl_layout *l, uint32_t me)
     if (!r) memset(buf, 0, len);
     if (!r) r = te_mr_register(e, buf, len ? len : 8, TE_DEVICE_HOST, TE_MR_REMOTE_WRITE, &mr);
     if (!r) r = te_mr_desc_get(mr, &d);
+    te_imm_counter *dc = NULL;
     if (!r) r = te_imm_counter_create(e, RL_IMM, &ic);
+    if (!r) r = te_imm_counter_create(e, RL_DATA_IMM, &dc);
     char hex[2 * TE_MR_DESC_ENCODED_MAX + 1];
     if (!r) r = app_desc_to_hex(&d, hex, sizeof hex);
     if (r) {
@@ -346,9 +350,13 @@ static int inference_main(const rl_opts *o, const rl_layout *l, uint32_t me)
     char line[256];
     unsigned s;
     while (app_read_line(line, sizeof line, -1) == 0) {
-        if (sscanf(line, "expect %u", &s) == 1) {
-            /* No notification per write: one barrier immediate per trainer. */
-            r = te_imm_counter_wait(ic, o->trainers, o->step_timeout_ms);
+        uint64_t data_imms = 0;
+        if (sscanf(line, "expect %u %" SCNu64, &s, &data_imms) >= 1) {
+            /* No notification per write: one barrier immediate per trainer. In write_imms
+             * mode the data immediates are counted first (placement proof on providers
+             * whose local write completion does not imply placement, e.g. shm). */
+            r = data_imms ? te_imm_counter_wait(dc, data_imms, o->step_timeout_ms) : 0;
+            if (!r) r = te_imm_counter_wait(ic, o->trainers, o->step_timeout_ms);
             if (r) {
                 app_reply("timeout %u %" PRIu64, s, te_imm_counter_value(ic));
                 continue;
@@ -390,9 +398,9 @@ bool rl_is_child(int argc, char **argv) { return argc >= 2 && !strcmp(argv[1], "
 
 static void opts_to_args(const rl_opts *o, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s %u %u %u %" PRIu64 " %" PRIu64 " %u %d",
+    snprintf(out, cap, "%s %u %u %u %" PRIu64 " %" PRIu64 " %u %d %d",
              o->provider && *o->provider ? o->provider : "-", o->trainers, o->inference, o->params,
-             o->total_bytes, o->chunk_max, o->window, o->step_timeout_ms);
+             o->total_bytes, o->chunk_max, o->window, o->step_timeout_ms, o->write_imms ? 1 : 0);
 }
 
 int rl_child_main(int argc, char **argv)
@@ -402,10 +410,12 @@ int rl_child_main(int argc, char **argv)
     rl_opts o;
     rl_opts_default(&o);
     char prov[64];
-    if (sscanf(argv[4], "%63s %u %u %u %" SCNu64 " %" SCNu64 " %u %d", prov, &o.trainers,
+    int wi = 0;
+    if (sscanf(argv[4], "%63s %u %u %u %" SCNu64 " %" SCNu64 " %u %d %d", prov, &o.trainers,
                &o.inference, &o.params, &o.total_bytes, &o.chunk_max, &o.window,
-               &o.step_timeout_ms) != 8)
+               &o.step_timeout_ms, &wi) != 9)
         return 2;
+    o.write_imms = wi != 0;
     o.provider = strcmp(prov, "-") ? prov : "";
     rl_layout l;
     if (rl_layout_make(&o, &l)) return 2;
@@ -441,6 +451,10 @@ static int fail(rl_result *res, int status, const char *fmt, ...)
 int rl_run(const rl_opts *o, rl_result *res)
 {
     memset(res, 0, sizeof *res);
+    rl_opts eff = *o;
+    const char *prov = o->provider && *o->provider ? o->provider : getenv("TENDRIL_PROVIDER");
+    if (prov && !strcmp(prov, "shm")) eff.write_imms = true;
+    o = &eff;
     uint32_t T = o->trainers, M = o->inference;
     rl_layout l;
     int r = rl_layout_make(o, &l);
@@ -463,10 +477,12 @@ int rl_run(const rl_opts *o, rl_result *res)
         if (r || sscanf(line, "ready %1000s", dhex[m]) != 1 || app_desc_from_hex(dhex[m], &descs[m]))
             fail(res, r ? r : -EPROTO, "inference %u did not start: %s", m, r ? te_strerror(r) : line);
     }
+    uint32_t *nics = calloc(T, 4);
+    uint64_t *data_imms = calloc(M, 8);
     for (uint32_t t = 0; t < T && !res->status; t++) {
         r = spawn_child(&tr[t], "trainer", t, optstr);
         if (!r) r = app_recv(&tr[t], line, sizeof line, CTL_TMO);
-        if (r || strncmp(line, "ready", 5))
+        if (r || sscanf(line, "ready %u", &nics[t]) != 1)
             fail(res, r ? r : -EPROTO, "trainer %u did not start: %s", t, r ? te_strerror(r) : line);
     }
     /* 2. static schedule, computed once */
@@ -476,6 +492,9 @@ int rl_run(const rl_opts *o, rl_result *res)
         res->status = r;
     if (!res->status) {
         res->tasks = n;
+        res->write_imms = o->write_imms;
+        /* write_imms: a sharded te_write carries one immediate per NIC of the sender. */
+        for (size_t i = 0; i < n && o->write_imms; i++) data_imms[tasks[i].dst] += nics[tasks[i].trainer];
         res->bytes_per_step = l.total;
         uint64_t *tb = calloc(T, 8);
         for (size_t i = 0; i < n; i++) tb[tasks[i].trainer] += tasks[i].len;
@@ -510,7 +529,7 @@ int rl_run(const rl_opts *o, rl_result *res)
             if ((r = app_recv(&tr[t], line, sizeof line, CTL_TMO)) || strncmp(line, "prepped", 7))
                 fail(res, r ? r : -EPROTO, "trainer %u: prep %u: %s", t, s, r ? te_strerror(r) : line);
         if (res->status) break;
-        for (uint32_t m = 0; m < M; m++) app_send(&inf[m], "expect %u", s);
+        for (uint32_t m = 0; m < M; m++) app_send(&inf[m], "expect %u %" PRIu64, s, data_imms[m]);
         uint64_t t_go = app_now_us();
         bool die_now = o->die_trainer >= 0 && s == o->die_step;
         for (uint32_t t = 0; t < T; t++)
@@ -569,6 +588,8 @@ int rl_run(const rl_opts *o, rl_result *res)
     free(dhex);
     free(descs);
     free(tasks);
+    free(nics);
+    free(data_imms);
     free(tr);
     free(inf);
     rl_layout_free(&l);

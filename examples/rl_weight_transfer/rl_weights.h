@@ -27,9 +27,13 @@ typedef struct rl_opts {
     int step_timeout_ms;    /* inference side: barrier wait per update */
     int die_trainer;        /* >= 0: this trainer exits in the middle of update die_step */
     uint32_t die_step;
+    bool write_imms;        /* every write carries an immediate and the receivers count
+                               them before the barrier: needed where a local write
+                               completion does not imply placement (libfabric shm) */
     bool verbose;
 } rl_opts;
 
+/* Defaults. rl_run turns write_imms on for the shm provider (docs/applications.md). */
 void rl_opts_default(rl_opts *o);
 
 /* Where every byte lives. */
@@ -63,6 +67,7 @@ int rl_schedule_check(const rl_layout *l, uint32_t trainers, const rl_task *task
 uint64_t rl_value(uint32_t p, uint32_t s, uint64_t w);
 
 typedef struct rl_result {
+    bool write_imms;             /* the mode that ran */
     int status;
     char error[256];
     uint32_t steps_ok;

@@ -98,6 +98,23 @@ static void test_updates_arrive_intact(void **state)
     (void)state;
 }
 
+static void test_updates_with_write_imms(void **state)
+{
+    rl_opts o;
+    small_opts(&o);
+    o.write_imms = true; /* every write carries an immediate; receivers count them */
+    o.trainers = 3;
+    o.inference = 3;
+    o.steps = 3;
+    rl_result r;
+    int rc = rl_run(&o, &r);
+    if (rc) fail_msg("rl_run: %s", r.error);
+    assert_true(r.write_imms);
+    assert_int_equal(r.steps_ok, o.steps);
+    assert_int_equal(r.child_failures, 0);
+    (void)state;
+}
+
 static void test_dead_trainer_is_reported(void **state)
 {
     rl_opts o;
@@ -127,6 +144,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_schedule_exact_cover),
         cmocka_unit_test(test_updates_arrive_intact),
+        cmocka_unit_test(test_updates_with_write_imms),
         cmocka_unit_test(test_dead_trainer_is_reported),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
