@@ -174,6 +174,25 @@ static void test_reuse_after_cancel(void **state)
     (void)state;
 }
 
+static void test_mismatched_shape_rejected(void **state)
+{
+    fx f;
+    start(&f, 4, 8, 4096, 512, 1000, 16);
+    kv_decoder_destroy(f.d);
+    te_config cfg;
+    th_config(&cfg);
+    kv_decoder_opts o = {.shape = f.shape, .slots = 16};
+    o.shape.page_len = 8192; /* the prefiller serves 4096-byte pages */
+    assert_int_equal(kv_decoder_create(&cfg, &o, &f.d), 0);
+    uint32_t pages[2] = {4, 5};
+    kv_result res;
+    assert_int_equal(kv_decoder_run(f.d, &f.addr, f.nics, pages, 2, 1, 10000, 5000, &res), -EREMOTEIO);
+    assert_true(res.confirmed);
+    assert_int_equal(kv_decoder_quarantined(f.d), 0);
+    stop(&f, false);
+    (void)state;
+}
+
 typedef struct killer {
     th_proc *p;
     int delay_ms;
@@ -219,6 +238,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_all_pages_arrive),
         cmocka_unit_test(test_cancel_is_confirmed),
         cmocka_unit_test(test_reuse_after_cancel),
+        cmocka_unit_test(test_mismatched_shape_rejected),
         cmocka_unit_test(test_dead_prefiller_times_out),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
