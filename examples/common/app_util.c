@@ -55,7 +55,10 @@ int app_spawn_self(app_proc *p, const char *const *args)
     }
     char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return -ENOENT;
+    if (n <= 0) {
+        close(in[0]), close(in[1]), close(out[0]), close(out[1]);
+        return -ENOENT;
+    }
     self[n] = '\0';
     const char *argv[32];
     size_t k = 0;
@@ -65,7 +68,11 @@ int app_spawn_self(app_proc *p, const char *const *args)
     fflush(stdout);
     fflush(stderr);
     pid_t pid = fork();
-    if (pid < 0) return -errno;
+    if (pid < 0) {
+        int r = -errno;
+        close(in[0]), close(in[1]), close(out[0]), close(out[1]);
+        return r;
+    }
     if (pid == 0) {
         dup2(in[0], 0);
         dup2(out[1], 1);

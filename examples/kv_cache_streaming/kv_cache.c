@@ -238,13 +238,17 @@ static void *model_thread(void *arg)
     pthread_mutex_unlock(&q->mu);
     (void)te_counter_wait(q->ctr, submitted, -1); /* every op completes (op timeout) */
     /* The counter is bumped by the worker before the callback thread runs layer_done. */
-    while (__atomic_load_n(&q->callbacks, __ATOMIC_ACQUIRE) < q->issued) app_sleep_us(50);
+    pthread_mutex_lock(&q->mu);
+    uint32_t issued = q->issued;
+    pthread_mutex_unlock(&q->mu);
+    while (__atomic_load_n(&q->callbacks, __ATOMIC_ACQUIRE) < issued) app_sleep_us(50);
     uint64_t t_end = app_now_us();
-    bool cancelled;
+    bool cancelled, failed;
     pthread_mutex_lock(&q->mu);
     cancelled = q->cancelled;
+    failed = q->failed;
     pthread_mutex_unlock(&q->mu);
-    if (!cancelled && !q->failed) {
+    if (!cancelled && !failed) {
         uint32_t hidden = 0;
         double tmax = 0;
         for (uint32_t l = 0; l < m->layers; l++) {
@@ -439,7 +443,11 @@ void kv_prefiller_get_stats(kv_prefiller *p, kv_prefiller_stats *s)
     pthread_mutex_lock(&p->mu);
     *s = p->st;
     uint64_t issued = 0;
-    for (kv_req *q = p->reqs; q; q = q->next) issued += q->issued;
+    for (kv_req *q = p->reqs; q; q = q->next) {
+        pthread_mutex_lock(&q->mu);
+        issued += q->issued;
+        pthread_mutex_unlock(&q->mu);
+    }
     s->layers_issued = issued;
     pthread_mutex_unlock(&p->mu);
 }
@@ -694,10 +702,11 @@ int kv_decoder_run(kv_decoder *d, const te_addr *prefiller, uint32_t prefiller_n
     pthread_mutex_lock(&d->mu);
     while (!rc && !r->fires && !r->rejected)
         if (pthread_cond_timedwait(&d->cv, &d->mu, &ts) == ETIMEDOUT) break;
-    pthread_mutex_unlock(&d->mu);
-    if (!r->fires) te_imm_remove(d->e, r->imm, NULL); /* later immediates become strays */
-    pthread_mutex_lock(&d->mu);
     bool fired = r->fires > 0;
+    pthread_mutex_unlock(&d->mu);
+    if (!fired) te_imm_remove(d->e, r->imm, NULL); /* later immediates become strays */
+    pthread_mutex_lock(&d->mu);
+    fired = r->fires > 0; /* it may have fired just before the removal */
     pthread_mutex_unlock(&d->mu);
     if (fired) {
         res->ttft_us = app_now_us() - t0;
