@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/app_util.h"
+#include "kv_cache_streaming/gpu_tick.h"
 
 #define KV_MAGIC 0x4b56434bu /* "KVCK" */
 #define KV_MSG_SIZE 65536u
@@ -103,6 +104,8 @@ struct kv_prefiller {
     bool stop;
     kv_req *reqs;
     kv_prefiller_stats st;
+    gpu_tick *gpu;          /* gpu_watcher: the GPU writes the watcher word */
+    pthread_mutex_t gpu_mu; /* one graph at a time */
 };
 
 static void pf_send(kv_prefiller *pf, const te_addr *to, uint32_t type, uint64_t req_id)
@@ -145,6 +148,7 @@ static bool on_layers(void *arg, uint64_t old_value, uint64_t new_value)
             .has_imm = true, .imm = m->imm};
         te_completion c = {.fn = layer_done, .arg = &q->layer[l], .counter = q->ctr};
         q->layer[l].t_submit = app_now_us();
+        if (pf->gpu) q->layer[l].t_compute_end = q->layer[l].t_submit; /* seen now */
         if (te_write_paged(pf->e, &a, &c)) {
             fprintf(stderr, "prefiller: te_write_paged: %s\n", te_last_error());
             q->failed = true;
@@ -201,8 +205,28 @@ static void *model_thread(void *arg)
     const kv_msg *m = &q->m;
     uint64_t layer_bytes = (uint64_t)m->pages * m->page_len;
     volatile uint64_t *word = te_watcher_ptr(q->w);
-    q->t_start = app_now_us();
-    for (uint32_t l = 0; l < m->layers; l++) {
+    bool gpu_started = false;
+    if (pf->gpu) {
+        /* GPU variant: the KV is produced up front here (host memory), then a captured
+         * CUDA graph runs the layers and each layer's kernel stores l+1 into the word. */
+        for (uint32_t l = 0; l < m->layers; l++)
+            for (uint32_t k = 0; k < m->pages; k++)
+                kv_fill(q->src + l * layer_bytes + (uint64_t)k * m->page_len, m->page_len, m->seed, l, k);
+        kv_fill(q->src + (uint64_t)m->layers * layer_bytes, m->ctx_len, m->seed, m->layers, 0);
+        pthread_mutex_lock(&pf->gpu_mu);
+        q->t_start = app_now_us();
+        if (gpu_tick_launch(pf->gpu, te_watcher_device_ptr(q->w), m->layers,
+                            (uint64_t)pf->o.compute_us * 1000u)) {
+            fprintf(stderr, "prefiller: GPU launch: %s\n", gpu_tick_error(pf->gpu));
+            pthread_mutex_lock(&q->mu);
+            q->failed = true;
+            pthread_mutex_unlock(&q->mu);
+        } else {
+            gpu_started = true;
+        }
+    }
+    if (!pf->gpu) q->t_start = app_now_us();
+    for (uint32_t l = 0; l < m->layers && !pf->gpu; l++) {
         uint64_t t0 = app_now_us();
         pthread_mutex_lock(&q->mu);
         bool stop = q->cancelled || q->failed;
@@ -229,6 +253,11 @@ static void *model_thread(void *arg)
         pthread_mutex_unlock(&q->mu);
         if (fin || app_now_us() - t_wait > 30000000u) break;
         app_sleep_us(50);
+    }
+    if (pf->gpu) { /* the GPU must be done with the word before it is released */
+        if (gpu_started && gpu_tick_wait(pf->gpu))
+            fprintf(stderr, "prefiller: GPU: %s\n", gpu_tick_error(pf->gpu));
+        pthread_mutex_unlock(&pf->gpu_mu);
     }
     te_watcher_free(q->w); /* the callback is not running and will not run again */
     q->w = NULL;
@@ -417,7 +446,17 @@ int kv_prefiller_create(const te_config *cfg, const kv_prefiller_opts *o, kv_pre
     pf->o = *o;
     pthread_mutex_init(&pf->mu, NULL);
     pthread_cond_init(&pf->cv, NULL);
+    pthread_mutex_init(&pf->gpu_mu, NULL);
     int r = te_engine_create(cfg, &pf->e);
+    if (!r && o->gpu_watcher) {
+        /* The word must be GPU-visible: mapped pinned host memory (CUDA driver present). */
+        if (strcmp(te_watcher_memory_kind(pf->e), "mapped-host")) {
+            fprintf(stderr, "prefiller: watcher memory is '%s', not GPU-visible\n",
+                    te_watcher_memory_kind(pf->e));
+            r = -ENOTSUP;
+        }
+        if (!r) r = gpu_tick_open(o->gpu_device, &pf->gpu);
+    }
     if (!r) r = te_main_address(pf->e, &pf->self);
     if (!r) r = te_recv_pool_create(pf->e, KV_MSG_SIZE, 16, pf_on_recv, NULL, pf, &pf->pool);
     if (!r) r = -pthread_create(&pf->ctl, NULL, pf_control, pf);
@@ -468,6 +507,7 @@ void kv_prefiller_destroy(kv_prefiller *pf)
     }
     te_recv_pool_destroy(pf->pool);
     te_engine_destroy(pf->e);
+    gpu_tick_close(pf->gpu);
     while (pf->reqs) {
         kv_req *q = pf->reqs;
         pf->reqs = q->next;

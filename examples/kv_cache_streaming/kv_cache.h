@@ -36,6 +36,10 @@ typedef struct kv_prefiller_opts {
     kv_shape shape;
     uint32_t compute_us; /* simulated compute time per layer */
     bool verbose;        /* per-layer timing table on stderr after each request */
+    bool gpu_watcher;    /* the layer loop runs on the GPU (a captured CUDA graph whose
+                            kernels store the layer count into the watcher word); needs a
+                            CUDA driver: -ENOTSUP otherwise */
+    int gpu_device;      /* CUDA ordinal for gpu_watcher */
 } kv_prefiller_opts;
 
 typedef struct kv_prefiller_stats {

@@ -6,7 +6,9 @@
  *
  * Options: --provider P (tcp|shm|efa|verbs|...), --layers L, --pages P, --page-kb K,
  * --ctx-kb K, --compute-us U (per layer), --requests R, --deadline-ms D, --cancel-demo
- * (one request whose deadline is shorter than the prefill: cancel + confirmation). */
+ * (one request whose deadline is shorter than the prefill: cancel + confirmation),
+ * --gpu-watcher (the layer loop is a CUDA graph on GPU 0 whose kernels bump the watcher
+ * word; needs a CUDA driver). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +22,7 @@ typedef struct opts {
     uint32_t peer_nics, layers, pages, requests, compute_us;
     uint64_t page_kb, ctx_kb;
     int deadline_ms;
-    int cancel_demo;
+    int cancel_demo, gpu_watcher;
 } opts;
 
 static int parse(int argc, char **argv, opts *o)
@@ -31,6 +33,7 @@ static int parse(int argc, char **argv, opts *o)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--cancel-demo")) { o->cancel_demo = 1; continue; }
+        if (!strcmp(a, "--gpu-watcher")) { o->gpu_watcher = 1; continue; }
         if (!v) { fprintf(stderr, "missing value for %s\n", a); return -1; }
         i++;
         if (!strcmp(a, "--provider")) o->provider = v;
@@ -59,7 +62,8 @@ static int run_prefiller(const opts *o, int child)
 {
     te_config cfg;
     app_config(&cfg, o->provider);
-    kv_prefiller_opts po = {.shape = shape_of(o), .compute_us = o->compute_us, .verbose = true};
+    kv_prefiller_opts po = {.shape = shape_of(o), .compute_us = o->compute_us, .verbose = true,
+                            .gpu_watcher = o->gpu_watcher != 0, .gpu_device = 0};
     kv_prefiller *pf;
     int r = kv_prefiller_create(&cfg, &po, &pf);
     if (r) {
