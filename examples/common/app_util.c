@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "app_util.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -173,6 +174,13 @@ int app_wait(app_proc *p, int timeout_ms)
     p->to_child = -1;
     uint64_t deadline = app_now_us() + (uint64_t)timeout_ms * 1000u;
     int st = 0, ret;
+    siginfo_t si;
+    if (app_wait_exited(p->pid, timeout_ms) == 0) {
+        memset(&si, 0, sizeof si);
+        if (waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+            si.si_pid == p->pid && (si.si_code != CLD_EXITED || si.si_status != 0))
+            app_shm_cleanup_dead(p->pid);
+    }
     for (;;) {
         pid_t r = waitpid(p->pid, &st, WNOHANG);
         if (r == p->pid) {
@@ -195,6 +203,36 @@ int app_wait(app_proc *p, int timeout_ms)
     if (p->from_child >= 0) close(p->from_child);
     p->from_child = -1;
     return ret;
+}
+
+int app_wait_exited(pid_t pid, int timeout_ms)
+{
+    uint64_t deadline = app_now_us() + (uint64_t)timeout_ms * 1000u;
+    for (;;) {
+        siginfo_t si;
+        memset(&si, 0, sizeof si);
+        int r = waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT);
+        if (r == 0 && si.si_pid == pid) return 0;
+        if (r < 0 && errno != EINTR) return -errno;
+        if (app_now_us() >= deadline) return -ETIMEDOUT;
+        app_sleep_us(2000);
+    }
+}
+
+void app_shm_cleanup_dead(pid_t pid)
+{
+    char prefix[32];
+    int n = snprintf(prefix, sizeof prefix, "%d:", (int)pid);
+    DIR *d = opendir("/dev/shm");
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d)))
+        if (!strncmp(de->d_name, prefix, (size_t)n)) {
+            char path[300];
+            snprintf(path, sizeof path, "/dev/shm/%.250s", de->d_name);
+            unlink(path);
+        }
+    closedir(d);
 }
 
 void app_kill(app_proc *p, int sig)

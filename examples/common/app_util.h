@@ -29,6 +29,15 @@ int app_recv(app_proc *p, char *line, size_t cap, int timeout_ms);
 int app_wait(app_proc *p, int timeout_ms);
 void app_kill(app_proc *p, int sig);
 
+/* libfabric's shm provider names its shared-memory region after the process id
+ * (/dev/shm/<pid>:...) and only a clean shutdown removes it. A process that crashed
+ * leaves it behind, and a later process that gets the same pid then fails in fi_enable
+ * with EBUSY. Call this for a child that died abnormally while it is still a zombie
+ * (not yet reaped: then no other process can hold its pid). app_wait does it. */
+void app_shm_cleanup_dead(pid_t pid);
+/* Blocks until the child has exited, without reaping it (0, or -ETIMEDOUT). */
+int app_wait_exited(pid_t pid, int timeout_ms);
+
 /* Child side: line from stdin (0, -ETIMEDOUT, -EPIPE at EOF), reply line to stdout. */
 int app_read_line(char *line, size_t cap, int timeout_ms);
 void app_reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

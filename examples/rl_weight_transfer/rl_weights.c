@@ -536,15 +536,28 @@ int rl_run(const rl_opts *o, rl_result *res)
             app_send(&tr[t], "go %u%s", s, die_now && (int)t == o->die_trainer ? " die" : "");
         /* trainers report their local completion; a dead one closes its pipe */
         int tmo = o->step_timeout_ms + 5000;
+        int died = -1, failed = -1, n_failed = 0;
+        char why[200] = "";
         for (uint32_t t = 0; t < T; t++) {
             r = app_recv(&tr[t], line, sizeof line, tmo);
             if (!r && !strncmp(line, "done", 4)) continue;
-            if (!res->status) {
-                if (r == -EPIPE) fail(res, -ECONNRESET, "trainer %u died during update %u", t, s);
-                else fail(res, r ? r : -EIO, "trainer %u: update %u: %s", t, s, r ? te_strerror(r) : line);
-                res->fail_detect_ms = (double)(app_now_us() - t_go) / 1e3;
+            if (died < 0 && failed < 0) res->fail_detect_ms = (double)(app_now_us() - t_go) / 1e3;
+            n_failed++;
+            if (r == -EPIPE && died < 0) {
+                died = (int)t;
+            } else if (failed < 0) {
+                failed = (int)t;
+                snprintf(why, sizeof why, "%.150s", r ? te_strerror(r) : line);
             }
         }
+        /* A dead trainer is the root cause; the others may fail because of it (their
+         * receivers' endpoints saw a peer vanish mid-write). */
+        if (died >= 0)
+            fail(res, -ECONNRESET, "trainer %d died during update %u (%d trainer(s) failed)", died,
+                 s, n_failed);
+        else if (failed >= 0)
+            fail(res, -EIO, "trainer %d: update %u: %s (%d trainer(s) failed)", failed, s, why,
+                 n_failed);
         /* inference side: barrier arrival, then per-parameter checksums */
         uint64_t last = 0;
         for (uint32_t m = 0; m < M; m++) {

@@ -225,6 +225,8 @@ static void test_dead_prefiller_times_out(void **state)
     assert_int_equal(kv_decoder_quarantined(f.d), 8);
     /* quarantined pages are not handed out again */
     assert_int_equal(kv_decoder_run(f.d, &f.addr, f.nics, pages, 8, 4, 100, 100, &res), -EBUSY);
+    /* The killed prefiller cannot remove its shm region; do it while it is a zombie. */
+    if (app_wait_exited(f.pf.pid, TMO) == 0) app_shm_cleanup_dead(f.pf.pid);
     th_wait(&f.pf, TMO);
     stop(&f, true);
     (void)state;
