@@ -193,6 +193,7 @@ int app_wait(app_proc *p, int timeout_ms)
         }
         if (app_now_us() >= deadline) {
             kill(p->pid, SIGKILL);
+            if (app_wait_exited(p->pid, 5000) == 0) app_shm_cleanup_dead(p->pid);
             waitpid(p->pid, &st, 0);
             ret = -ETIMEDOUT;
             break;

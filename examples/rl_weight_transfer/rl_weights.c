@@ -241,6 +241,10 @@ static int trainer_main(const rl_opts *o, const rl_layout *l, uint32_t me)
     if (!r) r = te_counter_create(&done);
     if (r) {
         app_reply("error %s", te_last_error());
+        te_engine_destroy(e);
+        te_counter_destroy(done);
+        free(buf);
+        free(dsts);
         return 1;
     }
     app_reply("ready %u", te_group_nics(e, 0));
@@ -344,6 +348,9 @@ static int inference_main(const rl_opts *o, const rl_layout *l, uint32_t me)
     if (!r) r = app_desc_to_hex(&d, hex, sizeof hex);
     if (r) {
         app_reply("error %s", te_last_error());
+        te_engine_destroy(e);
+        free(buf);
+        free(want);
         return 1;
     }
     app_reply("ready %s", hex);
@@ -437,6 +444,24 @@ static int spawn_child(app_proc *p, const char *role, uint32_t idx, const char *
     return app_spawn_self(p, args);
 }
 
+/* Starts a child and reads its "ready" line. A child that reports an error at startup
+ * is started again (at most 3 times, each with a new pid): libfabric shm fails in
+ * fi_enable with EBUSY when a crashed process with the same pid left its region behind. */
+static int start_child(app_proc *p, const char *role, uint32_t idx, const char *optstr,
+                       char *line, size_t cap)
+{
+    int r = 0;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        r = spawn_child(p, role, idx, optstr);
+        if (!r) r = app_recv(p, line, cap, CTL_TMO);
+        if (!r && !strncmp(line, "ready", 5)) return 0;
+        if (p->pid > 0) app_wait(p, 5000);
+        if (r || strncmp(line, "error", 5)) break; /* only startup errors are retried */
+        fprintf(stderr, "rl: %s %u failed to start (%s), starting it again\n", role, idx, line);
+    }
+    return r ? r : -EPROTO;
+}
+
 static int fail(rl_result *res, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(rl_result *res, int status, const char *fmt, ...)
 {
@@ -471,8 +496,7 @@ int rl_run(const rl_opts *o, rl_result *res)
 
     /* 1. processes come up and publish their metadata */
     for (uint32_t m = 0; m < M && !res->status; m++) {
-        r = spawn_child(&inf[m], "inference", m, optstr);
-        if (!r) r = app_recv(&inf[m], line, sizeof line, CTL_TMO);
+        r = start_child(&inf[m], "inference", m, optstr, line, sizeof line);
         dhex[m] = calloc(1, 2 * TE_MR_DESC_ENCODED_MAX + 1);
         if (r || sscanf(line, "ready %1000s", dhex[m]) != 1 || app_desc_from_hex(dhex[m], &descs[m]))
             fail(res, r ? r : -EPROTO, "inference %u did not start: %s", m, r ? te_strerror(r) : line);
@@ -480,8 +504,7 @@ int rl_run(const rl_opts *o, rl_result *res)
     uint32_t *nics = calloc(T, 4);
     uint64_t *data_imms = calloc(M, 8);
     for (uint32_t t = 0; t < T && !res->status; t++) {
-        r = spawn_child(&tr[t], "trainer", t, optstr);
-        if (!r) r = app_recv(&tr[t], line, sizeof line, CTL_TMO);
+        r = start_child(&tr[t], "trainer", t, optstr, line, sizeof line);
         if (r || sscanf(line, "ready %u", &nics[t]) != 1)
             fail(res, r ? r : -EPROTO, "trainer %u did not start: %s", t, r ? te_strerror(r) : line);
     }
@@ -589,13 +612,22 @@ int rl_run(const rl_opts *o, rl_result *res)
         res->gbps_best = (double)l.total / (res->update_ms_best * 1e6);
     }
     /* 5. shut down */
+    /* One shared deadline: after a failure a child may hang in its provider's teardown
+     * (seen with shm); it is killed then, so the whole run stays bounded. */
+    for (uint32_t i = 0; i < M + T; i++) {
+        app_proc *p = i < M ? &inf[i] : &tr[i - M];
+        if (p->pid > 0) app_send(p, "quit");
+    }
+    uint64_t quit_deadline = app_now_us() + (res->status ? 3000000u : 10000000u);
     for (uint32_t i = 0; i < M + T; i++) {
         app_proc *p = i < M ? &inf[i] : &tr[i - M];
         if (p->pid <= 0) continue;
-        app_send(p, "quit");
-        int st = app_wait(p, 10000);
+        uint64_t now = app_now_us();
+        int left = now < quit_deadline ? (int)((quit_deadline - now) / 1000u) : 0;
+        int st = app_wait(p, left > 100 ? left : 100);
+        if (st == -ETIMEDOUT) res->children_killed++;
         bool expected_death = i >= M && (int)(i - M) == o->die_trainer && st == 3;
-        if (st != 0 && !expected_death) res->child_failures++;
+        if (st != 0 && st != -ETIMEDOUT && !expected_death) res->child_failures++;
     }
     for (uint32_t m = 0; m < M; m++) free(dhex[m]);
     free(dhex);

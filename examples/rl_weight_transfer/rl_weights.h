@@ -79,6 +79,7 @@ typedef struct rl_result {
     double fail_detect_ms;       /* go -> error reported, when an update failed */
     uint32_t child_failures;     /* processes that exited abnormally (the crash of
                                     die_trainer excepted) */
+    uint32_t children_killed;    /* processes that did not quit in time at shutdown */
 } rl_result;
 
 /* Controller: spawns the processes (this executable with "--rl-child ..."), runs the

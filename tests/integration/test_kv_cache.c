@@ -75,8 +75,15 @@ static void start(fx *f, uint32_t layers, uint32_t pages, uint64_t page_len, uin
     char arg[128], line[1024], hex[TE_ADDR_TEXT_MAX];
     snprintf(arg, sizeof arg, "%u %u %" PRIu64 " %" PRIu64 " %u", layers, pages, page_len, ctx,
              compute_us);
-    assert_int_equal(th_spawn(&f->pf, "prefiller", arg), 0);
-    assert_int_equal(th_recv(&f->pf, line, sizeof line, TMO), 0);
+    /* A startup error is retried with a new process (new pid): libfabric shm fails in
+     * fi_enable with EBUSY when a crashed process with the same pid left its region. */
+    for (int attempt = 0;; attempt++) {
+        assert_int_equal(th_spawn(&f->pf, "prefiller", arg), 0);
+        assert_int_equal(th_recv(&f->pf, line, sizeof line, TMO), 0);
+        if (strncmp(line, "error", 5) || attempt == 2) break;
+        print_message("prefiller failed to start (%s), starting it again\n", line);
+        th_wait(&f->pf, TMO);
+    }
     if (sscanf(line, "ready %511s %u", hex, &f->nics) != 2) fail_msg("prefiller: %s", line);
     assert_int_equal(te_addr_parse(hex, &f->addr), 0);
     f->shape = (kv_shape){.layers = layers, .pages = pages, .page_len = page_len, .ctx_len = ctx};

@@ -91,6 +91,7 @@ static void test_updates_arrive_intact(void **state)
     if (rc) fail_msg("rl_run: %s", r.error);
     assert_int_equal(r.steps_ok, o.steps);
     assert_int_equal(r.child_failures, 0);
+    assert_int_equal(r.children_killed, 0);
     assert_true(r.tasks > 0);
     assert_true(r.trainer_bytes_max - r.trainer_bytes_min <= o.chunk_max);
     print_message("%u updates of %.1f MiB: best %.2f ms (%.2f GB/s)\n", r.steps_ok,
@@ -128,8 +129,9 @@ static void test_dead_trainer_is_reported(void **state)
     uint64_t el = app_now_us() - t0;
     assert_int_not_equal(rc, 0);
     assert_int_equal(r.steps_ok, 1);
-    print_message("reported: %s (after %.0f ms); inference timeouts %u\n", r.error, r.fail_detect_ms,
-                  r.inference_timeouts);
+    print_message("reported: %s (after %.0f ms); inference timeouts %u; killed at shutdown %u; "
+                  "total %.1f s\n", r.error, r.fail_detect_ms, r.inference_timeouts,
+                  r.children_killed, (double)el / 1e6);
     assert_non_null(strstr(r.error, "trainer 2"));
     assert_int_equal(r.inference_timeouts, o.inference); /* the receivers noticed too */
     assert_true(r.fail_detect_ms < 10000.0);
