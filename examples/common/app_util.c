@@ -222,13 +222,16 @@ int app_wait_exited(pid_t pid, int timeout_ms)
 
 void app_shm_cleanup_dead(pid_t pid)
 {
-    char prefix[32];
+    /* The engine names its shm endpoints tendril-<pid>-<random>-<n>; raw libfabric
+     * endpoints keep shm's default <pid>:... */
+    char prefix[32], named[48];
     int n = snprintf(prefix, sizeof prefix, "%d:", (int)pid);
+    int m = snprintf(named, sizeof named, "tendril-%d-", (int)pid);
     DIR *d = opendir("/dev/shm");
     if (!d) return;
     struct dirent *de;
     while ((de = readdir(d)))
-        if (!strncmp(de->d_name, prefix, (size_t)n)) {
+        if (!strncmp(de->d_name, prefix, (size_t)n) || !strncmp(de->d_name, named, (size_t)m)) {
             char path[300];
             snprintf(path, sizeof path, "/dev/shm/%.250s", de->d_name);
             unlink(path);

@@ -29,8 +29,9 @@ int app_recv(app_proc *p, char *line, size_t cap, int timeout_ms);
 int app_wait(app_proc *p, int timeout_ms);
 void app_kill(app_proc *p, int sig);
 
-/* libfabric's shm provider names its shared-memory region after the process id
- * (/dev/shm/<pid>:...) and only a clean shutdown removes it. A process that crashed
+/* libfabric's shm provider keeps a shared-memory region per endpoint (the engine names
+ * it /dev/shm/tendril-<pid>-..., shm's default is /dev/shm/<pid>:...) and only a clean
+ * shutdown removes it. A process that crashed
  * leaves it behind, and a later process that gets the same pid then fails in fi_enable
  * with EBUSY. Call this for a child that died abnormally while it is still a zombie
  * (not yet reaped: then no other process can hold its pid). app_wait does it. */

@@ -198,7 +198,9 @@ uint64_t te_counter_errors(const te_counter *c); /* of which failed */
 int te_counter_wait(te_counter *c, uint64_t target, int timeout_ms);
 
 /* How an operation reports completion: fn, counter, both, or neither (fire and forget;
- * errors are then only logged and counted in te_nic_stats). */
+ * errors are then only logged and counted in te_nic_stats). With both, the counter is
+ * bumped by the worker *before* fn runs on the callback thread: a thread that waits on
+ * the counter must not assume fn has already run. */
 typedef struct te_completion {
     te_done_fn fn;
     void *arg;

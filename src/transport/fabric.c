@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <rdma/fabric.h>
@@ -181,6 +183,22 @@ static void set_ep_options(tp_nic *n)
 #endif
 }
 
+/* shm names its shared-memory region after the process id unless told otherwise, and a
+ * crashed process leaves its region behind: a later process that gets the same pid then
+ * fails to open its endpoint (EBUSY). A name of pid, 64 random bits and a counter cannot
+ * collide with such leftovers. */
+static int name_shm_endpoint(tp_nic *n)
+{
+    if (strcmp(n->nfo.provider, "shm")) return 0;
+    static _Atomic uint32_t seq;
+    uint64_t rnd = 0;
+    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) rnd = (uint64_t)(uintptr_t)n ^ (uint64_t)time(NULL);
+    char name[96];
+    int len = snprintf(name, sizeof name, "tendril-%d-%016llx-%u", (int)getpid(),
+                       (unsigned long long)rnd, atomic_fetch_add(&seq, 1));
+    return fi_setname(&n->ep->fid, name, (size_t)len + 1);
+}
+
 static int fab_open(const tp_open_args *a, tp_nic **out)
 {
     tp_nic *n = calloc(1, sizeof *n);
@@ -266,6 +284,7 @@ static int fab_open(const tp_open_args *a, tp_nic **out)
     if ((ret = fi_ep_bind(n->ep, &n->cq->fid, FI_TRANSMIT | FI_RECV))) goto fail_bind;
     if ((ret = fi_ep_bind(n->ep, &n->av->fid, 0))) goto fail_bind;
     set_ep_options(n);
+    if ((ret = name_shm_endpoint(n))) goto fail_name;
     if ((ret = fi_enable(n->ep))) goto fail_enable;
     size_t alen = sizeof n->addr.bytes;
     if ((ret = fi_getname(&n->ep->fid, n->addr.bytes, &alen))) goto fail_name;

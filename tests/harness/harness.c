@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -136,6 +137,18 @@ int th_ask(th_proc *p, char *reply, size_t cap, int timeout_ms, const char *fmt,
     return th_recv(p, reply, cap, timeout_ms);
 }
 
+/* A child that died by a signal cannot close its libfabric shm endpoint, whose region
+ * then stays in /dev/shm; the engine names them tendril-<pid>-... (src/transport/fabric.c). */
+static void remove_shm_leftovers(pid_t pid)
+{
+    char pattern[64];
+    snprintf(pattern, sizeof pattern, "/dev/shm/tendril-%d-*", (int)pid);
+    glob_t g;
+    if (glob(pattern, 0, NULL, &g) == 0)
+        for (size_t k = 0; k < g.gl_pathc; k++) unlink(g.gl_pathv[k]);
+    globfree(&g);
+}
+
 int th_wait(th_proc *p, int timeout_ms)
 {
     if (p->pid <= 0) return -ECHILD;
@@ -150,6 +163,7 @@ int th_wait(th_proc *p, int timeout_ms)
             kill(p->pid, SIGKILL);
             waitpid(p->pid, &st, 0);
             close(p->from_child);
+            remove_shm_leftovers(p->pid);
             p->pid = 0;
             return -ETIMEDOUT;
         }
@@ -157,6 +171,7 @@ int th_wait(th_proc *p, int timeout_ms)
         nanosleep(&ts, NULL);
     }
     close(p->from_child);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) remove_shm_leftovers(p->pid);
     p->pid = 0;
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }

@@ -150,3 +150,16 @@ class Peer:
             if self.proc.is_alive():
                 self.proc.kill()
                 self.proc.join(10)
+            self.remove_shm_leftovers()
+
+    def remove_shm_leftovers(self) -> None:
+        """A peer killed by a signal cannot close its shm endpoint; its region (named
+        tendril-<pid>-... by the engine) would stay in /dev/shm."""
+        if self.proc.exitcode not in (None, 0):
+            import glob
+
+            for path in glob.glob(f"/dev/shm/tendril-{self.proc.pid}-*"):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass

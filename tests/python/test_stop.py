@@ -95,6 +95,7 @@ def test_peer_death_fails_operations(prov):
     desc = p.desc
     p.proc.kill()
     p.proc.join(10)
+    p.remove_shm_leftovers()
     e = make_engine(op_timeout_ms=2000)
     hs, _ = e.register_memory(np.ones(4096, dtype=np.uint8), remote=False)
     rec = Recorder()
