@@ -211,3 +211,23 @@ int th_peer_start(th_proc *p, const char *arg, te_addr *addr, te_mr_desc *desc, 
     if (r && why) snprintf(why, why_cap, "peer failed to start (%d): %s", r, r == -EPROTO ? line : "");
     return r;
 }
+
+int th_peer_expect_imms(th_proc *p, uint32_t imm, uint64_t n, int timeout_ms, int settle_ms,
+                        char *why, size_t why_cap)
+{
+    char reply[256];
+    int r = th_ask(p, reply, sizeof reply, timeout_ms + 5000, "wait %u %" PRIu64 " %d", imm, n,
+                   timeout_ms);
+    if (r || strncmp(reply, "ok", 2)) {
+        snprintf(why, why_cap, "waiting for %" PRIu64 " immediates %u: %s", n, imm, r ? "no answer" : reply);
+        return -1;
+    }
+    usleep((useconds_t)settle_ms * 1000); /* a surplus immediate would show up now */
+    r = th_ask(p, reply, sizeof reply, timeout_ms, "value %u", imm);
+    if (r || strcmp(reply, "value 0")) {
+        snprintf(why, why_cap, "immediates %u: %s after the expected %" PRIu64 " (surplus)", imm,
+                 r ? "no answer" : reply, n);
+        return -1;
+    }
+    return 0;
+}

@@ -24,4 +24,9 @@ int th_peer_main(const char *arg);
  * line. 0, or a negative errno with the peer's complaint in `why` (if not NULL). */
 int th_peer_start(th_proc *p, const char *arg, te_addr *addr, te_mr_desc *desc, int timeout_ms,
                   char *why, size_t why_cap);
+/* Parent side: waits until the peer has counted exactly n immediates of `imm` (a counter
+ * created with "counter IMM"), consumes them, then checks that no surplus arrives within
+ * `settle_ms`. 0, or -1 with the reason in `why`. */
+int th_peer_expect_imms(th_proc *p, uint32_t imm, uint64_t n, int timeout_ms, int settle_ms,
+                        char *why, size_t why_cap);
 #endif

@@ -114,15 +114,11 @@ static void wait_done(fx *f, uint64_t target)
     assert_int_equal(te_counter_errors(f->done), 0);
 }
 
-/* Waits for exactly n immediates of imm at the peer, then checks none is left over. */
+/* Exactly n immediates of imm at the peer, none left over. */
 static void peer_wait_imms(peer *p, uint32_t imm, uint64_t n)
 {
-    char reply[128];
-    ask(p, reply, sizeof reply, "wait %u %" PRIu64 " %d", imm, n, TMO);
-    if (strncmp(reply, "ok", 2)) fail_msg("waiting for %" PRIu64 " imms %u: %s", n, imm, reply);
-    usleep(20000); /* a surplus immediate would show up now */
-    ask(p, reply, sizeof reply, "value %u", imm);
-    assert_string_equal(reply, "value 0");
+    char why[512];
+    if (th_peer_expect_imms(&p->proc, imm, n, TMO, 20, why, sizeof why)) fail_msg("%s", why);
 }
 
 static void test_single_writes(void **state)

@@ -173,12 +173,8 @@ static void wait_done(fx *f, uint64_t target)
 /* Exactly n immediates of imm at the peer, none left over. */
 static void peer_wait_imms(peer *p, uint32_t imm, uint64_t n)
 {
-    char reply[128];
-    ask(p, reply, sizeof reply, "wait %u %" PRIu64 " %d", imm, n, TMO);
-    if (strncmp(reply, "ok", 2)) fail_msg("waiting for %" PRIu64 " imms %u: %s", n, imm, reply);
-    usleep(30000); /* a surplus immediate would show up now */
-    ask(p, reply, sizeof reply, "value %u", imm);
-    assert_string_equal(reply, "value 0");
+    char why[512];
+    if (th_peer_expect_imms(&p->proc, imm, n, TMO, 30, why, sizeof why)) fail_msg("%s", why);
 }
 
 static void expect_ok(peer *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
