@@ -29,6 +29,7 @@
 #define PING 0x50494e47u
 #define PONG 0x504f4e47u
 #define MSG 4096
+#define MAX_REPS 15
 
 typedef struct opts {
     const char *provider;
@@ -37,7 +38,54 @@ typedef struct opts {
     bool quick, verify;
     const char *json;
     int modes; /* bit 0 engine, bit 1 raw */
+    int reps;  /* throughput rows: engine and raw runs, alternated, median of each */
+    const char *only; /* run only these workloads: comma list of single, paged, latency */
+    uint64_t sizes[16]; /* --sizes: only rows of these sizes (single) or page sizes (paged) */
+    int n_sizes;
 } opts;
+
+static bool size_selected(const opts *o, uint64_t size)
+{
+    if (!o->n_sizes) return true;
+    for (int k = 0; k < o->n_sizes; k++)
+        if (o->sizes[k] == size) return true;
+    return false;
+}
+
+/* "4K,64K,1M" -> bytes; returns the count, or -1 on a malformed list. */
+static int parse_sizes(const char *arg, uint64_t *out, int cap)
+{
+    int n = 0;
+    const char *p = arg;
+    while (*p) {
+        char *end;
+        unsigned long long v = strtoull(p, &end, 10);
+        if (end == p || n == cap) return -1;
+        if (*end == 'K' || *end == 'k') v <<= 10, end++;
+        else if (*end == 'M' || *end == 'm') v <<= 20, end++;
+        if (*end == ',') end++;
+        else if (*end) return -1;
+        if (v == 0) return -1;
+        out[n++] = v;
+        p = end;
+    }
+    return n;
+}
+
+/* --only: is `what` selected (all are when the list is empty)? */
+static bool selected(const opts *o, const char *what)
+{
+    if (!o->only || !*o->only) return true;
+    size_t n = strlen(what);
+    for (const char *p = o->only; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == n && !strncmp(p, what, n)) return true;
+        if (!end) break;
+        p = end + 1;
+    }
+    return false;
+}
 
 static double now_s(void)
 {
@@ -491,6 +539,19 @@ static void size_str(uint64_t b, char *out)
     else sprintf(out, "%" PRIu64 " B", b);
 }
 
+static int cmp_secs(const void *a, const void *b)
+{
+    double x = ((const result *)a)->secs, y = ((const result *)b)->secs;
+    return x < y ? -1 : x > y;
+}
+
+/* The median run of n (all move the same bytes, so the median time is the median rate). */
+static result median_run(result *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_secs);
+    return v[n / 2];
+}
+
 static void print_row(const char *kind, uint64_t size, uint64_t pages, const result *e, const result *r,
                       int modes)
 {
@@ -597,12 +658,14 @@ static int run_client(const char *token, const opts *o)
         perror(o->json);
         return 1;
     }
-    if (C.json) fprintf(C.json, "{\"provider\":\"%s\",\"nics\":%u,\"rows\":[", te_provider_name(C.e),
-                        te_group_nics(C.e, 0));
+    if (C.json) fprintf(C.json, "{\"provider\":\"%s\",\"nics\":%u,\"reps\":%d,\"rows\":[",
+                        te_provider_name(C.e), te_group_nics(C.e, 0), o->reps);
 
     int modes = o->modes;
-    printf("\nfabric-debug: provider %s, %u NIC(s) per group (%s), engine vs raw provider\n",
+    printf("\nfabric-debug: provider %s, %u NIC(s) per group (%s), engine vs raw provider",
            te_provider_name(C.e), te_group_nics(C.e, 0), te_nic_name(C.e, 0, 0));
+    if (o->reps > 1) printf(", median of %d alternated runs per row", o->reps);
+    printf("\n");
     printf("%-7s %9s %6s | %8s %8s %6s | %8s %8s %6s\n", "op", "size", "pages", "eng GB/s", "raw GB/s",
            "ratio", "eng Mops", "raw Mops", "ratio");
     printf("-------------------------------------------------------------------------------\n");
@@ -612,20 +675,32 @@ static int run_client(const char *token, const opts *o)
     const uint64_t *sizes = o->quick ? sizes_quick : sizes_full;
     size_t n_sizes = o->quick ? 4 : 9;
     uint64_t budget = o->quick ? (256ull << 20) : (1024ull << 20);
-    for (size_t s = 0; s < n_sizes; s++) {
+    for (size_t s = 0; s < n_sizes && selected(o, "single"); s++) {
         uint64_t size = sizes[s];
+        if (!size_selected(o, size)) continue;
         uint64_t count = budget / size;
         if (count < 16) count = 16;
         if (count > (o->quick ? 20000u : 100000u)) count = o->quick ? 20000 : 100000;
         uint64_t window = (64ull << 20) / size;
         window = window < 2 ? 2 : window > 64 ? 64 : window;
-        result e = {0}, rr = {0};
+        result es[MAX_REPS] = {{0}}, rs[MAX_REPS] = {{0}};
         uint64_t nb[TE_MAX_NICS] = {0};
         nic_bytes(nb);
-        if (modes & 1) set_mode(&srv, "engine"), e = engine_single(size, count, window);
-        if (modes & 2) set_mode(&srv, "raw"), rr = raw_single(size, count, window);
+        double e_secs = 0;
+        /* Alternate which side goes first, so slow drift of the machine favours neither. */
+        for (int k = 0; k < o->reps; k++)
+            for (int half = 0; half < 2; half++) {
+                bool eng = (half == 0) == (k % 2 == 0);
+                if (eng && (modes & 1)) {
+                    set_mode(&srv, "engine");
+                    es[k] = engine_single(size, count, window);
+                    e_secs += es[k].secs;
+                }
+                if (!eng && (modes & 2)) set_mode(&srv, "raw"), rs[k] = raw_single(size, count, window);
+            }
+        result e = median_run(es, o->reps), rr = median_run(rs, o->reps);
         print_row("single", size, 1, modes & 1 ? &e : NULL, modes & 2 ? &rr : NULL, modes);
-        if (modes & 1) print_per_nic("single", size, nb, e.secs);
+        if (modes & 1) print_per_nic("single", size, nb, e_secs);
         if (o->verify && (modes & 1)) {
             ask(&srv, reply_buf, sizeof reply_buf, "hash e 0 %" PRIu64, size);
             char want[64];
@@ -638,8 +713,8 @@ static int run_client(const char *token, const opts *o)
     }
     static const uint64_t pg_full[] = {1 << 10, 4 << 10, 16 << 10, 64 << 10};
     static const uint64_t cnt_full[] = {64, 1024};
-    for (size_t s = 0; s < 4; s++)
-        for (size_t c = 0; c < 2; c++) {
+    for (size_t s = 0; s < 4 && selected(o, "paged"); s++)
+        for (size_t c = 0; c < 2 && size_selected(o, pg_full[s]); c++) {
             uint64_t page = pg_full[s], pages = o->quick ? cnt_full[c] / 4 : cnt_full[c];
             uint64_t slots = (REGION - PAGE_OFF - page) / (page + 128);
             uint32_t *idx = make_pages(pages, slots, 0x123);
@@ -650,9 +725,16 @@ static int run_client(const char *token, const opts *o)
             uint64_t count = total_pages / pages;
             if (count < 4) count = 4;
             uint64_t window = 16;
-            result e = {0}, rr = {0};
-            if (modes & 1) set_mode(&srv, "engine"), e = engine_paged(page, pages, count, window, tp);
-            if (modes & 2) set_mode(&srv, "raw"), rr = raw_paged(page, pages, count, window, idx);
+            result es[MAX_REPS] = {{0}}, rs[MAX_REPS] = {{0}};
+            for (int k = 0; k < o->reps; k++)
+                for (int half = 0; half < 2; half++) {
+                    bool eng = (half == 0) == (k % 2 == 0);
+                    if (eng && (modes & 1))
+                        set_mode(&srv, "engine"), es[k] = engine_paged(page, pages, count, window, tp);
+                    if (!eng && (modes & 2))
+                        set_mode(&srv, "raw"), rs[k] = raw_paged(page, pages, count, window, idx);
+                }
+            result e = median_run(es, o->reps), rr = median_run(rs, o->reps);
             print_row("paged", page, pages, modes & 1 ? &e : NULL, modes & 2 ? &rr : NULL, modes);
             if (o->verify && (modes & 1)) {
                 uint64_t off = PAGE_OFF + (page + 128) * idx[0];
@@ -667,30 +749,32 @@ static int run_client(const char *token, const opts *o)
             te_pages_release(tp);
             free(idx);
         }
-    int n = o->quick ? 300 : 2000;
-    double e50 = 0, e99 = 0, e999 = 0, r50 = 0, r99 = 0, r999 = 0;
-    if (modes & 1) set_mode(&srv, "engine"), latency(false, n, &e50, &e99, &e999);
-    if (modes & 2) set_mode(&srv, "raw"), latency(true, n, &r50, &r99, &r999);
-    printf("\nimm round trip (%d samples), us:   p50      p99    p99.9\n", n);
-    if (modes & 1) printf("  engine                        %8.1f %8.1f %8.1f\n", e50, e99, e999);
-    if (modes & 2) printf("  raw provider                  %8.1f %8.1f %8.1f\n", r50, r99, r999);
-    json_row("{\"workload\":\"imm_rtt_us\",\"engine_p50\":%.2f,\"engine_p99\":%.2f,\"engine_p999\":%.2f,"
-             "\"raw_p50\":%.2f,\"raw_p99\":%.2f,\"raw_p999\":%.2f}", e50, e99, e999, r50, r99, r999);
+    if (selected(o, "latency")) {
+        int n = o->quick ? 300 : 2000;
+        double e50 = 0, e99 = 0, e999 = 0, r50 = 0, r99 = 0, r999 = 0;
+        if (modes & 1) set_mode(&srv, "engine"), latency(false, n, &e50, &e99, &e999);
+        if (modes & 2) set_mode(&srv, "raw"), latency(true, n, &r50, &r99, &r999);
+        printf("\nimm round trip (%d samples), us:   p50      p99    p99.9\n", n);
+        if (modes & 1) printf("  engine                        %8.1f %8.1f %8.1f\n", e50, e99, e999);
+        if (modes & 2) printf("  raw provider                  %8.1f %8.1f %8.1f\n", r50, r99, r999);
+        json_row("{\"workload\":\"imm_rtt_us\",\"engine_p50\":%.2f,\"engine_p99\":%.2f,\"engine_p999\":%.2f,"
+                 "\"raw_p50\":%.2f,\"raw_p99\":%.2f,\"raw_p999\":%.2f}", e50, e99, e999, r50, r99, r999);
 
-    static const uint64_t lat_sizes[] = {4 << 10, 64 << 10, 1 << 20};
-    int ln = o->quick ? 200 : 1000;
-    printf("\nsingle write, one in flight (%d samples), us:\n"
-           "  size           engine p50   p99  p99.9 |    raw p50   p99  p99.9\n", ln);
-    for (size_t k = 0; k < sizeof lat_sizes / sizeof *lat_sizes; k++) {
-        char sz[32];
-        size_str(lat_sizes[k], sz);
-        e50 = e99 = e999 = r50 = r99 = r999 = 0;
-        if (modes & 1) set_mode(&srv, "engine"), write_latency(false, lat_sizes[k], ln, &e50, &e99, &e999);
-        if (modes & 2) set_mode(&srv, "raw"), write_latency(true, lat_sizes[k], ln, &r50, &r99, &r999);
-        printf("  %-9s      %8.1f %6.1f %6.1f | %8.1f %6.1f %6.1f\n", sz, e50, e99, e999, r50, r99, r999);
-        json_row("{\"workload\":\"write_latency_us\",\"bytes\":%" PRIu64 ",\"engine_p50\":%.2f,"
-                 "\"engine_p99\":%.2f,\"engine_p999\":%.2f,\"raw_p50\":%.2f,\"raw_p99\":%.2f,"
-                 "\"raw_p999\":%.2f}", lat_sizes[k], e50, e99, e999, r50, r99, r999);
+        static const uint64_t lat_sizes[] = {4 << 10, 64 << 10, 1 << 20};
+        int ln = o->quick ? 200 : 1000;
+        printf("\nsingle write, one in flight (%d samples), us:\n"
+               "  size           engine p50   p99  p99.9 |    raw p50   p99  p99.9\n", ln);
+        for (size_t k = 0; k < sizeof lat_sizes / sizeof *lat_sizes; k++) {
+            char sz[32];
+            size_str(lat_sizes[k], sz);
+            e50 = e99 = e999 = r50 = r99 = r999 = 0;
+            if (modes & 1) set_mode(&srv, "engine"), write_latency(false, lat_sizes[k], ln, &e50, &e99, &e999);
+            if (modes & 2) set_mode(&srv, "raw"), write_latency(true, lat_sizes[k], ln, &r50, &r99, &r999);
+            printf("  %-9s      %8.1f %6.1f %6.1f | %8.1f %6.1f %6.1f\n", sz, e50, e99, e999, r50, r99, r999);
+            json_row("{\"workload\":\"write_latency_us\",\"bytes\":%" PRIu64 ",\"engine_p50\":%.2f,"
+                     "\"engine_p99\":%.2f,\"engine_p999\":%.2f,\"raw_p50\":%.2f,\"raw_p99\":%.2f,"
+                     "\"raw_p999\":%.2f}", lat_sizes[k], e50, e99, e999, r50, r99, r999);
+        }
     }
 
     printf("\nper-NIC statistics (engine, this process):\n  NIC  name          writes      bytes  errors\n");
@@ -775,6 +859,10 @@ static void usage(void)
          "  --quick          fewer sizes and iterations (about a minute)\n"
          "  --verify         check the written bytes through the server\n"
          "  --json FILE      also write the results as JSON\n"
+         "  --reps N         throughput rows: N engine and N raw runs, alternated, median of\n"
+         "                   each (default 1; 5 or more on a noisy machine)\n"
+         "  --only LIST      only these workloads: single, paged, latency (comma list)\n"
+         "  --sizes LIST     only these write sizes / page sizes, e.g. 64K,1M\n"
          "environment: TENDRIL_PROVIDER, TENDRIL_NICS, TENDRIL_LOG (see te.h)");
 }
 
@@ -785,7 +873,7 @@ int main(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     signal(SIGPIPE, SIG_IGN);
-    opts o = {.provider = "auto", .nics = 1, .modes = 3};
+    opts o = {.provider = "auto", .nics = 1, .modes = 3, .reps = 1};
     const char *cmd = argv[1];
     const char *token = NULL;
     int first = 2;
@@ -799,7 +887,8 @@ int main(int argc, char **argv)
     }
     static struct option lo[] = {{"provider", 1, 0, 'p'}, {"nics", 1, 0, 'n'}, {"nic-names", 1, 0, 'N'},
                                  {"mode", 1, 0, 'm'},     {"quick", 0, 0, 'q'}, {"verify", 0, 0, 'v'},
-                                 {"json", 1, 0, 'j'},     {0, 0, 0, 0}};
+                                 {"json", 1, 0, 'j'},     {"reps", 1, 0, 'r'},    {"only", 1, 0, 'o'},
+                                 {"sizes", 1, 0, 's'},    {0, 0, 0, 0}};
     optind = first;
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -811,6 +900,26 @@ int main(int argc, char **argv)
         case 'q': o.quick = true; break;
         case 'v': o.verify = true; break;
         case 'j': o.json = optarg; break;
+        case 'r':
+            o.reps = atoi(optarg);
+            if (o.reps < 1 || o.reps > MAX_REPS) {
+                fprintf(stderr, "fabric-debug: --reps must be 1..%d\n", MAX_REPS);
+                return 2;
+            }
+            break;
+        case 'o':
+            o.only = optarg;
+            if (!selected(&o, "single") && !selected(&o, "paged") && !selected(&o, "latency")) {
+                fprintf(stderr, "fabric-debug: --only takes a comma list of single, paged, latency\n");
+                return 2;
+            }
+            break;
+        case 's':
+            if ((o.n_sizes = parse_sizes(optarg, o.sizes, 16)) <= 0) {
+                fprintf(stderr, "fabric-debug: --sizes takes a comma list such as 4K,64K,1M\n");
+                return 2;
+            }
+            break;
         default: usage(); return 2;
         }
     }
