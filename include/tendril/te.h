@@ -176,7 +176,7 @@ typedef struct te_nic_stats {
     uint64_t write_ops, write_bytes;   /* RMA writes completed by this NIC */
     uint64_t send_ops, send_bytes;
     uint64_t recv_ops, recv_bytes;
-    uint64_t imms_received;
+    uint64_t imms_received;            /* bumped after the immediate was counted/matched */
     uint64_t errors;                   /* failed work requests */
 } te_nic_stats;
 int te_nic_stats_get(const te_engine *e, uint32_t group, uint32_t nic, te_nic_stats *out);

@@ -109,8 +109,9 @@ static bool on_cb_thread(const eng_state *st) { return tl_in_callback == st; }
  * sys.unraisablehook and counted in engine.callback_errors; the engine carries on. */
 static void report_cb_error(eng_state *st, PyObject *where)
 {
-    st->callback_errors++;
+    /* Count after the hook ran: a reader that sees the count also sees the report. */
     PyErr_WriteUnraisable(where);
+    st->callback_errors++;
 }
 
 static void call_cb(eng_state *st, PyObject *fn, PyObject *arg)

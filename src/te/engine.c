@@ -411,7 +411,7 @@ int te_nic_stats_get(const te_engine *e, uint32_t group, uint32_t nic, te_nic_st
     out->send_bytes = LD(st_send_bytes);
     out->recv_ops = LD(st_recv_ops);
     out->recv_bytes = LD(st_recv_bytes);
-    out->imms_received = LD(st_imms);
+    out->imms_received = atomic_load_explicit(&n->st_imms, memory_order_acquire);
     out->errors = LD(st_errors);
 #undef LD
     return 0;

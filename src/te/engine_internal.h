@@ -87,6 +87,10 @@ typedef struct te_peer_cache_entry {
 #define STAT_ADD(field, v)                                                                     \
     atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (v), \
                           memory_order_relaxed)
+/* Same, publishing what the worker did before it (read with acquire). */
+#define STAT_ADD_RELEASE(field, v)                                                             \
+    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (v), \
+                          memory_order_release)
 
 typedef struct te_nic_state {
     const tp_ops *ops;

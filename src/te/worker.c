@@ -218,8 +218,9 @@ static bool nic_poll(te_group *g, te_nic_state *n)
                 TE_LOGW("NIC %s: incoming write failed: %s", n->info.name, x->msg);
                 continue;
             }
-            STAT_ADD(n->st_imms, 1);
             imm_arrived(g->e, x->imm);
+            /* After: a reader that sees the count knows the immediate has been handled. */
+            STAT_ADD_RELEASE(n->st_imms, 1);
             continue;
         }
         uintptr_t c = (uintptr_t)x->ctx;

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "harness.h"
 #include "peer.h"
 
@@ -168,15 +169,24 @@ int th_peer_main(const char *arg)
                 continue;
             }
             te_addr dst;
-            uint8_t *buf = malloc(x ? x : 1);
-            th_fill(buf, x, z, 0);
-            _Atomic int done = 0;
-            te_completion comp = {.fn = on_send_done, .arg = (void *)&done};
+            /* On the heap: if the wait gives up, the send may still complete into it, so
+             * it is then left allocated rather than freed under the engine. */
+            struct {
+                _Atomic int done;
+                uint8_t buf[];
+            } *sw = calloc(1, sizeof *sw + (x ? x : 1));
+            if (!sw) {
+                th_child_reply("err %d", -ENOMEM);
+                continue;
+            }
+            th_fill(sw->buf, x, z, 0);
+            te_completion comp = {.fn = on_send_done, .arg = (void *)&sw->done};
             r = te_addr_parse(to, &dst);
-            if (!r) r = te_send(P.e, &dst, buf, x, &comp);
-            for (int k = 0; !r && !atomic_load(&done) && k < 10000; k++) usleep(1000);
-            free(buf);
-            int fin = atomic_load(&done);
+            if (!r) r = te_send(P.e, &dst, sw->buf, x, &comp);
+            uint64_t deadline = te_now_ns() + 60000000000ull;
+            while (!r && !atomic_load(&sw->done) && te_now_ns() < deadline) usleep(1000);
+            int fin = atomic_load(&sw->done);
+            if (r || fin) free(sw);
             th_child_reply("%s %d", !r && fin == 1 ? "ok" : "err", r ? r : fin);
         } else if (!strcmp(cmd, "stats")) {
             te_nic_stats s;

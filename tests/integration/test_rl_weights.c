@@ -29,7 +29,9 @@ static void small_opts(rl_opts *o)
     o->chunk_max = 256u << 10;
     o->steps = 4;
     o->window = 8;
-    o->step_timeout_ms = 3000;
+    /* A failure detector, not a speed check: the first update also pays for connection
+     * setup and first touches, on a loaded 2-core machine under sanitizers. */
+    o->step_timeout_ms = 15000;
 }
 
 static void test_schedule_exact_cover(void **state)
@@ -122,7 +124,7 @@ static void test_dead_trainer_is_reported(void **state)
     small_opts(&o);
     o.die_trainer = 2;
     o.die_step = 2;
-    o.step_timeout_ms = 1500;
+    o.step_timeout_ms = 4000; /* update 1 must still succeed under load */
     rl_result r;
     uint64_t t0 = app_now_us();
     int rc = rl_run(&o, &r);
@@ -135,7 +137,7 @@ static void test_dead_trainer_is_reported(void **state)
     assert_non_null(strstr(r.error, "trainer 2"));
     assert_int_equal(r.inference_timeouts, o.inference); /* the receivers noticed too */
     assert_true(r.fail_detect_ms < 10000.0);
-    assert_true(el < 20000000u);
+    assert_true(el < 30000000u);
     assert_int_equal(r.child_failures, 0);
     (void)state;
 }
