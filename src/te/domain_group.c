@@ -35,9 +35,16 @@ static unsigned addr_hash(const te_addr *a)
 int dg_resolve(te_group *g, uint32_t nic, const te_addr *addr, tp_peer *out)
 {
     te_nic_state *n = &g->nic[nic];
+    /* Runs on the worker for every portion; streams to one peer skip the hash (2 % of a
+     * 4 KiB write's worker time in a profile). */
+    if (n->last_peer && te_addr_equal(&n->last_peer->addr, addr)) {
+        *out = n->last_peer->peer;
+        return 0;
+    }
     unsigned b = addr_hash(addr);
     for (te_peer_cache_entry *x = n->peers[b]; x; x = x->next)
         if (te_addr_equal(&x->addr, addr)) {
+            n->last_peer = x;
             *out = x->peer;
             return 0;
         }
@@ -50,6 +57,7 @@ int dg_resolve(te_group *g, uint32_t nic, const te_addr *addr, tp_peer *out)
     x->peer = p;
     x->next = n->peers[b];
     n->peers[b] = x;
+    n->last_peer = x;
     *out = p;
     return 0;
 }

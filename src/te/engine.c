@@ -223,6 +223,7 @@ static void close_nics(te_engine *e)
                 }
                 n->peers[b] = NULL;
             }
+            n->last_peer = NULL;
         }
         worker_free_remaining(g);
     }

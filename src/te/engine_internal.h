@@ -99,6 +99,7 @@ typedef struct te_nic_state {
     te_addr addr;
     te_portion *active_head, *active_tail; /* portions with work requests left to post */
     te_peer_cache_entry *peers[PEER_CACHE_BUCKETS];
+    te_peer_cache_entry *last_peer;        /* the last one resolved: most ops repeat it */
     uint64_t outstanding;                  /* posted, not completed */
     bool failed;                           /* poll reported the NIC unusable */
     _Atomic uint64_t st_write_ops, st_write_bytes, st_send_ops, st_send_bytes;
