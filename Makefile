@@ -25,7 +25,7 @@ build: deps
 	cmake --build $(BUILD) -j$(JOBS)
 
 run: build
-	$(BUILD)/bin/fabric-debug local --provider auto --quick
+	$(BUILD)/bin/fabric-debug local --provider auto --quick --reps 3
 
 test: test-plain test-asan test-tsan
 
