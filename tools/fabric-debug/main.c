@@ -453,6 +453,56 @@ static result raw_paged(uint64_t page, uint64_t pages, uint64_t count, uint64_t 
     return (result){now_s() - t0, count, total * page, total};
 }
 
+/* One throughput row's workload, runnable on either side. */
+typedef struct workload {
+    bool paged;
+    uint64_t size, pages, count, window;
+    te_pages *tp;        /* paged: the engine's page list */
+    const uint32_t *idx; /* paged: the same list for the raw loop */
+} workload;
+
+static result run_side(const workload *w, bool engine)
+{
+    if (w->paged)
+        return engine ? engine_paged(w->size, w->pages, w->count, w->window, w->tp)
+                      : raw_paged(w->size, w->pages, w->count, w->window, w->idx);
+    return engine ? engine_single(w->size, w->count, w->window) : raw_single(w->size, w->count, w->window);
+}
+
+static int cmp_secs(const void *a, const void *b)
+{
+    double x = ((const result *)a)->secs, y = ((const result *)b)->secs;
+    return x < y ? -1 : x > y;
+}
+
+/* The median run of n (all move the same bytes, so the median time is the median rate). */
+static result median_run(result *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_secs);
+    return v[n / 2];
+}
+
+/* --reps N: N runs of each selected side, alternating which goes first so that slow drift
+ * of the machine favours neither; the median run of each side, and the engine's total
+ * time (for the per-NIC line, whose byte counts span all runs). */
+static void run_alternated(const opts *o, const te_addr *srv, const workload *w, result *e, result *r,
+                           double *e_secs)
+{
+    result es[MAX_REPS] = {{0}}, rs[MAX_REPS] = {{0}};
+    *e_secs = 0;
+    for (int k = 0; k < o->reps; k++)
+        for (int half = 0; half < 2; half++) {
+            bool eng = (half == 0) == (k % 2 == 0);
+            if (!(o->modes & (eng ? 1 : 2))) continue;
+            set_mode(srv, eng ? "engine" : "raw");
+            result x = run_side(w, eng);
+            if (eng) es[k] = x, *e_secs += x.secs;
+            else rs[k] = x;
+        }
+    *e = median_run(es, o->reps);
+    *r = median_run(rs, o->reps);
+}
+
 static int cmp_d(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -537,19 +587,6 @@ static void size_str(uint64_t b, char *out)
     if (b >= (1 << 20) && b % (1 << 20) == 0) sprintf(out, "%" PRIu64 " MiB", b >> 20);
     else if (b >= 1024 && b % 1024 == 0) sprintf(out, "%" PRIu64 " KiB", b >> 10);
     else sprintf(out, "%" PRIu64 " B", b);
-}
-
-static int cmp_secs(const void *a, const void *b)
-{
-    double x = ((const result *)a)->secs, y = ((const result *)b)->secs;
-    return x < y ? -1 : x > y;
-}
-
-/* The median run of n (all move the same bytes, so the median time is the median rate). */
-static result median_run(result *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_secs);
-    return v[n / 2];
 }
 
 static void print_row(const char *kind, uint64_t size, uint64_t pages, const result *e, const result *r,
@@ -683,22 +720,12 @@ static int run_client(const char *token, const opts *o)
         if (count > (o->quick ? 20000u : 100000u)) count = o->quick ? 20000 : 100000;
         uint64_t window = (64ull << 20) / size;
         window = window < 2 ? 2 : window > 64 ? 64 : window;
-        result es[MAX_REPS] = {{0}}, rs[MAX_REPS] = {{0}};
         uint64_t nb[TE_MAX_NICS] = {0};
         nic_bytes(nb);
-        double e_secs = 0;
-        /* Alternate which side goes first, so slow drift of the machine favours neither. */
-        for (int k = 0; k < o->reps; k++)
-            for (int half = 0; half < 2; half++) {
-                bool eng = (half == 0) == (k % 2 == 0);
-                if (eng && (modes & 1)) {
-                    set_mode(&srv, "engine");
-                    es[k] = engine_single(size, count, window);
-                    e_secs += es[k].secs;
-                }
-                if (!eng && (modes & 2)) set_mode(&srv, "raw"), rs[k] = raw_single(size, count, window);
-            }
-        result e = median_run(es, o->reps), rr = median_run(rs, o->reps);
+        workload w = {.size = size, .pages = 1, .count = count, .window = window};
+        result e, rr;
+        double e_secs;
+        run_alternated(o, &srv, &w, &e, &rr, &e_secs);
         print_row("single", size, 1, modes & 1 ? &e : NULL, modes & 2 ? &rr : NULL, modes);
         if (modes & 1) print_per_nic("single", size, nb, e_secs);
         if (o->verify && (modes & 1)) {
@@ -725,16 +752,11 @@ static int run_client(const char *token, const opts *o)
             uint64_t count = total_pages / pages;
             if (count < 4) count = 4;
             uint64_t window = 16;
-            result es[MAX_REPS] = {{0}}, rs[MAX_REPS] = {{0}};
-            for (int k = 0; k < o->reps; k++)
-                for (int half = 0; half < 2; half++) {
-                    bool eng = (half == 0) == (k % 2 == 0);
-                    if (eng && (modes & 1))
-                        set_mode(&srv, "engine"), es[k] = engine_paged(page, pages, count, window, tp);
-                    if (!eng && (modes & 2))
-                        set_mode(&srv, "raw"), rs[k] = raw_paged(page, pages, count, window, idx);
-                }
-            result e = median_run(es, o->reps), rr = median_run(rs, o->reps);
+            workload w = {.paged = true, .size = page, .pages = pages, .count = count,
+                          .window = window, .tp = tp, .idx = idx};
+            result e, rr;
+            double e_secs;
+            run_alternated(o, &srv, &w, &e, &rr, &e_secs);
             print_row("paged", page, pages, modes & 1 ? &e : NULL, modes & 2 ? &rr : NULL, modes);
             if (o->verify && (modes & 1)) {
                 uint64_t off = PAGE_OFF + (page + 128) * idx[0];
