@@ -22,6 +22,32 @@ void te_notify_wait(te_notify *n, uint32_t ticket, uint64_t timeout_ns)
     atomic_fetch_sub_explicit(&n->sleepers, 1, memory_order_seq_cst);
 }
 
+/* Why the threshold wake-up loses nothing (every access seq_cst). A sleeper announces
+ * itself (sleepers, ticket), publishes its target, then re-reads the value before it
+ * sleeps on the ticket.
+ * - If the waker read wake_at before the sleeper published, the sleeper's re-read comes
+ *   after the waker's update of the value and sees it.
+ * - A waker that decides to wake resets wake_at to UINT64_MAX before it bumps the ticket.
+ *   A sleeper whose publication (even one that changed nothing because a lower target
+ *   was there) preceded the reset took its ticket before the bump, so its futex wait
+ *   returns at once; it then publishes again.
+ * - Every sleeper is woken, not one, and each publishes its own target again. */
+void te_notify_at_publish(te_notify_at *t, uint64_t target)
+{
+    uint64_t cur = atomic_load_explicit(&t->wake_at, memory_order_seq_cst);
+    while (target < cur && !atomic_compare_exchange_weak_explicit(&t->wake_at, &cur, target,
+                                                                  memory_order_seq_cst,
+                                                                  memory_order_seq_cst)) {
+    }
+}
+
+void te_notify_at_reached(te_notify_at *t, uint64_t value)
+{
+    if (value < atomic_load_explicit(&t->wake_at, memory_order_seq_cst)) return;
+    atomic_store_explicit(&t->wake_at, UINT64_MAX, memory_order_seq_cst);
+    te_notify_wake(&t->n);
+}
+
 void te_notify_wake(te_notify *n)
 {
     /* The condition was made true before this call; a sleeper that announced itself

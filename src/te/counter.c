@@ -10,25 +10,13 @@
 #include "te/engine_internal.h"
 
 
-/* Waking is target-aware: a sleeping waiter publishes its target in wake_at (the lowest
- * target of all sleepers), and a worker makes the futex call only when the count reaches
- * it. A waiter for the last of 1000 operations therefore costs the worker one wake-up,
- * not 1000 system calls on its completion path.
- *
- * Why no wake-up is lost (all accesses seq_cst): a sleeper announces itself (sleepers,
- * ticket), publishes its target, then re-reads done before it sleeps on the ticket.
- * - If the worker read wake_at before the sleeper published, the sleeper's re-read comes
- *   after the worker's increment and sees it.
- * - The worker that decides to wake resets wake_at to UINT64_MAX before it bumps the
- *   ticket. A target published before the reset is wiped, but that sleeper's ticket was
- *   taken before the bump, so its futex wait returns at once; it then re-publishes.
- * - Every sleeper is woken (not one), and each re-publishes its own target. */
+/* Waking is target-aware (te_notify_at): a worker makes the futex call only when the
+ * count reaches the lowest target a sleeping waiter published. */
 struct te_counter {
     _Atomic uint64_t done;
     _Atomic uint64_t errors;
-    _Atomic uint64_t wake_at; /* lowest target of the sleepers; UINT64_MAX: none */
     _Atomic uint32_t bumping; /* workers between their increment and their wake-up */
-    te_notify wake;
+    te_notify_at wake;
 };
 
 int te_counter_create(te_counter **out)
@@ -37,8 +25,7 @@ int te_counter_create(te_counter **out)
     if (!out) return te_err(-EINVAL, "te_counter_create: out is NULL");
     te_counter *c = calloc(1, sizeof *c);
     if (!c) return te_err(-ENOMEM, "te_counter_create: out of memory");
-    te_notify_init(&c->wake);
-    atomic_init(&c->wake_at, UINT64_MAX);
+    te_notify_at_init(&c->wake);
     *out = c;
     return 0;
 }
@@ -68,10 +55,7 @@ void te_counter_bump_internal(te_counter *c, bool failed)
     /* errors first, so a waiter that sees `done` also sees the error it includes */
     if (failed) atomic_fetch_add_explicit(&c->errors, 1, memory_order_release);
     uint64_t now = atomic_fetch_add_explicit(&c->done, 1, memory_order_seq_cst) + 1;
-    if (now >= atomic_load_explicit(&c->wake_at, memory_order_seq_cst)) {
-        atomic_store_explicit(&c->wake_at, UINT64_MAX, memory_order_seq_cst);
-        te_notify_wake(&c->wake);
-    }
+    te_notify_at_reached(&c->wake, now);
     atomic_fetch_sub_explicit(&c->bumping, 1, memory_order_release);
 }
 
@@ -80,16 +64,12 @@ typedef struct counter_wait {
     uint64_t target;
 } counter_wait;
 
-/* Publishes the target (lowering wake_at), then checks: te_wait_until calls this after
- * it announced itself as a sleeper, which is the order the argument above needs. */
+/* Publishes the target, then checks: te_wait_until calls this after it announced itself
+ * as a sleeper, the order te_notify_at needs. */
 static bool counter_reached(void *arg)
 {
     counter_wait *w = arg;
-    uint64_t cur = atomic_load_explicit(&w->c->wake_at, memory_order_seq_cst);
-    while (w->target < cur &&
-           !atomic_compare_exchange_weak_explicit(&w->c->wake_at, &cur, w->target,
-                                                  memory_order_seq_cst, memory_order_seq_cst)) {
-    }
+    te_notify_at_publish(&w->c->wake, w->target);
     return atomic_load_explicit(&w->c->done, memory_order_seq_cst) >= w->target;
 }
 
@@ -98,7 +78,7 @@ int te_counter_wait(te_counter *c, uint64_t target, int timeout_ms)
     te_err_clear();
     if (!c) return te_err(-EINVAL, "te_counter_wait: counter is NULL");
     counter_wait cw = {c, target};
-    te_wait_spec w = {.notify = &c->wake, .done = counter_reached, .arg = &cw,
+    te_wait_spec w = {.notify = &c->wake.n, .done = counter_reached, .arg = &cw,
                       .deadline_ns = te_deadline_ms(timeout_ms)};
     if (te_wait_until(&w) == 0) return 0;
     return te_err(-ETIMEDOUT, "te_counter_wait: %llu of %llu operations done after %d ms",

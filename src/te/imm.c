@@ -56,7 +56,7 @@ void imm_table_destroy(te_imm_table *t)
 void imm_wake_all(te_imm_table *t)
 {
     pthread_rwlock_rdlock(&t->lock);
-    for (struct te_imm_counter *c = t->counters; c; c = c->next_owned) te_notify_wake(&c->wake);
+    for (struct te_imm_counter *c = t->counters; c; c = c->next_owned) te_notify_wake(&c->wake.n);
     pthread_rwlock_unlock(&t->lock);
 }
 
@@ -81,8 +81,8 @@ void imm_arrived(te_engine *e, uint32_t imm)
         return;
     }
     if (x->kind == IMM_COUNTER) {
-        atomic_fetch_add(&x->counter->avail, 1);
-        te_notify_wake(&x->counter->wake);
+        int64_t v = atomic_fetch_add(&x->counter->avail, 1) + 1;
+        te_notify_at_reached(&x->counter->wake, v > 0 ? (uint64_t)v : 0);
     } else if (x->kind == IMM_FLAG) {
         imm_flag_arrived(x->flag);
     } else {
@@ -148,7 +148,7 @@ static void unlink_entry(te_imm_table *t, uint32_t imm, te_imm_prev *prev)
         if (x->kind == IMM_COUNTER) {
             p.count = (uint64_t)atomic_load(&x->counter->avail);
             atomic_store(&x->counter->attached, false);
-            te_notify_wake(&x->counter->wake);
+            te_notify_wake(&x->counter->wake.n);
         } else if (x->kind == IMM_FLAG) {
             imm_flag_detach(x->flag, &p);
         } else {
@@ -238,7 +238,7 @@ int te_imm_counter_create(te_engine *e, uint32_t imm, te_imm_counter **out)
     c->e = e;
     c->imm = imm;
     atomic_init(&c->attached, true);
-    te_notify_init(&c->wake);
+    te_notify_at_init(&c->wake);
     x->imm = imm;
     x->kind = IMM_COUNTER;
     x->counter = c;
@@ -273,9 +273,12 @@ typedef struct imm_wait {
     uint64_t n;
 } imm_wait;
 
+/* Publishes n, then tries: te_wait_until calls this after it announced itself as a
+ * sleeper, the order te_notify_at needs. */
 static bool imm_took(void *arg)
 {
     imm_wait *w = arg;
+    te_notify_at_publish(&w->c->wake, w->n);
     return try_take(w->c, w->n);
 }
 
@@ -291,7 +294,7 @@ int te_imm_counter_wait(te_imm_counter *c, uint64_t n, int timeout_ms)
     if (!c) return te_err(-EINVAL, "te_imm_counter_wait: counter is NULL");
     if (n > INT64_MAX) return te_err(-EINVAL, "te_imm_counter_wait: n too large");
     imm_wait iw = {c, n};
-    te_wait_spec w = {.notify = &c->wake, .done = imm_took, .give_up = imm_engine_stopped,
+    te_wait_spec w = {.notify = &c->wake.n, .done = imm_took, .give_up = imm_engine_stopped,
                       .arg = &iw, .deadline_ns = te_deadline_ms(timeout_ms)};
     int r = te_wait_until(&w);
     if (r == -ESHUTDOWN) return te_err(r, "te_imm_counter_wait: engine stopped");

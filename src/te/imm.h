@@ -35,7 +35,7 @@ struct te_imm_counter {
     uint32_t imm;
     _Atomic int64_t avail;
     _Atomic bool attached;     /* still in the engine's table */
-    te_notify wake;
+    te_notify_at wake;         /* threshold: the n a sleeping wait(n) needs */
     struct te_imm_counter *next_owned; /* engine's list, freed at destroy */
 };
 
