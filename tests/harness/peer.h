@@ -29,4 +29,10 @@ int th_peer_start(th_proc *p, const char *arg, te_addr *addr, te_mr_desc *desc, 
  * `settle_ms`. 0, or -1 with the reason in `why`. */
 int th_peer_expect_imms(th_proc *p, uint32_t imm, uint64_t n, int timeout_ms, int settle_ms,
                         char *why, size_t why_cap);
+
+/* cmocka forms (th_assert.c): fail the running test with the reason. */
+/* All of target completions on c, none of them failed. */
+void th_assert_counter(te_counter *c, uint64_t target, int timeout_ms);
+/* th_peer_expect_imms succeeded. */
+void th_assert_peer_imms(th_proc *p, uint32_t imm, uint64_t n, int timeout_ms, int settle_ms);
 #endif

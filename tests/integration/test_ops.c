@@ -107,18 +107,12 @@ static void check_region(peer *p)
     assert_true(got == th_hash(p->mirror, REGION));
 }
 
-static void wait_done(fx *f, uint64_t target)
-{
-    int r = te_counter_wait(f->done, target, TMO);
-    if (r) fail_msg("completions: %s", te_last_error());
-    assert_int_equal(te_counter_errors(f->done), 0);
-}
+static void wait_done(fx *f, uint64_t target) { th_assert_counter(f->done, target, TMO); }
 
 /* Exactly n immediates of imm at the peer, none left over. */
 static void peer_wait_imms(peer *p, uint32_t imm, uint64_t n)
 {
-    char why[512];
-    if (th_peer_expect_imms(&p->proc, imm, n, TMO, 20, why, sizeof why)) fail_msg("%s", why);
+    th_assert_peer_imms(&p->proc, imm, n, TMO, 20);
 }
 
 static void test_single_writes(void **state)
