@@ -148,6 +148,12 @@ def run_mode(args, rank, world, dev, T):
 
 
 def worker(rank, world, port, args):
+    if os.environ.get("A2A_TRACE_OUT"):
+        # kernels built with TENDRIL_A2A_TRACE print from the GPU to fd 1: one file per
+        # rank keeps the two processes' lines apart (device_trace.sh)
+        fd = os.open(f"{os.environ['A2A_TRACE_OUT']}.r{rank}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.close(fd)
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
     torch.cuda.set_device(rank)

@@ -341,6 +341,11 @@ int a2a_create(const a2a_config *cfg, a2a_ctx **out) {
     kp->host_err = hw_dev;
     kp->host_abort = hw_dev + 1;
     kp->timeout_ns = (uint64_t)(cfg->timeout_ms ? cfg->timeout_ms : 10000) * 1000000ull;
+    {
+        /* development A/B switches (a2a_kernels.h); unset or malformed = 0 */
+        const char *df = getenv("TENDRIL_A2A_DEV_FLAGS");
+        kp->dev_flags = df ? (uint32_t)strtoul(df, NULL, 0) : 0u;
+    }
     kp->rank = c->rank;
     kp->world = c->W;
     kp->E = cfg->num_experts;

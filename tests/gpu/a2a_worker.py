@@ -41,6 +41,7 @@ class Cfg:
     accumulate: bool = False
     seed: int = 1
     partial_f32: bool = False
+    sms: int = 0  # blocks per kernel if below the rank's share (T > blocks: chunked routing)
 
 
 def tok(cfg: Cfg, r: int, it: int) -> int:
@@ -171,7 +172,8 @@ def make(cfg: Cfg, world: int, num_sms: int, timeout_ms: int = 20000):
         max_num_tokens=max(tmax, 1), num_experts=cfg.E, expert_padding=cfg.pad, hidden_dim=cfg.H,
         hidden_dim_scale=cfg.S or None, in_dtype=cfg.in_dtype, out_dtype=cfg.out_dtype,
         scale_dtype=torch.float32 if cfg.S else None, num_experts_per_token=cfg.K,
-        device=torch.device("cuda", torch.cuda.current_device()), num_sms=num_sms,
+        device=torch.device("cuda", torch.cuda.current_device()),
+        num_sms=min(num_sms, cfg.sms) if cfg.sms else num_sms,
         timeout_ms=timeout_ms, combine_partial_dtype=torch.float32 if cfg.partial_f32 else None), tmax
 
 

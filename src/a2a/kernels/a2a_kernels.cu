@@ -5,13 +5,18 @@
  * not wait for each other except where noted ("co-resident"). Work is split in warp
  * tasks: a task is (row, segment of the row); lanes move 16-byte vectors.
  *
- * Cross-GPU ordering. DSP and CMB (data complete): data stores -> fence.sys by every
- * thread -> bar.sync -> one red.release.sys.add per destination and block into the
- * destination's counter for this source; the blocks of one launch add A2A_ARRIVE_SPAN in
+ * Cross-GPU ordering. DSP and CMB (data complete): data stores -> bar.sync -> one
+ * red.release.sys.add per destination and block into the destination's counter for this
+ * source. The barrier orders every thread's stores before the releasing thread's
+ * operation at CTA scope, and a release is cumulative (PTX memory model: causality order
+ * is transitive through the barrier's synchronisation), so one system-scope release per
+ * destination covers the whole block's stores; a fence.sys in every thread (measured:
+ * 5.5 µs of a 14 µs decode dispatch send) is not needed. The same pattern is what
+ * cooperative groups' grid sync relies on at gpu scope. the blocks of one launch add A2A_ARRIVE_SPAN in
  * total (block 0 adds the remainder), so epoch e is complete when the counter reaches
  * e * A2A_ARRIVE_SPAN (mod 2^32; the source's grid size does not matter). No grid-wide
- * "last block" step sits between the data and the peer. WGT: st.release.sys of the
- * epoch. The reader spins with ld.acquire.sys (wrap-safe >=), bounded by a globaltimer
+ * "last block" step sits between the data and the peer. WGT: bar.sync, then
+ * st.release.sys of the epoch. The reader spins with ld.acquire.sys (wrap-safe >=), bounded by a globaltimer
  * deadline, then reads the data.
  */
 #include <cuda_bf16.h>
@@ -22,6 +27,38 @@
 #include "../a2a_kernels.h"
 
 typedef a2a_kparams P;
+
+/* Development aid (cmake -DTENDRIL_A2A_TRACE=ON): thread 0 of every block records
+ * %globaltimer and clock64 at numbered points of a kernel and prints them for a few
+ * epochs (A2A_TRACE_EP0 .. +2), so a latency breakdown per phase can be read without a
+ * profiler (ncu's replay serialises the ranks and deadlocks on the cross-GPU waits). */
+#ifdef A2A_TRACE
+#include <cstdio>
+#ifndef A2A_TRACE_EP0
+#define A2A_TRACE_EP0 40
+#endif
+#define TR_DECL uint64_t tr_g[12], tr_c[12]; int tr_n = 0
+#define TR_MARK()                                                                     \
+    do {                                                                              \
+        if (threadIdx.x == 0 && tr_n < 12) {                                          \
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tr_g[tr_n]));            \
+            tr_c[tr_n++] = clock64();                                                 \
+        }                                                                             \
+    } while (0)
+#define TR_PRINT(name, ep)                                                            \
+    do {                                                                              \
+        if (threadIdx.x == 0 && (ep) - A2A_TRACE_EP0 < 3u) {                          \
+            for (int q = 0; q < tr_n; q++)                                            \
+                printf("TR %s r%d e%u b%d q%d g%llu c%lld\n", name, p.rank, (ep),    \
+                       (int)blockIdx.x, q, (unsigned long long)tr_g[q],               \
+                       (long long)(tr_c[q] - tr_c[0]));                               \
+        }                                                                             \
+    } while (0)
+#else
+#define TR_DECL do {} while (0)
+#define TR_MARK() do {} while (0)
+#define TR_PRINT(name, ep) do {} while (0)
+#endif
 
 #define FULL 0xffffffffu
 
@@ -145,14 +182,19 @@ static __device__ bool block_wait_all(const P &p, int kind, uint32_t target, uin
 /* Every block calls it once at its end. Returns true in the last block to arrive (whole
  * block, uniform). All stores of all blocks made before are visible system-wide to what
  * the last block does after. The counter is reset for the next launch. */
-static __device__ bool arrive_last(uint32_t *counter, bool sys = true) {
+static __device__ bool arrive_last(const P &p, uint32_t *counter, bool sys = true) {
     __shared__ int s_last;
-    /* every thread: its stores (NVLink included) before the arrival; gpu scope where the
-     * block stored nothing a peer reads */
-    if (sys) fence_acq_rel_sys();
-    else fence_acq_rel_gpu();
+    /* the block's stores (NVLink included) before the arrival: bar.sync, then one
+     * cumulative fence in the arriving thread (see the header comment); gpu scope where
+     * the block stored nothing a peer reads */
+    if (p.dev_flags & A2A_DEV_FENCE_ALL) {
+        if (sys) fence_acq_rel_sys();
+        else fence_acq_rel_gpu();
+    }
     __syncthreads();
     if (threadIdx.x == 0) {
+        if (sys) fence_acq_rel_sys();
+        else fence_acq_rel_gpu();
         const uint32_t old = atomicAdd(counter, 1u);
         s_last = (old == gridDim.x - 1);
         if (s_last) {
@@ -180,8 +222,8 @@ static __device__ __forceinline__ uint32_t arrive_target(uint32_t ep) { return e
 /* Every block calls it once at its end: its stores (NVLink included) are released to
  * every destination's counter `kind` for this source. Whole block. */
 static __device__ void arrive_count(const P &p, int kind) {
-    fence_acq_rel_sys(); /* every thread: its stores before the arrival */
-    __syncthreads();
+    if (p.dev_flags & A2A_DEV_FENCE_ALL) fence_acq_rel_sys();
+    __syncthreads(); /* every thread's stores precede the cumulative releases below */
     if ((int)threadIdx.x < p.world) {
         const uint32_t add = blockIdx.x == 0 ? A2A_ARRIVE_SPAN - (gridDim.x - 1) : 1u;
         red_release_sys_add(flag_ptr(p, threadIdx.x, kind, p.rank), add);
@@ -247,7 +289,130 @@ struct RecvTables {
 
 /* ------------------------------------------------------------ dispatch send ---- */
 
+/* Whether dispatch send may take the one-token-per-block path: at most one token per
+ * block whatever bound_m says (T is the host's upper bound), and the token fits in the
+ * registers of the block (two 16-byte vectors and one scale per thread). */
+static __device__ __forceinline__ bool send_one_fits(const P &p) {
+    return p.T <= gridDim.x && p.payload_bytes / 16 <= 2 * A2A_THREADS && p.S <= A2A_THREADS &&
+           !(p.dev_flags & A2A_DEV_NO_WARP_ROUTE);
+}
+
+/* Dispatch send, one token per block (the decode case). Everything the block needs from
+ * memory is requested at once at kernel start (error word, epoch, bound_m, the token's K
+ * expert ids, its payload and scales); warp 0 then routes the token alone, with warp
+ * votes instead of shared tables and block barriers: lanes 0..K-1 hold one (token,
+ * expert) pair each; the first lane of each expert reserves the positions of its group
+ * in (me, expert) and the first lane of each destination rank the token's slot there,
+ * both with one returning atomic in the same round trip. One barrier hands the
+ * destination list to the other warps, which store the prefetched token. */
+static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem) {
+    TR_DECL;
+    TR_MARK();
+    const int W = p.world, K = p.K, E = p.E, L = p.L, me = p.rank;
+    const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
+    const int t = blockIdx.x;
+    const uint32_t nvec = p.payload_bytes / 16;
+    const uint32_t err = ld_vol(p.ws_err);
+    const uint32_t it = ld_vol(p.ws_iter);
+    const bool have = t < (int)p.T; /* rows of the caller's tensors that exist */
+    uint32_t e = 0xffffffffu;
+    if (wid == 0 && have && lane < K) e = (uint32_t)p.indices[(size_t)t * K + lane];
+    uint4 pv0 = make_uint4(0, 0, 0, 0), pv1 = pv0;
+    float psc = 0.f;
+    if (have) {
+        const char *src = (const char *)p.x + (size_t)t * p.x_stride;
+        if (tid < (int)nvec) pv0 = ld_in(src + (size_t)tid * 16);
+        if (tid + A2A_THREADS < (int)nvec) pv1 = ld_in(src + (size_t)(tid + A2A_THREADS) * 16);
+        if (tid < (int)p.S) psc = p.x_scale[(size_t)t * p.xs0 + (size_t)tid * p.xs1];
+    }
+    const int T = tokens_now(p);
+    if (err != 0) return false;
+    const uint32_t ep = it + 1;
+    const int par = ep & 1;
+    if (blockIdx.x == 0) {
+        /* parity ep+1's totals were last used by dispatch send (ep-1), which has finished */
+        int32_t *nxt_cnt = p.ws_total_cnt + (size_t)(par ^ 1) * E;
+        int32_t *nxt_rcnt = p.ws_total_rcnt + (size_t)(par ^ 1) * W;
+        for (int i = tid; i < E; i += A2A_THREADS) nxt_cnt[i] = 0;
+        for (int i = tid; i < W; i += A2A_THREADS) nxt_rcnt[i] = 0;
+    }
+    int *s_dl = smem;     /* [8] destination r << 24 | slot */
+    int *s_nd = smem + 8; /* [1] */
+    if (wid == 0) {
+        int nd = 0;
+        if (t < T) {
+            const bool valid = lane < K && e < (uint32_t)E;
+            const int r = valid ? (int)(e / L) : -1;
+            const uint32_t vmask = __ballot_sync(FULL, valid);
+            const uint32_t same_e = __match_any_sync(FULL, e) & vmask;
+            const uint32_t same_r = __match_any_sync(FULL, (uint32_t)r) & vmask;
+            const uint32_t below = (1u << lane) - 1;
+            const bool lead_e = valid && (same_e & below) == 0;
+            const bool lead_r = valid && (same_r & below) == 0;
+            int ebase = 0, slot = 0;
+            if (lead_e) {
+                ebase = atomicAdd(p.ws_total_cnt + (size_t)par * E + e, __popc(same_e));
+                /* the destination's count of (me, expert): a fire-and-forget reduction */
+                atomicAdd(cnt_ptr(p, r, me) + (e - r * L), __popc(same_e));
+            }
+            if (lead_r) {
+                slot = atomicAdd(p.ws_total_rcnt + (size_t)par * W + r, 1);
+                atomicAdd(cnt_ptr(p, r, me) + L, 1);
+            }
+            const int src_e = valid ? __ffs(same_e) - 1 : lane;
+            const int src_r = valid ? __ffs(same_r) - 1 : lane;
+            const int pos = __shfl_sync(FULL, ebase, src_e) + __popc(same_e & below);
+            slot = __shfl_sync(FULL, slot, src_r);
+            const uint32_t leaders = __ballot_sync(FULL, lead_r);
+            nd = __popc(leaders);
+            if (lead_r) s_dl[__popc(leaders & below)] = (r << 24) | slot;
+            /* the slot's metadata at each destination: token id, then per k the local
+             * expert and index, or -1 where the pair goes elsewhere */
+            uint32_t lm = leaders;
+            for (int q = 0; q < nd; q++) {
+                const int ld = __ffs(lm) - 1;
+                lm &= lm - 1;
+                const int rq = __shfl_sync(FULL, r, ld);
+                const int jq = __shfl_sync(FULL, slot, ld);
+                int32_t *m = meta_ptr(p, rq, me, jq);
+                if (lane < K)
+                    m[1 + lane] = r == rq ? (int)(((e - (uint32_t)(rq * L)) << A2A_IDX_BITS) | (uint32_t)pos)
+                                          : -1;
+                if (lane == K) m[0] = t;
+            }
+        }
+        if (lane == 0) *s_nd = nd;
+    }
+    __syncthreads();
+    TR_MARK(); /* 1: routed */
+    const int nd = *s_nd;
+    char *dst[8];
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+        dst[q] = nullptr;
+        if (q < nd) {
+            const int d = s_dl[q];
+            dst[q] = row_ptr(p, d >> 24, me, d & 0xffffff);
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+        if (q < nd) {
+            if (tid < (int)nvec) st_v4(dst[q] + (size_t)tid * 16, pv0);
+            if (tid + A2A_THREADS < (int)nvec) st_v4(dst[q] + (size_t)(tid + A2A_THREADS) * 16, pv1);
+            if (tid < (int)p.S) ((float *)(dst[q] + p.payload_bytes))[tid] = psc;
+        }
+    }
+    TR_MARK(); /* 2: data stores issued */
+    arrive_count(p, A2A_FLAG_DSP);
+    TR_MARK(); /* 3: released */
+    TR_PRINT("dsend1", ep);
+    return true;
+}
+
 static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
+    TR_DECL;
+    TR_MARK();
     uint32_t ep;
     if (!start(p, &ep)) return false;
     const int par = ep & 1;
@@ -293,6 +458,7 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
     for (int i = tid; i < E; i += A2A_THREADS) s_ecnt[i] = 0;
     for (int i = tid; i < W; i += A2A_THREADS) s_rcnt[i] = 0;
     __syncthreads();
+    TR_MARK(); /* 1: started, tables cleared */
 
     for (int c = blockIdx.x; c < nchunks; c += gridDim.x) {
         const int t0 = c * chunk;
@@ -318,6 +484,7 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
             if (first) s_slot[(i / K) * W + r] = atomicAdd(&s_rcnt[r], 1);
         }
         __syncthreads();
+        TR_MARK(); /* 2: positions in the chunk */
         /* 2: reserve global ranges (one atomic per touched expert / rank) */
         for (int i = tid; i < npairs; i += A2A_THREADS) {
             if (s_pos[i] == 0) {
@@ -334,6 +501,7 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
                 atomicAdd(cnt_ptr(p, r, me) + L, s_rcnt[r]);
             }
         __syncthreads();
+        TR_MARK(); /* 3: global ranges reserved */
         /* 3: final positions; reset the per-chunk counters */
         for (int i = tid; i < npairs; i += A2A_THREADS) {
             if (s_pos[i] >= 0) {
@@ -373,6 +541,7 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
             }
         }
         __syncthreads();
+        TR_MARK(); /* 4: metadata stored */
         if (pre) {
             /* 4 (one token, prefetched): each thread stores its vectors to every
              * destination row */
@@ -443,14 +612,18 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
         __syncthreads();
     }
 
+    TR_MARK(); /* 5: data stores issued */
     /* this block's data, metadata and count reductions, released to every destination */
     arrive_count(p, A2A_FLAG_DSP);
+    TR_MARK(); /* 6: fenced and released */
+    TR_PRINT("dsend", ep);
     return true;
 }
 
 __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send(P p) {
     extern __shared__ int smem[];
-    dispatch_send(p, smem);
+    if (send_one_fits(p)) dispatch_send_one(p, smem);
+    else dispatch_send(p, smem);
 }
 
 /* ------------------------------------------------------------ recv tables ---- */
@@ -539,12 +712,16 @@ static __device__ __forceinline__ void row_to_src(const int *s_rowoff, int W, in
 /* ------------------------------------------------------------ dispatch recv ---- */
 
 static __device__ __forceinline__ void dispatch_recv(const P &p, int *smem) {
+    TR_DECL;
+    TR_MARK();
     uint32_t ep;
     if (!start(p, &ep)) return;
     if (!block_wait_all(p, A2A_FLAG_DSP, arrive_target(ep), A2A_PH_DRECV)) return;
+    TR_MARK(); /* 1: every source's data is here */
     const int W = p.world, L = p.L, K = p.K, me = p.rank;
     int *s_base = smem, *s_rowoff = smem + W * L;
     const int nrows = load_recv_tables(p, s_base, s_rowoff, true);
+    TR_MARK(); /* 2: tables built */
     const int lane = threadIdx.x & 31;
     const int nvec = p.payload_bytes / 16;
     const int nseg = pick_nseg(nrows, nvec, 32);
@@ -619,6 +796,11 @@ static __device__ __forceinline__ void dispatch_recv(const P &p, int *smem) {
             }
         }
     }
+#ifdef A2A_TRACE
+    __syncthreads();
+#endif
+    TR_MARK(); /* 3: every warp of the block done */
+    TR_PRINT("drecv", ep);
 }
 
 __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv(P p) {
@@ -630,7 +812,7 @@ __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv(P p) {
  * blocks, each before it starts waiting) */
 __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both(P p) {
     extern __shared__ int smem[];
-    if (!dispatch_send(p, smem)) return;
+    if (!(send_one_fits(p) ? dispatch_send_one(p, smem) : dispatch_send(p, smem))) return;
     __syncthreads();
     dispatch_recv(p, smem);
 }
@@ -717,8 +899,8 @@ template <int DT, int PT> static __device__ __forceinline__ bool combine_send(co
                     const uint32_t e = (uint32_t)p.indices[i];
                     if (e < (uint32_t)E) wgt_ptr(p, e / L, me)[i] = p.weights[i];
                 }
-                fence_acq_rel_sys();
-                __syncthreads();
+                if (p.dev_flags & A2A_DEV_FENCE_ALL) fence_acq_rel_sys();
+                __syncthreads(); /* the stores precede the cumulative release */
                 if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_WGT, me), ep);
             }
         } else {
@@ -726,7 +908,7 @@ template <int DT, int PT> static __device__ __forceinline__ bool combine_send(co
                 const uint32_t e = (uint32_t)p.indices[i];
                 if (e < (uint32_t)E) wgt_ptr(p, e / L, me)[i] = p.weights[i];
             }
-            if (arrive_last(&p.ws_arrive[A2A_ARR_WGT]))
+            if (arrive_last(p, &p.ws_arrive[A2A_ARR_WGT]))
                 if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_WGT, me), ep);
         }
     }
@@ -860,7 +1042,7 @@ template <int DT, int PT> static __device__ __forceinline__ void combine_recv(co
         }
     }
     /* only local stores here: gpu scope (the next kernels run on this GPU, stream order) */
-    if (arrive_last(&p.ws_arrive[A2A_ARR_CRECV], false))
+    if (arrive_last(p, &p.ws_arrive[A2A_ARR_CRECV], false))
         if (threadIdx.x == 0) {
             *(volatile uint32_t *)p.ws_iter = ep;
             __threadfence();
