@@ -44,8 +44,8 @@ enum { A2A_ERR_TIMEOUT = 1, A2A_ERR_OVERFLOW = 2, A2A_ERR_ABORT = 3 };
 /* Development switches (env TENDRIL_A2A_DEV_FLAGS, read at context creation) that bring
  * back an earlier form of a step, so that a benchmark can A/B it in one build. */
 enum {
-    A2A_DEV_FENCE_ALL = 1,    /* every thread runs fence.sys before a block's arrival */
-    A2A_DEV_NO_WARP_ROUTE = 2 /* decode dispatch send routes with the block-wide path */
+    A2A_DEV_FENCE_ALL = 1,     /* every thread runs fence.sys before a block's arrival */
+    A2A_DEV_NO_WARP_ROUTE = 2  /* decode dispatch send routes with the block-wide path */
 };
 /* arrival counters in the workspace */
 enum { A2A_ARR_DSEND = 0, A2A_ARR_WGT = 1, A2A_ARR_CSEND = 2, A2A_ARR_CRECV = 3, A2A_ARR_N = 8 };
