@@ -7,17 +7,19 @@
  *
  * Cross-GPU ordering. DSP and CMB (data complete): data stores -> bar.sync -> one
  * red.release.sys.add per destination and block into the destination's counter for this
- * source. The barrier orders every thread's stores before the releasing thread's
- * operation at CTA scope, and a release is cumulative (PTX memory model: causality order
- * is transitive through the barrier's synchronisation), so one system-scope release per
- * destination covers the whole block's stores; a fence.sys in every thread is not
- * needed (it cost 2.3 µs of the decode dispatch send, docs/performance.md). The same
- * pattern is what cooperative groups' grid sync relies on at gpu scope. the blocks of one launch add A2A_ARRIVE_SPAN in
- * total (block 0 adds the remainder), so epoch e is complete when the counter reaches
- * e * A2A_ARRIVE_SPAN (mod 2^32; the source's grid size does not matter). No grid-wide
- * "last block" step sits between the data and the peer. WGT: bar.sync, then
- * st.release.sys of the epoch. The reader spins with ld.acquire.sys (wrap-safe >=), bounded by a globaltimer
- * deadline, then reads the data.
+ * source. The blocks of one launch add A2A_ARRIVE_SPAN in total (block 0 adds the
+ * remainder), so epoch e is complete when the counter reaches e * A2A_ARRIVE_SPAN (mod
+ * 2^32; the source's grid size does not matter). No grid-wide "last block" step sits
+ * between the data and the peer. WGT: bar.sync, then st.release.sys of the epoch. The
+ * reader spins with ld.acquire.sys (wrap-safe >=), bounded by a globaltimer deadline,
+ * then reads the data.
+ *
+ * Why one release per destination is enough: the barrier orders every thread's stores
+ * before the releasing thread's operation at CTA scope, and a release is cumulative
+ * (PTX memory model: causality order is transitive through the barrier's
+ * synchronisation), so it covers the whole block's stores. A fence.sys in every thread
+ * is not needed (it cost 2.3 µs of the decode dispatch send, docs/performance.md); the
+ * same pattern is what cooperative groups' grid sync relies on at gpu scope.
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
