@@ -291,6 +291,31 @@ struct RecvTables {
 
 /* ------------------------------------------------------------ dispatch send ---- */
 
+/* One token held in registers (two 16-byte vectors and one scale per thread) stored to
+ * its nd destination rows (s_dl: rank << 24 | slot). Whole block. */
+static __device__ __forceinline__ void store_token_rows(const P &p, const int *s_dl, int nd, uint4 pv0,
+                                                        uint4 pv1, float psc) {
+    const int tid = threadIdx.x;
+    const int nvec = (int)(p.payload_bytes / 16);
+    char *dst[8];
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+        dst[q] = nullptr;
+        if (q < nd) {
+            const int d = s_dl[q];
+            dst[q] = row_ptr(p, d >> 24, p.rank, d & 0xffffff);
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+        if (q < nd) {
+            if (tid < nvec) st_v4(dst[q] + (size_t)tid * 16, pv0);
+            if (tid + A2A_THREADS < nvec) st_v4(dst[q] + (size_t)(tid + A2A_THREADS) * 16, pv1);
+            if (tid < (int)p.S) ((float *)(dst[q] + p.payload_bytes))[tid] = psc;
+        }
+    }
+}
+
 /* Whether dispatch send may take the one-token-per-block path: at most one token per
  * block whatever bound_m says (T is the host's upper bound), and the token fits in the
  * registers of the block (two 16-byte vectors and one scale per thread). */
@@ -387,24 +412,7 @@ static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem) 
     }
     __syncthreads();
     TR_MARK(); /* 1: routed */
-    const int nd = *s_nd;
-    char *dst[8];
-#pragma unroll
-    for (int q = 0; q < 8; q++) {
-        dst[q] = nullptr;
-        if (q < nd) {
-            const int d = s_dl[q];
-            dst[q] = row_ptr(p, d >> 24, me, d & 0xffffff);
-        }
-    }
-#pragma unroll
-    for (int q = 0; q < 8; q++) {
-        if (q < nd) {
-            if (tid < (int)nvec) st_v4(dst[q] + (size_t)tid * 16, pv0);
-            if (tid + A2A_THREADS < (int)nvec) st_v4(dst[q] + (size_t)(tid + A2A_THREADS) * 16, pv1);
-            if (tid < (int)p.S) ((float *)(dst[q] + p.payload_bytes))[tid] = psc;
-        }
-    }
+    store_token_rows(p, s_dl, *s_nd, pv0, pv1, psc);
     TR_MARK(); /* 2: data stores issued */
     arrive_count(p, A2A_FLAG_DSP);
     TR_MARK(); /* 3: released */
@@ -547,25 +555,7 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
         if (pre) {
             /* 4 (one token, prefetched): each thread stores its vectors to every
              * destination row */
-            const int nd = s_nd[0];
-            char *dst[8];
-#pragma unroll
-            for (int q = 0; q < 8; q++) {
-                dst[q] = nullptr;
-                if (q < nd) {
-                    const int d = s_dl[q];
-                    dst[q] = row_ptr(p, d >> 24, me, d & 0xffffff);
-                }
-            }
-#pragma unroll
-            for (int q = 0; q < 8; q++) {
-                if (q < nd) {
-                    if (tid < (int)nvec) st_v4(dst[q] + (size_t)tid * 16, pv0);
-                    if (tid + A2A_THREADS < (int)nvec)
-                        st_v4(dst[q] + (size_t)(tid + A2A_THREADS) * 16, pv1);
-                    if (tid < (int)p.S) ((float *)(dst[q] + p.payload_bytes))[tid] = psc;
-                }
-            }
+            store_token_rows(p, s_dl, s_nd[0], pv0, pv1, psc);
             continue; /* T <= blocks: this was the block's only chunk */
         }
         /* 4: data. task = (token, segment); one warp per task */
