@@ -517,54 +517,41 @@ static void percentiles(double *lat, int n, double *p50, double *p99, double *p9
     *p999 = lat[n - 1 - (n / 1000)];
 }
 
-/* One write of `size` at a time, submit to local completion (delivery on tcp). */
-static void write_latency(bool raw, uint64_t size, int n, double *p50, double *p99, double *p999)
+/* One operation, from submit to its completion: a write of `size` (local completion;
+ * delivery on tcp) or, with `ping`, an immediate that the peer answers with a pong. */
+static void one_op(bool raw, bool ping, uint64_t size, uint64_t *done, uint64_t *imms, uint32_t *last)
 {
-    double *lat = malloc((size_t)n * sizeof *lat);
-    uint64_t done = 0, imms = 0;
-    uint32_t last;
-    for (int k = 0; k < n; k++) {
-        double t0 = now_s();
-        if (raw) {
-            uint64_t want = done + 1;
-            while (raw_write(C.raw, &C.rsrc, 0, size, raw_remote_addr(C.raw, C.raw_base, 0), C.raw_key,
-                             false, 0, false) == -EAGAIN)
-                raw_poll(C.raw, &done, &imms, &last);
-            while (done < want)
-                if (raw_poll(C.raw, &done, &imms, &last) < 0) die("raw poll", -EIO);
-        } else {
-            uint64_t base = te_counter_done(C.done);
-            te_write_args a = {.src = C.mr, .len = size, .dst = &C.dst, .route = {TE_ROUTE_SHARDED, 0}};
-            te_completion c = {.counter = C.done};
-            int r = te_write(C.e, &a, &c);
-            if (r) die("te_write", r);
-            if ((r = te_counter_wait(C.done, base + 1, 10000))) die("waiting for a write", r);
-        }
-        lat[k] = (now_s() - t0) * 1e6;
+    if (raw) {
+        const uint64_t want = (ping ? *imms : *done) + 1;
+        while (raw_write(C.raw, &C.rsrc, 0, ping ? 0 : size, raw_remote_addr(C.raw, C.raw_base, 0), C.raw_key,
+                         ping, ping ? PING : 0, false) == -EAGAIN)
+            raw_poll(C.raw, done, imms, last);
+        while ((ping ? *imms : *done) < want)
+            if (raw_poll(C.raw, done, imms, last) < 0) die("raw poll", -EIO);
+    } else if (ping) {
+        int r = te_write_imm(C.e, PING, &C.dst, (te_route){TE_ROUTE_PINNED, 0}, NULL);
+        if (r) die("te_write_imm", r);
+        if ((r = te_imm_counter_wait(C.pongs, 1, 10000))) die("waiting for pong", r);
+    } else {
+        uint64_t base = te_counter_done(C.done);
+        te_write_args a = {.src = C.mr, .len = size, .dst = &C.dst, .route = {TE_ROUTE_SHARDED, 0}};
+        te_completion c = {.counter = C.done};
+        int r = te_write(C.e, &a, &c);
+        if (r) die("te_write", r);
+        if ((r = te_counter_wait(C.done, base + 1, 10000))) die("waiting for a write", r);
     }
-    percentiles(lat, n, p50, p99, p999);
-    free(lat);
 }
 
-static void latency(bool raw, int n, double *p50, double *p99, double *p999)
+/* n operations one at a time; percentiles of their latencies in µs. */
+static void op_latency(bool raw, bool ping, uint64_t size, int n, double *p50, double *p99, double *p999)
 {
     double *lat = malloc((size_t)n * sizeof *lat);
+    if (!lat) die("latency samples", -ENOMEM);
     uint64_t done = 0, imms = 0;
     uint32_t last;
     for (int k = 0; k < n; k++) {
         double t0 = now_s();
-        if (raw) {
-            uint64_t want = imms + 1;
-            while (raw_write(C.raw, &C.rsrc, 0, 0, raw_remote_addr(C.raw, C.raw_base, 0), C.raw_key, true,
-                             PING, false) == -EAGAIN)
-                raw_poll(C.raw, &done, &imms, &last);
-            while (imms < want)
-                if (raw_poll(C.raw, &done, &imms, &last) < 0) die("raw poll", -EIO);
-        } else {
-            int r = te_write_imm(C.e, PING, &C.dst, (te_route){TE_ROUTE_PINNED, 0}, NULL);
-            if (r) die("te_write_imm", r);
-            if ((r = te_imm_counter_wait(C.pongs, 1, 10000))) die("waiting for pong", r);
-        }
+        one_op(raw, ping, size, &done, &imms, &last);
         lat[k] = (now_s() - t0) * 1e6;
     }
     percentiles(lat, n, p50, p99, p999);
@@ -774,8 +761,8 @@ static int run_client(const char *token, const opts *o)
     if (selected(o, "latency")) {
         int n = o->quick ? 300 : 2000;
         double e50 = 0, e99 = 0, e999 = 0, r50 = 0, r99 = 0, r999 = 0;
-        if (modes & 1) set_mode(&srv, "engine"), latency(false, n, &e50, &e99, &e999);
-        if (modes & 2) set_mode(&srv, "raw"), latency(true, n, &r50, &r99, &r999);
+        if (modes & 1) set_mode(&srv, "engine"), op_latency(false, true, 0, n, &e50, &e99, &e999);
+        if (modes & 2) set_mode(&srv, "raw"), op_latency(true, true, 0, n, &r50, &r99, &r999);
         printf("\nimm round trip (%d samples), us:   p50      p99    p99.9\n", n);
         if (modes & 1) printf("  engine                        %8.1f %8.1f %8.1f\n", e50, e99, e999);
         if (modes & 2) printf("  raw provider                  %8.1f %8.1f %8.1f\n", r50, r99, r999);
@@ -790,8 +777,8 @@ static int run_client(const char *token, const opts *o)
             char sz[32];
             size_str(lat_sizes[k], sz);
             e50 = e99 = e999 = r50 = r99 = r999 = 0;
-            if (modes & 1) set_mode(&srv, "engine"), write_latency(false, lat_sizes[k], ln, &e50, &e99, &e999);
-            if (modes & 2) set_mode(&srv, "raw"), write_latency(true, lat_sizes[k], ln, &r50, &r99, &r999);
+            if (modes & 1) set_mode(&srv, "engine"), op_latency(false, false, lat_sizes[k], ln, &e50, &e99, &e999);
+            if (modes & 2) set_mode(&srv, "raw"), op_latency(true, false, lat_sizes[k], ln, &r50, &r99, &r999);
             printf("  %-9s      %8.1f %6.1f %6.1f | %8.1f %6.1f %6.1f\n", sz, e50, e99, e999, r50, r99, r999);
             json_row("{\"workload\":\"write_latency_us\",\"bytes\":%" PRIu64 ",\"engine_p50\":%.2f,"
                      "\"engine_p99\":%.2f,\"engine_p999\":%.2f,\"raw_p50\":%.2f,\"raw_p99\":%.2f,"
