@@ -14,6 +14,10 @@ between (the recv half then mostly finds its data already there).
 GB/s columns: "logical" = T*K rows (pplx-garden's definition: T*K*(H*in + S*4) for
 dispatch, T*K*H*out for combine); "moved" = rows a rank actually sends, one per
 (token, destination rank) (DeepEP's and the NCCL baseline's definition).
+"kernel" columns: the same steps run again under torch.profiler, and each series' GPU
+kernel duration is taken from the profiler's activity records: no launch or event
+overhead, the way DeepEP's bench_kineto times its kernels (its published figures are
+kernel durations), so these are the figures to compare with DeepEP's.
 
   python3 bench/bench_all_to_all/bench_all_to_all.py [--modes decode,prefill] [--json out.json]
 """
@@ -72,8 +76,9 @@ def run_mode(args, rank, world, dev, T):
     res = {n: [] for n in names}
     moved = []
     ev = [torch.cuda.Event(enable_timing=True) for _ in range(16)]
-    iters = args.warmup + (args.iters if T <= 128 else args.prefill_iters)
-    for it in range(iters):
+
+    def step():
+        """One iteration: fresh routing, every series once, each between two events."""
         idx = torch.rand(T, E, device=dev).topk(K, dim=1).indices.to(torch.int32)
         w = torch.rand(T, K, device=dev)
         # NCCL baseline inputs: one row per (token, destination rank)
@@ -83,7 +88,6 @@ def run_mode(args, rank, world, dev, T):
         recv_counts = torch.empty_like(send_counts)
         dist.all_to_all_single(recv_counts, send_counts)
         sc, rc = send_counts.tolist(), recv_counts.tolist()
-        moved.append(sum(sc))
         # --- back to back
         align()
         ev[0].record()
@@ -121,18 +125,36 @@ def run_mode(args, rank, world, dev, T):
         ev[15].record()
         torch.cuda.synchronize()
         a2a.poll_error()
+        return sum(sc)
+
+    iters = args.warmup + (args.iters if T <= 128 else args.prefill_iters)
+    for it in range(iters):
+        mv_it = step()
         if it < args.warmup:
             continue
+        moved.append(mv_it)
         pairs = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11), (12, 13), (14, 15)]
         for n, (a, b) in zip(names, pairs):
             res[n].append(ev[a].elapsed_time(ev[b]) * 1000.0)
+    # Kernel durations as the profiler records them (CUPTI activity records: the time the
+    # kernel ran on the GPU, without the launch and event overhead that the event pairs
+    # include). This is how DeepEP's benchmarks time their kernels (bench_kineto), so these
+    # are the figures to put next to DeepEP's.
+    kern = {n: [] for n in names}
+    nprof = args.profile_iters if T <= 128 else max(1, args.profile_iters // 5)
+    if nprof > 0:
+        try:
+            kern = profile_kernels(step, nprof, names)
+        except Exception as e:  # the event-timed figures above stay valid
+            print(f"bench_all_to_all: kernel profiling failed on rank {rank}: {e!r}", file=sys.stderr)
     a2a.destroy()
     gathered = [None] * world
-    dist.all_gather_object(gathered, {"res": res, "moved": moved})
+    dist.all_gather_object(gathered, {"res": res, "moved": moved, "kern": kern})
     if rank != 0:
         return None
     pooled = {n: [v for g in gathered for v in g["res"][n]] for n in names}
-    mv = statistics.mean(v for g in gathered for v in g["moved"][args.warmup:] or g["moved"])
+    kpooled = {n: [v for g in gathered for v in g["kern"][n]] for n in names}
+    mv = statistics.mean(v for g in gathered for v in g["moved"])
     logical = {"d": T * K * (H + 4 * S), "c": T * K * crow}
     moved_b = {"d": mv * drow, "c": mv * crow}
     rows = []
@@ -141,10 +163,58 @@ def run_mode(args, rank, world, dev, T):
         p50, p99 = pct(pooled[n], 50), pct(pooled[n], 99)
         rows.append({"series": n, "p50_us": p50, "p99_us": p99, "mean_us": statistics.mean(pooled[n]),
                      "gbps_logical": logical[kind] / p50 / 1e3 if "nccl" not in n else None,
-                     "gbps_moved": moved_b[kind] / p50 / 1e3, "samples": len(pooled[n])})
+                     "gbps_moved": moved_b[kind] / p50 / 1e3, "samples": len(pooled[n]),
+                     "kernel_p50_us": pct(kpooled[n], 50) if kpooled[n] else None,
+                     "kernel_p99_us": pct(kpooled[n], 99) if kpooled[n] else None,
+                     "kernel_samples": len(kpooled[n])})
     return {"tokens": T, "world": world, "hidden": H, "scales": S, "experts": E, "topk": K,
             "num_sms": args.num_sms or torch.cuda.get_device_properties(dev).multi_processor_count,
             "partials": "fp32" if args.partial_f32 else "bf16", "rows_moved_per_rank": mv, "series": rows}
+
+
+# kernel name (as the profiler reports it) -> series; NCCL's kernels are told apart by order
+KERNEL_SERIES = [("k_dispatch_both", "dispatch"), ("k_combine_both", "combine"),
+                 ("k_dispatch_send", "dispatch_send"), ("k_dispatch_recv", "dispatch_recv"),
+                 ("k_combine_send", "combine_send"), ("k_combine_recv", "combine_recv")]
+
+
+def kernel_records(prof):
+    """(start_ns, duration_ns, name) of every GPU kernel the profiler recorded, in start order."""
+    out = []
+    try:
+        for e in prof.profiler.kineto_results.events():
+            if e.device_type() == torch.autograd.DeviceType.CUDA:
+                out.append((e.start_ns(), e.duration_ns(), e.name()))
+    except AttributeError:
+        for e in prof.events():
+            if e.device_type == torch.autograd.DeviceType.CUDA:
+                out.append((e.time_range.start * 1e3, e.time_range.elapsed_us() * 1e3, e.name))
+    out.sort()
+    return out
+
+
+def profile_kernels(step, n, names):
+    """Runs `step` n times under torch.profiler and returns {series: [kernel µs]}."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            step()
+    kern = {k: [] for k in names}
+    nccl = []
+    for _, dur, name in kernel_records(prof):
+        for key, series in KERNEL_SERIES:
+            if key in name:
+                kern[series].append(dur / 1e3)
+                break
+        else:
+            if "nccl" in name.lower() and "allreduce" not in name.lower():
+                nccl.append(dur / 1e3)
+    # per step, NCCL runs three all-to-alls besides the alignment all-reduces: the count
+    # exchange, then the dispatch rows, then the combine rows
+    if len(nccl) == 3 * n:
+        kern["nccl_dispatch"] = nccl[1::3]
+        kern["nccl_combine"] = nccl[2::3]
+    return kern
 
 
 def worker(rank, world, port, args):
@@ -179,10 +249,14 @@ def print_table(r):
     print(f"\n{r['mode']}: EP{r['world']} T={r['tokens']}/rank H={r['hidden']} S={r['scales']} "
           f"E={r['experts']} top-{r['topk']} fp8->bf16, {r['partials']} partials, {r['num_sms']} SMs, "
           f"{r['rows_moved_per_rank']:.0f} rows moved/rank/direction")
-    print(f"{'series':<15}{'p50 us':>10}{'p99 us':>10}{'GB/s logical':>14}{'GB/s moved':>12}")
+    print(f"{'series':<15}{'p50 us':>10}{'p99 us':>10}{'GB/s logical':>14}{'GB/s moved':>12}"
+          f"{'kernel p50':>12}{'kernel p99':>12}")
     for s in r["series"]:
         gl = f"{s['gbps_logical']:.0f}" if s["gbps_logical"] is not None else "-"
-        print(f"{s['series']:<15}{s['p50_us']:>10.1f}{s['p99_us']:>10.1f}{gl:>14}{s['gbps_moved']:>12.0f}")
+        k50 = f"{s['kernel_p50_us']:.1f}" if s["kernel_p50_us"] is not None else "-"
+        k99 = f"{s['kernel_p99_us']:.1f}" if s["kernel_p99_us"] is not None else "-"
+        print(f"{s['series']:<15}{s['p50_us']:>10.1f}{s['p99_us']:>10.1f}{gl:>14}{s['gbps_moved']:>12.0f}"
+              f"{k50:>12}{k99:>12}")
     sys.stdout.flush()
 
 
@@ -200,6 +274,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--iters", type=int, default=300, help="timed decode iterations")
     ap.add_argument("--prefill-iters", type=int, default=50, help="timed prefill iterations")
+    ap.add_argument("--profile-iters", type=int, default=100,
+                    help="decode iterations run again under torch.profiler for kernel durations "
+                         "(prefill: a fifth of it; 0 = off)")
     ap.add_argument("--partial-f32", action="store_true",
                     help="combine partial sums travel as fp32 (default: as bf16, the out dtype)")
     ap.add_argument("--json", default="")

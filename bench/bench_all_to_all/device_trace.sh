@@ -15,7 +15,7 @@ fi
 cmake --build build-trace --target tendril_a2a_py _tendril -j16 >"$out/trace-build.log" 2>&1 \
   || { tail -40 "$out/trace-build.log"; exit 1; }
 A2A_TRACE_OUT=$out/trace PYTHONPATH=$PWD/python:$PWD/build-trace/python timeout ${TRACE_TIMEOUT:-120} \
-  python3 bench/bench_all_to_all/bench_all_to_all.py --modes decode --warmup 20 --iters 10 "$@" \
+  python3 bench/bench_all_to_all/bench_all_to_all.py --modes decode --warmup 20 --iters 10 --profile-iters 0 "$@" \
   >"$out/trace.log" 2>&1
 echo "trace bench rc=$?"
 cat "$out"/trace.r* | python3 bench/bench_all_to_all/trace_summary.py >"$out/trace-summary.txt" 2>&1

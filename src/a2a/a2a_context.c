@@ -235,7 +235,7 @@ int a2a_create(const a2a_config *cfg, a2a_ctx **out) {
     size_t off = 0;
     a2a_kparams *kp = &c->kp;
     kp->off_flags = off;
-    off = up(off + 3 * W * 128, 256);
+    off = up(off + A2A_FLAG_N * W * 128, 256);
     kp->off_cnt = off;
     off = up(off + W * (c->L + 1) * 4, 256);
     kp->off_meta = off;

@@ -2,11 +2,12 @@
  * Interface between the host side of the all-to-all (C) and its kernels (CUDA C).
  *
  * Shared block of every rank (mapped by every peer), offsets identical on all ranks:
- *   flags  [3][W] uint32, one 128-byte line each: DSP (dispatch data from src complete),
+ *   flags  [4][W] uint32, one 128-byte line each: DSP (dispatch data from src complete),
  *          WGT (src's combine weights published), CMB (src's combine partials complete
- *          and src done reading what we sent it). Written only by src, monotonic: WGT holds
- *          the epoch; DSP and CMB count block arrivals (red.release.sys.add), each launch
- *          adding A2A_ARRIVE_SPAN in total, so epoch e is complete at e * A2A_ARRIVE_SPAN.
+ *          and src done reading what we sent it), CNT (src's dispatch counts complete,
+ *          raised before its data). Written only by src, monotonic: WGT holds the epoch;
+ *          DSP, CMB and CNT count block arrivals (red.release.sys.add), each launch adding
+ *          A2A_ARRIVE_SPAN in total, so epoch e is complete at e * A2A_ARRIVE_SPAN.
  *   cnt    [W][L+1] int32: per source, tokens per local expert, then rows sent; summed
  *          by the source with remote reductions, cleared by the owner in combine send.
  *   meta   [W][Tmax][K+1] int32: per source slot: token id, then per k
@@ -36,7 +37,7 @@ extern "C" {
 /* DSP / CMB counters: the blocks of one launch add this much in total (>= grid size) */
 #define A2A_ARRIVE_SPAN 65536u
 
-enum { A2A_FLAG_DSP = 0, A2A_FLAG_WGT = 1, A2A_FLAG_CMB = 2 };
+enum { A2A_FLAG_DSP = 0, A2A_FLAG_WGT = 1, A2A_FLAG_CMB = 2, A2A_FLAG_CNT = 3, A2A_FLAG_N = 4 };
 enum { A2A_PH_DSEND = 0, A2A_PH_DRECV = 1, A2A_PH_CSEND = 2, A2A_PH_CRECV = 3,
        A2A_PH_DBOTH = 4, A2A_PH_CBOTH = 5, A2A_PH_N = 6 }; /* BOTH: send+recv in one launch */
 /* error word: code << 24 | phase << 16 | peer */
@@ -45,7 +46,11 @@ enum { A2A_ERR_TIMEOUT = 1, A2A_ERR_OVERFLOW = 2, A2A_ERR_ABORT = 3 };
  * back an earlier form of a step, so that a benchmark can A/B it in one build. */
 enum {
     A2A_DEV_FENCE_ALL = 1,     /* every thread runs fence.sys before a block's arrival */
-    A2A_DEV_NO_WARP_ROUTE = 2  /* decode dispatch send routes with the block-wide path */
+    A2A_DEV_NO_WARP_ROUTE = 2, /* decode dispatch send routes with the block-wide path */
+    A2A_DEV_OLD_RECV = 4,      /* dispatch recv: every block builds its tables before any
+                                  row load, and the copy loop does not prefetch */
+    A2A_DEV_NO_DIRECT_SELF = 8 /* fused dispatch stages the rows a rank sends itself
+                                  instead of storing them straight to the output */
 };
 /* arrival counters in the workspace */
 enum { A2A_ARR_DSEND = 0, A2A_ARR_WGT = 1, A2A_ARR_CSEND = 2, A2A_ARR_CRECV = 3, A2A_ARR_N = 8 };

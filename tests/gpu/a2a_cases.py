@@ -41,6 +41,12 @@ add("run", Cfg("accumulate_f32_split", E=16, K=4, T=40, accumulate=True, split=T
 add("run", Cfg("chunked_fp8", H=2048, S=16, E=64, K=8, T=300, in_dtype=F8, sms=8, iters=3))
 add("run", Cfg("chunked_multi_round", H=512, E=32, K=4, T=1000, sms=4, iters=2, split=True,
                tokens=lambda r, it: (1000, 777)[(r + it) % 2]))
+# one rank runs both halves in one launch (it stores the rows it sends itself straight to
+# its output) while the other runs them split, alternating: the counters must agree
+add("run", Cfg("mixed_fused_split", H=1024, S=8, E=32, K=8, T=64, in_dtype=F8, iters=4,
+               split=lambda r, it: (r + it) % 2 == 1))
+add("run", Cfg("mixed_fused_split_chunked", H=1024, S=8, E=32, K=8, T=300, in_dtype=F8, sms=8, iters=4,
+               split=lambda r, it: (r + it) % 2 == 1, tokens=lambda r, it: (300, 211)[(r + it) % 2]))
 add("graph", Cfg("graph_fp8", H=1024, S=8, E=32, K=4, T=64, in_dtype=F8,
                  bound=lambda r, it: (it * 13 + r * 3) % 65))
 add("timeout", Cfg("timeout"))
@@ -54,6 +60,7 @@ add("run", Cfg("ep_one_rank", E=64, K=4, T=24, routing="one_rank", iters=2))
 add("run", Cfg("ep_zero_and_bound", E=24, K=3, T=24, pad=4, iters=3, out_dtype=torch.float32,
                tokens=lambda r, it: 0 if (r + it) % 3 == 0 else 24, bound=lambda r, it: 24 - r, split=True))
 add("run", Cfg("ep_chunked", H=512, E=64, K=8, T=200, sms=5, iters=2))
+add("run", Cfg("ep_mixed_fused_split", H=512, E=64, K=8, T=32, iters=3, split=lambda r, it: (r + it) % 3 == 0))
 add("graph", Cfg("ep_graph", H=512, E=32, K=4, T=16, bound=lambda r, it: (it * 5 + r) % 17))
 
 EP2 = [n for n in CASES if not n.startswith("ep_")]

@@ -14,7 +14,7 @@ import dataclasses
 import math
 import os
 import traceback
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -37,7 +37,7 @@ class Cfg:
     tokens: Optional[Callable[[int, int], int]] = None  # (rank, it) -> T of that rank
     bound: Optional[Callable[[int, int], int]] = None   # (rank, it) -> bound_m (device)
     iters: int = 2
-    split: bool = False
+    split: Union[bool, Callable[[int, int], bool]] = False  # or (rank, it) -> split this time
     accumulate: bool = False
     seed: int = 1
     partial_f32: bool = False
@@ -191,7 +191,8 @@ def run_cfg(cfg: Cfg, world: int, num_sms: int):
         out_x = torch.empty(cap, cfg.H, dtype=cfg.in_dtype, device=dev)
         out_x.view(torch.uint8).fill_(SENTINEL)
         out_s = torch.full((cap, cfg.S), -1.0, device=dev) if cfg.S else None
-        if cfg.split:
+        split = cfg.split(a2a.rank, it) if callable(cfg.split) else cfg.split
+        if split:
             a2a.dispatch(out_num, out_x, out_s, x, s, idx, w, bound_m=bound, do_recv=False)
             _ = mm @ mm  # unrelated work between the halves
             a2a.dispatch(out_num, out_x, out_s, x, s, idx, w, bound_m=bound, do_send=False)
@@ -208,7 +209,7 @@ def run_cfg(cfg: Cfg, world: int, num_sms: int):
             out = torch.empty(T, cfg.H, dtype=cfg.out_dtype, device=dev)
             out.view(torch.uint8).fill_(SENTINEL)
         base = out.clone()
-        if cfg.split:
+        if split:
             a2a.combine(out, idx, w, y, bound_m=bound, do_recv=False, accumulate=cfg.accumulate)
             _ = mm @ mm
             a2a.combine(out, idx, w, y, bound_m=bound, do_send=False, accumulate=cfg.accumulate)

@@ -47,19 +47,61 @@ typedef a2a_kparams P;
             tr_c[tr_n++] = clock64();                                                 \
         }                                                                             \
     } while (0)
-#define TR_PRINT(name, ep)                                                            \
+/* A block's marks are stashed in shared memory (thread 0 only) and printed at the end of
+ * the kernel (TR_FLUSH), so that the printf of a first half does not delay the second
+ * half of a fused send+recv launch. */
+struct TrSet {
+    const char *name;
+    uint32_t ep;
+    int n;
+    uint64_t g[12];
+    long long c[12];
+};
+static __device__ __forceinline__ TrSet *tr_sets(int **count) {
+    __shared__ TrSet sets[2];
+    __shared__ int nsets;
+    *count = &nsets;
+    return sets;
+}
+#define TR_BEGIN()                                                                    \
     do {                                                                              \
-        if (threadIdx.x == 0 && (ep) - A2A_TRACE_EP0 < 3u) {                          \
-            for (int q = 0; q < tr_n; q++)                                            \
-                printf("TR %s r%d e%u b%d q%d g%llu c%lld\n", name, p.rank, (ep),    \
-                       (int)blockIdx.x, q, (unsigned long long)tr_g[q],               \
-                       (long long)(tr_c[q] - tr_c[0]));                               \
+        int *n_;                                                                      \
+        tr_sets(&n_);                                                                 \
+        if (threadIdx.x == 0) *n_ = 0;                                                \
+    } while (0)
+#define TR_PRINT(nm, e)                                                               \
+    do {                                                                              \
+        int *n_;                                                                      \
+        TrSet *S_ = tr_sets(&n_);                                                     \
+        if (threadIdx.x == 0 && *n_ < 2) {                                            \
+            TrSet &t_ = S_[(*n_)++];                                                  \
+            t_.name = nm;                                                             \
+            t_.ep = (e);                                                              \
+            t_.n = tr_n;                                                              \
+            for (int q = 0; q < tr_n; q++) {                                          \
+                t_.g[q] = tr_g[q];                                                    \
+                t_.c[q] = (long long)(tr_c[q] - tr_c[0]);                             \
+            }                                                                         \
         }                                                                             \
+    } while (0)
+#define TR_FLUSH()                                                                    \
+    do {                                                                              \
+        int *n_;                                                                      \
+        TrSet *S_ = tr_sets(&n_);                                                     \
+        if (threadIdx.x == 0)                                                         \
+            for (int k_ = 0; k_ < *n_; k_++)                                          \
+                if (S_[k_].ep - A2A_TRACE_EP0 < 3u)                                   \
+                    for (int q = 0; q < S_[k_].n; q++)                                \
+                        printf("TR %s r%d e%u b%d q%d g%llu c%lld\n", S_[k_].name,    \
+                               p.rank, S_[k_].ep, (int)blockIdx.x, q,                 \
+                               (unsigned long long)S_[k_].g[q], S_[k_].c[q]);         \
     } while (0)
 #else
 #define TR_DECL do {} while (0)
 #define TR_MARK() do {} while (0)
 #define TR_PRINT(name, ep) do {} while (0)
+#define TR_BEGIN() do {} while (0)
+#define TR_FLUSH() do {} while (0)
 #endif
 
 #define FULL 0xffffffffu
@@ -292,9 +334,10 @@ struct RecvTables {
 /* ------------------------------------------------------------ dispatch send ---- */
 
 /* One token held in registers (two 16-byte vectors and one scale per thread) stored to
- * its nd destination rows (s_dl: rank << 24 | slot). Whole block. */
+ * its nd destination rows (s_dl: rank << 24 | slot), except the one at rank `skip`.
+ * Whole block. */
 static __device__ __forceinline__ void store_token_rows(const P &p, const int *s_dl, int nd, uint4 pv0,
-                                                        uint4 pv1, float psc) {
+                                                        uint4 pv1, float psc, int skip) {
     const int tid = threadIdx.x;
     const int nvec = (int)(p.payload_bytes / 16);
     char *dst[8];
@@ -303,17 +346,76 @@ static __device__ __forceinline__ void store_token_rows(const P &p, const int *s
         dst[q] = nullptr;
         if (q < nd) {
             const int d = s_dl[q];
-            dst[q] = row_ptr(p, d >> 24, p.rank, d & 0xffffff);
+            if ((d >> 24) != skip) dst[q] = row_ptr(p, d >> 24, p.rank, d & 0xffffff);
         }
     }
 #pragma unroll
     for (int q = 0; q < 8; q++) {
-        if (q < nd) {
+        if (dst[q]) {
             if (tid < nvec) st_v4(dst[q] + (size_t)tid * 16, pv0);
             if (tid + A2A_THREADS < nvec) st_v4(dst[q] + (size_t)(tid + A2A_THREADS) * 16, pv1);
             if (tid < (int)p.S) ((float *)(dst[q] + p.payload_bytes))[tid] = psc;
         }
     }
+}
+
+/* Shared-memory ints a dispatch send uses (the chunked path's tables; the one-token path
+ * needs fewer). A fused launch keeps its receive tables after them. */
+static __host__ __device__ __forceinline__ size_t send_smem_ints(const P &p) {
+    return 2 * (size_t)p.E + 2 * (size_t)p.world + A2A_CHUNK * (size_t)p.K + A2A_CHUNK * (size_t)p.world +
+           A2A_CHUNK * 8 + A2A_CHUNK;
+}
+
+/* A block's arrival on CNT at every destination: its count reductions (made before the
+ * caller's bar.sync) are released. Issued by the last warp, which has no payload vector
+ * at the common shapes, so the release's wait does not hold up data stores. */
+static __device__ __forceinline__ void arrive_cnt(const P &p) {
+    const int lane = threadIdx.x & 31;
+    if ((int)(threadIdx.x >> 5) == A2A_WARPS - 1 && lane < p.world) {
+        const uint32_t add = blockIdx.x == 0 ? A2A_ARRIVE_SPAN - (gridDim.x - 1) : 1u;
+        red_release_sys_add(flag_ptr(p, lane, A2A_FLAG_CNT, p.rank), add);
+    }
+}
+
+static __device__ void warp_recv_tables(const P &p, int *s_base);
+
+/* Fused dispatch: waits for every source's CNT counter and builds the receive tables in
+ * s_base (last warp), then joins the block. Returns false (uniform) on timeout/abort. */
+static __device__ bool fused_tables(const P &p, int *s_base, uint32_t ep) {
+    __shared__ int s_ok;
+    const int lane = threadIdx.x & 31;
+    if ((int)(threadIdx.x >> 5) == A2A_WARPS - 1) {
+        int ok = 1;
+        if (lane < p.world)
+            ok = wait_flag(p, flag_ptr(p, p.rank, A2A_FLAG_CNT, lane), arrive_target(ep), A2A_PH_DRECV, lane);
+        ok = __all_sync(FULL, ok);
+        if (ok) warp_recv_tables(p, s_base);
+        if (lane == 0) s_ok = ok;
+    }
+    __syncthreads();
+    return s_ok != 0;
+}
+
+/* Output row of a (local expert, index) entry (l << A2A_IDX_BITS | index) from source
+ * src, or -1 (recorded as overflow) past the output's capacity. */
+static __device__ __forceinline__ int out_row(const P &p, const int *s_base, int src, int ent) {
+    if (ent < 0) return -1;
+    const int row = s_base[src * (int)p.L + (ent >> A2A_IDX_BITS)] + (ent & ((1 << A2A_IDX_BITS) - 1));
+    if (row >= (int)p.out_capacity) {
+        set_error(p, A2A_ERR_OVERFLOW, A2A_PH_DRECV, src);
+        return -1;
+    }
+    return row;
+}
+
+/* Whether a fused dispatch (send+recv in one launch) stores the rows a rank sends itself
+ * straight to its expert-major output: the receive tables fit one warp's registers and
+ * every block routes at most one chunk, so a block still holds its positions when the
+ * counts of every source are in. */
+static __device__ __forceinline__ bool fused_direct_fits(const P &p) {
+    const int per = ((int)p.L + 31) / 32;
+    return p.world <= 32 && p.world * per <= 16 && p.T <= (uint32_t)A2A_CHUNK * gridDim.x &&
+           !(p.dev_flags & A2A_DEV_NO_DIRECT_SELF);
 }
 
 /* Whether dispatch send may take the one-token-per-block path: at most one token per
@@ -332,7 +434,7 @@ static __device__ __forceinline__ bool send_one_fits(const P &p) {
  * in (me, expert) and the first lane of each destination rank the token's slot there,
  * both with one returning atomic in the same round trip. One barrier hands the
  * destination list to the other warps, which store the prefetched token. */
-static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem) {
+static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem, int *s_tab, bool direct) {
     TR_DECL;
     TR_MARK();
     const int W = p.world, K = p.K, E = p.E, L = p.L, me = p.rank;
@@ -363,10 +465,11 @@ static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem) 
         for (int i = tid; i < E; i += A2A_THREADS) nxt_cnt[i] = 0;
         for (int i = tid; i < W; i += A2A_THREADS) nxt_rcnt[i] = 0;
     }
-    int *s_dl = smem;     /* [8] destination r << 24 | slot */
-    int *s_nd = smem + 8; /* [1] */
+    int *s_dl = smem;       /* [8] destination r << 24 | slot */
+    int *s_nd = smem + 8;   /* [1] */
+    int *s_self = smem + 9; /* [8] per k: local expert << 21 | index where the rank is me, else -1 */
     if (wid == 0) {
-        int nd = 0;
+        int nd = 0, selfv = -1;
         if (t < T) {
             const bool valid = lane < K && e < (uint32_t)E;
             const int r = valid ? (int)(e / L) : -1;
@@ -389,6 +492,7 @@ static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem) 
             const int src_e = valid ? __ffs(same_e) - 1 : lane;
             const int src_r = valid ? __ffs(same_r) - 1 : lane;
             const int pos = __shfl_sync(FULL, ebase, src_e) + __popc(same_e & below);
+            if (valid && r == me) selfv = (int)(((e - (uint32_t)(me * L)) << A2A_IDX_BITS) | (uint32_t)pos);
             slot = __shfl_sync(FULL, slot, src_r);
             const uint32_t leaders = __ballot_sync(FULL, lead_r);
             nd = __popc(leaders);
@@ -409,18 +513,75 @@ static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem) 
             }
         }
         if (lane == 0) *s_nd = nd;
+        if (lane < 8) s_self[lane] = selfv;
     }
     __syncthreads();
+    arrive_cnt(p);
     TR_MARK(); /* 1: routed */
-    store_token_rows(p, s_dl, *s_nd, pv0, pv1, psc);
+    store_token_rows(p, s_dl, *s_nd, pv0, pv1, psc, direct ? me : -1);
     TR_MARK(); /* 2: data stores issued */
     arrive_count(p, A2A_FLAG_DSP);
     TR_MARK(); /* 3: released */
+    if (direct) {
+        /* the rows for our own experts: straight from registers to the output */
+        if (!fused_tables(p, s_tab, ep)) return false;
+        TR_MARK(); /* 4: every source's counts in, tables built */
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            const int row = out_row(p, s_tab, me, s_self[q]);
+            if (row < 0) continue;
+            char *dst = (char *)p.out_x + (size_t)row * p.out_x_stride;
+            if (tid < (int)nvec) st_v4(dst + (size_t)tid * 16, pv0);
+            if (tid + A2A_THREADS < (int)nvec) st_v4(dst + (size_t)(tid + A2A_THREADS) * 16, pv1);
+            if (tid < (int)p.S) p.out_scale[(size_t)row * p.os0 + (size_t)tid * p.os1] = psc;
+        }
+        TR_MARK(); /* 5: own rows stored */
+    }
     TR_PRINT("dsend1", ep);
     return true;
 }
 
-static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
+/* Segment `seg` of token t of the caller's input (payload, and the scales with the last
+ * segment) stored to up to 8 rows (nullptr: none). With orow the rows are output rows
+ * orow[q] (scales go to out_scale), else staging rows (scales follow the payload).
+ * Whole warp. */
+static __device__ __forceinline__ void copy_token_seg(const P &p, int t, int seg, int nseg, int vps,
+                                                      char *const dst[8], const int *orow) {
+    const int lane = threadIdx.x & 31;
+    const int nvec = (int)(p.payload_bytes / 16);
+    const char *src = (const char *)p.x + (size_t)t * p.x_stride;
+    const int v0 = seg * vps, v1 = min(nvec, v0 + vps);
+    for (int v = v0 + lane; v < v1; v += 32 * 4) {
+        uint4 val[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            if (v + 32 * u < v1) val[u] = ld_in(src + (size_t)(v + 32 * u) * 16);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            if (v + 32 * u < v1) {
+#pragma unroll
+                for (int q = 0; q < 8; q++)
+                    if (dst[q]) st_v4(dst[q] + (size_t)(v + 32 * u) * 16, val[u]);
+            }
+        }
+    }
+    if (seg == nseg - 1) {
+        for (int i = lane; i < (int)p.S; i += 32) {
+            const float f = p.x_scale[(size_t)t * p.xs0 + (size_t)i * p.xs1];
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                if (!dst[q]) continue;
+                if (orow) {
+                    p.out_scale[(size_t)orow[q] * p.os0 + (size_t)i * p.os1] = f;
+                } else {
+                    ((float *)(dst[q] + p.payload_bytes))[i] = f;
+                }
+            }
+        }
+    }
+}
+
+static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int *s_tab, bool direct) {
     TR_DECL;
     TR_MARK();
     uint32_t ep;
@@ -470,6 +631,7 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
     __syncthreads();
     TR_MARK(); /* 1: started, tables cleared */
 
+    bool cnt_done = false; /* this block's CNT arrival, after its last chunk's counts */
     for (int c = blockIdx.x; c < nchunks; c += gridDim.x) {
         const int t0 = c * chunk;
         const int nt = min(chunk, T - t0);
@@ -511,6 +673,10 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
                 atomicAdd(cnt_ptr(p, r, me) + L, s_rcnt[r]);
             }
         __syncthreads();
+        if (c + (int)gridDim.x >= nchunks) {
+            arrive_cnt(p);
+            cnt_done = true;
+        }
         TR_MARK(); /* 3: global ranges reserved */
         /* 3: final positions; reset the per-chunk counters */
         for (int i = tid; i < npairs; i += A2A_THREADS) {
@@ -555,7 +721,7 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
         if (pre) {
             /* 4 (one token, prefetched): each thread stores its vectors to every
              * destination row */
-            store_token_rows(p, s_dl, s_nd[0], pv0, pv1, psc);
+            store_token_rows(p, s_dl, s_nd[0], pv0, pv1, psc, direct ? me : -1);
             continue; /* T <= blocks: this was the block's only chunk */
         }
         /* 4: data. task = (token, segment); one warp per task */
@@ -573,49 +739,65 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem) {
                 dst[q] = nullptr;
                 if (q < nd) {
                     const int d = s_dl[ti * 8 + q];
-                    dst[q] = row_ptr(p, d >> 24, me, d & 0xffffff);
+                    if (!direct || (d >> 24) != me) dst[q] = row_ptr(p, d >> 24, me, d & 0xffffff);
                 }
             }
-            const char *src = (const char *)p.x + (size_t)t * p.x_stride;
-            const int v0 = seg * vps, v1 = min((int)nvec, v0 + vps);
-            for (int v = v0 + lane; v < v1; v += 32 * 4) {
-                uint4 val[4];
-#pragma unroll
-                for (int u = 0; u < 4; u++)
-                    if (v + 32 * u < v1) val[u] = ld_in(src + (size_t)(v + 32 * u) * 16);
-#pragma unroll
-                for (int u = 0; u < 4; u++) {
-                    if (v + 32 * u < v1) {
-#pragma unroll
-                        for (int q = 0; q < 8; q++)
-                            if (q < nd) st_v4(dst[q] + (size_t)(v + 32 * u) * 16, val[u]);
-                    }
-                }
-            }
-            if (seg == nseg - 1) {
-                for (int i = lane; i < (int)p.S; i += 32) {
-                    const float f = p.x_scale[(size_t)t * p.xs0 + (size_t)i * p.xs1];
-#pragma unroll
-                    for (int q = 0; q < 8; q++)
-                        if (q < nd) ((float *)(dst[q] + p.payload_bytes))[i] = f;
-                }
-            }
+            copy_token_seg(p, t, seg, nseg, vps, dst, nullptr);
         }
         __syncthreads();
+    }
+    if (!cnt_done) { /* no chunk: nothing counted, arrive all the same */
+        __syncthreads();
+        arrive_cnt(p);
     }
 
     TR_MARK(); /* 5: data stores issued */
     /* this block's data, metadata and count reductions, released to every destination */
     arrive_count(p, A2A_FLAG_DSP);
     TR_MARK(); /* 6: fenced and released */
+    if (direct && (int)blockIdx.x < nchunks) {
+        /* the chunk's rows for our own experts, from the input straight to the output
+         * (the block's only chunk: fused_direct_fits) */
+        if (!fused_tables(p, s_tab, ep)) return false;
+        TR_MARK(); /* 7: every source's counts in, tables built */
+        const int t0 = blockIdx.x * chunk, nt = min(chunk, T - t0);
+        int nseg = (A2A_WARPS + nt - 1) / nt;
+        if (nseg > (int)nvec / 32) nseg = (int)nvec / 32;
+        if (nseg < 1) nseg = 1;
+        const int vps = (nvec + nseg - 1) / nseg;
+        for (int task = wid; task < nt * nseg; task += A2A_WARPS) {
+            const int ti = task / nseg, seg = task % nseg;
+            const int t = t0 + ti;
+            int row = -1;
+            if (lane < K) {
+                const uint32_t e = (uint32_t)p.indices[(size_t)t * K + lane];
+                if (e < (uint32_t)E && (int)(e / L) == me)
+                    row = out_row(p, s_tab, me,
+                                  (int)(((e - (uint32_t)(me * L)) << A2A_IDX_BITS) | (uint32_t)s_pos[ti * K + lane]));
+            }
+            char *dst[8];
+            int orow[8];
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                orow[q] = __shfl_sync(FULL, row, q);
+                dst[q] = orow[q] >= 0 ? (char *)p.out_x + (size_t)orow[q] * p.out_x_stride : nullptr;
+            }
+            copy_token_seg(p, t, seg, nseg, vps, dst, orow);
+        }
+        TR_MARK(); /* 8: own rows stored */
+    } else if (direct) {
+        if (!fused_tables(p, s_tab, ep)) return false;
+    }
     TR_PRINT("dsend", ep);
     return true;
 }
 
 __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send(P p) {
     extern __shared__ int smem[];
-    if (send_one_fits(p)) dispatch_send_one(p, smem);
-    else dispatch_send(p, smem);
+    TR_BEGIN();
+    if (send_one_fits(p)) dispatch_send_one(p, smem, nullptr, false);
+    else dispatch_send(p, smem, nullptr, false);
+    TR_FLUSH();
 }
 
 /* ------------------------------------------------------------ recv tables ---- */
@@ -703,90 +885,134 @@ static __device__ __forceinline__ void row_to_src(const int *s_rowoff, int W, in
 
 /* ------------------------------------------------------------ dispatch recv ---- */
 
-static __device__ __forceinline__ void dispatch_recv(const P &p, int *smem) {
+/* What a copy task has in flight before it knows its destination rows: the first
+ * 4 x 32 vectors of its segment, the first 64 scales (last segment only) and the row's
+ * metadata entry for k = lane. */
+struct RowLoad {
+    uint4 val[4];
+    float sc0, sc1;
+    int ent;
+};
+
+static __device__ __forceinline__ void row_load_first(const P &p, const char *src, int s, int j, int v0,
+                                                      int v1, bool last_seg, RowLoad &rl) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+        if (v0 + lane + 32 * u < v1) rl.val[u] = ld_peer(src + (size_t)(v0 + lane + 32 * u) * 16);
+    const float *ssrc = (const float *)(src + p.payload_bytes);
+    rl.sc0 = rl.sc1 = 0.f;
+    if (last_seg) {
+        if (lane < (int)p.S) rl.sc0 = *(const volatile float *)&ssrc[lane];
+        if (lane + 32 < (int)p.S) rl.sc1 = *(const volatile float *)&ssrc[lane + 32];
+    }
+    rl.ent = lane < (int)p.K ? ld_vol_i(meta_ptr(p, p.rank, s, j) + 1 + lane) : -1;
+}
+
+/* Maps the row's entries to output rows (s_base: first output row of (source, local
+ * expert)) and stores the segment there, loading the rest of it; with `pipe` the next
+ * 4 x 32 vectors are requested before the current ones are stored. Whole warp. */
+static __device__ __forceinline__ void row_store(const P &p, const int *s_base, const char *src, int s, int v0,
+                                                 int v1, bool last_seg, const RowLoad &rl, bool pipe) {
+    const int lane = threadIdx.x & 31;
+    const int my = out_row(p, s_base, s, rl.ent);
+    int dr[8];
+    char *dst[8];
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+        dr[q] = __shfl_sync(FULL, my, q);
+        dst[q] = dr[q] >= 0 ? (char *)p.out_x + (size_t)dr[q] * p.out_x_stride : nullptr;
+    }
+    uint4 cur[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) cur[u] = rl.val[u];
+    for (int v = v0 + lane; v < v1; v += 32 * 4) {
+        uint4 nxt[4];
+        if (pipe) {
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                if (v + 128 + 32 * u < v1) nxt[u] = ld_peer(src + (size_t)(v + 128 + 32 * u) * 16);
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            if (v + 32 * u < v1) {
+#pragma unroll
+                for (int q = 0; q < 8; q++)
+                    if (dst[q]) st_v4(dst[q] + (size_t)(v + 32 * u) * 16, cur[u]);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            if (pipe) cur[u] = nxt[u];
+            else if (v + 128 + 32 * u < v1) cur[u] = ld_peer(src + (size_t)(v + 128 + 32 * u) * 16);
+        }
+    }
+    if (last_seg) {
+        const float *ssrc = (const float *)(src + p.payload_bytes);
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            if (dr[q] < 0) continue;
+            float *o = p.out_scale + (size_t)dr[q] * p.os0;
+            if (lane < (int)p.S) o[(size_t)lane * p.os1] = rl.sc0;
+            if (lane + 32 < (int)p.S) o[(size_t)(lane + 32) * p.os1] = rl.sc1;
+        }
+        for (int i = lane + 64; i < (int)p.S; i += 32) {
+            const float f = *(const volatile float *)&ssrc[i];
+#pragma unroll
+            for (int q = 0; q < 8; q++)
+                if (dr[q] >= 0) p.out_scale[(size_t)dr[q] * p.os0 + (size_t)i * p.os1] = f;
+        }
+    }
+}
+
+/* Dispatch recv, general form: every block waits for every source, builds the receive
+ * tables, then copies rows (row r of the concatenation over sources) in warp tasks.
+ * skip >= 0 (fused launch that stored its own rows directly): the tables are already in
+ * s_base and source `skip` has no rows to copy. */
+static __device__ __forceinline__ void dispatch_recv_rows(const P &p, int *s_base, int skip) {
     TR_DECL;
     TR_MARK();
     uint32_t ep;
     if (!start(p, &ep)) return;
     if (!block_wait_all(p, A2A_FLAG_DSP, arrive_target(ep), A2A_PH_DRECV)) return;
     TR_MARK(); /* 1: every source's data is here */
-    const int W = p.world, L = p.L, K = p.K, me = p.rank;
-    int *s_base = smem, *s_rowoff = smem + W * L;
-    const int nrows = load_recv_tables(p, s_base, s_rowoff, true);
+    const int W = p.world, L = p.L, me = p.rank;
+    int *s_rowoff = s_base + W * L;
+    int nrows;
+    if (skip < 0) {
+        nrows = load_recv_tables(p, s_base, s_rowoff, true);
+    } else {
+        if ((int)threadIdx.x < W)
+            s_rowoff[threadIdx.x] = (int)threadIdx.x == skip ? 0 : ld_vol_i(cnt_ptr(p, me, threadIdx.x) + L);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int run = 0;
+            for (int s = 0; s < W; s++) {
+                const int c = s_rowoff[s];
+                s_rowoff[s] = run;
+                run += c;
+            }
+            s_rowoff[W] = run;
+        }
+        __syncthreads();
+        nrows = s_rowoff[W];
+    }
     TR_MARK(); /* 2: tables built */
-    const int lane = threadIdx.x & 31;
     const int nvec = p.payload_bytes / 16;
     const int nseg = pick_nseg(nrows, nvec, 32);
     const int vps = (nvec + nseg - 1) / nseg;
     const int nwarps = gridDim.x * A2A_WARPS;
-    const uint32_t idx_mask = (1u << A2A_IDX_BITS) - 1;
+    const bool pipe = !(p.dev_flags & A2A_DEV_OLD_RECV);
     for (int task = blockIdx.x * A2A_WARPS + (threadIdx.x >> 5); task < nrows * nseg; task += nwarps) {
         const int r = task / nseg, seg = task % nseg;
         int s, j;
         row_to_src(s_rowoff, W, r, &s, &j);
         const char *src = row_ptr(p, me, s, j);
         const int v0 = seg * vps, v1 = min(nvec, v0 + vps);
-        /* first vectors of the row (and the first 64 scales) in flight before the
-         * metadata comes back */
-        uint4 val[4];
-#pragma unroll
-        for (int u = 0; u < 4; u++)
-            if (v0 + lane + 32 * u < v1) val[u] = ld_peer(src + (size_t)(v0 + lane + 32 * u) * 16);
         const bool last_seg = seg == nseg - 1;
-        const float *ssrc = (const float *)(src + p.payload_bytes);
-        float sc0 = 0.f, sc1 = 0.f;
-        if (last_seg) {
-            if (lane < (int)p.S) sc0 = *(const volatile float *)&ssrc[lane];
-            if (lane + 32 < (int)p.S) sc1 = *(const volatile float *)&ssrc[lane + 32];
-        }
-        int my = -1;
-        if (lane < K) {
-            const int ent = ld_vol_i(meta_ptr(p, me, s, j) + 1 + lane);
-            if (ent >= 0) {
-                my = s_base[s * L + (ent >> A2A_IDX_BITS)] + (int)((uint32_t)ent & idx_mask);
-                if (my >= (int)p.out_capacity) {
-                    set_error(p, A2A_ERR_OVERFLOW, A2A_PH_DRECV, s);
-                    my = -1;
-                }
-            }
-        }
-        int dr[8];
-        char *dst[8];
-#pragma unroll
-        for (int q = 0; q < 8; q++) {
-            dr[q] = __shfl_sync(FULL, my, q);
-            dst[q] = dr[q] >= 0 ? (char *)p.out_x + (size_t)dr[q] * p.out_x_stride : nullptr;
-        }
-        for (int v = v0 + lane; v < v1; v += 32 * 4) {
-            if (v != v0 + lane) {
-#pragma unroll
-                for (int u = 0; u < 4; u++)
-                    if (v + 32 * u < v1) val[u] = ld_peer(src + (size_t)(v + 32 * u) * 16);
-            }
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                if (v + 32 * u < v1) {
-#pragma unroll
-                    for (int q = 0; q < 8; q++)
-                        if (dst[q]) st_v4(dst[q] + (size_t)(v + 32 * u) * 16, val[u]);
-                }
-            }
-        }
-        if (last_seg) {
-#pragma unroll
-            for (int q = 0; q < 8; q++) {
-                if (dr[q] < 0) continue;
-                float *o = p.out_scale + (size_t)dr[q] * p.os0;
-                if (lane < (int)p.S) o[(size_t)lane * p.os1] = sc0;
-                if (lane + 32 < (int)p.S) o[(size_t)(lane + 32) * p.os1] = sc1;
-            }
-            for (int i = lane + 64; i < (int)p.S; i += 32) {
-                const float f = *(const volatile float *)&ssrc[i];
-#pragma unroll
-                for (int q = 0; q < 8; q++)
-                    if (dr[q] >= 0) p.out_scale[(size_t)dr[q] * p.os0 + (size_t)i * p.os1] = f;
-            }
-        }
+        RowLoad rl;
+        row_load_first(p, src, s, j, v0, v1, last_seg, rl);
+        row_store(p, s_base, src, s, v0, v1, last_seg, rl, pipe);
     }
 #ifdef A2A_TRACE
     __syncthreads();
@@ -795,18 +1021,163 @@ static __device__ __forceinline__ void dispatch_recv(const P &p, int *smem) {
     TR_PRINT("drecv", ep);
 }
 
+/* Whether dispatch recv may take the slot path: one round of tasks over every staging
+ * slot (W x Tmax rows, filled or not), and receive tables that one warp builds from at
+ * most 16 counts per lane. */
+static __device__ __forceinline__ bool recv_slots_fit(const P &p, int skip) {
+    const int per = ((int)p.L + 31) / 32;
+    const int nsrc = p.world - (skip >= 0);
+    return p.world <= 32 && nsrc * (int)p.Tmax <= (int)gridDim.x * A2A_WARPS && p.world * per <= 16 &&
+           !(p.dev_flags & A2A_DEV_OLD_RECV);
+}
+
+/* One warp builds s_base[W][L] from the counts every source reduced into our cnt region
+ * (the first output row of each (source, local expert): experts in order, each padded,
+ * sources in order inside an expert). Lane x owns experts x*per .. x*per+per-1 and holds
+ * their W counts in registers; one warp scan gives each lane its experts' offset. Block
+ * 0 also publishes out_num_tokens, the tables for combine (ws_src_base, ws_nsrc) and the
+ * overflow check. Called after every source's DSP counter was acquired by this warp. */
+static __device__ void warp_recv_tables(const P &p, int *s_base) {
+    const int W = p.world, L = p.L, me = p.rank, lane = threadIdx.x & 31;
+    const int per = (L + 31) / 32, n = W * per, nloc = local_experts(p), pad = (int)p.pad;
+    int c[16];
+#pragma unroll
+    for (int i = 0; i < 16; i++) { /* i = q * W + s: expert lane*per+q, source s */
+        c[i] = 0;
+        if (i < n) {
+            const int q = i / W, s = i - q * W, l = lane * per + q;
+            if (l < nloc) c[i] = ld_vol_i(cnt_ptr(p, me, s) + l);
+        }
+    }
+    if (blockIdx.x == 0 && lane < W) p.ws_nsrc[lane] = ld_vol_i(cnt_ptr(p, me, lane) + L);
+    int mysum = 0, run = 0;
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        if (i < n) {
+            const int s = i % W;
+            if (s == 0) run = 0;
+            run += c[i];
+            if (s == W - 1) mysum += (run + pad - 1) / pad * pad;
+        }
+    }
+    int x = mysum;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(FULL, x, o);
+        if (lane >= o) x += y;
+    }
+    const int total = __shfl_sync(FULL, x, 31);
+    int off = x - mysum;
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        if (i < n) {
+            const int q = i / W, s = i - q * W, l = lane * per + q;
+            if (s == 0) run = 0;
+            if (l < L) {
+                s_base[s * L + l] = off + run;
+                if (blockIdx.x == 0) p.ws_src_base[s * L + l] = off + run;
+            }
+            run += c[i];
+            if (s == W - 1) {
+                if (blockIdx.x == 0 && l < nloc) p.out_num_tokens[l] = run;
+                off += (run + pad - 1) / pad * pad;
+            }
+        }
+    }
+    if (blockIdx.x == 0 && lane == 0 && total > (int)p.out_capacity)
+        set_error(p, A2A_ERR_OVERFLOW, A2A_PH_DRECV, 0);
+}
+
+/* Dispatch recv, slot form (decode: W x Tmax <= warps). Task = (source s, staging slot j,
+ * segment), so a warp needs no table to find its row: it waits for its own source only,
+ * then requests its segment, the row's metadata and the source's row count while the
+ * last warp of the block waits for every source and builds the receive tables. One
+ * barrier joins the two; tasks past the source's row count store nothing. skip >= 0
+ * (fused launch that stored its own rows directly): the tables are already in s_base
+ * and the slots of source `skip` are left out. */
+static __device__ __forceinline__ void dispatch_recv_slots(const P &p, int *s_base, int skip) {
+    TR_DECL;
+    TR_MARK();
+    __shared__ int s_tab_ok;
+    uint32_t ep;
+    if (!start(p, &ep)) return;
+    const uint32_t target = arrive_target(ep);
+    const int W = p.world, me = p.rank, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    const int nsrc_rows = W - (skip >= 0);
+    const int Tmax = (int)p.Tmax, nvec = p.payload_bytes / 16;
+    const int nseg = pick_nseg(nsrc_rows * Tmax, nvec, 32);
+    const int vps = (nvec + nseg - 1) / nseg;
+    const int task = blockIdx.x * A2A_WARPS + wid;
+    const int r = task / nseg, seg = task % nseg;
+    const int si = r / Tmax, j = r % Tmax;
+    const int s = skip >= 0 && si >= skip ? si + 1 : si;
+    const int v0 = seg * vps, v1 = min(nvec, v0 + vps);
+    const bool last_seg = seg == nseg - 1;
+    const char *src = row_ptr(p, me, s < W ? s : 0, j);
+    bool mine = r < nsrc_rows * Tmax; /* this warp has a slot */
+    RowLoad rl;
+    int nsrc = 0;
+    if (mine) {
+        int ok = 1;
+        if (lane == 0) ok = wait_flag(p, flag_ptr(p, me, A2A_FLAG_DSP, s), target, A2A_PH_DRECV, s);
+        /* lane 0's acquire is ordered before every lane's loads below by the warp barrier
+         * (same argument as bar.sync in block_wait_all) */
+        mine = __shfl_sync(FULL, ok, 0) != 0;
+        __syncwarp();
+        if (mine) {
+            row_load_first(p, src, s, j, v0, v1, last_seg, rl);
+            nsrc = ld_vol_i(cnt_ptr(p, me, s) + p.L);
+        }
+    }
+    TR_MARK(); /* 1: own source acquired, row loads issued */
+    bool tab_ok = true;
+    if (skip < 0) {
+        if (wid == A2A_WARPS - 1) {
+            int ok = 1;
+            if (lane < W) ok = wait_flag(p, flag_ptr(p, me, A2A_FLAG_DSP, lane), target, A2A_PH_DRECV, lane);
+            ok = __all_sync(FULL, ok);
+            if (ok) warp_recv_tables(p, s_base);
+            if (lane == 0) s_tab_ok = ok;
+        }
+        __syncthreads();
+        tab_ok = s_tab_ok != 0;
+    }
+    TR_MARK(); /* 2: tables built */
+    if (mine && tab_ok && j < nsrc) row_store(p, s_base, src, s, v0, v1, last_seg, rl, true);
+#ifdef A2A_TRACE
+    __syncthreads();
+#endif
+    TR_MARK(); /* 3: every warp of the block done */
+    TR_PRINT("drecv2", ep);
+}
+
+static __device__ __forceinline__ void dispatch_recv(const P &p, int *s_base, int skip) {
+    if (recv_slots_fit(p, skip)) dispatch_recv_slots(p, s_base, skip);
+    else dispatch_recv_rows(p, s_base, skip);
+}
+
 __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv(P p) {
     extern __shared__ int smem[];
-    dispatch_recv(p, smem);
+    TR_BEGIN();
+    dispatch_recv(p, smem, -1);
+    TR_FLUSH();
 }
 
 /* send and recv in one launch (co-resident grid: our own counter is raised by our own
  * blocks, each before it starts waiting) */
 __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both(P p) {
     extern __shared__ int smem[];
-    if (!(send_one_fits(p) ? dispatch_send_one(p, smem) : dispatch_send(p, smem))) return;
+    TR_BEGIN();
+    /* receive tables after the send's shared memory: with `direct` the send half builds
+     * them (to store the rows for our own experts straight to the output) and the recv
+     * half reuses them and copies only the peers' rows */
+    int *s_tab = smem + send_smem_ints(p);
+    const bool direct = fused_direct_fits(p);
+    if (!(send_one_fits(p) ? dispatch_send_one(p, smem, s_tab, direct) : dispatch_send(p, smem, s_tab, direct)))
+        return;
     __syncthreads();
-    dispatch_recv(p, smem);
+    dispatch_recv(p, s_tab, direct ? p.rank : -1);
+    TR_FLUSH();
 }
 
 /* ------------------------------------------------------------ element access ---- */
@@ -1056,16 +1427,13 @@ template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_co
 extern "C" size_t a2a_kernel_smem(int phase, const a2a_kparams *p) {
     switch (phase) {
     case A2A_PH_DSEND:
-        return sizeof(int) * (2 * (size_t)p->E + 2 * (size_t)p->world + A2A_CHUNK * (size_t)p->K +
-                              A2A_CHUNK * (size_t)p->world + A2A_CHUNK * 8 + A2A_CHUNK);
+        return sizeof(int) * send_smem_ints(*p);
     case A2A_PH_DRECV:
     case A2A_PH_CSEND:
     case A2A_PH_CBOTH:
         return sizeof(int) * ((size_t)p->world * p->L + p->world + 1);
-    case A2A_PH_DBOTH: {
-        const size_t a = a2a_kernel_smem(A2A_PH_DSEND, p), b = a2a_kernel_smem(A2A_PH_DRECV, p);
-        return a > b ? a : b;
-    }
+    case A2A_PH_DBOTH: /* the receive tables follow the send's area (k_dispatch_both) */
+        return a2a_kernel_smem(A2A_PH_DSEND, p) + a2a_kernel_smem(A2A_PH_DRECV, p);
     default:
         return 0;
     }
