@@ -47,6 +47,9 @@ add("run", Cfg("mixed_fused_split", H=1024, S=8, E=32, K=8, T=64, in_dtype=F8, i
                split=lambda r, it: (r + it) % 2 == 1))
 add("run", Cfg("mixed_fused_split_chunked", H=1024, S=8, E=32, K=8, T=300, in_dtype=F8, sms=8, iters=4,
                split=lambda r, it: (r + it) % 2 == 1, tokens=lambda r, it: (300, 211)[(r + it) % 2]))
+# fused, chunked, with bound_m sometimes at or below the block count (one token per chunk)
+add("run", Cfg("chunked_bound", H=512, S=4, E=32, K=4, T=300, in_dtype=F8, sms=8, iters=4,
+               bound=lambda r, it: (300, 5, 0, 150)[it % 4] - r))
 add("graph", Cfg("graph_fp8", H=1024, S=8, E=32, K=4, T=64, in_dtype=F8,
                  bound=lambda r, it: (it * 13 + r * 3) % 65))
 add("timeout", Cfg("timeout"))

@@ -334,10 +334,9 @@ struct RecvTables {
 /* ------------------------------------------------------------ dispatch send ---- */
 
 /* One token held in registers (two 16-byte vectors and one scale per thread) stored to
- * its nd destination rows (s_dl: rank << 24 | slot), except the one at rank `skip`.
- * Whole block. */
+ * its nd destination rows (s_dl: rank << 24 | slot). Whole block. */
 static __device__ __forceinline__ void store_token_rows(const P &p, const int *s_dl, int nd, uint4 pv0,
-                                                        uint4 pv1, float psc, int skip) {
+                                                        uint4 pv1, float psc) {
     const int tid = threadIdx.x;
     const int nvec = (int)(p.payload_bytes / 16);
     char *dst[8];
@@ -346,7 +345,7 @@ static __device__ __forceinline__ void store_token_rows(const P &p, const int *s
         dst[q] = nullptr;
         if (q < nd) {
             const int d = s_dl[q];
-            if ((d >> 24) != skip) dst[q] = row_ptr(p, d >> 24, p.rank, d & 0xffffff);
+            dst[q] = row_ptr(p, d >> 24, p.rank, d & 0xffffff);
         }
     }
 #pragma unroll
@@ -409,12 +408,13 @@ static __device__ __forceinline__ int out_row(const P &p, const int *s_base, int
 }
 
 /* Whether a fused dispatch (send+recv in one launch) stores the rows a rank sends itself
- * straight to its expert-major output: the receive tables fit one warp's registers and
- * every block routes at most one chunk, so a block still holds its positions when the
- * counts of every source are in. */
+ * straight to its expert-major output (prefill sizes): more tokens than blocks (the
+ * chunked routing), every block routes at most one chunk, and the receive tables fit
+ * one warp's registers. At decode sizes the wait for every source's counts in the
+ * middle of the send costs more than the copies it saves (docs/performance.md). */
 static __device__ __forceinline__ bool fused_direct_fits(const P &p) {
     const int per = ((int)p.L + 31) / 32;
-    return p.world <= 32 && p.world * per <= 16 && p.T <= (uint32_t)A2A_CHUNK * gridDim.x &&
+    return p.world <= 32 && p.world * per <= 16 && p.T > gridDim.x && p.T <= (uint32_t)A2A_CHUNK * gridDim.x &&
            !(p.dev_flags & A2A_DEV_NO_DIRECT_SELF);
 }
 
@@ -434,7 +434,7 @@ static __device__ __forceinline__ bool send_one_fits(const P &p) {
  * in (me, expert) and the first lane of each destination rank the token's slot there,
  * both with one returning atomic in the same round trip. One barrier hands the
  * destination list to the other warps, which store the prefetched token. */
-static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem, int *s_tab, bool direct) {
+static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem) {
     TR_DECL;
     TR_MARK();
     const int W = p.world, K = p.K, E = p.E, L = p.L, me = p.rank;
@@ -465,11 +465,10 @@ static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem, 
         for (int i = tid; i < E; i += A2A_THREADS) nxt_cnt[i] = 0;
         for (int i = tid; i < W; i += A2A_THREADS) nxt_rcnt[i] = 0;
     }
-    int *s_dl = smem;       /* [8] destination r << 24 | slot */
-    int *s_nd = smem + 8;   /* [1] */
-    int *s_self = smem + 9; /* [8] per k: local expert << 21 | index where the rank is me, else -1 */
+    int *s_dl = smem;     /* [8] destination r << 24 | slot */
+    int *s_nd = smem + 8; /* [1] */
     if (wid == 0) {
-        int nd = 0, selfv = -1;
+        int nd = 0;
         if (t < T) {
             const bool valid = lane < K && e < (uint32_t)E;
             const int r = valid ? (int)(e / L) : -1;
@@ -492,7 +491,6 @@ static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem, 
             const int src_e = valid ? __ffs(same_e) - 1 : lane;
             const int src_r = valid ? __ffs(same_r) - 1 : lane;
             const int pos = __shfl_sync(FULL, ebase, src_e) + __popc(same_e & below);
-            if (valid && r == me) selfv = (int)(((e - (uint32_t)(me * L)) << A2A_IDX_BITS) | (uint32_t)pos);
             slot = __shfl_sync(FULL, slot, src_r);
             const uint32_t leaders = __ballot_sync(FULL, lead_r);
             nd = __popc(leaders);
@@ -513,40 +511,24 @@ static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem, 
             }
         }
         if (lane == 0) *s_nd = nd;
-        if (lane < 8) s_self[lane] = selfv;
     }
     __syncthreads();
     arrive_cnt(p);
     TR_MARK(); /* 1: routed */
-    store_token_rows(p, s_dl, *s_nd, pv0, pv1, psc, direct ? me : -1);
+    store_token_rows(p, s_dl, *s_nd, pv0, pv1, psc);
     TR_MARK(); /* 2: data stores issued */
     arrive_count(p, A2A_FLAG_DSP);
     TR_MARK(); /* 3: released */
-    if (direct) {
-        /* the rows for our own experts: straight from registers to the output */
-        if (!fused_tables(p, s_tab, ep)) return false;
-        TR_MARK(); /* 4: every source's counts in, tables built */
-#pragma unroll
-        for (int q = 0; q < 8; q++) {
-            const int row = out_row(p, s_tab, me, s_self[q]);
-            if (row < 0) continue;
-            char *dst = (char *)p.out_x + (size_t)row * p.out_x_stride;
-            if (tid < (int)nvec) st_v4(dst + (size_t)tid * 16, pv0);
-            if (tid + A2A_THREADS < (int)nvec) st_v4(dst + (size_t)(tid + A2A_THREADS) * 16, pv1);
-            if (tid < (int)p.S) p.out_scale[(size_t)row * p.os0 + (size_t)tid * p.os1] = psc;
-        }
-        TR_MARK(); /* 5: own rows stored */
-    }
     TR_PRINT("dsend1", ep);
     return true;
 }
 
 /* Segment `seg` of token t of the caller's input (payload, and the scales with the last
- * segment) stored to up to 8 rows (nullptr: none). With orow the rows are output rows
- * orow[q] (scales go to out_scale), else staging rows (scales follow the payload).
- * Whole warp. */
+ * segment), loaded once and stored to up to 8 staging rows dst (nullptr: none; scales
+ * follow the payload) and, with dso, to up to 8 output rows dso / orow (scales go to
+ * out_scale). Whole warp. */
 static __device__ __forceinline__ void copy_token_seg(const P &p, int t, int seg, int nseg, int vps,
-                                                      char *const dst[8], const int *orow) {
+                                                      char *const dst[8], char *const *dso, const int *orow) {
     const int lane = threadIdx.x & 31;
     const int nvec = (int)(p.payload_bytes / 16);
     const char *src = (const char *)p.x + (size_t)t * p.x_stride;
@@ -560,8 +542,10 @@ static __device__ __forceinline__ void copy_token_seg(const P &p, int t, int seg
         for (int u = 0; u < 4; u++) {
             if (v + 32 * u < v1) {
 #pragma unroll
-                for (int q = 0; q < 8; q++)
+                for (int q = 0; q < 8; q++) {
                     if (dst[q]) st_v4(dst[q] + (size_t)(v + 32 * u) * 16, val[u]);
+                    if (dso && dso[q]) st_v4(dso[q] + (size_t)(v + 32 * u) * 16, val[u]);
+                }
             }
         }
     }
@@ -570,12 +554,8 @@ static __device__ __forceinline__ void copy_token_seg(const P &p, int t, int seg
             const float f = p.x_scale[(size_t)t * p.xs0 + (size_t)i * p.xs1];
 #pragma unroll
             for (int q = 0; q < 8; q++) {
-                if (!dst[q]) continue;
-                if (orow) {
-                    p.out_scale[(size_t)orow[q] * p.os0 + (size_t)i * p.os1] = f;
-                } else {
-                    ((float *)(dst[q] + p.payload_bytes))[i] = f;
-                }
+                if (dst[q]) ((float *)(dst[q] + p.payload_bytes))[i] = f;
+                if (dso && dso[q]) p.out_scale[(size_t)orow[q] * p.os0 + (size_t)i * p.os1] = f;
             }
         }
     }
@@ -609,7 +589,7 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int 
     /* One token per block (T <= blocks, the decode case): the block's token is loaded
      * into registers now (one 16-byte vector per thread, two at most, and one scale), so
      * that the load overlaps the routing below instead of following it. */
-    const bool pre = chunk == 1 && nvec <= 2 * A2A_THREADS && p.S <= A2A_THREADS;
+    const bool pre = !direct && chunk == 1 && nvec <= 2 * A2A_THREADS && p.S <= A2A_THREADS;
     uint4 pv0 = make_uint4(0, 0, 0, 0), pv1 = pv0;
     float psc = 0.f;
     if (pre && (int)blockIdx.x < nchunks) {
@@ -631,7 +611,8 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int 
     __syncthreads();
     TR_MARK(); /* 1: started, tables cleared */
 
-    bool cnt_done = false; /* this block's CNT arrival, after its last chunk's counts */
+    bool cnt_done = false;    /* this block's CNT arrival, after its last chunk's counts */
+    bool tables_done = false; /* direct: receive tables built */
     for (int c = blockIdx.x; c < nchunks; c += gridDim.x) {
         const int t0 = c * chunk;
         const int nt = min(chunk, T - t0);
@@ -718,10 +699,18 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int 
         }
         __syncthreads();
         TR_MARK(); /* 4: metadata stored */
+        if (direct) {
+            /* the block's only chunk (fused_direct_fits): once every source's counts are
+             * in, the tokens for our own experts go from the input straight to the
+             * output rows, in the same pass as the stores to the peers */
+            if (!fused_tables(p, s_tab, ep)) return false;
+            tables_done = true;
+            TR_MARK(); /* 5: every source's counts in, tables built */
+        }
         if (pre) {
             /* 4 (one token, prefetched): each thread stores its vectors to every
              * destination row */
-            store_token_rows(p, s_dl, s_nd[0], pv0, pv1, psc, direct ? me : -1);
+            store_token_rows(p, s_dl, s_nd[0], pv0, pv1, psc);
             continue; /* T <= blocks: this was the block's only chunk */
         }
         /* 4: data. task = (token, segment); one warp per task */
@@ -742,7 +731,25 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int 
                     if (!direct || (d >> 24) != me) dst[q] = row_ptr(p, d >> 24, me, d & 0xffffff);
                 }
             }
-            copy_token_seg(p, t, seg, nseg, vps, dst, nullptr);
+            if (!direct) {
+                copy_token_seg(p, t, seg, nseg, vps, dst, nullptr, nullptr);
+                continue;
+            }
+            int row = -1;
+            if (lane < K) {
+                const uint32_t e = (uint32_t)p.indices[(size_t)t * K + lane];
+                if (e < (uint32_t)E && (int)(e / L) == me)
+                    row = out_row(p, s_tab, me,
+                                  (int)(((e - (uint32_t)(me * L)) << A2A_IDX_BITS) | (uint32_t)s_pos[ti * K + lane]));
+            }
+            char *dso[8];
+            int orow[8];
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                orow[q] = __shfl_sync(FULL, row, q);
+                dso[q] = orow[q] >= 0 ? (char *)p.out_x + (size_t)orow[q] * p.out_x_stride : nullptr;
+            }
+            copy_token_seg(p, t, seg, nseg, vps, dst, dso, orow);
         }
         __syncthreads();
     }
@@ -755,37 +762,7 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int 
     /* this block's data, metadata and count reductions, released to every destination */
     arrive_count(p, A2A_FLAG_DSP);
     TR_MARK(); /* 6: fenced and released */
-    if (direct && (int)blockIdx.x < nchunks) {
-        /* the chunk's rows for our own experts, from the input straight to the output
-         * (the block's only chunk: fused_direct_fits) */
-        if (!fused_tables(p, s_tab, ep)) return false;
-        TR_MARK(); /* 7: every source's counts in, tables built */
-        const int t0 = blockIdx.x * chunk, nt = min(chunk, T - t0);
-        int nseg = (A2A_WARPS + nt - 1) / nt;
-        if (nseg > (int)nvec / 32) nseg = (int)nvec / 32;
-        if (nseg < 1) nseg = 1;
-        const int vps = (nvec + nseg - 1) / nseg;
-        for (int task = wid; task < nt * nseg; task += A2A_WARPS) {
-            const int ti = task / nseg, seg = task % nseg;
-            const int t = t0 + ti;
-            int row = -1;
-            if (lane < K) {
-                const uint32_t e = (uint32_t)p.indices[(size_t)t * K + lane];
-                if (e < (uint32_t)E && (int)(e / L) == me)
-                    row = out_row(p, s_tab, me,
-                                  (int)(((e - (uint32_t)(me * L)) << A2A_IDX_BITS) | (uint32_t)s_pos[ti * K + lane]));
-            }
-            char *dst[8];
-            int orow[8];
-#pragma unroll
-            for (int q = 0; q < 8; q++) {
-                orow[q] = __shfl_sync(FULL, row, q);
-                dst[q] = orow[q] >= 0 ? (char *)p.out_x + (size_t)orow[q] * p.out_x_stride : nullptr;
-            }
-            copy_token_seg(p, t, seg, nseg, vps, dst, orow);
-        }
-        TR_MARK(); /* 8: own rows stored */
-    } else if (direct) {
+    if (direct && !tables_done) { /* no chunk: the recv half needs the tables all the same */
         if (!fused_tables(p, s_tab, ep)) return false;
     }
     TR_PRINT("dsend", ep);
@@ -795,7 +772,7 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int 
 __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send(P p) {
     extern __shared__ int smem[];
     TR_BEGIN();
-    if (send_one_fits(p)) dispatch_send_one(p, smem, nullptr, false);
+    if (send_one_fits(p)) dispatch_send_one(p, smem);
     else dispatch_send(p, smem, nullptr, false);
     TR_FLUSH();
 }
@@ -1089,20 +1066,21 @@ static __device__ void warp_recv_tables(const P &p, int *s_base) {
 }
 
 /* Dispatch recv, slot form (decode: W x Tmax <= warps). Task = (source s, staging slot j,
- * segment), so a warp needs no table to find its row: it waits for its own source only,
- * then requests its segment, the row's metadata and the source's row count while the
- * last warp of the block waits for every source and builds the receive tables. One
- * barrier joins the two; tasks past the source's row count store nothing. skip >= 0
- * (fused launch that stored its own rows directly): the tables are already in s_base
- * and the slots of source `skip` are left out. */
+ * segment), so a warp needs no table to find its row: once the block has acquired every
+ * source's counter (W threads poll, as in the row form: one poller per warp instead put
+ * 16x more strong loads on the flag lines and cost 4.6 µs, docs/performance.md), each
+ * warp requests its segment, the row's metadata and the source's row count while the
+ * last warp builds the receive tables. One barrier joins the two; tasks past the
+ * source's row count store nothing. skip >= 0 (fused launch that stored its own rows
+ * directly): the tables are already in s_base and the slots of source `skip` are left
+ * out. */
 static __device__ __forceinline__ void dispatch_recv_slots(const P &p, int *s_base, int skip) {
     TR_DECL;
     TR_MARK();
-    __shared__ int s_tab_ok;
     uint32_t ep;
     if (!start(p, &ep)) return;
     const uint32_t target = arrive_target(ep);
-    const int W = p.world, me = p.rank, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    const int W = p.world, me = p.rank, wid = threadIdx.x >> 5;
     const int nsrc_rows = W - (skip >= 0);
     const int Tmax = (int)p.Tmax, nvec = p.payload_bytes / 16;
     const int nseg = pick_nseg(nsrc_rows * Tmax, nvec, 32);
@@ -1114,36 +1092,21 @@ static __device__ __forceinline__ void dispatch_recv_slots(const P &p, int *s_ba
     const int v0 = seg * vps, v1 = min(nvec, v0 + vps);
     const bool last_seg = seg == nseg - 1;
     const char *src = row_ptr(p, me, s < W ? s : 0, j);
-    bool mine = r < nsrc_rows * Tmax; /* this warp has a slot */
+    const bool mine = r < nsrc_rows * Tmax; /* this warp has a slot */
+    if (!block_wait_all(p, A2A_FLAG_DSP, target, A2A_PH_DRECV)) return;
     RowLoad rl;
     int nsrc = 0;
     if (mine) {
-        int ok = 1;
-        if (lane == 0) ok = wait_flag(p, flag_ptr(p, me, A2A_FLAG_DSP, s), target, A2A_PH_DRECV, s);
-        /* lane 0's acquire is ordered before every lane's loads below by the warp barrier
-         * (same argument as bar.sync in block_wait_all) */
-        mine = __shfl_sync(FULL, ok, 0) != 0;
-        __syncwarp();
-        if (mine) {
-            row_load_first(p, src, s, j, v0, v1, last_seg, rl);
-            nsrc = ld_vol_i(cnt_ptr(p, me, s) + p.L);
-        }
+        row_load_first(p, src, s, j, v0, v1, last_seg, rl);
+        nsrc = ld_vol_i(cnt_ptr(p, me, s) + p.L);
     }
-    TR_MARK(); /* 1: own source acquired, row loads issued */
-    bool tab_ok = true;
+    TR_MARK(); /* 1: every source acquired, row loads issued */
     if (skip < 0) {
-        if (wid == A2A_WARPS - 1) {
-            int ok = 1;
-            if (lane < W) ok = wait_flag(p, flag_ptr(p, me, A2A_FLAG_DSP, lane), target, A2A_PH_DRECV, lane);
-            ok = __all_sync(FULL, ok);
-            if (ok) warp_recv_tables(p, s_base);
-            if (lane == 0) s_tab_ok = ok;
-        }
+        if (wid == A2A_WARPS - 1) warp_recv_tables(p, s_base);
         __syncthreads();
-        tab_ok = s_tab_ok != 0;
     }
     TR_MARK(); /* 2: tables built */
-    if (mine && tab_ok && j < nsrc) row_store(p, s_base, src, s, v0, v1, last_seg, rl, true);
+    if (mine && j < nsrc) row_store(p, s_base, src, s, v0, v1, last_seg, rl, true);
 #ifdef A2A_TRACE
     __syncthreads();
 #endif
@@ -1173,8 +1136,7 @@ __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both(P p) {
      * half reuses them and copies only the peers' rows */
     int *s_tab = smem + send_smem_ints(p);
     const bool direct = fused_direct_fits(p);
-    if (!(send_one_fits(p) ? dispatch_send_one(p, smem, s_tab, direct) : dispatch_send(p, smem, s_tab, direct)))
-        return;
+    if (!(send_one_fits(p) ? dispatch_send_one(p, smem) : dispatch_send(p, smem, s_tab, direct))) return;
     __syncthreads();
     dispatch_recv(p, s_tab, direct ? p.rank : -1);
     TR_FLUSH();
