@@ -5,9 +5,10 @@
  *   flags  [4][W] uint32, one 128-byte line each: DSP (dispatch data from src complete),
  *          WGT (src's combine weights published), CMB (src's combine partials complete
  *          and src done reading what we sent it), CNT (src's dispatch counts complete,
- *          raised before its data). Written only by src, monotonic: WGT holds the epoch;
- *          DSP, CMB and CNT count block arrivals (red.release.sys.add), each launch adding
- *          A2A_ARRIVE_SPAN in total, so epoch e is complete at e * A2A_ARRIVE_SPAN.
+ *          raised before its data; only when Tmax > A2A_CNT_MIN_TOKENS). Written only
+ *          by src, monotonic: WGT holds the epoch; DSP, CMB and CNT count block
+ *          arrivals (red.release.sys.add), each launch adding A2A_ARRIVE_SPAN in total,
+ *          so epoch e is complete at e * A2A_ARRIVE_SPAN.
  *   cnt    [W][L+1] int32: per source, tokens per local expert, then rows sent; summed
  *          by the source with remote reductions, cleared by the owner in combine send.
  *   meta   [W][Tmax][K+1] int32: per source slot: token id, then per k
@@ -34,6 +35,9 @@ extern "C" {
 #define A2A_MAX_EXPERTS 4096
 #define A2A_IDX_BITS 21       /* meta entry: expert << 21 | index */
 #define A2A_MAX_TOKENS (1u << A2A_IDX_BITS)
+/* contexts with more max tokens than this raise CNT in dispatch send, and their fused
+ * dispatch may store a rank's rows for its own experts straight to the output */
+#define A2A_CNT_MIN_TOKENS 256
 /* DSP / CMB counters: the blocks of one launch add this much in total (>= grid size) */
 #define A2A_ARRIVE_SPAN 65536u
 

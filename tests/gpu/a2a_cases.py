@@ -62,7 +62,7 @@ add("run", Cfg("ep_f16_partial_f32", H=1024, E=64, K=8, T=32, out_dtype=torch.fl
 add("run", Cfg("ep_one_rank", E=64, K=4, T=24, routing="one_rank", iters=2))
 add("run", Cfg("ep_zero_and_bound", E=24, K=3, T=24, pad=4, iters=3, out_dtype=torch.float32,
                tokens=lambda r, it: 0 if (r + it) % 3 == 0 else 24, bound=lambda r, it: 24 - r, split=True))
-add("run", Cfg("ep_chunked", H=512, E=64, K=8, T=200, sms=5, iters=2))
+add("run", Cfg("ep_chunked", H=512, E=64, K=8, T=300, sms=5, iters=2))  # fused: direct (T <= 64 x 5)
 add("run", Cfg("ep_mixed_fused_split", H=512, E=64, K=8, T=32, iters=3, split=lambda r, it: (r + it) % 3 == 0))
 add("graph", Cfg("ep_graph", H=512, E=32, K=4, T=16, bound=lambda r, it: (it * 5 + r) % 17))
 

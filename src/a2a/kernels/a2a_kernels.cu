@@ -365,10 +365,18 @@ static __host__ __device__ __forceinline__ size_t send_smem_ints(const P &p) {
            A2A_CHUNK * 8 + A2A_CHUNK;
 }
 
+/* Whether this context raises and uses CNT (the counts-complete counter): decided from
+ * the context's configuration alone (max tokens), so that every rank agrees whatever
+ * batch it brings to a launch. Decode-sized contexts do without: the extra release cost
+ * 1.3 µs of the decode dispatch send and 3.6 µs back to back (docs/performance.md), and
+ * the direct path it enables only pays at prefill sizes. */
+static __device__ __forceinline__ bool cnt_on(const P &p) { return p.Tmax > A2A_CNT_MIN_TOKENS; }
+
 /* A block's arrival on CNT at every destination: its count reductions (made before the
  * caller's bar.sync) are released. Issued by the last warp, which has no payload vector
  * at the common shapes, so the release's wait does not hold up data stores. */
 static __device__ __forceinline__ void arrive_cnt(const P &p) {
+    if (!cnt_on(p)) return;
     const int lane = threadIdx.x & 31;
     if ((int)(threadIdx.x >> 5) == A2A_WARPS - 1 && lane < p.world) {
         const uint32_t add = blockIdx.x == 0 ? A2A_ARRIVE_SPAN - (gridDim.x - 1) : 1u;
@@ -414,8 +422,8 @@ static __device__ __forceinline__ int out_row(const P &p, const int *s_base, int
  * middle of the send costs more than the copies it saves (docs/performance.md). */
 static __device__ __forceinline__ bool fused_direct_fits(const P &p) {
     const int per = ((int)p.L + 31) / 32;
-    return p.world <= 32 && p.world * per <= 16 && p.T > gridDim.x && p.T <= (uint32_t)A2A_CHUNK * gridDim.x &&
-           !(p.dev_flags & A2A_DEV_NO_DIRECT_SELF);
+    return cnt_on(p) && p.world <= 32 && p.world * per <= 16 && p.T > gridDim.x &&
+           p.T <= (uint32_t)A2A_CHUNK * gridDim.x && !(p.dev_flags & A2A_DEV_NO_DIRECT_SELF);
 }
 
 /* Whether dispatch send may take the one-token-per-block path: at most one token per
@@ -1001,10 +1009,9 @@ static __device__ __forceinline__ void dispatch_recv_rows(const P &p, int *s_bas
 /* Whether dispatch recv may take the slot path: one round of tasks over every staging
  * slot (W x Tmax rows, filled or not), and receive tables that one warp builds from at
  * most 16 counts per lane. */
-static __device__ __forceinline__ bool recv_slots_fit(const P &p, int skip) {
+static __device__ __forceinline__ bool recv_slots_fit(const P &p) {
     const int per = ((int)p.L + 31) / 32;
-    const int nsrc = p.world - (skip >= 0);
-    return p.world <= 32 && nsrc * (int)p.Tmax <= (int)gridDim.x * A2A_WARPS && p.world * per <= 16 &&
+    return p.world <= 32 && p.world * (int)p.Tmax <= (int)gridDim.x * A2A_WARPS && p.world * per <= 16 &&
            !(p.dev_flags & A2A_DEV_OLD_RECV);
 }
 
@@ -1071,28 +1078,24 @@ static __device__ void warp_recv_tables(const P &p, int *s_base) {
  * 16x more strong loads on the flag lines and cost 4.6 µs, docs/performance.md), each
  * warp requests its segment, the row's metadata and the source's row count while the
  * last warp builds the receive tables. One barrier joins the two; tasks past the
- * source's row count store nothing. skip >= 0 (fused launch that stored its own rows
- * directly): the tables are already in s_base and the slots of source `skip` are left
- * out. */
-static __device__ __forceinline__ void dispatch_recv_slots(const P &p, int *s_base, int skip) {
+ * source's row count store nothing. Used by the split recv launch. */
+static __device__ __forceinline__ void dispatch_recv_slots(const P &p, int *s_base) {
     TR_DECL;
     TR_MARK();
     uint32_t ep;
     if (!start(p, &ep)) return;
     const uint32_t target = arrive_target(ep);
     const int W = p.world, me = p.rank, wid = threadIdx.x >> 5;
-    const int nsrc_rows = W - (skip >= 0);
     const int Tmax = (int)p.Tmax, nvec = p.payload_bytes / 16;
-    const int nseg = pick_nseg(nsrc_rows * Tmax, nvec, 32);
+    const int nseg = pick_nseg(W * Tmax, nvec, 32);
     const int vps = (nvec + nseg - 1) / nseg;
     const int task = blockIdx.x * A2A_WARPS + wid;
     const int r = task / nseg, seg = task % nseg;
-    const int si = r / Tmax, j = r % Tmax;
-    const int s = skip >= 0 && si >= skip ? si + 1 : si;
+    const int s = r / Tmax, j = r % Tmax;
     const int v0 = seg * vps, v1 = min(nvec, v0 + vps);
     const bool last_seg = seg == nseg - 1;
     const char *src = row_ptr(p, me, s < W ? s : 0, j);
-    const bool mine = r < nsrc_rows * Tmax; /* this warp has a slot */
+    const bool mine = r < W * Tmax; /* this warp has a slot */
     if (!block_wait_all(p, A2A_FLAG_DSP, target, A2A_PH_DRECV)) return;
     RowLoad rl;
     int nsrc = 0;
@@ -1101,10 +1104,8 @@ static __device__ __forceinline__ void dispatch_recv_slots(const P &p, int *s_ba
         nsrc = ld_vol_i(cnt_ptr(p, me, s) + p.L);
     }
     TR_MARK(); /* 1: every source acquired, row loads issued */
-    if (skip < 0) {
-        if (wid == A2A_WARPS - 1) warp_recv_tables(p, s_base);
-        __syncthreads();
-    }
+    if (wid == A2A_WARPS - 1) warp_recv_tables(p, s_base);
+    __syncthreads();
     TR_MARK(); /* 2: tables built */
     if (mine && j < nsrc) row_store(p, s_base, src, s, v0, v1, last_seg, rl, true);
 #ifdef A2A_TRACE
@@ -1114,15 +1115,16 @@ static __device__ __forceinline__ void dispatch_recv_slots(const P &p, int *s_ba
     TR_PRINT("drecv2", ep);
 }
 
-static __device__ __forceinline__ void dispatch_recv(const P &p, int *s_base, int skip) {
-    if (recv_slots_fit(p, skip)) dispatch_recv_slots(p, s_base, skip);
-    else dispatch_recv_rows(p, s_base, skip);
+/* Split recv launch: the slot form where it fits, else the row form. */
+static __device__ __forceinline__ void dispatch_recv(const P &p, int *s_base) {
+    if (recv_slots_fit(p)) dispatch_recv_slots(p, s_base);
+    else dispatch_recv_rows(p, s_base, -1);
 }
 
 __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv(P p) {
     extern __shared__ int smem[];
     TR_BEGIN();
-    dispatch_recv(p, smem, -1);
+    dispatch_recv(p, smem);
     TR_FLUSH();
 }
 
@@ -1138,7 +1140,9 @@ __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both(P p) {
     const bool direct = fused_direct_fits(p);
     if (!(send_one_fits(p) ? dispatch_send_one(p, smem) : dispatch_send(p, smem, s_tab, direct))) return;
     __syncthreads();
-    dispatch_recv(p, s_tab, direct ? p.rank : -1);
+    /* the row form here: back to back at decode the slot form measured 3 µs slower
+     * (cause not found; docs/performance.md), split it is the faster one */
+    dispatch_recv_rows(p, s_tab, direct ? p.rank : -1);
     TR_FLUSH();
 }
 
