@@ -283,6 +283,17 @@ static __device__ __forceinline__ int tokens_now(const P &p) {
     return T;
 }
 
+/* a[0..n) becomes its exclusive prefix; returns the total. One thread. */
+static __device__ __forceinline__ int excl_prefix_serial(int *a, int n) {
+    int run = 0;
+    for (int i = 0; i < n; i++) {
+        const int c = a[i];
+        a[i] = run;
+        run += c;
+    }
+    return run;
+}
+
 /* exclusive prefix over the block of one value per thread; *total = sum */
 static __device__ int block_excl_scan(int v, int *total) {
     __shared__ int s_warp[A2A_WARPS + 1];
@@ -295,15 +306,7 @@ static __device__ int block_excl_scan(int v, int *total) {
     }
     if (lane == 31) s_warp[wid] = x;
     __syncthreads();
-    if (threadIdx.x == 0) {
-        int run = 0;
-        for (int w = 0; w < A2A_WARPS; w++) {
-            const int c = s_warp[w];
-            s_warp[w] = run;
-            run += c;
-        }
-        s_warp[A2A_WARPS] = run;
-    }
+    if (threadIdx.x == 0) s_warp[A2A_WARPS] = excl_prefix_serial(s_warp, A2A_WARPS);
     __syncthreads();
     const int r = s_warp[wid] + x - v;
     *total = s_warp[A2A_WARPS];
@@ -848,15 +851,7 @@ static __device__ int load_recv_tables(const P &p, int *s_base, int *s_rowoff, b
         if (blockIdx.x == 0)
             for (int i = tid; i < W * L; i += A2A_THREADS) p.ws_src_base[i] = s_base[i];
     }
-    if (tid == 0) {
-        int run = 0;
-        for (int s = 0; s < W; s++) {
-            const int c = s_rowoff[s];
-            s_rowoff[s] = run;
-            run += c;
-        }
-        s_rowoff[W] = run;
-    }
+    if (tid == 0) s_rowoff[W] = excl_prefix_serial(s_rowoff, W);
     __syncthreads();
     return s_rowoff[W];
 }
@@ -970,15 +965,7 @@ static __device__ __forceinline__ void dispatch_recv_rows(const P &p, int *s_bas
         if ((int)threadIdx.x < W)
             s_rowoff[threadIdx.x] = (int)threadIdx.x == skip ? 0 : ld_vol_i(cnt_ptr(p, me, threadIdx.x) + L);
         __syncthreads();
-        if (threadIdx.x == 0) {
-            int run = 0;
-            for (int s = 0; s < W; s++) {
-                const int c = s_rowoff[s];
-                s_rowoff[s] = run;
-                run += c;
-            }
-            s_rowoff[W] = run;
-        }
+        if (threadIdx.x == 0) s_rowoff[W] = excl_prefix_serial(s_rowoff, W);
         __syncthreads();
         nrows = s_rowoff[W];
     }
