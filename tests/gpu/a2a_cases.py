@@ -52,7 +52,8 @@ add("run", Cfg("chunked_bound", H=512, S=4, E=32, K=4, T=300, in_dtype=F8, sms=8
                bound=lambda r, it: (300, 5, 0, 150)[it % 4] - r))
 add("graph", Cfg("graph_fp8", H=1024, S=8, E=32, K=4, T=64, in_dtype=F8,
                  bound=lambda r, it: (it * 13 + r * 3) % 65))
-add("timeout", Cfg("timeout"))
+add("timeout", Cfg("timeout", T=8))
+add("timeout", Cfg("timeout_direct", T=300))  # fused direct path: the wait for CNT mid-send
 
 # ---- EP4 / EP8 (several ranks per GPU)
 add("run", Cfg("ep_fp8_random", H=2048, S=16, E=64, K=8, T=32, in_dtype=F8, iters=5,

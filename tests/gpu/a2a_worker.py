@@ -272,18 +272,22 @@ def run_graph(cfg: Cfg, world: int, num_sms: int, replays: int = 6):
     a2a.destroy()
 
 
-def run_timeout(world: int, num_sms: int):
-    """Rank 0 runs a dispatch that nobody answers: the kernel must give up and report."""
+def run_timeout(cfg: Cfg, world: int, num_sms: int):
+    """Rank 0 runs a dispatch that nobody answers: the kernel must give up and report.
+    cfg.T tokens: at 8 the wait is the recv half's; at 300 (more than the blocks, context
+    above 256 tokens) the fused launch takes the direct path and waits mid-send for the
+    silent peer's counts (CNT)."""
     from tendril.p2p_all_to_all import P2PAllToAll
     dev = torch.device("cuda", torch.cuda.current_device())
-    a2a = P2PAllToAll(max_num_tokens=8, num_experts=4, expert_padding=1, hidden_dim=64,
+    T = cfg.T
+    a2a = P2PAllToAll(max_num_tokens=T, num_experts=4, expert_padding=1, hidden_dim=64,
                       hidden_dim_scale=None, in_dtype=torch.bfloat16, out_dtype=torch.bfloat16,
                       scale_dtype=None, num_experts_per_token=1, device=dev, num_sms=num_sms,
                       timeout_ms=300)
     if a2a.rank == 0:
-        x = torch.randn(8, 64, device=dev).bfloat16()
-        idx = torch.zeros(8, 1, dtype=torch.int32, device=dev)
-        w = torch.ones(8, 1, device=dev)
+        x = torch.randn(T, 64, device=dev).bfloat16()
+        idx = torch.zeros(T, 1, dtype=torch.int32, device=dev)
+        w = torch.ones(T, 1, device=dev)
         out_num = torch.zeros(a2a.num_local_experts, dtype=torch.int32, device=dev)
         out_x = torch.zeros(a2a.max_recv_tokens, 64, dtype=torch.bfloat16, device=dev)
         a2a.dispatch(out_num, out_x, None, x, None, idx, w)
@@ -296,7 +300,7 @@ def run_timeout(world: int, num_sms: int):
             raise AssertionError("expected a TimeoutError")
         # the context refuses further work
         try:
-            a2a.combine(torch.zeros(8, 64, dtype=torch.bfloat16, device=dev), idx, w, out_x)
+            a2a.combine(torch.zeros(T, 64, dtype=torch.bfloat16, device=dev), idx, w, out_x)
         except TimeoutError:
             pass
         else:
@@ -332,7 +336,7 @@ def worker(rank: int, world: int, port: int, job: str, args: dict):
             elif kind == "graph":
                 run_graph(cfg, world, num_sms)
             elif kind == "timeout":
-                run_timeout(world, num_sms)
+                run_timeout(cfg, world, num_sms)
         dist.barrier()
     except Exception:
         traceback.print_exc()
