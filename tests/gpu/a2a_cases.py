@@ -54,6 +54,8 @@ add("graph", Cfg("graph_fp8", H=1024, S=8, E=32, K=4, T=64, in_dtype=F8,
                  bound=lambda r, it: (it * 13 + r * 3) % 65))
 add("timeout", Cfg("timeout", T=8))
 add("timeout", Cfg("timeout_direct", T=300))  # fused direct path: the wait for CNT mid-send
+add("overflow", Cfg("overflow", T=16))          # recv half finds too many rows
+add("overflow", Cfg("overflow_direct", T=300))  # fused direct path: own rows past the capacity
 
 # ---- EP4 / EP8 (several ranks per GPU)
 add("run", Cfg("ep_fp8_random", H=2048, S=16, E=64, K=8, T=32, in_dtype=F8, iters=5,

@@ -316,6 +316,42 @@ def run_timeout(cfg: Cfg, world: int, num_sms: int):
     a2a.destroy()
 
 
+def run_overflow(cfg: Cfg, world: int, num_sms: int):
+    """Every rank passes an output of one row for many received rows: the kernels must
+    store nothing past it and report EOVERFLOW, and the context must refuse further work.
+    cfg.T = 300 takes the fused launch's direct path (own rows stored during the send)."""
+    from tendril.p2p_all_to_all import P2PAllToAll
+    dev = torch.device("cuda", torch.cuda.current_device())
+    T, E, H = cfg.T, 2 * world, 64
+    a2a = P2PAllToAll(max_num_tokens=T, num_experts=E, expert_padding=1, hidden_dim=H,
+                      hidden_dim_scale=None, in_dtype=torch.bfloat16, out_dtype=torch.bfloat16,
+                      scale_dtype=None, num_experts_per_token=1, device=dev, num_sms=num_sms,
+                      timeout_ms=5000)
+    x = torch.randn(T, H, device=dev).bfloat16()
+    idx = (torch.arange(T, device=dev) % E).to(torch.int32).view(T, 1)  # every rank gets T/world rows
+    w = torch.ones(T, 1, device=dev)
+    out_num = torch.zeros(a2a.num_local_experts, dtype=torch.int32, device=dev)
+    # one row of capacity, with a guard row after it that must stay untouched
+    buf = torch.full((2, H), 7.0, dtype=torch.bfloat16, device=dev)
+    a2a.dispatch(out_num, buf[:1], None, x, None, idx, w)
+    torch.cuda.synchronize()
+    try:
+        a2a.poll_error()
+    except RuntimeError as e:
+        assert "exceed the output capacity" in str(e), str(e)
+    else:
+        raise AssertionError("expected a RuntimeError for the overflow")
+    assert torch.all(buf[1] == 7.0), "a row past the output capacity was written"
+    try:
+        a2a.combine(torch.zeros(T, H, dtype=torch.bfloat16, device=dev), idx, w, buf[:1])
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("expected the failed context to refuse combine")
+    dist.barrier()
+    a2a.destroy()
+
+
 def worker(rank: int, world: int, port: int, job: str, args: dict):
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
@@ -337,6 +373,8 @@ def worker(rank: int, world: int, port: int, job: str, args: dict):
                 run_graph(cfg, world, num_sms)
             elif kind == "timeout":
                 run_timeout(cfg, world, num_sms)
+            elif kind == "overflow":
+                run_overflow(cfg, world, num_sms)
         dist.barrier()
     except Exception:
         traceback.print_exc()
