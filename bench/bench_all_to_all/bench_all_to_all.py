@@ -5,12 +5,16 @@ all-to-all (torch.distributed.all_to_all_single) on the same data, in the same r
 Default shape: DeepSeek-V3 (hidden 7168, fp8 e4m3 payload + 56 fp32 scales per token,
 bf16 combine, 256 experts, top-8), decode (128 tokens/rank) and prefill (4096 tokens/rank),
 one process per GPU. Every iteration draws fresh random routing. Before each timed
-region the ranks are aligned on the GPU (NCCL all-reduce) and a GEMM is queued so that
-launch overhead is not what is measured.
+region a GEMM is queued (so that launch overhead is not what is measured) and the ranks
+are then aligned on the GPU (NCCL all-reduce).
 
 Series (µs, samples of all ranks pooled): dispatch / combine back to back (send+recv in
 one call), and split: send and recv halves timed separately with unrelated GPU work in
 between (the recv half then mostly finds its data already there).
+Pipelined series (pipe_*): DeepEP's method. After one alignment, --pipe-len calls of
+dispatch then combine are queued back to back (fresh routing for each), so each call
+starts when the previous collective released both ranks; the same for NCCL's two
+all-to-alls. The first call of each run is not counted.
 GB/s columns: "logical" = T*K rows (pplx-garden's definition: T*K*(H*in + S*4) for
 dispatch, T*K*H*out for combine); "moved" = rows a rank actually sends, one per
 (token, destination rank) (DeepEP's and the NCCL baseline's definition).
@@ -68,8 +72,12 @@ def run_mode(args, rank, world, dev, T):
     nccl_out_c = torch.empty(T * world, crow, dtype=torch.uint8, device=dev)
 
     def align():
-        dist.all_reduce(one)
+        # the GEMM first, so that the host has queued what follows before the GPUs get
+        # there; the all-reduce last, so that the ranks leave it within one NVLink flag
+        # latency of each other (with the GEMM last, any difference in its duration
+        # between the two GPUs became skew in the timed call)
         torch.mm(ga, ga)
+        dist.all_reduce(one)
 
     names = ["dispatch", "combine", "dispatch_send", "dispatch_recv", "combine_send", "combine_recv",
              "nccl_dispatch", "nccl_combine"]
@@ -147,6 +155,20 @@ def run_mode(args, rank, world, dev, T):
             kern = profile_kernels(step, nprof, names)
         except Exception as e:  # the event-timed figures above stay valid
             print(f"bench_all_to_all: kernel profiling failed on rank {rank}: {e!r}", file=sys.stderr)
+    # --- pipelined: DeepEP's method (its bench_kineto): one alignment, then a run of
+    # dispatch, combine, dispatch, combine... with no alignment in between, so that each
+    # call starts when the previous collective released both ranks (no host-made skew).
+    # Fresh routing for every call of the run; NCCL's all-to-alls get their own run.
+    rounds = args.pipe_rounds if T <= 128 else max(1, args.pipe_rounds // 5)
+    if rounds > 0:
+        pres = pipelined(a2a, args.pipe_len, rounds, T, E, K, L, world, dev, align,
+                         (out_num, out_x, out_s, x, xs, y, out), (nccl_in_d, nccl_out_d, nccl_in_c, nccl_out_c))
+        for n, v in pres["events"].items():
+            res[n] = v
+            names.append(n)
+        for n, v in pres["kernels"].items():
+            kern[n] = v
+        moved.extend(pres["moved"])
     a2a.destroy()
     gathered = [None] * world
     dist.all_gather_object(gathered, {"res": res, "moved": moved, "kern": kern})
@@ -166,10 +188,91 @@ def run_mode(args, rank, world, dev, T):
                      "gbps_moved": moved_b[kind] / p50 / 1e3, "samples": len(pooled[n]),
                      "kernel_p50_us": pct(kpooled[n], 50) if kpooled[n] else None,
                      "kernel_p99_us": pct(kpooled[n], 99) if kpooled[n] else None,
+                     "kernel_mean_us": statistics.mean(kpooled[n]) if kpooled[n] else None,
                      "kernel_samples": len(kpooled[n])})
     return {"tokens": T, "world": world, "hidden": H, "scales": S, "experts": E, "topk": K,
             "num_sms": args.num_sms or torch.cuda.get_device_properties(dev).multi_processor_count,
             "partials": "fp32" if args.partial_f32 else "bf16", "rows_moved_per_rank": mv, "series": rows}
+
+
+PIPE_NAMES = ["pipe_dispatch", "pipe_combine", "pipe_nccl_dispatch", "pipe_nccl_combine"]
+
+
+def pipelined(a2a, n, rounds, T, E, K, L, world, dev, align, bufs, nccl_bufs):
+    """Series pipe_*: `rounds` runs of n (dispatch, combine) pairs queued back to back
+    after one alignment, then the same for NCCL. Event times per call, and kernel
+    durations from one more profiled run. Returns {"events", "kernels", "moved"}."""
+    out_num, out_x, out_s, x, xs, y, out = bufs
+    nin_d, nout_d, nin_c, nout_c = nccl_bufs
+    ev = [[torch.cuda.Event(enable_timing=True) for _ in range(6)] for _ in range(n)]
+
+    def routes():
+        """n fresh routings, and the NCCL row counts of each (one all-gather for all)."""
+        rs = []
+        sends = torch.zeros(n, world, dtype=torch.int64, device=dev)
+        for i in range(n):
+            idx = torch.rand(T, E, device=dev).topk(K, dim=1).indices.to(torch.int32)
+            rs.append((idx, torch.rand(T, K, device=dev)))
+            dest = torch.zeros(T, world, dtype=torch.bool, device=dev)
+            dest.scatter_(1, (idx // L).long(), True)
+            sends[i] = dest.sum(0)
+        allsend = [torch.empty_like(sends) for _ in range(world)]
+        dist.all_gather(allsend, sends)
+        me = dist.get_rank()
+        sc = sends.tolist()
+        rc = torch.stack([a[:, me] for a in allsend], 1).tolist()
+        return rs, sc, rc
+
+    def run(rs, sc, rc):
+        align()
+        for i, (idx, w) in enumerate(rs):
+            ev[i][0].record()
+            a2a.dispatch(out_num, out_x, out_s, x, xs, idx, w)
+            ev[i][1].record()
+            a2a.combine(out, idx, w, y)
+            ev[i][2].record()
+        align()
+        for i in range(n):
+            ev[i][3].record()
+            dist.all_to_all_single(nout_d[:sum(rc[i])], nin_d[:sum(sc[i])], rc[i], sc[i])
+            ev[i][4].record()
+            dist.all_to_all_single(nout_c[:sum(sc[i])], nin_c[:sum(rc[i])], sc[i], rc[i])
+            ev[i][5].record()
+        torch.cuda.synchronize()
+        a2a.poll_error()
+
+    evs = {k: [] for k in PIPE_NAMES}
+    moved = []
+    for _ in range(rounds):
+        rs, sc, rc = routes()
+        run(rs, sc, rc)
+        # the first call of a run starts from the alignment, not from a previous call
+        for i in range(1, n):
+            for k, (a, b) in zip(PIPE_NAMES, ((0, 1), (1, 2), (3, 4), (4, 5))):
+                evs[k].append(ev[i][a].elapsed_time(ev[i][b]) * 1000.0)
+            moved.append(sum(sc[i]))
+    kerns = {k: [] for k in PIPE_NAMES}
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        rs, sc, rc = routes()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run(rs, sc, rc)
+        nccl = []
+        for _, dur, name in kernel_records(prof):
+            if "k_dispatch_both" in name:
+                kerns["pipe_dispatch"].append(dur / 1e3)
+            elif "k_combine_both" in name:
+                kerns["pipe_combine"].append(dur / 1e3)
+            elif "nccl" in name.lower() and "allreduce" not in name.lower() and "allgather" not in name.lower():
+                nccl.append(dur / 1e3)
+        if len(nccl) == 2 * n:
+            kerns["pipe_nccl_dispatch"] = nccl[0::2]
+            kerns["pipe_nccl_combine"] = nccl[1::2]
+        for k in kerns:  # drop the first call of the run, as for the events
+            kerns[k] = kerns[k][1:]
+    except Exception as e:  # the event-timed figures stay valid
+        print(f"bench_all_to_all: pipelined kernel profiling failed: {e!r}", file=sys.stderr)
+    return {"events": evs, "kernels": kerns, "moved": moved}
 
 
 # kernel name (as the profiler reports it) -> series; NCCL's kernels are told apart by order
@@ -249,14 +352,15 @@ def print_table(r):
     print(f"\n{r['mode']}: EP{r['world']} T={r['tokens']}/rank H={r['hidden']} S={r['scales']} "
           f"E={r['experts']} top-{r['topk']} fp8->bf16, {r['partials']} partials, {r['num_sms']} SMs, "
           f"{r['rows_moved_per_rank']:.0f} rows moved/rank/direction")
-    print(f"{'series':<15}{'p50 us':>10}{'p99 us':>10}{'GB/s logical':>14}{'GB/s moved':>12}"
-          f"{'kernel p50':>12}{'kernel p99':>12}")
+    print(f"{'series':<19}{'p50 us':>10}{'p99 us':>10}{'GB/s logical':>14}{'GB/s moved':>12}"
+          f"{'kernel p50':>12}{'kernel p99':>12}{'kernel mean':>13}")
     for s in r["series"]:
         gl = f"{s['gbps_logical']:.0f}" if s["gbps_logical"] is not None else "-"
         k50 = f"{s['kernel_p50_us']:.1f}" if s["kernel_p50_us"] is not None else "-"
         k99 = f"{s['kernel_p99_us']:.1f}" if s["kernel_p99_us"] is not None else "-"
-        print(f"{s['series']:<15}{s['p50_us']:>10.1f}{s['p99_us']:>10.1f}{gl:>14}{s['gbps_moved']:>12.0f}"
-              f"{k50:>12}{k99:>12}")
+        kmn = f"{s['kernel_mean_us']:.1f}" if s["kernel_mean_us"] is not None else "-"
+        print(f"{s['series']:<19}{s['p50_us']:>10.1f}{s['p99_us']:>10.1f}{gl:>14}{s['gbps_moved']:>12.0f}"
+              f"{k50:>12}{k99:>12}{kmn:>13}")
     sys.stdout.flush()
 
 
@@ -277,6 +381,10 @@ def main():
     ap.add_argument("--profile-iters", type=int, default=100,
                     help="decode iterations run again under torch.profiler for kernel durations "
                          "(prefill: a fifth of it; 0 = off)")
+    ap.add_argument("--pipe-len", type=int, default=30,
+                    help="calls per pipelined run (DeepEP's bench_kineto: 30)")
+    ap.add_argument("--pipe-rounds", type=int, default=10,
+                    help="pipelined runs, each with fresh routing per call (prefill: a fifth; 0 = off)")
     ap.add_argument("--partial-f32", action="store_true",
                     help="combine partial sums travel as fp32 (default: as bf16, the out dtype)")
     ap.add_argument("--json", default="")

@@ -432,10 +432,11 @@ static __device__ __forceinline__ bool fused_direct_fits(const P &p) {
 /* Whether dispatch send may take the one-token-per-block path: at most one token per
  * block whatever bound_m says (T is the host's upper bound), and the token fits in the
  * registers of the block (two 16-byte vectors and one scale per thread). */
-static __device__ __forceinline__ bool send_one_fits(const P &p) {
-    return p.T <= gridDim.x && p.payload_bytes / 16 <= 2 * A2A_THREADS && p.S <= A2A_THREADS &&
+static __host__ __device__ __forceinline__ bool send_one_fits_n(const P &p, unsigned nblocks) {
+    return p.T <= nblocks && p.payload_bytes / 16 <= 2 * A2A_THREADS && p.S <= A2A_THREADS &&
            !(p.dev_flags & A2A_DEV_NO_WARP_ROUTE);
 }
+static __device__ __forceinline__ bool send_one_fits(const P &p) { return send_one_fits_n(p, gridDim.x); }
 
 /* Dispatch send, one token per block (the decode case). Everything the block needs from
  * memory is requested at once at kernel start (error word, epoch, bound_m, the token's K
@@ -1133,6 +1134,19 @@ __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both(P p) {
     TR_FLUSH();
 }
 
+/* send and recv in one launch at decode sizes (send_one_fits, decided by the host): a
+ * kernel of its own, so that its code is only the one-token send and the row-form recv.
+ * Inside k_dispatch_both, next to the chunked send and the direct path, the same two
+ * halves measured 1.2-1.5 µs slower (docs/performance.md). */
+__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both_one(P p) {
+    extern __shared__ int smem[];
+    TR_BEGIN();
+    if (!dispatch_send_one(p, smem)) return;
+    __syncthreads();
+    dispatch_recv_rows(p, smem, -1); /* the send's few shared ints are dead by now */
+    TR_FLUSH();
+}
+
 /* ------------------------------------------------------------ element access ---- */
 
 template <int DT> struct Elt;
@@ -1419,7 +1433,8 @@ static kfn pick(int phase, int dt, int pf32) {
 }
 
 extern "C" int a2a_kernel_launch(int phase, const a2a_kparams *p, int nblocks, void *stream) {
-    const kfn f = pick(phase, (int)p->out_dtype, (int)p->partial_f32);
+    kfn f = pick(phase, (int)p->out_dtype, (int)p->partial_f32);
+    if (phase == A2A_PH_DBOTH && send_one_fits_n(*p, (unsigned)nblocks)) f = k_dispatch_both_one;
     const size_t smem = a2a_kernel_smem(phase, p);
     cudaError_t err = cudaSuccess;
     if (smem > 48 * 1024)
@@ -1445,6 +1460,16 @@ extern "C" int a2a_kernel_max_blocks(const a2a_kparams *p, int device) {
         if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, f, A2A_THREADS, smem) != cudaSuccess)
             return -1;
         if (nb * sms < best) best = nb * sms;
+        if (ph == A2A_PH_DBOTH) { /* and its decode-size form (same shared memory) */
+            if (smem > 48 * 1024 &&
+                cudaFuncSetAttribute((const void *)k_dispatch_both_one,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+                return -1;
+            if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, k_dispatch_both_one, A2A_THREADS, smem) !=
+                cudaSuccess)
+                return -1;
+            if (nb * sms < best) best = nb * sms;
+        }
     }
     return best;
 }
