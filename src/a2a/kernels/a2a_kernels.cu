@@ -432,11 +432,10 @@ static __device__ __forceinline__ bool fused_direct_fits(const P &p) {
 /* Whether dispatch send may take the one-token-per-block path: at most one token per
  * block whatever bound_m says (T is the host's upper bound), and the token fits in the
  * registers of the block (two 16-byte vectors and one scale per thread). */
-static __host__ __device__ __forceinline__ bool send_one_fits_n(const P &p, unsigned nblocks) {
+static __host__ __device__ __forceinline__ bool send_one_fits(const P &p, unsigned nblocks) {
     return p.T <= nblocks && p.payload_bytes / 16 <= 2 * A2A_THREADS && p.S <= A2A_THREADS &&
            !(p.dev_flags & A2A_DEV_NO_WARP_ROUTE);
 }
-static __device__ __forceinline__ bool send_one_fits(const P &p) { return send_one_fits_n(p, gridDim.x); }
 
 /* Dispatch send, one token per block (the decode case). Everything the block needs from
  * memory is requested at once at kernel start (error word, epoch, bound_m, the token's K
@@ -781,11 +780,21 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int 
     return true;
 }
 
+/* Each form of a phase is a kernel of its own, picked by the host (a2a_kernel_launch):
+ * the decode form of the fused dispatch measured 5 µs faster alone than as a branch of
+ * one kernel that also held the chunked send (docs/performance.md). */
 __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send(P p) {
     extern __shared__ int smem[];
     TR_BEGIN();
-    if (send_one_fits(p)) dispatch_send_one(p, smem);
-    else dispatch_send(p, smem, nullptr, false);
+    dispatch_send(p, smem, nullptr, false);
+    TR_FLUSH();
+}
+
+/* the decode form (send_one_fits) */
+__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send_one(P p) {
+    extern __shared__ int smem[];
+    TR_BEGIN();
+    dispatch_send_one(p, smem);
     TR_FLUSH();
 }
 
@@ -997,9 +1006,9 @@ static __device__ __forceinline__ void dispatch_recv_rows(const P &p, int *s_bas
 /* Whether dispatch recv may take the slot path: one round of tasks over every staging
  * slot (W x Tmax rows, filled or not), and receive tables that one warp builds from at
  * most 16 counts per lane. */
-static __device__ __forceinline__ bool recv_slots_fit(const P &p) {
+static __host__ __device__ __forceinline__ bool recv_slots_fit(const P &p, int nblocks) {
     const int per = ((int)p.L + 31) / 32;
-    return p.world <= 32 && p.world * (int)p.Tmax <= (int)gridDim.x * A2A_WARPS && p.world * per <= 16 &&
+    return p.world <= 32 && p.world * (int)p.Tmax <= nblocks * A2A_WARPS && p.world * per <= 16 &&
            !(p.dev_flags & A2A_DEV_OLD_RECV);
 }
 
@@ -1103,16 +1112,19 @@ static __device__ __forceinline__ void dispatch_recv_slots(const P &p, int *s_ba
     TR_PRINT("drecv2", ep);
 }
 
-/* Split recv launch: the slot form where it fits, else the row form. */
-static __device__ __forceinline__ void dispatch_recv(const P &p, int *s_base) {
-    if (recv_slots_fit(p)) dispatch_recv_slots(p, s_base);
-    else dispatch_recv_rows(p, s_base, -1);
-}
-
+/* Split recv launch: the row form, and the slot form where it fits (recv_slots_fit,
+ * picked by the host). */
 __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv(P p) {
     extern __shared__ int smem[];
     TR_BEGIN();
-    dispatch_recv(p, smem);
+    dispatch_recv_rows(p, smem, -1);
+    TR_FLUSH();
+}
+
+__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv_slots(P p) {
+    extern __shared__ int smem[];
+    TR_BEGIN();
+    dispatch_recv_slots(p, smem);
     TR_FLUSH();
 }
 
@@ -1126,7 +1138,7 @@ __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both(P p) {
      * half reuses them and copies only the peers' rows */
     int *s_tab = smem + send_smem_ints(p);
     const bool direct = fused_direct_fits(p);
-    if (!(send_one_fits(p) ? dispatch_send_one(p, smem) : dispatch_send(p, smem, s_tab, direct))) return;
+    if (!dispatch_send(p, smem, s_tab, direct)) return;
     __syncthreads();
     /* the row form here: back to back at decode the slot form measured 3 µs slower
      * (cause not found; docs/performance.md), split it is the faster one */
@@ -1134,10 +1146,8 @@ __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both(P p) {
     TR_FLUSH();
 }
 
-/* send and recv in one launch at decode sizes (send_one_fits, decided by the host): a
- * kernel of its own, so that its code is only the one-token send and the row-form recv.
- * Inside k_dispatch_both, next to the chunked send and the direct path, the same two
- * halves measured 1.2-1.5 µs slower (docs/performance.md). */
+/* send and recv in one launch at decode sizes (send_one_fits): the one-token send and
+ * the row-form recv. */
 __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both_one(P p) {
     extern __shared__ int smem[];
     TR_BEGIN();
@@ -1432,9 +1442,20 @@ static kfn pick(int phase, int dt, int pf32) {
     }
 }
 
+/* The decode-size form of a dispatch phase, or nullptr where the phase has one form or
+ * the general one applies. */
+static kfn pick_form(int phase, const a2a_kparams *p, int nblocks) {
+    switch (phase) {
+    case A2A_PH_DSEND: return send_one_fits(*p, (unsigned)nblocks) ? k_dispatch_send_one : nullptr;
+    case A2A_PH_DRECV: return recv_slots_fit(*p, nblocks) ? k_dispatch_recv_slots : nullptr;
+    case A2A_PH_DBOTH: return send_one_fits(*p, (unsigned)nblocks) ? k_dispatch_both_one : nullptr;
+    default: return nullptr;
+    }
+}
+
 extern "C" int a2a_kernel_launch(int phase, const a2a_kparams *p, int nblocks, void *stream) {
-    kfn f = pick(phase, (int)p->out_dtype, (int)p->partial_f32);
-    if (phase == A2A_PH_DBOTH && send_one_fits_n(*p, (unsigned)nblocks)) f = k_dispatch_both_one;
+    kfn f = pick_form(phase, p, nblocks);
+    if (!f) f = pick(phase, (int)p->out_dtype, (int)p->partial_f32);
     const size_t smem = a2a_kernel_smem(phase, p);
     cudaError_t err = cudaSuccess;
     if (smem > 48 * 1024)
@@ -1449,8 +1470,13 @@ extern "C" int a2a_kernel_max_blocks(const a2a_kparams *p, int device) {
     int sms = 0;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return -1;
     int best = 1 << 30;
-    for (int ph = 0; ph < A2A_PH_N; ph++) {
-        const kfn f = pick(ph, (int)p->out_dtype, (int)p->partial_f32);
+    /* every kernel a launch may pick: each phase's general form, and the decode-size
+     * forms of the dispatch phases (same shared memory as their phase) */
+    static const int form_phase[3] = {A2A_PH_DSEND, A2A_PH_DRECV, A2A_PH_DBOTH};
+    const kfn form[3] = {k_dispatch_send_one, k_dispatch_recv_slots, k_dispatch_both_one};
+    for (int i = 0; i < A2A_PH_N + 3; i++) {
+        const int ph = i < A2A_PH_N ? i : form_phase[i - A2A_PH_N];
+        const kfn f = i < A2A_PH_N ? pick(ph, (int)p->out_dtype, (int)p->partial_f32) : form[i - A2A_PH_N];
         const size_t smem = a2a_kernel_smem(ph, p);
         if (smem > 48 * 1024 &&
             cudaFuncSetAttribute((const void *)f, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -1460,16 +1486,6 @@ extern "C" int a2a_kernel_max_blocks(const a2a_kparams *p, int device) {
         if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, f, A2A_THREADS, smem) != cudaSuccess)
             return -1;
         if (nb * sms < best) best = nb * sms;
-        if (ph == A2A_PH_DBOTH) { /* and its decode-size form (same shared memory) */
-            if (smem > 48 * 1024 &&
-                cudaFuncSetAttribute((const void *)k_dispatch_both_one,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
-                return -1;
-            if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, k_dispatch_both_one, A2A_THREADS, smem) !=
-                cudaSuccess)
-                return -1;
-            if (nb * sms < best) best = nb * sms;
-        }
     }
     return best;
 }
