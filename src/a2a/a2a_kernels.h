@@ -53,8 +53,9 @@ enum {
     A2A_DEV_NO_WARP_ROUTE = 2, /* decode dispatch send routes with the block-wide path */
     A2A_DEV_OLD_RECV = 4,      /* dispatch recv: every block builds its tables before any
                                   row load, and the copy loop does not prefetch */
-    A2A_DEV_NO_DIRECT_SELF = 8 /* fused dispatch stages the rows a rank sends itself
-                                  instead of storing them straight to the output */
+    A2A_DEV_NO_DIRECT_SELF = 8, /* fused dispatch stages the rows a rank sends itself
+                                   instead of storing them straight to the output */
+    A2A_DEV_FUSED_SLOTS = 16    /* fused decode dispatch: slot-form recv (A/B) */
 };
 /* arrival counters in the workspace */
 enum { A2A_ARR_DSEND = 0, A2A_ARR_WGT = 1, A2A_ARR_CSEND = 2, A2A_ARR_CRECV = 3, A2A_ARR_N = 8 };

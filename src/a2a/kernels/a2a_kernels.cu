@@ -1157,6 +1157,16 @@ __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both_one(P p) {
     TR_FLUSH();
 }
 
+/* the same with the slot-form recv (where recv_slots_fit) */
+__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both_one_slots(P p) {
+    extern __shared__ int smem[];
+    TR_BEGIN();
+    if (!dispatch_send_one(p, smem)) return;
+    __syncthreads();
+    dispatch_recv_slots(p, smem);
+    TR_FLUSH();
+}
+
 /* ------------------------------------------------------------ element access ---- */
 
 template <int DT> struct Elt;
@@ -1448,7 +1458,10 @@ static kfn pick_form(int phase, const a2a_kparams *p, int nblocks) {
     switch (phase) {
     case A2A_PH_DSEND: return send_one_fits(*p, (unsigned)nblocks) ? k_dispatch_send_one : nullptr;
     case A2A_PH_DRECV: return recv_slots_fit(*p, nblocks) ? k_dispatch_recv_slots : nullptr;
-    case A2A_PH_DBOTH: return send_one_fits(*p, (unsigned)nblocks) ? k_dispatch_both_one : nullptr;
+    case A2A_PH_DBOTH:
+        if (!send_one_fits(*p, (unsigned)nblocks)) return nullptr;
+        return recv_slots_fit(*p, nblocks) && (p->dev_flags & A2A_DEV_FUSED_SLOTS) ? k_dispatch_both_one_slots
+                                                                                  : k_dispatch_both_one;
     default: return nullptr;
     }
 }
@@ -1472,9 +1485,9 @@ extern "C" int a2a_kernel_max_blocks(const a2a_kparams *p, int device) {
     int best = 1 << 30;
     /* every kernel a launch may pick: each phase's general form, and the decode-size
      * forms of the dispatch phases (same shared memory as their phase) */
-    static const int form_phase[3] = {A2A_PH_DSEND, A2A_PH_DRECV, A2A_PH_DBOTH};
-    const kfn form[3] = {k_dispatch_send_one, k_dispatch_recv_slots, k_dispatch_both_one};
-    for (int i = 0; i < A2A_PH_N + 3; i++) {
+    static const int form_phase[4] = {A2A_PH_DSEND, A2A_PH_DRECV, A2A_PH_DBOTH, A2A_PH_DBOTH};
+    const kfn form[4] = {k_dispatch_send_one, k_dispatch_recv_slots, k_dispatch_both_one, k_dispatch_both_one_slots};
+    for (int i = 0; i < A2A_PH_N + 4; i++) {
         const int ph = i < A2A_PH_N ? i : form_phase[i - A2A_PH_N];
         const kfn f = i < A2A_PH_N ? pick(ph, (int)p->out_dtype, (int)p->partial_f32) : form[i - A2A_PH_N];
         const size_t smem = a2a_kernel_smem(ph, p);
