@@ -1140,8 +1140,8 @@ __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both(P p) {
     const bool direct = fused_direct_fits(p);
     if (!dispatch_send(p, smem, s_tab, direct)) return;
     __syncthreads();
-    /* the row form here: back to back at decode the slot form measured 3 µs slower
-     * (cause not found; docs/performance.md), split it is the faster one */
+    /* the row form: decode sizes, where the slot form could pay, launch
+     * k_dispatch_both_one instead */
     dispatch_recv_rows(p, s_tab, direct ? p.rank : -1);
     TR_FLUSH();
 }
