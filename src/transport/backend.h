@@ -99,5 +99,8 @@ extern const tp_ops tp_fabric_ops;
 int tp_fabric_pick_provider(const char *want, char *out, size_t cap);
 /* Lists up to max domain names of a provider; returns the count (>= 0) or -errno. */
 int tp_fabric_list_domains(const char *provider, char names[][64], int max);
+/* The TP_EV_* kind of a libfabric completion with these fi_cq_data_entry flags
+ * (exposed for the unit test of the per-provider flag sets it must accept). */
+int tp_fabric_classify(uint64_t flags);
 
 #endif

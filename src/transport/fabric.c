@@ -487,10 +487,18 @@ static bool fab_can_block(tp_nic *n)
     return n->wait_fd >= 0 && fi_trywait(n->fabric, &f, 1) == FI_SUCCESS;
 }
 
-static int classify(uint64_t flags)
+/* Completion kinds by flags. A remote write's CQ-data entry is the only completion that
+ * carries FI_REMOTE_CQ_DATA without FI_RECV (the engine never sends with CQ data), and
+ * providers disagree on the rest of its flags (measured, tests/unit/test_fabric_flags.c):
+ * shm 1.17 sets FI_RMA | FI_REMOTE_WRITE | FI_REMOTE_CQ_DATA, tcp;ofi_rxm 1.17 and tcp 2.1
+ * FI_REMOTE_WRITE | FI_REMOTE_CQ_DATA, but shm 2.1 FI_REMOTE_CQ_DATA alone. Keying on
+ * FI_REMOTE_WRITE alone turned every shm 2.1 immediate into a local write completion
+ * without a context, i.e. dropped it. */
+int tp_fabric_classify(uint64_t flags)
 {
     if (flags & FI_REMOTE_WRITE) return TP_EV_IMM;
     if (flags & FI_RECV) return TP_EV_RECV;
+    if (flags & FI_REMOTE_CQ_DATA) return TP_EV_IMM;
     if (flags & FI_SEND) return TP_EV_SEND;
     return TP_EV_WRITE;
 }
@@ -511,7 +519,7 @@ static int fab_poll(tp_nic *n, tp_event *ev, int max)
                                       fi_strerror((int)-er));
             tp_event *x = &ev[got++];
             memset(x, 0, sizeof *x);
-            x->kind = classify(e.flags);
+            x->kind = tp_fabric_classify(e.flags);
             x->ctx = e.op_context;
             x->status = e.err ? -(int)e.err : -EIO;
             if (x->status == -FI_ECANCELED) x->status = -ECANCELED;
@@ -523,7 +531,7 @@ static int fab_poll(tp_nic *n, tp_event *ev, int max)
         if (r < 0) return te_err(-EIO, "fi_cq_read (%s): %s", n->nfo.provider, fi_strerror((int)-r));
         for (ssize_t k = 0; k < r; k++) {
             tp_event *x = &ev[got++];
-            x->kind = classify(ent[k].flags);
+            x->kind = tp_fabric_classify(ent[k].flags);
             x->status = 0;
             x->ctx = ent[k].op_context;
             x->len = ent[k].len;
