@@ -2,7 +2,9 @@
 #   make run    builds and runs the main job: fabric-debug on this machine, engine vs raw
 #               provider, over the best provider present (results table on stdout)
 #   make test   builds and runs every test: normal build, ASan+UBSan build, TSan on the
-#               threaded tests. GPU tests skip with a message where there is no GPU.
+#               threaded tests, each against Debian's libfabric (1.17) and against
+#               libfabric 2.x (scripts/libfabric2.sh builds it once into a cache).
+#               GPU tests skip with a message where there is no GPU.
 # Both install missing Debian packages first (scripts/install-deps.sh).
 BUILD ?= build
 JOBS ?= $(shell nproc)
@@ -13,7 +15,8 @@ CMAKE_ARGS ?=
 CMAKE_COMMON = -DPython3_EXECUTABLE=$(PYTHON) $(CMAKE_ARGS)
 CTEST = ctest --output-on-failure --no-tests=error
 
-.PHONY: all deps build run test test-plain test-asan test-tsan clean
+.PHONY: all deps build run test test-plain test-asan test-tsan test-lf2 test-lf2-plain \
+	test-lf2-asan test-lf2-tsan clean
 
 all: build
 
@@ -27,23 +30,51 @@ build: deps
 run: build
 	$(BUILD)/bin/fabric-debug local --provider auto --quick --reps 3
 
-test: test-plain test-asan test-tsan
+test: test-plain test-asan test-tsan test-lf2
 
 test-plain: build
 	cd $(BUILD) && $(CTEST) -j$(JOBS)
 
+# The three runs, each parameterised by a build-dir suffix and extra cmake arguments, so
+# the libfabric 2.x runs below are the same runs, not copies of them.
+ASAN_CMAKE = -DCMAKE_BUILD_TYPE=Debug -DTENDRIL_CUDA=OFF -DTENDRIL_SANITIZE=address,undefined
+ASAN_CTEST = ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(CTEST) -j$(JOBS) -LE 'gpu|python'
+TSAN_CMAKE = -DCMAKE_BUILD_TYPE=Debug -DTENDRIL_CUDA=OFF -DTENDRIL_SANITIZE=thread
+TSAN_CTEST = TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" $(CTEST) -j$(JOBS) -L threads
+
 test-asan: deps
-	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DTENDRIL_CUDA=OFF \
-	  -DTENDRIL_SANITIZE=address,undefined $(CMAKE_COMMON)
+	cmake -S . -B $(BUILD)-asan $(ASAN_CMAKE) $(CMAKE_COMMON)
 	cmake --build $(BUILD)-asan -j$(JOBS)
-	cd $(BUILD)-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  $(CTEST) -j$(JOBS) -LE 'gpu|python'
+	cd $(BUILD)-asan && $(ASAN_CTEST)
 
 test-tsan: deps
-	cmake -S . -B $(BUILD)-tsan -DCMAKE_BUILD_TYPE=Debug -DTENDRIL_CUDA=OFF \
-	  -DTENDRIL_SANITIZE=thread $(CMAKE_COMMON)
+	cmake -S . -B $(BUILD)-tsan $(TSAN_CMAKE) $(CMAKE_COMMON)
 	cmake --build $(BUILD)-tsan -j$(JOBS)
-	cd $(BUILD)-tsan && TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" $(CTEST) -j$(JOBS) -L threads
+	cd $(BUILD)-tsan && $(TSAN_CTEST)
+
+# libfabric 2.x: scripts/libfabric2.sh prints its cached prefix (building it the first
+# time, ~1 min). The tests link it through RUNPATH; LD_LIBRARY_PATH makes the Python
+# interpreter's extension and the installed consumer (install.consumer) load it too.
+# unit.fabric_version prints the libfabric each run loaded and fails on a mismatch.
+# CUDA code is not built again: the 2.x plain build covers the host code and Python.
+#   $(call lf2_run,SUFFIX,CMAKE-ARGS,CTEST-COMMAND)
+define lf2_run
+	lf2=$$(scripts/libfabric2.sh) && \
+	cmake -S . -B $(BUILD)-lf2$(1) $(2) -DCMAKE_PREFIX_PATH=$$lf2 $(CMAKE_COMMON) && \
+	cmake --build $(BUILD)-lf2$(1) -j$(JOBS) && \
+	cd $(BUILD)-lf2$(1) && LD_LIBRARY_PATH=$$lf2/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} $(3)
+endef
+
+test-lf2: test-lf2-plain test-lf2-asan test-lf2-tsan
+
+test-lf2-plain: deps
+	$(call lf2_run,,-DCMAKE_BUILD_TYPE=RelWithDebInfo -DTENDRIL_CUDA=OFF,$(CTEST) -j$(JOBS))
+
+test-lf2-asan: deps
+	$(call lf2_run,-asan,$(ASAN_CMAKE),$(ASAN_CTEST))
+
+test-lf2-tsan: deps
+	$(call lf2_run,-tsan,$(TSAN_CMAKE),$(TSAN_CTEST))
 
 clean:
-	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan $(BUILD)-lf2 $(BUILD)-lf2-asan $(BUILD)-lf2-tsan

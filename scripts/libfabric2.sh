@@ -15,8 +15,10 @@
 # is used (the Debian packaging is not needed, and its files are not always served).
 #
 # Why these configure options: --with-cuda + --enable-cuda-dlopen give shm/sm2 FI_HMEM
-# (CUDA IPC) while loading libcuda only at run time, so the same build runs on the CPU
-# machines (no driver) and on the GPU machine. CUDA's configure check includes nvml.h,
+# (CUDA IPC) while loading CUDA only at run time, so the same build runs on the CPU
+# machines (no driver) and on the GPU machine. At run time it dlopens libcuda.so.1 (the
+# driver's) and libcudart.so (unversioned: the toolkit's lib64 must be on the loader
+# path, see docs/gpu-memory.md); without either it simply offers no FI_HMEM. CUDA's configure check includes nvml.h,
 # which the toolkit here lacks; PyPI's nvidia-nvml-dev ships it.
 set -euo pipefail
 
@@ -73,7 +75,7 @@ build() {
   nvml_inc=$(dirname "$(find "$work/nvml/x" -name nvml.h | head -1)")
   [ -f "$nvml_inc/nvml.h" ] || { log "nvml.h not found in $NVML_DEV"; exit 1; }
 
-  log "configuring and building (a few minutes)"
+  log "configuring and building (about a minute on 2 cores)"
   cd "$work/src/libfabric-${LF2_VERSION}"
   [ -x configure ] || ./autogen.sh >/dev/null 2>&1
   rm -rf "$cache"
@@ -95,8 +97,14 @@ build() {
   log "installed in $cache ($(du -sh "$cache" | cut -f1))"
 }
 
+# One build at a time per cache (parallel make targets, several checkouts on one machine);
+# stdout carries only the prefix, so callers can use $(scripts/libfabric2.sh): apt's and
+# the build's chatter goes to stderr.
+mkdir -p "$(dirname "$cache")"
+exec 9>"$cache.lock"
+flock -w 1800 9 || { log "timed out waiting for another build of $cache"; exit 1; }
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  build
+  (build) >&2
 fi
 
 if [ $# -ge 1 ]; then
