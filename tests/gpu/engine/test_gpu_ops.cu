@@ -507,7 +507,7 @@ static int parent_main(void)
     /* (fork + exec at once: the CUDA context above does not reach the child) */
     int r = th_spawn(&g_child, "receiver", "");
     REQUIRE(r == 0, "spawn: %s", te_strerror(r));
-    char line[4096], a[TE_ADDR_TEXT_MAX + 1], hd[2 * TE_MR_DESC_ENCODED_MAX + 2],
+    static char line[8192], a[TE_ADDR_TEXT_MAX + 1], hd[2 * TE_MR_DESC_ENCODED_MAX + 2],
         hh[2 * TE_MR_DESC_ENCODED_MAX + 2];
     r = th_recv(&g_child, line, sizeof line, 60000);
     REQUIRE(r == 0, "child did not start: %s", te_strerror(r));
@@ -524,7 +524,7 @@ static int parent_main(void)
         printf("  %s\n", line + (nogpu ? 6 : 5));
         return SKIP;
     }
-    REQUIRE(sscanf(line, "ready %511s %1100s %1100s", a, hd, hh) == 3, "child: %s", line);
+    REQUIRE(sscanf(line, "ready %517s %2189s %2189s", a, hd, hh) == 3, "child: %s", line);
     te_addr peer;
     REQUIRE(te_addr_parse(a, &peer) == 0 && th_desc_from_hex(hd, &g_ddev) == 0 &&
                 th_desc_from_hex(hh, &g_dhost) == 0, "child's address/descriptors");
