@@ -54,6 +54,9 @@ static void load_once(void)
         {"cuMemGetAddressRange_v2", (void **)&g_api.cuMemGetAddressRange, 0},
         {"cuMemAlloc_v2", (void **)&g_api.cuMemAlloc, 0},
         {"cuMemFree_v2", (void **)&g_api.cuMemFree, 0},
+        {"cuMemsetD8_v2", (void **)&g_api.cuMemsetD8, 0},
+        {"cuMemcpyHtoD_v2", (void **)&g_api.cuMemcpyHtoD, 0},
+        {"cuMemcpyDtoH_v2", (void **)&g_api.cuMemcpyDtoH, 0},
         {"cuMemGetHandleForAddressRange", (void **)&g_api.cuMemGetHandleForAddressRange, 1},
     };
     for (size_t k = 0; k < sizeof syms / sizeof *syms; k++) {
@@ -245,3 +248,48 @@ void tcu_host_free_mapped(int dev, void *host)
     tcu_ctx_leave(dev);
     tcu_ctx_unkeep(dev);
 }
+
+int tcu_dev_alloc(int dev, size_t len, void **out)
+{
+    const tcu_api *cu;
+    int r = tcu_load(&cu);
+    if (r) return r;
+    if ((r = tcu_ctx_enter(dev))) return r;
+    tcu_deviceptr d = 0;
+    tcu_result cr = cu->cuMemAlloc(&d, len ? len : 1);
+    if (!cr) {
+        cr = cu->cuMemsetD8(d, 0, len);
+        if (cr) cu->cuMemFree(d);
+    }
+    if (!cr) tcu_ctx_keep(dev); /* as tcu_host_alloc_mapped: the memory lives in the context */
+    tcu_ctx_leave(dev);
+    if (cr) return te_err(-ENOMEM, "cuMemAlloc(%zu) on device %d: %s", len, dev, tcu_strerror(cr));
+    *out = (void *)(uintptr_t)d;
+    return 0;
+}
+
+void tcu_dev_free(int dev, void *p)
+{
+    if (!p || tcu_load(NULL)) return;
+    if (tcu_ctx_enter(dev)) return;
+    g_api.cuMemFree((tcu_deviceptr)(uintptr_t)p);
+    tcu_ctx_leave(dev);
+    tcu_ctx_unkeep(dev);
+}
+
+static int copy(int dev, void *dst, const void *src, size_t len, int to_dev)
+{
+    const tcu_api *cu;
+    int r = tcu_load(&cu);
+    if (r) return r;
+    if ((r = tcu_ctx_enter(dev))) return r;
+    tcu_result cr = to_dev ? cu->cuMemcpyHtoD((tcu_deviceptr)(uintptr_t)dst, src, len)
+                           : cu->cuMemcpyDtoH(dst, (tcu_deviceptr)(uintptr_t)src, len);
+    tcu_ctx_leave(dev);
+    if (cr) return te_err(-EIO, "cuMemcpy%s(%zu bytes, device %d): %s", to_dev ? "HtoD" : "DtoH", len,
+                          dev, tcu_strerror(cr));
+    return 0;
+}
+
+int tcu_copy_to_dev(int dev, void *dst, const void *src, size_t len) { return copy(dev, dst, src, len, 1); }
+int tcu_copy_to_host(int dev, void *dst, const void *src, size_t len) { return copy(dev, dst, src, len, 0); }

@@ -50,6 +50,9 @@ typedef struct tcu_api {
     tcu_result (*cuMemGetAddressRange)(tcu_deviceptr *base, size_t *len, tcu_deviceptr p); /* _v2 */
     tcu_result (*cuMemAlloc)(tcu_deviceptr *d, size_t len);  /* _v2 */
     tcu_result (*cuMemFree)(tcu_deviceptr d);                /* _v2 */
+    tcu_result (*cuMemsetD8)(tcu_deviceptr d, unsigned char v, size_t n);        /* _v2 */
+    tcu_result (*cuMemcpyHtoD)(tcu_deviceptr dst, const void *src, size_t n);    /* _v2 */
+    tcu_result (*cuMemcpyDtoH)(void *dst, tcu_deviceptr src, size_t n);          /* _v2 */
     /* Optional (NULL if the driver predates CUDA 11.7): dma-buf export. */
     tcu_result (*cuMemGetHandleForAddressRange)(void *handle, tcu_deviceptr p, size_t len,
                                                 int type, unsigned long long flags);
@@ -88,5 +91,14 @@ int tcu_dmabuf_export(const void *ptr, size_t len, int dev, int *fd, uint64_t *o
  * PORTABLE|DEVICEMAP), zeroed. *dptr is the address kernels use. */
 int tcu_host_alloc_mapped(int dev, size_t len, void **host, uint64_t *dptr);
 void tcu_host_free_mapped(int dev, void *host);
+
+/* Device memory for tools, examples and tests that use no CUDA runtime (fabric-debug
+ * --gpu, the KV-cache example): cuMemAlloc in device `dev`'s primary context, zeroed;
+ * the allocation holds a context reference until tcu_dev_free. Copies are synchronous
+ * (cuMemcpy on the legacy stream) and enter the context themselves. */
+int tcu_dev_alloc(int dev, size_t len, void **out);
+void tcu_dev_free(int dev, void *p);
+int tcu_copy_to_dev(int dev, void *dst, const void *src, size_t len);
+int tcu_copy_to_host(int dev, void *dst, const void *src, size_t len);
 
 #endif

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "devbuf.h"
 #include "raw.h"
 #include "tendril/te.h"
 
@@ -42,6 +43,7 @@ typedef struct opts {
     const char *only; /* run only these workloads: comma list of single, paged, latency */
     uint64_t sizes[16]; /* --sizes: only rows of these sizes (single) or page sizes (paged) */
     int n_sizes;
+    int gpu; /* --gpu N: buffers in device memory of CUDA device N; -1 = host memory */
 } opts;
 
 static bool size_selected(const opts *o, uint64_t size)
@@ -100,6 +102,12 @@ static void die(const char *what, int r)
     exit(1);
 }
 
+/* Registration device of the measured buffers. */
+static int mem_device(const opts *o) { return o->gpu >= 0 ? o->gpu : TE_DEVICE_HOST; }
+
+/* Text of a raw (libfabric) return code. */
+static const char *fi_msg(int r) { return r ? strerror(r < 0 ? -r : r) : "ok"; }
+
 static void hex(const uint8_t *b, size_t n, char *out)
 {
     for (size_t k = 0; k < n; k++) sprintf(out + 2 * k, "%02x", b[k]);
@@ -131,6 +139,7 @@ static te_engine *make_engine(const opts *o, bool busy)
     cfg.provider = o->provider;
     cfg.n_groups = 1;
     cfg.groups[0].n_nics = o->nics;
+    cfg.groups[0].cuda_device = o->gpu >= 0 ? o->gpu : TE_DEVICE_HOST;
     cfg.busy_poll = busy;
     char *names = o->nic_names ? strdup(o->nic_names) : NULL, *save = NULL;
     uint32_t k = 0;
@@ -152,6 +161,7 @@ static te_engine *make_engine(const opts *o, bool busy)
 
 typedef struct server {
     te_engine *e;
+    int gpu;
     uint8_t *mem, *raw_mem;
     te_mr *mr;
     raw_ep *raw;
@@ -207,7 +217,15 @@ static void server_on_msg(void *arg, const void *data, size_t len)
         unsigned long long off, n;
         if (sscanf(m, "hash %c %llu %llu", &which, &off, &n) != 3 || off > REGION || n > REGION - off)
             return reply("hash-err");
-        reply("hash %" PRIu64, fnv((which == 'r' ? S.raw_mem : S.mem) + off, n));
+        /* GPU buffers: the bytes are copied back from the device and hashed here */
+        uint8_t *h = malloc(n ? n : 1);
+        int r = h ? devbuf_get(S.gpu, h, (which == 'r' ? S.raw_mem : S.mem) + off, n) : -ENOMEM;
+        if (r) {
+            free(h);
+            return reply("hash-err %s", te_last_error());
+        }
+        reply("hash %" PRIu64, fnv(h, n));
+        free(h);
     } else if (!strncmp(m, "mode ", 5)) {
         atomic_store(&S.raw_active, !strcmp(m + 5, "raw"));
         reply("mode-ok");
@@ -249,21 +267,24 @@ static void *server_raw_thread(void *arg)
 static int run_server(const opts *o)
 {
     S.e = make_engine(o, false);
-    S.mem = aligned_alloc(4096, REGION);
-    S.raw_mem = aligned_alloc(4096, REGION);
-    memset(S.mem, 0, REGION);
-    memset(S.raw_mem, 0, REGION);
-    int r = te_mr_register(S.e, S.mem, REGION, TE_DEVICE_HOST, TE_MR_REMOTE_WRITE, &S.mr);
-    if (r) die("register", r);
+    S.gpu = o->gpu;
+    int r;
+    if ((r = devbuf_alloc(o->gpu, REGION, &S.mem)) || (r = devbuf_alloc(o->gpu, REGION, &S.raw_mem)))
+        die("buffer", r);
+    if ((r = te_mr_register(S.e, S.mem, REGION, mem_device(o), TE_MR_REMOTE_WRITE, &S.mr)))
+        die("register", r);
     te_recv_pool *pool;
     if ((r = te_recv_pool_create(S.e, MSG, 16, server_on_msg, NULL, NULL, &pool))) die("recv pool", r);
     te_imm_set_callback(S.e, server_on_imm, NULL);
     char err[256];
-    if (raw_open(te_provider_name(S.e), te_nic_name(S.e, 0, 0), &S.raw, err, sizeof err)) {
+    if (raw_open(te_provider_name(S.e), te_nic_name(S.e, 0, 0), o->gpu >= 0, &S.raw, err, sizeof err)) {
         fprintf(stderr, "fabric-debug: raw endpoint: %s\n", err);
         return 1;
     }
-    if (raw_register(S.raw, S.raw_mem, REGION, true, &S.rr)) return 1;
+    if ((r = raw_register(S.raw, S.raw_mem, REGION, true, o->gpu, &S.rr))) {
+        fprintf(stderr, "fabric-debug: raw registration of the server buffer: %s\n", fi_msg(r));
+        return 1;
+    }
     uint8_t rawname[256];
     size_t rawlen = sizeof rawname;
     raw_name(S.raw, rawname, &rawlen);
@@ -286,8 +307,8 @@ static int run_server(const opts *o)
     te_engine_destroy(S.e);
     raw_deregister(&S.rr);
     raw_close(S.raw);
-    free(S.mem);
-    free(S.raw_mem);
+    devbuf_free(o->gpu, S.mem);
+    devbuf_free(o->gpu, S.raw_mem);
     return 0;
 }
 
@@ -296,6 +317,7 @@ static int run_server(const opts *o)
 typedef struct client {
     te_engine *e;
     uint8_t *src, *pong_mem;
+    uint8_t *src_host; /* the source pattern on the host (C.src may be GPU memory) */
     te_mr *mr, *pong_mr;
     te_mr_desc dst;
     te_imm_counter *pongs;
@@ -639,10 +661,12 @@ static int run_client(const char *token, const opts *o)
     if ((r = te_mr_desc_decode(db, dn, &C.dst))) die("server token (descriptor)", r);
     C.raw_key = key;
     C.raw_base = base;
-    C.src = aligned_alloc(4096, REGION);
+    C.src_host = aligned_alloc(4096, REGION);
     C.pong_mem = aligned_alloc(4096, 4096);
-    for (uint64_t k = 0; k < REGION; k++) C.src[k] = (uint8_t)(k * 131 + (k >> 12));
-    if ((r = te_mr_register(C.e, C.src, REGION, TE_DEVICE_HOST, 0, &C.mr))) die("register", r);
+    for (uint64_t k = 0; k < REGION; k++) C.src_host[k] = (uint8_t)(k * 131 + (k >> 12));
+    if ((r = devbuf_alloc(o->gpu, REGION, &C.src)) || (r = devbuf_put(o->gpu, C.src, C.src_host, REGION)))
+        die("source buffer", r);
+    if ((r = te_mr_register(C.e, C.src, REGION, mem_device(o), 0, &C.mr))) die("register", r);
     if ((r = te_mr_register(C.e, C.pong_mem, 4096, TE_DEVICE_HOST, TE_MR_REMOTE_WRITE, &C.pong_mr)))
         die("register", r);
     te_counter_create(&C.done);
@@ -650,13 +674,13 @@ static int run_client(const char *token, const opts *o)
     te_recv_pool *pool;
     if ((r = te_recv_pool_create(C.e, MSG, 8, client_on_msg, NULL, NULL, &pool))) die("recv pool", r);
     char err[256];
-    if (raw_open(te_provider_name(C.e), te_nic_name(C.e, 0, 0), &C.raw, err, sizeof err)) {
+    if (raw_open(te_provider_name(C.e), te_nic_name(C.e, 0, 0), o->gpu >= 0, &C.raw, err, sizeof err)) {
         fprintf(stderr, "fabric-debug: raw endpoint: %s\n", err);
         return 1;
     }
-    if (raw_register(C.raw, C.src, REGION, false, &C.rsrc) ||
-        raw_register(C.raw, C.pong_mem, 4096, true, &C.rpong) || raw_connect(C.raw, rab, ran)) {
-        fprintf(stderr, "fabric-debug: raw endpoint setup failed\n");
+    if ((r = raw_register(C.raw, C.src, REGION, false, o->gpu, &C.rsrc)) ||
+        (r = raw_register(C.raw, C.pong_mem, 4096, true, -1, &C.rpong)) || (r = raw_connect(C.raw, rab, ran))) {
+        fprintf(stderr, "fabric-debug: raw endpoint setup failed: %s\n", fi_msg(r));
         return 1;
     }
     te_addr srv = C.dst.nic[0].addr, me;
@@ -682,12 +706,15 @@ static int run_client(const char *token, const opts *o)
         perror(o->json);
         return 1;
     }
-    if (C.json) fprintf(C.json, "{\"provider\":\"%s\",\"nics\":%u,\"reps\":%d,\"rows\":[",
-                        te_provider_name(C.e), te_group_nics(C.e, 0), o->reps);
+    char memory[16] = "host";
+    if (o->gpu >= 0) snprintf(memory, sizeof memory, "cuda:%d", o->gpu);
+    if (C.json) fprintf(C.json, "{\"provider\":\"%s\",\"nics\":%u,\"reps\":%d,\"memory\":\"%s\",\"rows\":[",
+                        te_provider_name(C.e), te_group_nics(C.e, 0), o->reps, memory);
 
     int modes = o->modes;
-    printf("\nfabric-debug: provider %s, %u NIC(s) per group (%s), engine vs raw provider",
-           te_provider_name(C.e), te_group_nics(C.e, 0), te_nic_name(C.e, 0, 0));
+    printf("\nfabric-debug: provider %s, %u NIC(s) per group (%s), %s memory, engine vs raw provider",
+           te_provider_name(C.e), te_group_nics(C.e, 0), te_nic_name(C.e, 0, 0),
+           o->gpu >= 0 ? memory : "host");
     if (o->reps > 1) printf(", median of %d alternated runs per row", o->reps);
     printf("\n");
     printf("%-7s %9s %6s | %8s %8s %6s | %8s %8s %6s\n", "op", "size", "pages", "eng GB/s", "raw GB/s",
@@ -718,7 +745,7 @@ static int run_client(const char *token, const opts *o)
         if (o->verify && (modes & 1)) {
             ask(&srv, reply_buf, sizeof reply_buf, "hash e 0 %" PRIu64, size);
             char want[64];
-            snprintf(want, sizeof want, "hash %" PRIu64, fnv(C.src, size));
+            snprintf(want, sizeof want, "hash %" PRIu64, fnv(C.src_host, size));
             if (strcmp(reply_buf, want)) {
                 fprintf(stderr, "fabric-debug: VERIFY FAILED for %" PRIu64 "-byte writes\n", size);
                 return 3;
@@ -749,7 +776,7 @@ static int run_client(const char *token, const opts *o)
                 uint64_t off = PAGE_OFF + (page + 128) * idx[0];
                 ask(&srv, reply_buf, sizeof reply_buf, "hash e %" PRIu64 " %" PRIu64, off, page);
                 char want[64];
-                snprintf(want, sizeof want, "hash %" PRIu64, fnv(C.src + off, page));
+                snprintf(want, sizeof want, "hash %" PRIu64, fnv(C.src_host + off, page));
                 if (strcmp(reply_buf, want)) {
                     fprintf(stderr, "fabric-debug: VERIFY FAILED for paged writes\n");
                     return 3;
@@ -806,7 +833,8 @@ static int run_client(const char *token, const opts *o)
     raw_deregister(&C.rsrc);
     raw_deregister(&C.rpong);
     raw_close(C.raw);
-    free(C.src);
+    devbuf_free(o->gpu, C.src);
+    free(C.src_host);
     free(C.pong_mem);
     return 0;
 }
@@ -872,6 +900,9 @@ static void usage(void)
          "                   each (default 1; 5 or more on a noisy machine)\n"
          "  --only LIST      only these workloads: single, paged, latency (comma list)\n"
          "  --sizes LIST     only these write sizes / page sizes, e.g. 64K,1M\n"
+         "  --gpu N          buffers (source and target, engine and raw) in device memory of\n"
+         "                   CUDA device N; needs a provider with FI_HMEM (libfabric built with\n"
+         "                   CUDA); --verify then checks the device bytes\n"
          "environment: TENDRIL_PROVIDER, TENDRIL_NICS, TENDRIL_LOG (see te.h)");
 }
 
@@ -882,7 +913,7 @@ int main(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     signal(SIGPIPE, SIG_IGN);
-    opts o = {.provider = "auto", .nics = 1, .modes = 3, .reps = 1};
+    opts o = {.provider = "auto", .nics = 1, .modes = 3, .reps = 1, .gpu = -1};
     const char *cmd = argv[1];
     const char *token = NULL;
     int first = 2;
@@ -897,7 +928,7 @@ int main(int argc, char **argv)
     static struct option lo[] = {{"provider", 1, 0, 'p'}, {"nics", 1, 0, 'n'}, {"nic-names", 1, 0, 'N'},
                                  {"mode", 1, 0, 'm'},     {"quick", 0, 0, 'q'}, {"verify", 0, 0, 'v'},
                                  {"json", 1, 0, 'j'},     {"reps", 1, 0, 'r'},    {"only", 1, 0, 'o'},
-                                 {"sizes", 1, 0, 's'},    {0, 0, 0, 0}};
+                                 {"sizes", 1, 0, 's'},    {"gpu", 1, 0, 'g'},      {0, 0, 0, 0}};
     optind = first;
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -929,12 +960,29 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'g': {
+            char *end = NULL;
+            long g = strtol(optarg, &end, 10);
+            if (!*optarg || *end || g < 0 || g > 1024) {
+                fprintf(stderr, "fabric-debug: --gpu takes a CUDA device ordinal\n");
+                return 2;
+            }
+            o.gpu = (int)g;
+            break;
+        }
         default: usage(); return 2;
         }
     }
     if (o.nics < 1 || o.nics > TE_MAX_NICS) {
         fprintf(stderr, "fabric-debug: --nics must be 1..%d\n", TE_MAX_NICS);
         return 2;
+    }
+    if (o.gpu >= 0) {
+        char err[300];
+        if (devbuf_check_gpu(o.gpu, err, sizeof err)) {
+            fprintf(stderr, "fabric-debug: --gpu %d: %s\n", o.gpu, err);
+            return 1;
+        }
     }
     /* In local mode over tcp the loopback interface is the fast path (DESIGN.md §5). */
     if (!strcmp(cmd, "local") && !o.nic_names && o.nics == 1 && !getenv("TENDRIL_NICS")) {

@@ -25,21 +25,25 @@ struct raw_ep {
     uint64_t write_flags; /* the same completion semantics the engine asks for */
 };
 
-int raw_open(const char *provider, const char *nic, raw_ep **out, char *err, size_t errcap)
+int raw_open(const char *provider, const char *nic, bool hmem, raw_ep **out, char *err,
+             size_t errcap)
 {
     raw_ep *r = calloc(1, sizeof *r);
     struct fi_info *hints = fi_allocinfo(), *list = NULL;
     if (!r || !hints) return -ENOMEM;
-    hints->caps = FI_MSG | FI_RMA | FI_WRITE | FI_REMOTE_WRITE;
+    hints->caps = FI_MSG | FI_RMA | FI_WRITE | FI_REMOTE_WRITE | (hmem ? FI_HMEM : 0);
     hints->ep_attr->type = FI_EP_RDM;
     hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY |
-                                  FI_MR_ENDPOINT;
+                                  FI_MR_ENDPOINT | (hmem ? FI_MR_HMEM : 0);
     hints->domain_attr->threading = FI_THREAD_DOMAIN; /* one thread: the cheapest mode */
     hints->fabric_attr->prov_name = strdup(provider);
     int ret = fi_getinfo(FI_VERSION(1, 17), NULL, NULL, 0, hints, &list);
     fi_freeinfo(hints);
     if (ret) {
-        snprintf(err, errcap, "fi_getinfo(%s): %s", provider, fi_strerror(-ret));
+        snprintf(err, errcap, "fi_getinfo(%s%s): %s%s", provider, hmem ? ", FI_HMEM" : "",
+                 fi_strerror(-ret),
+                 hmem ? " (the provider cannot register GPU memory: libfabric built without "
+                        "CUDA support?)" : "");
         free(r);
         return ret;
     }
@@ -97,13 +101,18 @@ void raw_close(raw_ep *r)
 
 int raw_name(raw_ep *r, uint8_t *addr, size_t *len) { return fi_getname(&r->ep->fid, addr, len); }
 
-int raw_register(raw_ep *r, void *ptr, size_t len, bool remote, raw_region *out)
+int raw_register(raw_ep *r, void *ptr, size_t len, bool remote, int gpu, raw_region *out)
 {
     uint64_t access = FI_WRITE | FI_READ | FI_SEND | FI_RECV;
     if (remote) access |= FI_REMOTE_WRITE | FI_REMOTE_READ;
     struct fid_mr *mr;
     uint64_t key = (r->mr_mode & FI_MR_PROV_KEY) ? 0 : r->next_key++;
-    int ret = fi_mr_reg(r->domain, ptr, len, access, 0, key, 0, &mr, NULL);
+    struct iovec iov = {.iov_base = ptr, .iov_len = len};
+    struct fi_mr_attr attr = {.mr_iov = &iov, .iov_count = 1, .access = access,
+                              .requested_key = key,
+                              .iface = gpu >= 0 ? FI_HMEM_CUDA : FI_HMEM_SYSTEM};
+    attr.device.cuda = gpu >= 0 ? gpu : 0;
+    int ret = fi_mr_regattr(r->domain, &attr, 0, &mr);
     if (ret) return ret;
     if (r->mr_mode & FI_MR_ENDPOINT) {
         fi_mr_bind(mr, &r->ep->fid, 0);
@@ -163,7 +172,8 @@ int raw_poll(raw_ep *r, uint64_t *writes, uint64_t *imms, uint32_t *last_imm)
         }
         if (n < 0) return (int)n;
         for (ssize_t k = 0; k < n; k++) {
-            if (e[k].flags & FI_REMOTE_WRITE) {
+            /* as the engine: libfabric 2.x's shm sets only FI_REMOTE_CQ_DATA */
+            if (e[k].flags & (FI_REMOTE_WRITE | FI_REMOTE_CQ_DATA)) {
                 (*imms)++;
                 *last_imm = (uint32_t)e[k].data;
             } else {

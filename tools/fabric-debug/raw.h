@@ -19,11 +19,14 @@ typedef struct raw_region {
     void *mr;
 } raw_region;
 
-/* Opens an RDM endpoint of `provider` (full name, e.g. "tcp;ofi_rxm") on domain `nic`. */
-int raw_open(const char *provider, const char *nic, raw_ep **out, char *err, size_t errcap);
+/* Opens an RDM endpoint of `provider` (full name, e.g. "tcp;ofi_rxm") on domain `nic`.
+ * hmem: ask for FI_HMEM (and accept FI_MR_HMEM), as the engine does for a GPU group. */
+int raw_open(const char *provider, const char *nic, bool hmem, raw_ep **out, char *err,
+             size_t errcap);
 void raw_close(raw_ep *r);
 int raw_name(raw_ep *r, uint8_t *addr, size_t *len);
-int raw_register(raw_ep *r, void *ptr, size_t len, bool remote, raw_region *out);
+/* gpu >= 0: ptr is CUDA device memory of that ordinal (fi_mr_regattr, FI_HMEM_CUDA). */
+int raw_register(raw_ep *r, void *ptr, size_t len, bool remote, int gpu, raw_region *out);
 void raw_deregister(raw_region *reg);
 int raw_connect(raw_ep *r, const uint8_t *addr, size_t len);
 /* Remote address of byte `off` of a region whose base VA is `base` (VA or offset mode). */
