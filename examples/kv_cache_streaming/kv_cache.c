@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/app_util.h"
+#include "cuda/cuda_loader.h"
 #include "kv_cache_streaming/gpu_tick.h"
 
 #define KV_MAGIC 0x4b56434bu /* "KVCK" */
@@ -55,6 +56,22 @@ static int encode_msg(uint8_t *buf, size_t cap, kv_msg *m, const te_addr *self,
     memcpy(buf, m, sizeof *m);
     *out_len = off;
     return 0;
+}
+
+/* KV memory: host (aligned, zeroed) or device memory of `gpu` (gpu < 0: host). */
+static uint8_t *kv_alloc(int gpu, size_t len)
+{
+    void *p = NULL;
+    if (gpu >= 0) return tcu_dev_alloc(gpu, len, &p) ? NULL : p;
+    p = aligned_alloc(4096, (len + 4095) / 4096 * 4096);
+    if (p) memset(p, 0, len);
+    return p;
+}
+
+static void kv_free(int gpu, uint8_t *p)
+{
+    if (gpu >= 0) tcu_dev_free(gpu, p);
+    else free(p);
 }
 
 /* ================================================================ prefiller ==== */
@@ -198,6 +215,9 @@ static void print_timing(const kv_req *q, uint64_t t_end)
     (void)t_end;
 }
 
+/* Device of the prefiller's KV memory, -1 for host memory. */
+static int src_gpu(const kv_prefiller *pf) { return pf->o.gpu_kv ? pf->o.gpu_device : -1; }
+
 static void *model_thread(void *arg)
 {
     kv_req *q = arg;
@@ -207,16 +227,23 @@ static void *model_thread(void *arg)
     volatile uint64_t *word = te_watcher_ptr(q->w);
     bool gpu_started = false;
     if (pf->gpu) {
-        /* GPU variant: the KV is produced up front here (host memory), then a captured
-         * CUDA graph runs the layers and each layer's kernel stores l+1 into the word. */
-        for (uint32_t l = 0; l < m->layers; l++)
-            for (uint32_t k = 0; k < m->pages; k++)
-                kv_fill(q->src + l * layer_bytes + (uint64_t)k * m->page_len, m->page_len, m->seed, l, k);
-        kv_fill(q->src + (uint64_t)m->layers * layer_bytes, m->ctx_len, m->seed, m->layers, 0);
+        /* GPU variant: a captured CUDA graph runs the layers and each layer's last kernel
+         * stores l+1 into the word. With gpu_kv the KV lives in device memory and the
+         * graph's kernels write each layer's pages first; otherwise the KV is produced
+         * up front here in host memory. */
+        gpu_kv_src kv = {.kv = (uint64_t)(uintptr_t)q->src, .page_len = m->page_len,
+                         .ctx_len = m->ctx_len, .seed = m->seed, .pages = m->pages};
+        if (!pf->o.gpu_kv) {
+            for (uint32_t l = 0; l < m->layers; l++)
+                for (uint32_t k = 0; k < m->pages; k++)
+                    kv_fill(q->src + l * layer_bytes + (uint64_t)k * m->page_len, m->page_len,
+                            m->seed, l, k);
+            kv_fill(q->src + (uint64_t)m->layers * layer_bytes, m->ctx_len, m->seed, m->layers, 0);
+        }
         pthread_mutex_lock(&pf->gpu_mu);
         q->t_start = app_now_us();
         if (gpu_tick_launch(pf->gpu, te_watcher_device_ptr(q->w), m->layers,
-                            (uint64_t)pf->o.compute_us * 1000u)) {
+                            (uint64_t)pf->o.compute_us * 1000u, pf->o.gpu_kv ? &kv : NULL)) {
             fprintf(stderr, "prefiller: GPU launch: %s\n", gpu_tick_error(pf->gpu));
             pthread_mutex_lock(&q->mu);
             q->failed = true;
@@ -302,7 +329,7 @@ static void *model_thread(void *arg)
     }
     te_mr_deregister(q->mr);
     q->mr = NULL;
-    free(q->src);
+    kv_free(src_gpu(pf), q->src);
     q->src = NULL;
     return NULL;
 }
@@ -338,12 +365,16 @@ static void pf_start(kv_prefiller *pf, const uint8_t *data, size_t len)
     if (!r) r = te_pages_create(idx, m.pages, &q->dst_pages);
     free(idx);
     size_t bytes = (size_t)m.layers * m.pages * m.page_len + m.ctx_len;
-    q->src = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+    q->src = kv_alloc(src_gpu(pf), bytes);
     q->layer = calloc(m.layers, sizeof *q->layer);
     for (uint32_t l = 0; l < m.layers && q->layer; l++) q->layer[l].req = q;
     if (r || !q->src || !q->layer) goto reject;
-    /* GPU: the KV cache lives in CUDA memory; register it with device = the GPU ordinal. */
-    if (te_mr_register(pf->e, q->src, bytes, TE_DEVICE_HOST, TE_MR_LOCAL, &q->mr)) goto reject;
+    /* GPU KV: CUDA memory, registered with device = the GPU ordinal. */
+    if (te_mr_register(pf->e, q->src, bytes, pf->o.gpu_kv ? pf->o.gpu_device : TE_DEVICE_HOST,
+                       TE_MR_LOCAL, &q->mr)) {
+        fprintf(stderr, "prefiller: registering the KV: %s\n", te_last_error());
+        goto reject;
+    }
     if (te_counter_create(&q->ctr)) goto reject;
     if (te_watcher_alloc(pf->e, on_layers, q, &q->w)) goto reject;
     if (pthread_create(&q->thread, NULL, model_thread, q) == 0) {
@@ -444,6 +475,10 @@ int kv_prefiller_create(const te_config *cfg, const kv_prefiller_opts *o, kv_pre
     kv_prefiller *pf = calloc(1, sizeof *pf);
     if (!pf) return -ENOMEM;
     pf->o = *o;
+    if (o->gpu_kv && !o->gpu_watcher) {
+        free(pf);
+        return -EINVAL; /* the KV is written by the graph's kernels */
+    }
     pthread_mutex_init(&pf->mu, NULL);
     pthread_cond_init(&pf->cv, NULL);
     pthread_mutex_init(&pf->gpu_mu, NULL);
@@ -515,7 +550,7 @@ void kv_prefiller_destroy(kv_prefiller *pf)
         if (q->src_pages) te_pages_release(q->src_pages);
         if (q->dst_pages) te_pages_release(q->dst_pages);
         if (q->ctr) te_counter_destroy(q->ctr);
-        free(q->src);
+        kv_free(src_gpu(pf), q->src);
         free(q->layer);
         pthread_mutex_destroy(&q->mu);
         free(q);
@@ -561,7 +596,10 @@ struct kv_decoder {
     kv_pending *reqs;
     uint64_t next_id;
     uint64_t late_imms;
+    gpu_tick *gpu; /* gpu_pool: the kernels that check arrivals on the device */
 };
+
+static int pool_gpu(const kv_decoder *d) { return d->o.gpu_pool ? d->o.gpu_device : -1; }
 
 static kv_pending *find_req(kv_decoder *d, uint64_t id)
 {
@@ -635,22 +673,25 @@ int kv_decoder_create(const te_config *cfg, const kv_decoder_opts *o, kv_decoder
     d->layer_stride = (uint64_t)o->slots * s->page_len;
     d->ctx_offset = (uint64_t)s->layers * d->layer_stride;
     d->pool_len = d->ctx_offset + s->ctx_len;
-    /* GPU: the KV pool is CUDA memory (cudaMalloc) registered with device = its ordinal;
-     * nothing else changes. */
-    d->pool = aligned_alloc(4096, (d->pool_len + 4095) / 4096 * 4096);
+    /* GPU: the KV pool is CUDA memory registered with device = its ordinal; arrivals are
+     * checked by a kernel there. Nothing else changes. */
+    int r = 0;
+    if (o->gpu_pool) r = gpu_tick_open(o->gpu_device, &d->gpu);
+    d->pool = r ? NULL : kv_alloc(pool_gpu(d), d->pool_len);
     d->slot = calloc(o->slots, 1);
     d->next_id = (uint64_t)app_now_us() << 16;
-    int r = d->pool && d->slot ? 0 : -ENOMEM;
-    if (!r) memset(d->pool, 0, d->pool_len);
+    if (!r) r = d->pool && d->slot ? 0 : -ENOMEM;
     if (!r) r = te_engine_create(cfg, &d->e);
     if (!r) r = te_main_address(d->e, &d->self);
-    if (!r) r = te_mr_register(d->e, d->pool, d->pool_len, TE_DEVICE_HOST, TE_MR_REMOTE_WRITE, &d->mr);
+    if (!r) r = te_mr_register(d->e, d->pool, d->pool_len, o->gpu_pool ? o->gpu_device : TE_DEVICE_HOST,
+                               TE_MR_REMOTE_WRITE, &d->mr);
     if (!r) r = te_mr_desc_get(d->mr, &d->desc);
     if (!r) r = te_recv_pool_create(d->e, KV_MSG_SIZE, 16, dec_on_recv, NULL, d, &d->rp);
     if (!r) r = te_imm_set_callback(d->e, dec_on_stray, d);
     if (r) {
         if (d->e) te_engine_destroy(d->e);
-        free(d->pool);
+        kv_free(pool_gpu(d), d->pool);
+        gpu_tick_close(d->gpu);
         free(d->slot);
         free(d);
         return r;
@@ -674,6 +715,16 @@ static uint64_t verify(kv_decoder *d, const uint32_t *pages, uint32_t n, uint64_
 {
     const kv_shape *s = &d->o.shape;
     uint64_t bad = 0;
+    if (d->gpu) {
+        gpu_kv_dst g = {.base = (uint64_t)(uintptr_t)d->pool, .layer_stride = d->layer_stride,
+                        .page_len = s->page_len, .ctx_offset = d->ctx_offset, .ctx_len = s->ctx_len,
+                        .seed = seed, .slots = pages, .n = n, .layers = s->layers};
+        if (gpu_tick_check(d->gpu, &g, &bad)) {
+            fprintf(stderr, "decoder: device check: %s\n", gpu_tick_error(d->gpu));
+            return UINT64_MAX;
+        }
+        return bad;
+    }
     uint8_t *want = malloc(s->page_len > s->ctx_len ? s->page_len : s->ctx_len);
     if (!want) return UINT64_MAX;
     for (uint32_t l = 0; l < s->layers; l++)
@@ -795,15 +846,24 @@ uint64_t kv_decoder_hash_pages(kv_decoder *d, const uint32_t *pages, uint32_t n)
 {
     uint64_t h = 0x12345;
     const kv_shape *s = &d->o.shape;
+    uint8_t *copy = d->gpu ? malloc(s->page_len ? s->page_len : 1) : NULL;
     for (uint32_t l = 0; l < s->layers; l++)
         for (uint32_t k = 0; k < n; k++) {
             const uint8_t *p = d->pool + l * d->layer_stride + (uint64_t)pages[k] * s->page_len;
+            if (d->gpu) { /* hashed on the host: a copy of the device page */
+                if (!copy || tcu_copy_to_host(d->o.gpu_device, copy, p, s->page_len)) {
+                    free(copy);
+                    return 0;
+                }
+                p = copy;
+            }
             for (uint64_t w = 0; w < s->page_len / 8; w++) {
                 uint64_t v;
                 memcpy(&v, p + 8 * w, 8);
                 h = app_mix(h ^ v);
             }
         }
+    free(copy);
     return h;
 }
 
@@ -827,7 +887,8 @@ void kv_decoder_destroy(kv_decoder *d)
         free(r->pages);
         free(r);
     }
-    free(d->pool);
+    kv_free(pool_gpu(d), d->pool);
+    gpu_tick_close(d->gpu);
     free(d->slot);
     pthread_mutex_destroy(&d->mu);
     pthread_cond_destroy(&d->cv);

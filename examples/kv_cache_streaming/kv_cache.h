@@ -40,6 +40,9 @@ typedef struct kv_prefiller_opts {
                             kernels store the layer count into the watcher word); needs a
                             CUDA driver: -ENOTSUP otherwise */
     int gpu_device;      /* CUDA ordinal for gpu_watcher */
+    bool gpu_kv;         /* with gpu_watcher: the KV pages live in device memory of
+                            gpu_device and each layer's kernels write them before bumping
+                            the word (the engine's group must drive that GPU) */
 } kv_prefiller_opts;
 
 typedef struct kv_prefiller_stats {
@@ -64,6 +67,9 @@ typedef struct kv_decoder kv_decoder;
 typedef struct kv_decoder_opts {
     kv_shape shape;
     uint32_t slots; /* pages per layer in the pool */
+    bool gpu_pool;  /* the pool is device memory of gpu_device (the engine's group must
+                       drive that GPU); arrivals are checked by a kernel on the device */
+    int gpu_device;
 } kv_decoder_opts;
 
 typedef struct kv_result {

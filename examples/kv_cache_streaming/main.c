@@ -8,8 +8,11 @@
  * --ctx-kb K, --compute-us U (per layer), --requests R, --deadline-ms D, --cancel-demo
  * (one request whose deadline is shorter than the prefill: cancel + confirmation),
  * --gpu-watcher (the layer loop is a CUDA graph on GPU 0 whose kernels bump the watcher
- * word; needs a CUDA driver). */
+ * word; needs a CUDA driver), --gpu N (everything on GPU N: the prefiller's KV pages in
+ * device memory, written by the graph's kernels layer by layer, the decoder's pool in
+ * device memory, checked by a kernel; needs a provider that registers GPU memory). */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,13 +26,14 @@ typedef struct opts {
     uint64_t page_kb, ctx_kb;
     int deadline_ms;
     int cancel_demo, gpu_watcher;
+    int gpu; /* --gpu N; -1: host memory */
 } opts;
 
 static int parse(int argc, char **argv, opts *o)
 {
     *o = (opts){.provider = "", .role = "both", .peer_nics = 1, .layers = 32, .pages = 64,
                 .requests = 3, .compute_us = 2000, .page_kb = 32, .ctx_kb = 16,
-                .deadline_ms = 20000};
+                .deadline_ms = 20000, .gpu = -1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--cancel-demo")) { o->cancel_demo = 1; continue; }
@@ -47,9 +51,26 @@ static int parse(int argc, char **argv, opts *o)
         else if (!strcmp(a, "--page-kb")) o->page_kb = (uint64_t)atoll(v);
         else if (!strcmp(a, "--ctx-kb")) o->ctx_kb = (uint64_t)atoll(v);
         else if (!strcmp(a, "--deadline-ms")) o->deadline_ms = atoi(v);
+        else if (!strcmp(a, "--gpu")) o->gpu = atoi(v), o->gpu_watcher = 1;
         else { fprintf(stderr, "unknown option %s\n", a); return -1; }
     }
     return 0;
+}
+
+/* Exit status for a failure to set up: 77 (skipped) when this machine cannot run the
+ * GPU variant (no CUDA driver/GPU, provider without FI_HMEM), unless
+ * TENDRIL_GPU_REQUIRE_HMEM=1 says it must. */
+static int setup_failed(int r)
+{
+    const char *req = getenv("TENDRIL_GPU_REQUIRE_HMEM");
+    bool cannot = r == -EOPNOTSUPP || r == -ENOTSUP || r == -ENOSYS || r == -ENODEV;
+    if (cannot && !(req && *req == '1')) {
+        const char *why = te_last_error();
+        printf("SKIP: the GPU variant cannot run here: %s%s%s%s (details on stderr)\n", te_strerror(r),
+               *why ? " (" : "", why, *why ? ")" : "");
+        return 77;
+    }
+    return 1;
 }
 
 static kv_shape shape_of(const opts *o)
@@ -62,8 +83,10 @@ static int run_prefiller(const opts *o, int child)
 {
     te_config cfg;
     app_config(&cfg, o->provider);
+    if (o->gpu >= 0) cfg.groups[0].cuda_device = o->gpu;
     kv_prefiller_opts po = {.shape = shape_of(o), .compute_us = o->compute_us, .verbose = true,
-                            .gpu_watcher = o->gpu_watcher != 0, .gpu_device = 0};
+                            .gpu_watcher = o->gpu_watcher != 0, .gpu_device = o->gpu >= 0 ? o->gpu : 0,
+                            .gpu_kv = o->gpu >= 0};
     kv_prefiller *pf;
     int r = kv_prefiller_create(&cfg, &po, &pf);
     if (r) {
@@ -89,17 +112,20 @@ static int run_decoder(const opts *o, const te_addr *peer, uint32_t peer_nics)
 {
     te_config cfg;
     app_config(&cfg, o->provider);
-    kv_decoder_opts dopts = {.shape = shape_of(o), .slots = 4 * o->pages};
+    if (o->gpu >= 0) cfg.groups[0].cuda_device = o->gpu;
+    kv_decoder_opts dopts = {.shape = shape_of(o), .slots = 4 * o->pages, .gpu_pool = o->gpu >= 0,
+                             .gpu_device = o->gpu};
     kv_decoder *d;
     int r = kv_decoder_create(&cfg, &dopts, &d);
     if (r) {
         fprintf(stderr, "decoder: %s (%s)\n", te_strerror(r), te_last_error());
-        return 1;
+        return o->gpu >= 0 ? setup_failed(r) : 1;
     }
     uint64_t kv_bytes = (uint64_t)o->layers * o->pages * o->page_kb * 1024;
-    printf("decoder: %u layers x %u pages x %llu KiB = %.1f MiB KV per request, compute %u us/layer\n",
-           o->layers, o->pages, (unsigned long long)o->page_kb, (double)kv_bytes / 1048576.0,
-           o->compute_us);
+    printf("decoder: %u layers x %u pages x %llu KiB = %.1f MiB KV per request, compute %u us/layer, "
+           "%s\n", o->layers, o->pages, (unsigned long long)o->page_kb, (double)kv_bytes / 1048576.0,
+           o->compute_us, o->gpu >= 0 ? "KV in GPU memory on both sides, checked on the device"
+                                      : "KV in host memory");
     printf("decoder: expecting %llu immediates per request (layers x pages + %u context shard(s))\n",
            (unsigned long long)o->layers * o->pages + peer_nics, peer_nics);
     uint32_t *pages = malloc(o->pages * sizeof *pages);
@@ -113,10 +139,10 @@ static int run_decoder(const opts *o, const te_addr *peer, uint32_t peer_nics)
         r = kv_decoder_run(d, peer, peer_nics, pages, o->pages, 1000 + q, deadline, 5000, &res);
         double ideal = (double)o->layers * o->compute_us / 1e3;
         if (r == 0)
-            printf("request %u: TTFT-like %.3f ms (compute alone %.3f ms), counter fired %u time(s), "
-                   "%llu bad bytes, %.2f GB/s KV\n",
-                   q, (double)res.ttft_us / 1e3, ideal, res.fires, (unsigned long long)res.bad_bytes,
-                   (double)kv_bytes / (double)res.ttft_us / 1e3);
+            printf("request %u: TTFT-like %.3f ms (compute alone %.3f ms), %.3f ms per layer, counter "
+                   "fired %u time(s), %llu bad bytes, %.2f GB/s KV\n",
+                   q, (double)res.ttft_us / 1e3, ideal, (double)res.ttft_us / 1e3 / o->layers, res.fires,
+                   (unsigned long long)res.bad_bytes, (double)kv_bytes / (double)res.ttft_us / 1e3);
         else
             printf("request %u: %s after %.3f ms; cancellation %s\n", q, te_strerror(r),
                    (double)res.ttft_us / 1e3, res.confirmed ? "confirmed, pages reusable"
@@ -157,9 +183,11 @@ int main(int argc, char **argv)
     char line[1024], hex[TE_ADDR_TEXT_MAX];
     unsigned nics = 0;
     if (!r) r = app_recv(&pf, line, sizeof line, 30000);
+    int err = 0;
     if (r || sscanf(line, "ready %511s %u", hex, &nics) != 2 || te_addr_parse(hex, &peer)) {
         fprintf(stderr, "prefiller did not start: %s\n", r ? te_strerror(r) : line);
-        return 1;
+        app_wait(&pf, 10000);
+        return !r && o.gpu >= 0 && sscanf(line, "error %d", &err) == 1 ? setup_failed(err) : 1;
     }
     int rc = run_decoder(&o, &peer, nics);
     app_send(&pf, "quit");
