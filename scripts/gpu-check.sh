@@ -1,0 +1,122 @@
+#!/bin/bash
+# The GPU half of issue 13 in one GPU-machine call: build against libfabric 2.x with CUDA
+# (shm moves device memory through CUDA IPC), then run every GPU engine test, fabric-debug
+# --gpu 0 engine vs raw (64 KiB, 1 MiB, 64 KiB pages), KV-cache streaming and RL weight
+# transfer on the GPU, and print a summary table last. A failing step does not stop the
+# others; each step has a timeout and the whole run stays under ~8.5 minutes.
+#
+#   usage (repo root, on the GPU machine): bash scripts/gpu-check.sh
+#   env:  LF2_PREFIX   libfabric 2.x + CUDA install prefix   (default $PWD/.lf2)
+#         DEPS_PREFIX  libfabric 1.17 headers + cmocka       (default $PWD/.deps/usr)
+#         OUT          where logs go                         (default $PWD/gpu-out)
+#         RL_GIB       RL model size in GiB of bf16          (default 4)
+# Both prefixes are staged by scripts/stage-device.sh; GPU steps require GPU registration
+# (TENDRIL_GPU_REQUIRE_HMEM=1): a provider without FI_HMEM is a failure here, not a skip.
+set -u
+ROOT=$PWD
+OUT=${OUT:-$ROOT/gpu-out}
+LF2=${LF2_PREFIX:-$ROOT/.lf2}
+DEPS=${DEPS_PREFIX:-$ROOT/.deps/usr}
+B=${BUILD_DIR:-/tmp/tendril-gpu-check}
+RL_GIB=${RL_GIB:-4}
+BUDGET=${BUDGET_S:-510} # seconds for the whole run
+mkdir -p "$OUT"
+: >"$OUT/summary.tsv"
+
+# libfabric 2.x first (its libfabric.so.1 wins over the system's 1.17), cmocka from DEPS,
+# and the CUDA runtime that libfabric dlopens for FI_HMEM.
+LDP="$LF2/lib:$DEPS/lib/x86_64-linux-gnu"
+[ -d /usr/local/cuda/lib64 ] && LDP="$LDP:/usr/local/cuda/lib64"
+export LD_LIBRARY_PATH="$LDP${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PYTHONPATH="$ROOT/python:$B/python"
+export PYTHONUNBUFFERED=1 TENDRIL_LOG=${TENDRIL_LOG:-warn}
+
+left() { echo $((BUDGET - SECONDS)); }
+
+# step NAME TIMEOUT CMD...: runs CMD with its output in $OUT/NAME.log; records status
+# (ok, FAIL rc, SKIP, TIMEOUT), seconds and the most telling line.
+step() {
+    local name=$1 t=$2
+    shift 2
+    local l
+    l=$(left)
+    [ "$t" -gt $((l - 10)) ] && t=$((l - 10))
+    if [ "$t" -lt 5 ]; then
+        printf '%s\tNOT RUN\t0\tno time left\n' "$name" >>"$OUT/summary.tsv"
+        return
+    fi
+    local t0=$SECONDS rc
+    timeout -k 5 "$t" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    local st="ok"
+    case $rc in
+    0) st=ok ;;
+    77) st=SKIP ;;
+    124 | 137) st="TIMEOUT(${t}s)" ;;
+    *) st="FAIL rc=$rc" ;;
+    esac
+    local key
+    key=$(grep -aE '^(RESULT|SKIP|FAIL)|VERIFY|per layer|check failed' "$OUT/$name.log" | tail -1 | cut -c1-150)
+    # fabric-debug: engine/raw ratio of each row
+    if grep -aqE '^(single|paged) ' "$OUT/$name.log" && ! grep -aq VERIFY "$OUT/$name.log"; then
+        key="engine/raw GB/s ratio: $(awk '/^(single|paged) /{printf "%s%s %s%s x%s=%s", sep, $1, $2, $3, $4, $8; sep="; "}' "$OUT/$name.log")"
+    fi
+    [ -z "$key" ] && key=$(tail -1 "$OUT/$name.log" | cut -c1-150)
+    printf '%s\t%s\t%s\t%s\n' "$name" "$st" $((SECONDS - t0)) "$key" >>"$OUT/summary.tsv"
+    echo "[$(date -u +%T)] $name: $st ($((SECONDS - t0)) s)"
+}
+
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    uname -r
+    nproc
+    echo "LF2_PREFIX=$LF2 DEPS_PREFIX=$DEPS"
+    ls "$LF2/lib" 2>&1 | grep -a libfabric
+    git -C "$ROOT" log --oneline -1 2>/dev/null
+} >"$OUT/machine.log" 2>&1
+if [ -x "$LF2/bin/fi_info" ]; then
+    { "$LF2/bin/fi_info" --version; echo "--- shm with FI_HMEM"; "$LF2/bin/fi_info" -p shm -c FI_HMEM; } >"$OUT/fi_info.log" 2>&1
+fi
+[ -f "$LF2/include/rdma/fabric.h" ] || echo "WARNING: $LF2/include/rdma/fabric.h missing (set LF2_PREFIX)" | tee -a "$OUT/machine.log"
+
+G=""
+command -v ninja >/dev/null && G="-G Ninja"
+step configure 120 cmake -S "$ROOT" -B "$B" $G -DTENDRIL_CUDA=ON \
+    -DCMAKE_PREFIX_PATH="$LF2;$DEPS" -DPython3_EXECUTABLE="$(command -v python3)"
+grep -a "FABRIC_INCLUDE_DIR:\|FABRIC_LIBRARY:" "$B/CMakeCache.txt" >>"$OUT/machine.log" 2>/dev/null
+step build 300 cmake --build "$B" -j16 --target gpu_fabric_hmem_probe gpu_registration gpu_imm_flag \
+    gpu_ops fabric-debug kv_cache_streaming _tendril
+X=$B/bin
+
+export TENDRIL_TEST_PROVIDER=shm
+step hmem_probe 30 "$X/gpu_fabric_hmem_probe"
+step gpu_registration.shm 60 "$X/gpu_registration"
+step gpu_imm_flag.shm 60 "$X/gpu_imm_flag"
+TENDRIL_GPU_REQUIRE_HMEM=1 step gpu_ops.shm 120 "$X/gpu_ops"
+TENDRIL_TEST_PROVIDER=tcp step gpu_ops.tcp 60 "$X/gpu_ops"
+
+FD="--provider shm --only single,paged --sizes 64K,1M --reps 5 --verify"
+step fabric-debug.gpu 150 "$X/fabric-debug" local $FD --gpu 0 --json "$OUT/fabric-debug.gpu.json"
+step fabric-debug.host 90 "$X/fabric-debug" local $FD --json "$OUT/fabric-debug.host.json"
+
+KV="--provider shm --layers 32 --pages 64 --page-kb 64 --ctx-kb 16 --compute-us 1000 --requests 5"
+TENDRIL_GPU_REQUIRE_HMEM=1 step kv_cache.gpu 90 "$X/kv_cache_streaming" $KV --gpu 0
+step kv_cache.host 60 "$X/kv_cache_streaming" $KV
+
+TENDRIL_GPU_REQUIRE_HMEM=1 step rl_weights.gpu 240 python3 "$ROOT/examples/rl_weight_transfer/torch_gpu.py" \
+    --provider shm --size-gib "$RL_GIB" --steps 4
+
+echo
+echo "=== machine"; cat "$OUT/machine.log"
+[ -f "$OUT/fi_info.log" ] && { echo "=== fi_info"; head -20 "$OUT/fi_info.log"; }
+echo "=== registration"; grep -a "RESULT" "$OUT/gpu_registration.shm.log"
+echo "=== gpu_ops.shm"; tail -22 "$OUT/gpu_ops.shm.log"
+for f in fabric-debug.gpu fabric-debug.host; do echo "=== $f"; grep -a -A8 "^op " "$OUT/$f.log"; done
+for f in kv_cache.gpu kv_cache.host; do echo "=== $f"; grep -a "^decoder\|^request" "$OUT/$f.log"; done
+echo "=== rl_weights.gpu"; grep -a "^model\|^schedule\|^step\|RESULT\|FAIL\|SKIP" "$OUT/rl_weights.gpu.log"
+for f in build configure; do
+    grep -q "^$f	ok" "$OUT/summary.tsv" || { echo "=== $f log (tail)"; tail -30 "$OUT/$f.log"; }
+done
+echo "=== summary (logs in $OUT)"
+column -t -s "$(printf '\t')" "$OUT/summary.tsv" 2>/dev/null || cat "$OUT/summary.tsv"
+! grep -qv "	ok	\|	SKIP	" "$OUT/summary.tsv"
