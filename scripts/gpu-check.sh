@@ -85,7 +85,9 @@ step configure 120 cmake -S "$ROOT" -B "$B" $G -DTENDRIL_CUDA=ON \
     -DCMAKE_PREFIX_PATH="$LF2;$DEPS" -DPython3_EXECUTABLE="$(command -v python3)"
 grep -a "FABRIC_INCLUDE_DIR:\|FABRIC_LIBRARY:" "$B/CMakeCache.txt" >>"$OUT/machine.log" 2>/dev/null
 step build 300 cmake --build "$B" -j16 --target gpu_fabric_hmem_probe gpu_registration gpu_imm_flag \
-    gpu_ops fabric-debug kv_cache_streaming _tendril
+    gpu_ops fabric-debug kv_cache_streaming
+# apart: without Python development files there is no _tendril target (RL then skips)
+step build_python 120 cmake --build "$B" -j16 --target _tendril
 X=$B/bin
 
 export TENDRIL_TEST_PROVIDER=shm
@@ -114,7 +116,7 @@ echo "=== gpu_ops.shm"; tail -22 "$OUT/gpu_ops.shm.log"
 for f in fabric-debug.gpu fabric-debug.host; do echo "=== $f"; grep -a -A8 "^op " "$OUT/$f.log"; done
 for f in kv_cache.gpu kv_cache.host; do echo "=== $f"; grep -a "^decoder\|^request" "$OUT/$f.log"; done
 echo "=== rl_weights.gpu"; grep -a "^model\|^schedule\|^step\|RESULT\|FAIL\|SKIP" "$OUT/rl_weights.gpu.log"
-for f in build configure; do
+for f in configure build build_python; do
     grep -q "^$f	ok" "$OUT/summary.tsv" || { echo "=== $f log (tail)"; tail -30 "$OUT/$f.log"; }
 done
 echo "=== summary (logs in $OUT)"
