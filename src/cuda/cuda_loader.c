@@ -55,6 +55,7 @@ static void load_once(void)
         {"cuMemAlloc_v2", (void **)&g_api.cuMemAlloc, 0},
         {"cuMemFree_v2", (void **)&g_api.cuMemFree, 0},
         {"cuMemsetD8_v2", (void **)&g_api.cuMemsetD8, 0},
+        {"cuCtxSynchronize", (void **)&g_api.cuCtxSynchronize, 0},
         {"cuMemcpyHtoD_v2", (void **)&g_api.cuMemcpyHtoD, 0},
         {"cuMemcpyDtoH_v2", (void **)&g_api.cuMemcpyDtoH, 0},
         {"cuMemGetHandleForAddressRange", (void **)&g_api.cuMemGetHandleForAddressRange, 1},
@@ -258,7 +259,8 @@ int tcu_dev_alloc(int dev, size_t len, void **out)
     tcu_deviceptr d = 0;
     tcu_result cr = cu->cuMemAlloc(&d, len ? len : 1);
     if (!cr) {
-        cr = cu->cuMemsetD8(d, 0, len);
+        cr = cu->cuMemsetD8(d, 0, len); /* asynchronous for device memory: wait for it */
+        if (!cr) cr = cu->cuCtxSynchronize();
         if (cr) cu->cuMemFree(d);
     }
     if (!cr) tcu_ctx_keep(dev); /* as tcu_host_alloc_mapped: the memory lives in the context */

@@ -51,6 +51,7 @@ typedef struct tcu_api {
     tcu_result (*cuMemAlloc)(tcu_deviceptr *d, size_t len);  /* _v2 */
     tcu_result (*cuMemFree)(tcu_deviceptr d);                /* _v2 */
     tcu_result (*cuMemsetD8)(tcu_deviceptr d, unsigned char v, size_t n);        /* _v2 */
+    tcu_result (*cuCtxSynchronize)(void);
     tcu_result (*cuMemcpyHtoD)(tcu_deviceptr dst, const void *src, size_t n);    /* _v2 */
     tcu_result (*cuMemcpyDtoH)(void *dst, tcu_deviceptr src, size_t n);          /* _v2 */
     /* Optional (NULL if the driver predates CUDA 11.7): dma-buf export. */
@@ -94,7 +95,9 @@ void tcu_host_free_mapped(int dev, void *host);
 
 /* Device memory for tools, examples and tests that use no CUDA runtime (fabric-debug
  * --gpu, the KV-cache example): cuMemAlloc in device `dev`'s primary context, zeroed;
- * the allocation holds a context reference until tcu_dev_free. Copies are synchronous
+ * the allocation holds a context reference until tcu_dev_free; the zeroing has finished
+ * when tcu_dev_alloc returns (other processes may read the memory through CUDA IPC right
+ * after). Copies are synchronous
  * (cuMemcpy on the legacy stream) and enter the context themselves. */
 int tcu_dev_alloc(int dev, size_t len, void **out);
 void tcu_dev_free(int dev, void *p);
