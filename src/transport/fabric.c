@@ -356,7 +356,11 @@ static int fab_mr_reg_cuda(tp_nic *n, void *ptr, size_t len, int device, uint64_
             attr.dmabuf = &dmabuf;
             ret = fi_mr_regattr(n->domain, &attr, FI_MR_DMABUF, mr);
             close(fd);
-            if (!ret) return 0;
+            if (!ret) {
+                TE_LOGD("CUDA memory %p+%zu of device %d registered on %s via dma-buf", ptr, len,
+                        device, n->nfo.name);
+                return 0;
+            }
             snprintf(dmabuf_why, sizeof dmabuf_why, "fi_mr_regattr(FI_MR_DMABUF): %s",
                      fi_strerror(-fi_to_errno(ret)));
         } else {
