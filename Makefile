@@ -14,6 +14,8 @@ PYTHON ?= /usr/bin/python3
 CMAKE_ARGS ?=
 CMAKE_COMMON = -DPython3_EXECUTABLE=$(PYTHON) $(CMAKE_ARGS)
 CTEST = ctest --output-on-failure --no-tests=error
+# Printed before each run's tests: the libfabric the tests load (unit.fabric_version).
+SAY_FABRIC = bin/unit_fabric_version | grep '^libfabric:'
 
 .PHONY: all deps build run test test-plain test-asan test-tsan test-lf2 test-lf2-plain \
 	test-lf2-asan test-lf2-tsan clean
@@ -33,7 +35,7 @@ run: build
 test: test-plain test-asan test-tsan test-lf2
 
 test-plain: build
-	cd $(BUILD) && $(CTEST) -j$(JOBS)
+	cd $(BUILD) && $(SAY_FABRIC) && $(CTEST) -j$(JOBS)
 
 # The three runs, each parameterised by a build-dir suffix and extra cmake arguments, so
 # the libfabric 2.x runs below are the same runs, not copies of them.
@@ -46,12 +48,12 @@ TSAN_CTEST = TSAN_OPTIONS="halt_on_error=1 suppressions=$(1)" $(CTEST) -j$(JOBS)
 test-asan: deps
 	cmake -S . -B $(BUILD)-asan $(ASAN_CMAKE) $(CMAKE_COMMON)
 	cmake --build $(BUILD)-asan -j$(JOBS)
-	cd $(BUILD)-asan && $(ASAN_CTEST)
+	cd $(BUILD)-asan && $(SAY_FABRIC) && $(ASAN_CTEST)
 
 test-tsan: deps
 	cmake -S . -B $(BUILD)-tsan $(TSAN_CMAKE) $(CMAKE_COMMON)
 	cmake --build $(BUILD)-tsan -j$(JOBS)
-	cd $(BUILD)-tsan && $(call TSAN_CTEST,$(CURDIR)/tests/tsan.supp)
+	cd $(BUILD)-tsan && $(SAY_FABRIC) && $(call TSAN_CTEST,$(CURDIR)/tests/tsan.supp)
 
 # libfabric 2.x: scripts/libfabric2.sh prints its cached prefix (building it the first
 # time, ~1 min). The tests link it through RUNPATH; LD_LIBRARY_PATH makes the Python
@@ -63,7 +65,8 @@ define lf2_run
 	lf2=$$(scripts/libfabric2.sh) && \
 	cmake -S . -B $(BUILD)-lf2$(1) $(2) -DCMAKE_PREFIX_PATH=$$lf2 $(CMAKE_COMMON) && \
 	cmake --build $(BUILD)-lf2$(1) -j$(JOBS) && \
-	cd $(BUILD)-lf2$(1) && LD_LIBRARY_PATH=$$lf2/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} $(3)
+	cd $(BUILD)-lf2$(1) && export LD_LIBRARY_PATH=$$lf2/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} && \
+	$(SAY_FABRIC) && $(3)
 endef
 
 test-lf2: test-lf2-plain test-lf2-asan test-lf2-tsan
