@@ -3,8 +3,15 @@
 # (the GPU machine has libfabric's runtime but no headers: see docs/gpu-machine.md).
 find_package(Threads REQUIRED)
 
-find_path(FABRIC_INCLUDE_DIR rdma/fabric.h REQUIRED)
-find_library(FABRIC_LIBRARY NAMES fabric REQUIRED)
+find_path(FABRIC_INCLUDE_DIR rdma/fabric.h)
+find_library(FABRIC_LIBRARY NAMES fabric)
+if(NOT FABRIC_INCLUDE_DIR OR NOT FABRIC_LIBRARY)
+  # `pip install .` shows this text: say what to install.
+  message(FATAL_ERROR "tendril needs libfabric's development files (rdma/fabric.h, libfabric.so), "
+                      "not found: apt-get install libfabric-dev (Debian/Ubuntu), "
+                      "dnf install libfabric-devel (Fedora/RHEL), or point CMAKE_PREFIX_PATH at a "
+                      "libfabric install (pip: CMAKE_PREFIX_PATH=/opt/libfabric pip install .)")
+endif()
 add_library(tendril::fabric UNKNOWN IMPORTED)
 set_target_properties(tendril::fabric PROPERTIES
   IMPORTED_LOCATION ${FABRIC_LIBRARY}

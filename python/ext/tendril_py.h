@@ -1,5 +1,13 @@
 /*
- * Shared declarations of the _tendril CPython extension (python/ext/te_*.c).
+ * Shared declarations of the _tendril CPython extension (python/ext/py_*.c).
+ *
+ * Files: py_module.c (module, exceptions' setup, strerror), py_errors.c (te_ error codes
+ * -> exceptions), py_convert.c (integer/timeout converters, also used by _a2a),
+ * py_args.c (object-type checks shared by the methods), one file per type (py_address.c,
+ * py_descriptor.c, py_pages.c, py_counter.c, py_handle.c, py_imm_counter.c,
+ * py_watcher.c, py_engine.c) with the engine's methods by concern (py_engine_memory.c,
+ * py_engine_submit.c, py_engine_imm.c) and the callback trampolines (py_callbacks.c);
+ * py_topology.c is detect_topology().
  *
  * The extension is written against the CPython *limited* API of 3.11 (Py_LIMITED_API is
  * set by python/CMakeLists.txt), so one binary (*.abi3.so) loads in 3.11, 3.12, ...
@@ -8,20 +16,17 @@
  * Py_BEGIN/END_ALLOW_THREADS, which the limited API has always had.
  *
  * Threading: every te_ callback runs on the engine's callback thread; the trampolines
- * here take the GIL (PyGILState_Ensure) only around Python code. Blocking C calls
+ * take the GIL (PyGILState_Ensure) only around Python code. Blocking C calls
  * (registration, waits, stop) release the GIL.
  */
 #ifndef TENDRIL_PY_H
 #define TENDRIL_PY_H
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "py_convert.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <time.h>
-#include <stdbool.h>
-#include <stdint.h>
 
 #include "tendril/te.h"
 
@@ -33,7 +38,12 @@ extern PyObject *TpMrHandle;
 extern PyObject *TpPageIndices;
 extern PyObject *TpCounter;
 extern PyObject *TpImmCounter;
+extern PyObject *TpWatcher;
 extern PyObject *TpEngine;
+
+/* Their specs, instantiated by py_module.c. */
+extern PyType_Spec tpy_addr_spec, tpy_desc_spec, tpy_pages_spec, tpy_counter_spec, tpy_handle_spec,
+    tpy_immc_spec, tpy_watcher_spec, tpy_engine_spec;
 
 /* Exceptions (module attributes of the same names). */
 extern PyObject *ExcTendrilError;   /* RuntimeError: every engine error, .errno set */
@@ -66,7 +76,7 @@ struct eng_state;
 
 typedef struct {
     PyObject_HEAD
-    te_mr *mr;              /* NULL once unregistered or the engine is gone */
+    te_mr *mr;              /* NULL once unregistered (or being unregistered), or the engine is gone */
     struct eng_state *st;   /* owning engine's state; NULL once detached */
     Py_buffer *view;        /* buffer export held while registered, or NULL */
     PyObject *owner;        /* object kept alive while registered, or NULL */
@@ -74,35 +84,6 @@ typedef struct {
     int device;
     PyObject *desc;         /* MemoryRegionDescriptor or None */
 } PyMrHandle;
-
-/* Engine state shared with the callback trampolines. Lives in C memory (not in the
- * Python object) so that it can outlive the object when the last reference is dropped on
- * the callback thread itself (the engine is then destroyed from a helper thread). Every
- * PyObject field is protected by the GIL. */
-typedef struct eng_state {
-    te_engine *e;
-    uint64_t callback_errors;
-    uint64_t unhandled_errors;   /* failed operations that had no on_error */
-    PyObject *imm_cb;            /* set_imm_callback target, or NULL */
-    PyObject *registry;          /* dict: ptr -> list of MemoryRegionHandle */
-    struct exp_ctx *exps;        /* expectations (armed, and replaced ones) */
-    struct pool_ctx *pools;      /* bouncing receive pools */
-    struct watch_ctx *watchers;  /* scalar watchers (freed with the engine) */
-    bool stopped;
-    struct eng_state *next_live; /* module list of live engines (atexit stop) */
-} eng_state;
-
-typedef struct {
-    PyObject_HEAD
-    eng_state *st;
-} PyEngine;
-
-typedef struct {
-    PyObject_HEAD
-    te_imm_counter *c;
-    PyObject *engine; /* strong: the counter must die before the engine */
-    uint32_t imm;
-} PyImmCounter;
 
 /* ------------------------------------------------------------- helpers ---- */
 
@@ -116,32 +97,31 @@ PyObject *tpy_error_string(int status, const char *msg);
 /* Short errno name ("ECANCELED"), or NULL. */
 const char *tpy_errno_name(int err);
 
-/* Converters for PyArg_Parse "O&". */
-int tpy_conv_u64(PyObject *o, void *out);
-int tpy_conv_u32(PyObject *o, void *out);
-/* Optional u32: None -> has=false. out points at tpy_opt_u32. */
-typedef struct {
-    bool has;
-    uint32_t v;
-} tpy_opt_u32;
-int tpy_conv_opt_u32(PyObject *o, void *out);
-/* Timeout in seconds (None = no limit) -> milliseconds (-1 = no limit). out is int64_t. */
-int tpy_conv_timeout(PyObject *o, void *out);
-
-/* Waits by slices of at most 100 ms with the GIL released, checking for signals between
- * slices, until fn returns something other than -ETIMEDOUT or the timeout passes. */
-typedef int (*tpy_wait_fn)(void *obj, uint64_t n, int timeout_ms);
-int tpy_wait(tpy_wait_fn fn, void *obj, uint64_t n, int64_t timeout_ms);
-
+/* A new instance of heap type tp (fields zeroed), or NULL. */
+PyObject *tpy_alloc(PyObject *tp);
 /* Heap-type dealloc helper: frees self through its type's tp_free and drops the type. */
 void tpy_free_self(PyObject *self);
+/* tp_new of the types that only the engine creates (TypeError naming `what`). */
+PyObject *tpy_new_forbidden(PyTypeObject *tp, PyObject *a, PyObject *k);
+
+/* Type checks of method arguments: a TypeError names the argument (`name`). */
+int tpy_check_callable(PyObject *o, const char *name); /* callable or None; 0 / -1 */
+const te_mr_desc *tpy_desc_of(PyObject *o, const char *name);
+const te_addr *tpy_addr_of(PyObject *o, const char *name);
+te_pages *tpy_pages_of(PyObject *o, const char *name);
+
+/* Waits by slices of at most 100 ms with the GIL released, checking for signals between
+ * slices, until fn returns something other than -ETIMEDOUT or the timeout passes.
+ * INT_MIN: a signal handler raised (exception set). */
+typedef int (*tpy_wait_fn)(void *obj, uint64_t n, int timeout_ms);
+int tpy_wait(tpy_wait_fn fn, void *obj, uint64_t n, int64_t timeout_ms);
+/* The TendrilTimeoutError of a wait: "<what>: <done> of <n> <unit> after <s> s". */
+PyObject *tpy_raise_wait_timeout(const char *what, uint64_t done, uint64_t n, const char *unit, int64_t tmo_ms);
 
 /* ------------------------------------------------------ module pieces ---- */
 
-int tpy_types_init(PyObject *m);   /* te_types.c */
-int tpy_engine_init(PyObject *m);  /* te_engine.c */
-PyObject *tpy_detect_topology(PyObject *self, PyObject *args, PyObject *kw); /* te_topo.c */
-PyObject *tpy_stop_all(PyObject *self, PyObject *unused);                   /* te_engine.c */
+PyObject *tpy_detect_topology(PyObject *self, PyObject *args, PyObject *kw); /* py_topology.c */
+PyObject *tpy_stop_all(PyObject *self, PyObject *unused);                   /* py_engine.c */
 
 /* Builds a MemoryRegionDescriptor / DomainAddress object from a value. */
 PyObject *tpy_desc_new(const te_mr_desc *d);

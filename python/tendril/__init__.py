@@ -9,14 +9,9 @@ import pkgutil as _pkgutil
 # The package spans python/ (pure Python) and <build>/python/ (compiled extensions).
 __path__ = _pkgutil.extend_path(__path__, __name__)
 
-try:
-    from . import _tendril
-except ImportError as _e:  # pragma: no cover - depends on the build
-    raise ImportError(
-        "tendril: the compiled extension _tendril was not found. Build it with CMake "
-        "(cmake -S . -B build && cmake --build build) and put build/python on PYTHONPATH "
-        "next to python/, or run `pip install .`"
-    ) from _e
+from . import _native  # noqa: E402
+
+_tendril = _native.load()
 
 from ._tendril import (  # noqa: E402
     Counter,
@@ -32,8 +27,13 @@ from ._tendril import (  # noqa: E402
     UvmWatcher,
     strerror,
 )
-from ._engine import TransferEngine, TransferEngineBuilder  # noqa: E402
+from ._engine import FabricEngine, TransferEngine, TransferEngineBuilder  # noqa: E402
+from .p2p_all_to_all import P2PAllToAll  # noqa: E402
 from .topology import DomainInfo, TopologyGroup, detect_topology  # noqa: E402
+
+# One version source: project(VERSION) in CMakeLists.txt, compiled into the extension
+# and read by pyproject.toml for the wheel's metadata.
+__version__: str = _tendril.__version__
 
 # Stop every engine before the interpreter finalizes: callback threads must not ask for
 # the GIL of a dying interpreter.
@@ -44,9 +44,11 @@ __all__ = [
     "DomainAddress",
     "DomainInfo",
     "EngineStoppedError",
+    "FabricEngine",
     "ImmCounter",
     "MemoryRegionDescriptor",
     "MemoryRegionHandle",
+    "P2PAllToAll",
     "PageIndices",
     "TendrilError",
     "TendrilTimeoutError",
@@ -55,16 +57,7 @@ __all__ = [
     "TransferEngine",
     "TransferEngineBuilder",
     "UvmWatcher",
+    "__version__",
     "detect_topology",
     "strerror",
 ]
-
-
-def __getattr__(name: str):
-    # P2PAllToAll (MoE all-to-all) needs torch and the _a2a extension: imported on first
-    # use so that `import tendril` stays light and works without them.
-    if name == "P2PAllToAll":
-        from .p2p_all_to_all import P2PAllToAll
-
-        return P2PAllToAll
-    raise AttributeError(f"module 'tendril' has no attribute {name!r}")

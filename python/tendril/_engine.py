@@ -65,7 +65,8 @@ class TransferEngine(_tendril.TransferEngine):
     Keywords beyond pplx: ``provider`` ("auto", "tcp", "shm", "efa", "verbs", any
     libfabric name; ``TENDRIL_PROVIDER`` overrides), ``nics`` (list of names for the host
     group, or ``{cuda_device: [names]}``), ``op_timeout_ms`` (per-operation deadline,
-    default 30 s), ``max_msg_size`` (largest submit_send, default 64 KiB), ``busy_poll``.
+    default 30 s), ``max_msg_size`` (largest submit_send; default None: no cap beyond the
+    receiver's buffers, as in pplx-garden), ``busy_poll``.
     """
 
     def __init__(
@@ -76,7 +77,7 @@ class TransferEngine(_tendril.TransferEngine):
         provider: Optional[str] = None,
         nics: Union[None, Sequence[NicName], Dict[int, Sequence[NicName]]] = None,
         op_timeout_ms: int = 0,
-        max_msg_size: int = 0,
+        max_msg_size: Optional[int] = None,
         busy_poll: bool = False,
         pin_worker_cpus: bool = True,
         groups: Optional[Sequence[Tuple[int, Any, int]]] = None,
@@ -101,22 +102,28 @@ class TransferEngine(_tendril.TransferEngine):
     def detect_topology() -> List[TopologyGroup]:
         return detect_topology()
 
+    @property
+    def fabric_engine(self) -> "FabricEngine":
+        """pplx-garden hands this to its native all-to-all; here an opaque handle on the
+        same engine (``FabricEngine.engine``)."""
+        return FabricEngine(self)
+
     def register_memory(  # type: ignore[override]
         self,
-        target: Any,
-        length: Optional[int] = None,
+        ptr: Any,
+        len: Optional[int] = None,  # noqa: A002 - pplx-garden's keyword name
         device: DeviceLike = None,
         *,
         remote: bool = True,
         owner: Any = None,
     ) -> Tuple[MemoryRegionHandle, Optional[MemoryRegionDescriptor]]:
         """Registers memory; returns ``(handle, descriptor)`` (descriptor None if
-        ``remote=False``). ``target`` is a buffer-protocol object (bytearray, numpy
-        array, mmap: host memory, kept alive and un-resizable while registered), or an
-        int pointer with ``length`` and ``device`` (pplx's ``(ptr, len, device)``; pass
-        ``owner`` to keep the memory's owner alive). Unlike pplx, sizes need not be
-        multiples of 4096."""
-        return super().register_memory(target, length, _device_ordinal(device), remote=remote, owner=owner)
+        ``remote=False``). pplx-garden's form: ``ptr`` an int pointer with ``len`` and
+        ``device`` (pass ``owner`` to keep the memory's owner alive). Tendril also takes a
+        buffer-protocol object as ``ptr`` (bytearray, numpy array, mmap: host memory,
+        kept alive and un-resizable while registered; ``len`` then registers a prefix).
+        Unlike pplx, sizes need not be multiples of 4096."""
+        return super().register_memory(ptr, len, _device_ordinal(device), remote=remote, owner=owner)
 
     def register_tensor(self, tensor: Any, *, remote: bool = True) -> Tuple[MemoryRegionHandle, Optional[MemoryRegionDescriptor]]:
         """Registers a contiguous torch tensor (CPU or CUDA); the tensor stays alive
@@ -188,6 +195,18 @@ def _groups_for(
         cpu = g.cpus[0] if pin and g.cpus else -1
         groups.append((int(dev), names, cpu))
     return groups
+
+
+class FabricEngine:
+    """pplx-garden's opaque ``TransferEngine.fabric_engine``: wraps the engine it came from."""
+
+    __slots__ = ("engine",)
+
+    def __init__(self, engine: TransferEngine) -> None:
+        self.engine = engine
+
+    def __repr__(self) -> str:
+        return f"FabricEngine({self.engine!r})"
 
 
 class TransferEngineBuilder:

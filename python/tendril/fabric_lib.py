@@ -2,6 +2,7 @@
 from . import (  # noqa: F401
     DomainAddress,
     DomainInfo,
+    FabricEngine,
     MemoryRegionDescriptor,
     MemoryRegionHandle,
     PageIndices,
@@ -14,6 +15,7 @@ from . import (  # noqa: F401
 __all__ = [
     "DomainAddress",
     "DomainInfo",
+    "FabricEngine",
     "MemoryRegionDescriptor",
     "MemoryRegionHandle",
     "PageIndices",

@@ -2,29 +2,72 @@
 
 `P2PAllToAll` follows pplx-garden's constructor and `dispatch`/`combine` signatures. The
 kernels live in the C library (include/tendril/a2a.h); this module turns tensors into
-pointers and strides and bootstraps the peers from a torch.distributed process group:
+pointers and strides and bootstraps the peers from a torch.distributed process group or
+a pplx-garden ParallelGroup (what pplx-garden users pass):
 rank 0 draws a job-unique name, every rank exports its GPU buffer as a file descriptor
 and the peers fetch it over a Unix socket (SCM_RIGHTS; no ptrace capability needed).
 """
 from __future__ import annotations
 
 import uuid
-from typing import Optional
+from typing import Any, Optional
 
-import torch
-import torch.distributed as dist
+# torch and the CUDA extension are needed only to construct one: `tendril.P2PAllToAll`
+# resolves without them (a CPU-only install, a build without nvcc).
+try:
+    import torch
+    import torch.distributed as dist
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None  # type: ignore[assignment]
+    dist = None  # type: ignore[assignment]
 
-from . import _a2a
-
-_OUT_DTYPES = {
-    torch.bfloat16: _a2a.DTYPE_BF16,
-    torch.float16: _a2a.DTYPE_F16,
-    torch.float32: _a2a.DTYPE_F32,
-}
+try:
+    from . import _a2a
+except ImportError as _e:  # pragma: no cover - depends on the build
+    _a2a = None  # type: ignore[assignment]
+    _A2A_MISSING = str(_e)
 
 
-def _ptr(t: Optional[torch.Tensor]) -> int:
+def _require() -> None:
+    if torch is None:
+        raise ImportError("tendril.P2PAllToAll needs PyTorch: pip install torch")
+    if _a2a is None:
+        raise ImportError(
+            "tendril.P2PAllToAll needs the CUDA build of tendril: this install has no tendril._a2a "
+            f"({_A2A_MISSING}). Install the CUDA toolkit (nvcc on PATH) and reinstall: pip install ."
+        )
+
+
+def _ptr(t: Optional["torch.Tensor"]) -> int:
     return 0 if t is None else t.data_ptr()
+
+
+class _Group:
+    """The operations P2PAllToAll needs from a group, over either a torch.distributed
+    ProcessGroup (None: the default group) or a pplx-garden ParallelGroup (an object with
+    ``rank``, ``size``, ``broadcast_object(obj, root)`` and ``barrier()``)."""
+
+    def __init__(self, group: Any) -> None:
+        self.pg = group
+        self.pplx = group is not None and hasattr(group, "broadcast_object") and hasattr(group, "size")
+        if self.pplx:
+            self.rank, self.size = int(group.rank), int(group.size)
+        else:
+            self.rank, self.size = dist.get_rank(group), dist.get_world_size(group)
+
+    def broadcast_from_0(self, obj: Any) -> Any:
+        if self.pplx:
+            return self.pg.broadcast_object(obj, 0)
+        box = [obj]
+        src = dist.get_global_rank(self.pg, 0) if self.pg is not None else 0
+        dist.broadcast_object_list(box, src=src, group=self.pg)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.pplx:
+            self.pg.barrier()
+        else:
+            dist.barrier(group=self.pg)
 
 
 class P2PAllToAll:
@@ -48,30 +91,35 @@ class P2PAllToAll:
         expert_padding: int,
         hidden_dim: int,
         hidden_dim_scale: Optional[int],
-        in_dtype: torch.dtype,
-        out_dtype: torch.dtype,
-        scale_dtype: Optional[torch.dtype],
+        in_dtype: "torch.dtype",
+        out_dtype: "torch.dtype",
+        scale_dtype: Optional["torch.dtype"],
         num_experts_per_token: int,
         nets_per_gpu: int = 1,
         max_private_tokens: Optional[int] = None,
-        device: torch.device,
-        dp_group: Optional[dist.ProcessGroup] = None,
-        node_group: Optional[dist.ProcessGroup] = None,
-        global_group: Optional[dist.ProcessGroup] = None,
+        device: "torch.device",
+        dp_group: Any = None,
+        node_group: Any = None,
+        global_group: Any = None,
         num_sms: Optional[int] = None,
         timeout_ms: int = 10000,
-        combine_partial_dtype: Optional[torch.dtype] = None,
+        combine_partial_dtype: Optional["torch.dtype"] = None,
     ) -> None:
-        group = global_group if global_group is not None else (node_group or dist.group.WORLD)
-        world = dist.get_world_size(group)
-        rank = dist.get_rank(group)
-        if dp_group is not None and dist.get_world_size(dp_group) > 1:
+        _require()
+        out_dtypes = {
+            torch.bfloat16: _a2a.DTYPE_BF16,
+            torch.float16: _a2a.DTYPE_F16,
+            torch.float32: _a2a.DTYPE_F32,
+        }
+        grp = _Group(global_group if global_group is not None else node_group)
+        world, rank = grp.size, grp.rank
+        if dp_group is not None and _Group(dp_group).size > 1:
             raise NotImplementedError("P2PAllToAll: dp_group (TP) size > 1 is not supported yet")
-        if node_group is not None and dist.get_world_size(node_group) != world:
+        if node_group is not None and _Group(node_group).size != world:
             raise NotImplementedError(
                 "P2PAllToAll: ranks on several nodes need the RDMA path, which is not part of this build; "
                 "node_group must span global_group")
-        if out_dtype not in _OUT_DTYPES:
+        if out_dtype not in out_dtypes:
             raise ValueError(f"P2PAllToAll: out_dtype {out_dtype} must be bfloat16, float16 or float32")
         scales = int(hidden_dim_scale or 0)
         if scales and scale_dtype not in (None, torch.float32):
@@ -82,7 +130,8 @@ class P2PAllToAll:
         self.device = torch.device(device)
         if self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.group = group
+        self._group = grp
+        self.group = grp.pg
         self.rank, self.world_size = rank, world
         self.max_num_tokens = max_num_tokens
         self.num_experts = num_experts
@@ -92,22 +141,21 @@ class P2PAllToAll:
         self.num_experts_per_token = num_experts_per_token
         self.expert_padding = expert_padding
 
-        name = [uuid.uuid4().hex[:24] if rank == 0 else None]
-        dist.broadcast_object_list(name, src=dist.get_global_rank(group, 0), group=group)
+        name = grp.broadcast_from_0(uuid.uuid4().hex[:24] if rank == 0 else None)
         itemsize = torch.empty((), dtype=in_dtype).element_size()
         self._ctx = _a2a.create(
             rank=rank, world_size=world, device=self.device.index, max_num_tokens=max_num_tokens,
             num_experts=num_experts, experts_per_token=num_experts_per_token,
             expert_padding=expert_padding, hidden_dim=hidden_dim, hidden_dim_scale=scales,
-            in_elem_size=itemsize, out_dtype=_OUT_DTYPES[out_dtype], num_sms=int(num_sms or 0),
-            timeout_ms=int(timeout_ms), rendezvous=f"{name[0]}",
+            in_elem_size=itemsize, out_dtype=out_dtypes[out_dtype], num_sms=int(num_sms or 0),
+            timeout_ms=int(timeout_ms), rendezvous=f"{name}",
             partial_f32=int(combine_partial_dtype == torch.float32))
         try:
             _a2a.connect(self._ctx, max(int(timeout_ms), 60000))
         except Exception:
             _a2a.destroy(self._ctx)
             raise
-        dist.barrier(group=group)
+        grp.barrier()
         info = _a2a.info(self._ctx)
         self.max_recv_tokens = info["max_recv_tokens"]
         self.num_local_experts = info["num_local_experts"]
@@ -222,7 +270,7 @@ class P2PAllToAll:
         if self._ctx is None:
             return
         torch.cuda.synchronize(self.device)
-        dist.barrier(group=self.group)
+        self._group.barrier()
         _a2a.destroy(self._ctx)
         self._ctx = None
-        dist.barrier(group=self.group)
+        self._group.barrier()
