@@ -2,9 +2,9 @@
  * tendril._a2a: CPython binding of the NVLink all-to-all (include/tendril/a2a.h).
  * Tensors come in as integers (data_ptr(), byte strides, stream handles) from the
  * pure-Python wrapper tendril.p2p_all_to_all; no torch headers are needed here.
+ * Integers go through py_convert.h: out-of-range values raise OverflowError, never wrap.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "py_convert.h"
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
@@ -39,8 +39,10 @@ static PyObject *py_create(PyObject *self, PyObject *args, PyObject *kw) {
     int rank, world, device, out_dtype, partial_f32 = 0;
     unsigned int T, E, K, pad, H, S, in_size, num_sms, timeout_ms;
     const char *rdv;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiIIIIIIIiIIs|i", kwl, &rank, &world, &device, &T, &E, &K,
-                                     &pad, &H, &S, &in_size, &out_dtype, &num_sms, &timeout_ms, &rdv, &partial_f32))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiO&O&O&O&O&O&O&iO&O&s|i", kwl, &rank, &world, &device,
+                                     tpy_conv_u32, &T, tpy_conv_u32, &E, tpy_conv_u32, &K, tpy_conv_u32, &pad,
+                                     tpy_conv_u32, &H, tpy_conv_u32, &S, tpy_conv_u32, &in_size, &out_dtype,
+                                     tpy_conv_u32, &num_sms, tpy_conv_u32, &timeout_ms, &rdv, &partial_f32))
         return NULL;
     a2a_config cfg;
     memset(&cfg, 0, sizeof(cfg));
@@ -131,8 +133,12 @@ static PyObject *py_dispatch(PyObject *self, PyObject *args) {
     PyObject *cap;
     unsigned int flags, T, cap_rows;
     unsigned long long bound_m, x, xst, xs, xs0, xs1, idx, onum, ox, oxst, os, os0, os1, stream;
-    if (!PyArg_ParseTuple(args, "OIIKKKKKKKKKKKKKIK", &cap, &flags, &T, &bound_m, &x, &xst, &xs, &xs0, &xs1,
-                          &idx, &onum, &ox, &oxst, &os, &os0, &os1, &cap_rows, &stream))
+    if (!PyArg_ParseTuple(args, "OO&O&O&O&O&O&O&O&O&O&O&O&O&O&O&O&O&", &cap, tpy_conv_u32, &flags,
+                          tpy_conv_u32, &T, tpy_conv_u64, &bound_m, tpy_conv_u64, &x, tpy_conv_u64, &xst,
+                          tpy_conv_u64, &xs, tpy_conv_u64, &xs0, tpy_conv_u64, &xs1, tpy_conv_u64, &idx,
+                          tpy_conv_u64, &onum, tpy_conv_u64, &ox, tpy_conv_u64, &oxst, tpy_conv_u64, &os,
+                          tpy_conv_u64, &os0, tpy_conv_u64, &os1, tpy_conv_u32, &cap_rows, tpy_conv_u64,
+                          &stream))
         return NULL;
     a2a_ctx *c = get_ctx(cap);
     if (!c) return NULL;
@@ -166,8 +172,10 @@ static PyObject *py_combine(PyObject *self, PyObject *args) {
     unsigned int flags, T, y_rows;
     int acc;
     unsigned long long bound_m, idx, w, y, yst, out, ost, stream;
-    if (!PyArg_ParseTuple(args, "OIIKKKKKIKKpK", &cap, &flags, &T, &bound_m, &idx, &w, &y, &yst, &y_rows, &out,
-                          &ost, &acc, &stream))
+    if (!PyArg_ParseTuple(args, "OO&O&O&O&O&O&O&O&O&O&pO&", &cap, tpy_conv_u32, &flags, tpy_conv_u32, &T,
+                          tpy_conv_u64, &bound_m, tpy_conv_u64, &idx, tpy_conv_u64, &w, tpy_conv_u64, &y,
+                          tpy_conv_u64, &yst, tpy_conv_u32, &y_rows, tpy_conv_u64, &out, tpy_conv_u64, &ost,
+                          &acc, tpy_conv_u64, &stream))
         return NULL;
     a2a_ctx *c = get_ctx(cap);
     if (!c) return NULL;
