@@ -1,0 +1,133 @@
+"""tendril.bootstrap: two real processes find each other through a store (a socket store
+here; torch's TCPStore when torch is installed), then one writes into the other."""
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import pytest
+
+import tendril
+from tendril import bootstrap
+from socket_store import SocketStore, StoreServer
+from tendril_peer import make_engine
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+N = 64 * 1024
+IMM = 77
+
+
+def _rank_main(rank: int, world: int, store_kind: str, port: int, out) -> None:
+    """One rank: engine, a region, exchange through the store, rank 0 writes a pattern
+    into every other rank's region; each receiver checks it and reports."""
+    sys.path.insert(0, HERE)
+    try:
+        if store_kind == "torch":
+            import datetime
+
+            import torch.distributed as dist
+
+            store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=datetime.timedelta(seconds=30))
+        else:
+            store = SocketStore(port)
+        e = make_engine()
+        buf = bytearray(N)
+        h, d = e.register_memory(buf)
+        counter = e.imm_counter(IMM)
+        addrs = bootstrap.exchange_addresses(store, rank, world, e, timeout=30)
+        descs = bootstrap.exchange_descriptors(store, rank, world, [d], timeout=30)
+        assert addrs[rank] == e.main_address, "own address comes back at its own index"
+        assert descs[rank] == [d]
+        if rank == 0:
+            buf[:] = bytes((i * 7 + 1) % 251 for i in range(N))
+            done = tendril.Counter()
+            for peer in range(1, world):
+                e.submit_write(h, 0, N, IMM, descs[peer][0], 0, None, None, counter=done)
+            done.wait(timeout=30)
+            assert done.errors == 0
+        else:
+            counter.wait(1, timeout=30)
+            assert bytes(buf) == bytes((i * 7 + 1) % 251 for i in range(N)), "payload written by rank 0"
+        # a final exchange doubles as a barrier: nobody stops its engine while a peer writes
+        bootstrap.store_all_gather(store, rank, world, "done", b"1", timeout=30)
+        e.stop()
+        out.put((rank, "ok", str(addrs[1 - rank] if world == 2 else "")))
+    except BaseException as ex:  # noqa: BLE001 - reported to the parent
+        out.put((rank, "error", f"{type(ex).__name__}: {ex}"))
+
+
+def _run_ranks(store_kind: str, port: int, world: int = 2):
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_rank_main, args=(r, world, store_kind, port, out)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = {}
+    deadline = time.monotonic() + 90
+    try:
+        while len(results) < world:
+            left = deadline - time.monotonic()
+            assert left > 0, f"ranks did not report within 90 s: {results}"
+            rank, status, text = out.get(timeout=left)
+            results[rank] = (status, text)
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return results
+
+
+def test_two_processes_bootstrap_through_a_socket_store():
+    srv = StoreServer()
+    try:
+        results = _run_ranks("socket", srv.port)
+    finally:
+        srv.close()
+    assert results == {0: ("ok", results[0][1]), 1: ("ok", results[1][1])}, results
+
+
+def test_torch_tcpstore_bootstrap():
+    torch = pytest.importorskip("torch", reason="torch is not installed: the TCPStore variant needs it")
+    import datetime
+
+    import torch.distributed as dist
+
+    master = dist.TCPStore("127.0.0.1", 0, 3, is_master=True, timeout=datetime.timedelta(seconds=30))
+    results = _run_ranks("torch", master.port)
+    assert all(v[0] == "ok" for v in results.values()), results
+    del torch
+
+
+def test_missing_rank_is_a_timeout_naming_it():
+    srv = StoreServer()
+    try:
+        store = SocketStore(srv.port)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"ranks \[1, 2\] of 3 did not publish"):
+            bootstrap.store_all_gather(store, 0, 3, "lonely", b"x", timeout=0.5)
+        assert time.monotonic() - t0 < 5
+    finally:
+        srv.close()
+
+
+def test_bad_arguments():
+    srv = StoreServer()
+    try:
+        store = SocketStore(srv.port)
+        with pytest.raises(ValueError, match="rank must be in 0..1"):
+            bootstrap.store_all_gather(store, 2, 2, "x", b"")
+        with pytest.raises(ValueError, match="world_size"):
+            bootstrap.store_all_gather(store, 0, 0, "x", b"")
+        with pytest.raises(TypeError, match="descriptors\\[0\\]"):
+            bootstrap.exchange_descriptors(store, 0, 1, ["not a descriptor"])
+    finally:
+        srv.close()
+
+
+def test_pack_round_trip_and_truncation(engine):
+    descs = [engine.register_memory(bytearray(4096))[1], engine.register_memory(bytearray(8192))[1]]
+    packed = bootstrap._pack(descs)
+    assert bootstrap._unpack(packed) == descs
+    with pytest.raises(ValueError, match="truncated"):
+        bootstrap._unpack(packed[:-3])
