@@ -23,9 +23,7 @@ def _device_ordinal(device: DeviceLike) -> int:
     if isinstance(device, bool):
         raise TypeError("device must be None, an int, a str or a torch.device")
     if isinstance(device, int):
-        if device < -1:
-            raise ValueError(f"device must be -1 (host) or a CUDA ordinal, got {device}")
-        return device
+        return device  # range-checked by the extension (OverflowError / ValueError)
     if isinstance(device, str):
         kind, _, index = device.partition(":")
         idx: Optional[int] = int(index) if index else None
