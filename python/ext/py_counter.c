@@ -58,7 +58,8 @@ static PyObject *counter_wait(PyObject *self, PyObject *args, PyObject *kw)
     if (nobj != Py_None && !tpy_conv_u64(nobj, &n)) return NULL;
     int r = tpy_wait(counter_wait_fn, o->c, n, tmo);
     if (r == INT_MIN) return NULL;
-    if (r == -ETIMEDOUT) return tpy_raise_wait_timeout("Counter.wait", te_counter_done(o->c), n, "operations done", tmo);
+    if (r == -ETIMEDOUT)
+        return tpy_raise_wait_timeout("Counter.wait", te_counter_done(o->c), n, "operations done", tmo);
     if (r) return tpy_raise(r, "Counter.wait");
     Py_RETURN_NONE;
 }

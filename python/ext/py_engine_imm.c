@@ -27,7 +27,8 @@ PyObject *tpy_eng_set_imm_callback(PyObject *self, PyObject *args, PyObject *kw)
     eng_state *st = tpy_engine_state(self);
     PyObject *cb = st ? tpy_one_arg(args, kw, "set_imm_callback", names) : NULL;
     if (!cb || tpy_check_callable(cb, "callback") < 0) return NULL;
-    int r = cb == Py_None ? te_imm_set_callback(st->e, NULL, NULL) : te_imm_set_callback(st->e, tpy_imm_plain_tramp, st);
+    int r = cb == Py_None ? te_imm_set_callback(st->e, NULL, NULL)
+                          : te_imm_set_callback(st->e, tpy_imm_plain_tramp, st);
     if (r) return tpy_raise(r, "set_imm_callback");
     PyObject *old = st->imm_cb;
     if (cb != Py_None) Py_INCREF(cb);

@@ -36,8 +36,15 @@ static void handle_dealloc(PyObject *self)
     tpy_free_self(self);
 }
 
-static PyObject *handle_get_ptr(PyObject *self, void *c) { return PyLong_FromUnsignedLongLong(((PyMrHandle *)self)->ptr); }
-static PyObject *handle_get_len(PyObject *self, void *c) { return PyLong_FromUnsignedLongLong(((PyMrHandle *)self)->len); }
+static PyObject *handle_get_ptr(PyObject *self, void *c)
+{
+    return PyLong_FromUnsignedLongLong(((PyMrHandle *)self)->ptr);
+}
+
+static PyObject *handle_get_len(PyObject *self, void *c)
+{
+    return PyLong_FromUnsignedLongLong(((PyMrHandle *)self)->len);
+}
 static PyObject *handle_get_device(PyObject *self, void *c) { return PyLong_FromLong(((PyMrHandle *)self)->device); }
 
 static PyObject *handle_get_registered(PyObject *self, void *c)

@@ -31,6 +31,14 @@ static PyObject *u32_list(const uint32_t *v, uint32_t n)
     return l;
 }
 
+/* Appends item (stolen; NULL = building it failed) to list. 0, or -1 with an exception. */
+static int append_new(PyObject *list, PyObject *item)
+{
+    int r = item ? PyList_Append(list, item) : -1;
+    Py_XDECREF(item);
+    return r;
+}
+
 static PyObject *topo_to_dict(const te_topo *t)
 {
     PyObject *nics = PyList_New(0), *groups = PyList_New(0), *numa = PyList_New(0);
@@ -41,30 +49,20 @@ static PyObject *topo_to_dict(const te_topo *t)
                                     te_topo_nic_kind_name(n->kind), "pci", n->pci, "vendor", (int)n->vendor, "device",
                                     (int)n->device, "link_speed", (unsigned long long)n->speed_bps, "numa", n->numa,
                                     "group", n->group);
-        if (!d || PyList_Append(nics, d) < 0) {
-            Py_XDECREF(d);
-            goto fail;
-        }
-        Py_DECREF(d);
+        if (append_new(nics, d) < 0) goto fail;
     }
     for (uint32_t g = 0; g < t->n_groups; g++) {
         const te_topo_group *gr = &t->groups[g];
-        PyObject *d = Py_BuildValue("{sssisisNsNsO}", "gpu_pci", gr->gpu_pci, "cuda_device", gr->cuda_ordinal, "numa",
-                                    gr->numa, "nics", u32_list(gr->nics, gr->n_nics), "cpus",
-                                    int_list(gr->cpus, gr->n_cpus), "cpus_remote", gr->cpus_remote ? Py_True : Py_False);
-        if (!d || PyList_Append(groups, d) < 0) {
-            Py_XDECREF(d);
-            goto fail;
-        }
-        Py_DECREF(d);
+        PyObject *d = Py_BuildValue("{sssisisNsNsO}", "gpu_pci", gr->gpu_pci, "cuda_device", gr->cuda_ordinal,
+                                    "numa", gr->numa, "nics", u32_list(gr->nics, gr->n_nics), "cpus",
+                                    int_list(gr->cpus, gr->n_cpus), "cpus_remote",
+                                    gr->cpus_remote ? Py_True : Py_False);
+        if (append_new(groups, d) < 0) goto fail;
     }
     for (uint32_t k = 0; k < t->n_numa; k++) {
-        PyObject *d = Py_BuildValue("{sisN}", "node", t->numa[k].node, "cpus", int_list(t->numa[k].cpus, t->numa[k].n_cpus));
-        if (!d || PyList_Append(numa, d) < 0) {
-            Py_XDECREF(d);
-            goto fail;
-        }
-        Py_DECREF(d);
+        PyObject *d = Py_BuildValue("{sisN}", "node", t->numa[k].node, "cpus",
+                                    int_list(t->numa[k].cpus, t->numa[k].n_cpus));
+        if (append_new(numa, d) < 0) goto fail;
     }
     return Py_BuildValue("{sNsNsNsNsNsO}", "groups", groups, "nics", nics, "numa", numa, "unattached",
                          u32_list(t->unattached, t->n_unattached), "cpus", int_list(t->cpus, t->n_cpus),
