@@ -30,6 +30,7 @@ from ._tendril import (  # noqa: E402
 from ._engine import FabricEngine, TransferEngine, TransferEngineBuilder  # noqa: E402
 from .p2p_all_to_all import P2PAllToAll  # noqa: E402
 from .topology import DomainInfo, TopologyGroup, detect_topology  # noqa: E402
+from . import bootstrap  # noqa: E402
 
 # One version source: project(VERSION) in CMakeLists.txt, compiled into the extension
 # and read by pyproject.toml for the wheel's metadata.
@@ -58,6 +59,7 @@ __all__ = [
     "TransferEngineBuilder",
     "UvmWatcher",
     "__version__",
+    "bootstrap",
     "detect_topology",
     "strerror",
 ]
