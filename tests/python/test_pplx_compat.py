@@ -140,3 +140,46 @@ def test_submit_send_has_no_64k_cap(pair):
     assert not errs, errs
     assert got[0] == msg and pickle.loads(got[0])["pad"] == b"x" * 60000
     wait_until(lambda: done, what="send completion")
+
+
+def test_p2p_all_to_all_takes_pplx_arguments():
+    """Every keyword pplx-garden's P2PAllToAll constructor, dispatch and combine take."""
+    import inspect
+
+    init = inspect.signature(tendril.P2PAllToAll.__init__).parameters
+    for name in ["max_num_tokens", "num_experts", "expert_padding", "hidden_dim", "hidden_dim_scale", "in_dtype",
+                 "out_dtype", "scale_dtype", "num_experts_per_token", "nets_per_gpu", "max_private_tokens",
+                 "device", "dp_group", "node_group", "global_group"]:
+        assert name in init and init[name].kind == inspect.Parameter.KEYWORD_ONLY, name
+    assert list(inspect.signature(tendril.P2PAllToAll.dispatch).parameters)[1:] == [
+        "out_expert_num_tokens", "out_expert_x", "out_expert_x_scale", "dp_x", "dp_x_scale", "indices", "weights",
+        "bound_m", "do_send", "do_recv"]
+    assert list(inspect.signature(tendril.P2PAllToAll.combine).parameters)[1:] == [
+        "out_tokens", "indices", "weights", "expert_y", "bound_m", "do_send", "do_recv", "accumulate"]
+    assert hasattr(tendril.P2PAllToAll, "destroy")
+
+
+def test_p2p_all_to_all_uses_a_pplx_parallel_group():
+    """pplx-garden users pass ParallelGroup objects (rank, size, broadcast_object,
+    barrier): the group adapter drives them without torch.distributed."""
+    from tendril.p2p_all_to_all import _Group
+
+    class ParallelGroupLike:  # the part of pplx_garden.distributed.ParallelGroup used
+        rank, size = 1, 4
+
+        def __init__(self):
+            self.calls = []
+
+        def broadcast_object(self, obj, root):
+            self.calls.append(("broadcast", obj, root))
+            return "name-from-rank-0"
+
+        def barrier(self):
+            self.calls.append(("barrier",))
+
+    pg = ParallelGroupLike()
+    g = _Group(pg)
+    assert (g.rank, g.size) == (1, 4)
+    assert g.broadcast_from_0(None) == "name-from-rank-0"
+    g.barrier()
+    assert pg.calls == [("broadcast", None, 0), ("barrier",)]
