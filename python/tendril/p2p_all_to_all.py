@@ -32,6 +32,8 @@ def _require() -> None:
     if torch is None:
         raise ImportError("tendril.P2PAllToAll needs PyTorch: pip install torch")
     if _a2a is None:
+        if "libcuda" in _A2A_MISSING:
+            raise ImportError(f"tendril.P2PAllToAll needs the NVIDIA driver (libcuda.so.1): {_A2A_MISSING}")
         raise ImportError(
             "tendril.P2PAllToAll needs the CUDA build of tendril: this install has no tendril._a2a "
             f"({_A2A_MISSING}). Install the CUDA toolkit (nvcc on PATH) and reinstall: pip install ."
