@@ -1,4 +1,5 @@
-"""A new user's path, scripted (issue 17): a fresh virtual environment, `pip install .`,
+"""A new user's path, scripted (issue 17): a fresh virtual environment, `pip install .`
+without libfabric's headers (the error names libfabric-dev), then `pip install .`,
 the installed wheel's tag is abi3, `import tendril; tendril.P2PAllToAll` resolves (and,
 without CUDA, says what it needs when constructed), then two processes bootstrapped
 through a store transfer data with the installed package.
@@ -32,6 +33,20 @@ def main() -> int:
             print(f"SKIP: cannot create a venv with {sys.executable}: {r.stderr.strip()[-300:]}")
             return 77
         py = os.path.join(venv, "bin", "python")
+        # Without libfabric's development files (hidden from CMake here), pip must say
+        # what to install.
+        hide = "/usr/include;/usr/lib/x86_64-linux-gnu;/lib/x86_64-linux-gnu;/usr/lib64;/usr/local/include"
+        r = run([py, "-m", "pip", "install", "--no-cache-dir", f"--config-settings=cmake.define.CMAKE_IGNORE_PATH={hide}",
+                 SRC], cwd=tmp)
+        out = r.stdout + r.stderr
+        if r.returncode and any(h in out for h in OFFLINE_HINTS):
+            print("SKIP: pip could not fetch the build backend (scikit-build-core): no package index")
+            return 77
+        if r.returncode == 0 or "apt-get install libfabric-dev" not in out:
+            print(out[-4000:])
+            print("FAIL: pip install without libfabric's headers did not name libfabric-dev")
+            return 1
+        print("without libfabric-dev: pip names it")
         r = run([py, "-m", "pip", "install", "--no-cache-dir", "--config-settings=cmake.define.TENDRIL_CUDA=OFF",
                  SRC], cwd=tmp)
         if r.returncode:
