@@ -137,6 +137,9 @@ typedef struct te_config {
     uint32_t op_timeout_ms;   /* per-operation deadline; 0 = default (30000) */
     uint32_t max_msg_size;    /* largest te_send payload; 0 = default (65536) */
     bool busy_poll;           /* workers never sleep (lowest latency, burns a core) */
+    uint32_t max_queued_ops;  /* per group: operations submitted and not yet completed
+                                 beyond which submission returns -EAGAIN; 0 = default
+                                 (65536) */
 } te_config;
 
 /* Fills defaults. Environment variables override the config at te_engine_create:
@@ -144,6 +147,9 @@ typedef struct te_config {
  *   TENDRIL_NICS           NIC names of group 0, comma separated ("lo" or "veth0,veth1")
  *   TENDRIL_OP_TIMEOUT_MS  per-operation deadline
  *   TENDRIL_BUSY_POLL      1 = busy poll
+ *   TENDRIL_MAX_QUEUED_OPS as te_config.max_queued_ops
+ *   TENDRIL_WAIT_DRIVE     0 = te_counter_wait / te_imm_counter_wait only sleep; by
+ *                          default a waiting thread polls the NICs itself (see below)
  *   TENDRIL_WAIT_SPIN_NS   how long te_*_wait spin before sleeping (default 50000 with
  *                          4+ CPUs in the process's affinity set, else 0)
  *   TENDRIL_LOG            error|warn|info|debug (stderr)                           */
@@ -188,8 +194,12 @@ int te_nic_stats_get(const te_engine *e, uint32_t group, uint32_t nic, te_nic_st
  * but must not wait for them, and must not call te_engine_stop/destroy. */
 typedef void (*te_done_fn)(void *arg, int status, const char *msg);
 
-/* Completion counter: bumped directly by the worker (no callback-thread hop). Not tied to
- * one engine. All functions thread-safe. */
+/* Completion counter: bumped directly by the thread that polled the completion (no
+ * callback-thread hop). Not tied to one engine. All functions thread-safe.
+ * While operations submitted with a counter are pending (all on one group),
+ * te_counter_wait drives that group's progress from the waiting thread: it posts queued
+ * work and polls completions itself, as a raw libfabric loop would, instead of sleeping
+ * until the worker wakes it; it sleeps after 1 ms in which nothing moved. */
 int te_counter_create(te_counter **out);
 void te_counter_destroy(te_counter *c);
 uint64_t te_counter_done(const te_counter *c);   /* operations completed (ok or not) */
@@ -291,9 +301,13 @@ typedef struct te_scatter_args {
     uint32_t nic;                     /* for TE_SCATTER_SINGLE */
 } te_scatter_args;
 
-/* All submission functions: any thread, lock-free; the arguments are validated and
- * copied before return. The operation runs on the worker of the group that owns `src`
- * (te_write_imm / te_barrier / te_send: group 0). */
+/* All submission functions: any thread; the arguments are validated and copied before
+ * return. The operation runs on the group that owns `src` (te_write_imm / te_barrier /
+ * te_send: group 0): it is queued without a lock, and posted by the submitting thread
+ * itself when no other thread is in that group's progress step (a try-lock; otherwise
+ * the step in progress or the worker posts it). -EAGAIN: the group already has
+ * te_config.max_queued_ops operations not yet completed; nothing was queued, retry
+ * after some complete. */
 int te_write(te_engine *e, const te_write_args *a, const te_completion *c);
 int te_write_paged(te_engine *e, const te_paged_args *a, const te_completion *c);
 int te_write_scatter(te_engine *e, const te_scatter_args *a, const te_completion *c);
@@ -337,6 +351,13 @@ int te_recv_pool_destroy(te_recv_pool *p);
  * counted only in te_nic_stats). Thread-safe. */
 typedef void (*te_imm_fn)(void *arg, uint32_t imm);
 int te_imm_set_callback(te_engine *e, te_imm_fn fn, void *arg);
+/* The same, but fn runs on the thread that polled the immediate (the group's worker, or
+ * a thread inside a te_* submission or wait that drove progress) with no hop to the
+ * callback thread: the lowest latency for answering an immediate (e.g. a pong). fn must
+ * be short and must not block or wait (no te_*_wait, no te_engine_stop); it may submit
+ * operations, which go out in the same progress step. Immediates replayed after an
+ * expectation is released still arrive on the callback thread. Thread-safe. */
+int te_imm_set_callback_inline(te_engine *e, te_imm_fn fn, void *arg);
 
 /* Called once each time `expected` immediates of one value have arrived. Return true
  * to keep counting (fires again after the next `expected`), false to remove the

@@ -8,6 +8,7 @@
 #include "core/clock.h"
 
 #define SLEEP_SLICE_NS 10000000ull /* re-check at least this often while asleep */
+#define DRIVE_IDLE_NS 1000000ull    /* keep driving this long after the last movement */
 
 static uint64_t spin_ns;
 static pthread_once_t spin_once = PTHREAD_ONCE_INIT;
@@ -31,13 +32,29 @@ static void pick_spin(void)
 int te_wait_until(const te_wait_spec *w)
 {
     pthread_once(&spin_once, pick_spin);
-    uint64_t spin_until = 0;
-    for (bool first = true;; first = false) {
+    uint64_t spin_until = 0, drive_until = 0;
+    bool moved_lately = true;
+    for (unsigned turn = 0;; turn++) {
         if (w->done(w->arg)) return 0;
         if (w->give_up && w->give_up(w->arg)) return -ESHUTDOWN;
+        int moved = w->drive ? w->drive(w->arg) : -1;
+        if (moved > 0) {
+            if (w->done(w->arg)) return 0;
+            moved_lately = true;
+        }
+        /* While driving, the clock (as costly as a post on a VM) is read every 16th turn. */
+        if (moved >= 0 && (turn & 15)) continue;
         uint64_t now = te_now_ns();
         if (now >= w->deadline_ns) return -ETIMEDOUT;
-        if (first) spin_until = now + spin_ns;
+        if (turn == 0) spin_until = now + spin_ns;
+        if (moved >= 0) {
+            if (moved_lately) drive_until = now + DRIVE_IDLE_NS;
+            moved_lately = false;
+            if (now < drive_until) {
+                if ((turn & 63) == 0) sched_yield(); /* others may need this CPU */
+                continue;
+            }
+        }
         if (now < spin_until) continue;
         uint32_t t = te_notify_prepare(w->notify);
         if (w->done(w->arg)) {

@@ -1,6 +1,7 @@
-/* The one waiting loop of the library: spin briefly (completions usually come sooner
- * than a futex sleep/wake pair would take), then sleep on a te_notify in slices, until
- * a condition holds, the caller gives up, or a deadline passes. */
+/* The one waiting loop of the library: drive progress while it moves (the waiting thread
+ * polls for what it waits for, as a raw libfabric user would), spin briefly (completions
+ * usually come sooner than a futex sleep/wake pair would take), then sleep on a te_notify
+ * in slices, until a condition holds, the caller gives up, or a deadline passes. */
 #ifndef TENDRIL_CORE_WAIT_H
 #define TENDRIL_CORE_WAIT_H
 
@@ -13,6 +14,9 @@ typedef struct te_wait_spec {
     te_notify *notify;              /* woken by whoever makes `done` true */
     bool (*done)(void *arg);        /* the condition (may also consume, e.g. take n) */
     bool (*give_up)(void *arg);     /* optional: stop waiting (engine stopped) */
+    /* optional: one progress step; 1 something moved, 0 nothing (yet), < 0 cannot drive.
+     * The waiter keeps driving until nothing moved for a while, then sleeps. */
+    int (*drive)(void *arg);
     void *arg;
     uint64_t deadline_ns;           /* te_deadline_ms(); UINT64_MAX = none */
 } te_wait_spec;

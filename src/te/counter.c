@@ -9,14 +9,34 @@
 #include "core/wait.h"
 #include "te/engine_internal.h"
 
+typedef struct counter_wait {
+    te_counter *c;
+    uint64_t target;
+} counter_wait;
 
 /* Waking is target-aware (te_notify_at): a worker makes the futex call only when the
- * count reaches the lowest target a sleeping waiter published. */
+ * count reaches the lowest target a sleeping waiter published.
+ *
+ * A waiter drives the progress of the group its operations run on (worker.c), so it
+ * polls their completions itself instead of sleeping until a worker wakes it. The
+ * counter is not tied to an engine, so the group pointer is used only while operations
+ * of that group are pending, and the engine cannot be freed under a waiter that read it:
+ * - `group` is the group of the first submission; a submission from another group makes
+ *   the counter `mixed` for good (its waiters then only sleep).
+ * - A waiter announces itself in `peeking`, then reads `pending`; only if operations are
+ *   pending does it read `group` and enter the engine (which fails once it stops).
+ * - The bump that takes `pending` to 0 waits until no waiter is peeking. An engine
+ *   completes every operation before it is freed, so a waiter either entered the engine
+ *   before that bump returned (stop then waits for it to leave) or sees pending == 0. */
 struct te_counter {
     _Atomic uint64_t done;
     _Atomic uint64_t errors;
     _Atomic uint32_t bumping; /* workers between their increment and their wake-up */
     te_notify_at wake;
+    _Atomic(te_group *) group;
+    _Atomic bool mixed;
+    _Atomic uint64_t pending;  /* submitted with this counter, not yet bumped */
+    _Atomic uint32_t peeking;  /* waiters between reading `pending` and entering the engine */
 };
 
 int te_counter_create(te_counter **out)
@@ -56,13 +76,40 @@ void te_counter_bump_internal(te_counter *c, bool failed)
     if (failed) atomic_fetch_add_explicit(&c->errors, 1, memory_order_release);
     uint64_t now = atomic_fetch_add_explicit(&c->done, 1, memory_order_seq_cst) + 1;
     te_notify_at_reached(&c->wake, now);
+    if (atomic_fetch_sub_explicit(&c->pending, 1, memory_order_seq_cst) == 1)
+        while (atomic_load_explicit(&c->peeking, memory_order_seq_cst)) sched_yield();
     atomic_fetch_sub_explicit(&c->bumping, 1, memory_order_release);
 }
 
-typedef struct counter_wait {
-    te_counter *c;
-    uint64_t target;
-} counter_wait;
+void te_counter_note_submit(te_counter *c, te_group *g)
+{
+    te_group *cur = atomic_load_explicit(&c->group, memory_order_acquire);
+    if (cur != g && !atomic_load_explicit(&c->mixed, memory_order_relaxed)) {
+        if (cur || !atomic_compare_exchange_strong(&c->group, &cur, g))
+            if (cur != g) atomic_store(&c->mixed, true);
+    }
+    atomic_fetch_add_explicit(&c->pending, 1, memory_order_seq_cst);
+}
+
+/* One progress step on the group of c's pending operations: 1 if anything moved, 0 if
+ * not (or another thread holds the lock), -1 if there is nothing this waiter can drive. */
+static int counter_drive(te_counter *c)
+{
+    if (atomic_load_explicit(&c->mixed, memory_order_relaxed)) return -1;
+    atomic_fetch_add_explicit(&c->peeking, 1, memory_order_seq_cst);
+    te_group *g = NULL;
+    if (atomic_load_explicit(&c->pending, memory_order_seq_cst) > 0)
+        g = atomic_load_explicit(&c->group, memory_order_acquire);
+    bool entered = g && g->e->wait_drive && engine_enter(g->e) == 0;
+    atomic_fetch_sub_explicit(&c->peeking, 1, memory_order_seq_cst);
+    if (!entered) return -1;
+    int r = group_try_progress(g, true);
+    engine_leave(g->e);
+    return r > 0 ? 1 : 0;
+}
+
+static int counter_drive_fn(void *arg) { return counter_drive(((struct counter_wait *)arg)->c); }
+
 
 /* Publishes the target, then checks: te_wait_until calls this after it announced itself
  * as a sleeper, the order te_notify_at needs. */
@@ -78,8 +125,8 @@ int te_counter_wait(te_counter *c, uint64_t target, int timeout_ms)
     te_err_clear();
     if (!c) return te_err(-EINVAL, "te_counter_wait: counter is NULL");
     counter_wait cw = {c, target};
-    te_wait_spec w = {.notify = &c->wake.n, .done = counter_reached, .arg = &cw,
-                      .deadline_ns = te_deadline_ms(timeout_ms)};
+    te_wait_spec w = {.notify = &c->wake.n, .done = counter_reached, .drive = counter_drive_fn,
+                      .arg = &cw, .deadline_ns = te_deadline_ms(timeout_ms)};
     if (te_wait_until(&w) == 0) return 0;
     return te_err(-ETIMEDOUT, "te_counter_wait: %llu of %llu operations done after %d ms",
                   (unsigned long long)atomic_load(&c->done), (unsigned long long)target, timeout_ms);

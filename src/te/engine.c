@@ -14,6 +14,7 @@
 
 #define DEFAULT_OP_TIMEOUT_MS 30000u
 #define DEFAULT_MAX_MSG 65536u
+#define DEFAULT_MAX_QUEUED_OPS 65536u
 
 void te_config_init(te_config *cfg)
 {
@@ -72,6 +73,8 @@ static int apply_env(te_config *c, cfg_strings *st)
     if (r) c->op_timeout_ms = v;
     if ((r = env_u32("TENDRIL_BUSY_POLL", &v)) < 0) return r;
     if (r) c->busy_poll = v != 0;
+    if ((r = env_u32("TENDRIL_MAX_QUEUED_OPS", &v)) < 0) return r;
+    if (r) c->max_queued_ops = v;
     return 0;
 }
 
@@ -296,6 +299,9 @@ int te_engine_create(const te_config *user_cfg, te_engine **out)
     e->op_timeout_ms = cfg.op_timeout_ms ? cfg.op_timeout_ms : DEFAULT_OP_TIMEOUT_MS;
     e->max_msg_size = cfg.max_msg_size ? cfg.max_msg_size : DEFAULT_MAX_MSG;
     e->busy_poll = cfg.busy_poll;
+    e->max_queued_ops = cfg.max_queued_ops ? cfg.max_queued_ops : DEFAULT_MAX_QUEUED_OPS;
+    const char *drive = getenv("TENDRIL_WAIT_DRIVE");
+    e->wait_drive = !(drive && !strcmp(drive, "0"));
     e->n_groups = cfg.n_groups;
 
     r = pick_provider(cfg.provider, e->provider, sizeof e->provider);

@@ -5,8 +5,10 @@
  *             ├─ callback thread + event queue (user callbacks never run on a worker)
  *             ├─ imm table (imm.c)
  *             └─ lists of MRs, pools, counters for teardown
- * An operation (te_op) is built and validated by the submitting thread, pushed on its
- * group's lock-free queue, and from then on touched only by that group's worker. */
+ * An operation (te_op) is built and validated by the submitting thread and pushed on its
+ * group's lock-free queue. From then on it is touched only under the group's progress
+ * lock, by whichever thread runs a progress step (worker.c): the worker, the submitter
+ * itself when the lock is free, or a thread waiting for a completion. */
 #ifndef TENDRIL_TE_ENGINE_INTERNAL_H
 #define TENDRIL_TE_ENGINE_INTERNAL_H
 
@@ -140,6 +142,12 @@ typedef struct te_ctl {
 
 typedef struct te_group {
     te_engine *e;
+    /* Held by whoever runs a progress step; every field below marked (P) is owned by it. */
+    pthread_mutex_t plock;
+    _Atomic uint64_t drive_seq; /* steps run by waiting threads: the worker backs off */
+    _Atomic uint32_t queued;    /* operations submitted, completion not yet delivered */
+    te_notify backoff;          /* a backed-off worker sleeps here (woken at stop) */
+    uint32_t turns;             /* (P) steps run, for reading the clock every 32nd */
     uint32_t idx;
     int cuda_device;
     int worker_cpu;
@@ -153,9 +161,9 @@ typedef struct te_group {
     int event_fd;        /* ... or one blocked in poll() on the NICs' wait objects */
     te_notify ctl_done;  /* the worker wakes control callers */
     _Atomic bool stop;
-    uint32_t rr;         /* round-robin NIC cursor (worker-owned) */
-    te_op *inflight_head;
-    uint64_t next_timeout_check;
+    uint32_t rr;         /* (P) round-robin NIC cursor */
+    te_op *inflight_head; /* (P) */
+    uint64_t next_timeout_check; /* (P) */
 } te_group;
 
 typedef struct te_cb_event te_cb_event;
@@ -167,6 +175,8 @@ struct te_engine {
     uint32_t op_timeout_ms;
     uint32_t max_msg_size;
     bool busy_poll;
+    bool wait_drive;          /* waiting threads drive progress (TENDRIL_WAIT_DRIVE=0: no) */
+    uint32_t max_queued_ops;  /* per group; -EAGAIN past it */
     uint32_t n_groups;
     te_group *groups[TE_MAX_GROUPS];
     _Atomic int state;
@@ -232,6 +242,13 @@ int worker_start(te_group *g);
 void worker_join(te_group *g);
 void worker_submit(te_group *g, te_op *op);
 void worker_wake(te_group *g);
+/* Runs one progress step on g if its lock is free: 1 something moved, 0 nothing did,
+ * -EBUSY another thread holds the lock. `waiting`: the caller waits for a completion (the
+ * worker then backs off while such steps keep coming). Caller is inside engine_enter. */
+int group_try_progress(te_group *g, bool waiting);
+/* For waits: one step on every group of e. 1 if anything moved, 0 if not, -1 if the
+ * engine is stopping or waits do not drive (te_wait_spec.drive's convention). */
+int engine_drive(te_engine *e);
 int worker_control(te_group *g, int kind, void *obj, int timeout_ms);
 void op_free(te_op *op);
 void worker_free_remaining(te_group *g);
@@ -241,6 +258,8 @@ void te_pages_retain_internal(te_pages *p);
 
 /* ---- counter.c ---- */
 void te_counter_bump_internal(te_counter *c, bool failed);
+/* At submission, before the operation is queued: lets waiters on c drive g's progress. */
+void te_counter_note_submit(te_counter *c, te_group *g);
 
 /* ---- domain_group.c: the sharding rules ---- */
 int dg_plan(te_group *g, te_op *op, char *msg, size_t msg_cap);

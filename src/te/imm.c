@@ -76,8 +76,11 @@ void imm_arrived(te_engine *e, uint32_t imm)
     pthread_rwlock_rdlock(&t->lock);
     te_imm_entry *x = *find_slot(t, imm);
     if (!x) {
+        te_imm_fn fn = t->fn_inline ? t->fn : NULL;
+        void *arg = t->arg;
         pthread_rwlock_unlock(&t->lock);
-        cb_post_imm(e, imm);
+        if (fn) fn(arg, imm); /* te_imm_set_callback_inline: on this thread, no hop */
+        else cb_post_imm(e, imm);
         return;
     }
     if (x->kind == IMM_COUNTER) {
@@ -162,18 +165,29 @@ static void unlink_entry(te_imm_table *t, uint32_t imm, te_imm_prev *prev)
     if (prev) *prev = p;
 }
 
-int te_imm_set_callback(te_engine *e, te_imm_fn fn, void *arg)
+static int set_callback(te_engine *e, te_imm_fn fn, void *arg, bool in_line, const char *name)
 {
     te_err_clear();
-    if (!e) return te_err(-EINVAL, "te_imm_set_callback: engine is NULL");
+    if (!e) return te_err(-EINVAL, "%s: engine is NULL", name);
     int r = engine_enter(e);
     if (r) return r;
     pthread_rwlock_wrlock(&e->imm.lock);
     e->imm.fn = fn;
     e->imm.arg = arg;
+    e->imm.fn_inline = in_line;
     pthread_rwlock_unlock(&e->imm.lock);
     engine_leave(e);
     return 0;
+}
+
+int te_imm_set_callback(te_engine *e, te_imm_fn fn, void *arg)
+{
+    return set_callback(e, fn, arg, false, "te_imm_set_callback");
+}
+
+int te_imm_set_callback_inline(te_engine *e, te_imm_fn fn, void *arg)
+{
+    return set_callback(e, fn, arg, true, "te_imm_set_callback_inline");
 }
 
 int te_imm_expect(te_engine *e, uint32_t imm, uint64_t expected, te_imm_reached_fn fn, void *arg,
@@ -282,6 +296,12 @@ static bool imm_took(void *arg)
     return try_take(w->c, w->n);
 }
 
+static int imm_drive(void *arg)
+{
+    imm_wait *w = arg;
+    return engine_drive(w->c->e);
+}
+
 static bool imm_engine_stopped(void *arg)
 {
     imm_wait *w = arg;
@@ -295,7 +315,7 @@ int te_imm_counter_wait(te_imm_counter *c, uint64_t n, int timeout_ms)
     if (n > INT64_MAX) return te_err(-EINVAL, "te_imm_counter_wait: n too large");
     imm_wait iw = {c, n};
     te_wait_spec w = {.notify = &c->wake.n, .done = imm_took, .give_up = imm_engine_stopped,
-                      .arg = &iw, .deadline_ns = te_deadline_ms(timeout_ms)};
+                      .drive = imm_drive, .arg = &iw, .deadline_ns = te_deadline_ms(timeout_ms)};
     int r = te_wait_until(&w);
     if (r == -ESHUTDOWN) return te_err(r, "te_imm_counter_wait: engine stopped");
     if (r)

@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/notify.h"
@@ -45,6 +46,7 @@ typedef struct te_imm_table {
     uint64_t next_gen;
     te_imm_fn fn;   /* unmatched immediates */
     void *arg;
+    bool fn_inline; /* fn runs on the thread that polled the immediate */
     struct te_imm_counter *counters; /* all counters created, for destroy */
     struct te_imm_flag *flags;       /* all GPU-visible flags created (imm_flag.c) */
 } te_imm_table;

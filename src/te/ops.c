@@ -1,6 +1,8 @@
 /* Submission of operations: synchronous validation (every bad argument is named in the
  * message and nothing is queued), a private copy of everything the worker will need,
- * then one lock-free push onto the owning group's queue. */
+ * then one lock-free push onto the owning group's queue; the submitter then posts it
+ * itself when the group's progress lock is free (worker.c). At most max_queued_ops
+ * operations per group may wait for their completion: past that, -EAGAIN. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,7 +75,18 @@ static te_op *op_new(size_t extra_unused)
 /* Takes ownership of op; pushes it or frees it. Caller is inside engine_enter. */
 static int submit(te_engine *e, te_group *g, te_op *op, const te_completion *c)
 {
+    if (atomic_fetch_add_explicit(&g->queued, 1, memory_order_relaxed) >= e->max_queued_ops) {
+        atomic_fetch_sub_explicit(&g->queued, 1, memory_order_relaxed);
+        op->src = NULL; /* no reference was taken yet */
+        op_free(op);
+        /* A caller that retries at once should find room: complete what is done now. */
+        group_try_progress(g, false);
+        return te_err(-EAGAIN, "group %u already has %u operations waiting for completion "
+                               "(te_config.max_queued_ops): retry after some complete",
+                      g->idx, e->max_queued_ops);
+    }
     if (c) op->comp = *c;
+    if (op->comp.counter) te_counter_note_submit(op->comp.counter, g);
     op->group = g->idx;
     op->deadline_ns = te_now_ns() + (uint64_t)e->op_timeout_ms * 1000000ull;
     if (op->src) atomic_fetch_add(&op->src->inflight, 1);

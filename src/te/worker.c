@@ -1,5 +1,10 @@
-/* The worker thread of one group: takes submitted operations off a lock-free queue,
- * posts their work requests, drains completions, enforces deadlines.
+/* Progress of one group: taking submitted operations off a lock-free queue, posting
+ * their work requests, draining completions, enforcing deadlines. All of it happens in a
+ * *progress step* run under the group's progress lock by whichever thread gets it: the
+ * group's worker thread, a submitter that finds the lock free (it posts its own operation
+ * at once, no hand-off to another thread), or a thread waiting for a completion (it
+ * polls the completion queue itself instead of sleeping until the worker wakes it). The
+ * worker backs off while waiting threads drive, and takes over when they stop.
  *
  * Posting is round-robin over the operations that still have work requests to post,
  * with a small budget each per round, so a 10 000-page transfer never holds back an
@@ -27,6 +32,7 @@
 #define SLEEP_MAX_NS 1000000ull
 #define STOP_DRAIN_NS 1000000000ull /* posted work may finish this long at stop */
 #define ACTIVE_WINDOW_NS 2000000ull /* keep polling this long after the last progress */
+#define BACKOFF_NS 100000ull /* a worker that saw waiters drive sleeps this long, then looks again */
 
 /* ------------------------------------------------------------- op lifecycle --- */
 
@@ -76,6 +82,7 @@ static void op_complete_user(te_group *g, te_op *op)
 {
     if (op->finished) return;
     op->finished = true;
+    atomic_fetch_sub_explicit(&g->queued, 1, memory_order_relaxed);
     te_completion *c = &op->comp;
     if (op->status) TE_LOGD("op %p failed: %s", (void *)op, op->msg);
     if (c->counter) te_counter_bump_internal(c->counter, op->status != 0);
@@ -367,13 +374,96 @@ void worker_wake(te_group *g)
 void worker_submit(te_group *g, te_op *op)
 {
     mpsc_push(&g->subq, &op->qnode);
+    /* Post it from this thread when nobody else is in a step (the common case for one
+     * submitting thread); otherwise the lock holder or the worker takes it from the queue.
+     * The worker is woken only if it sleeps: it must poll what was posted here. */
+    group_try_progress(g, false);
     worker_wake(g);
+}
+
+/* ------------------------------------------------------------------- step ---- */
+
+static bool take_submissions(te_group *g)
+{
+    mpsc_node *qn;
+    bool progressed = false;
+    for (int k = 0; k < SUBMIT_BATCH && (qn = mpsc_pop(&g->subq)); k++) {
+        start_op(g, (te_op *)qn);
+        progressed = true;
+    }
+    return progressed;
+}
+
+static bool post_all(te_group *g)
+{
+    bool progressed = false;
+    for (uint32_t k = 0; k < g->n_nics; k++)
+        if (!g->nic[k].failed) progressed |= nic_post_round(g, &g->nic[k]);
+    return progressed;
+}
+
+/* One turn of progress. Caller holds g->plock. */
+static bool step_locked(te_group *g)
+{
+    bool progressed = false, polled = false;
+    mpsc_node *qn;
+    while ((qn = mpsc_pop(&g->ctlq))) {
+        handle_ctl(g, (te_ctl *)qn);
+        progressed = true;
+    }
+    progressed |= take_submissions(g);
+    progressed |= post_all(g);
+    for (uint32_t k = 0; k < g->n_nics; k++) {
+        te_nic_state *n = &g->nic[k];
+        if (n->failed) continue;
+        polled |= nic_poll(g, n);
+        if (n->failed) fail_nic_ops(g, k);
+    }
+    /* Immediates delivered inline may have submitted answers (a pong): post them in this
+     * same step rather than one turn later. */
+    if (polled && !mpsc_empty(&g->subq)) {
+        take_submissions(g);
+        post_all(g);
+    }
+    /* The clock is read every 32nd step only: on a VM clock_gettime costs about as much
+     * as posting a small write (4 % of the worker in a 4 KiB profile), and deadlines are
+     * checked once a millisecond anyway. */
+    if (g->inflight_head && (++g->turns & 31) == 0) {
+        uint64_t now = te_now_ns();
+        if (now >= g->next_timeout_check) {
+            check_deadlines(g, now);
+            g->next_timeout_check = now + 1000000ull;
+        }
+    }
+    return progressed || polled;
+}
+
+int group_try_progress(te_group *g, bool waiting)
+{
+    if (pthread_mutex_trylock(&g->plock)) return -EBUSY;
+    bool moved = step_locked(g);
+    pthread_mutex_unlock(&g->plock);
+    if (waiting) atomic_fetch_add_explicit(&g->drive_seq, 1, memory_order_relaxed);
+    return moved;
+}
+
+int engine_drive(te_engine *e)
+{
+    if (!e->wait_drive || engine_enter(e)) return -1;
+    int moved = 0;
+    for (uint32_t k = 0; k < e->n_groups; k++)
+        if (group_try_progress(e->groups[k], true) > 0) moved = 1;
+    engine_leave(e);
+    return moved;
 }
 
 /* ------------------------------------------------------------------- loop ---- */
 
 static void drain_at_exit(te_group *g)
 {
+    /* No other thread can step any more (stop waited for every caller to leave), but
+     * the lock keeps that visible to a race detector. */
+    pthread_mutex_lock(&g->plock);
     mpsc_node *qn;
     while ((qn = mpsc_pop(&g->ctlq))) handle_ctl(g, (te_ctl *)qn);
     while ((qn = mpsc_pop(&g->subq))) {
@@ -402,10 +492,30 @@ static void drain_at_exit(te_group *g)
     while (g->inflight_head && te_now_ns() < deadline)
         for (uint32_t k = 0; k < g->n_nics; k++)
             if (!g->nic[k].failed) nic_poll(g, &g->nic[k]);
+    pthread_mutex_unlock(&g->plock);
     /* What is left is freed by worker_free_remaining once the NICs are closed. */
 }
 
 enum idle_result { IDLE_BLOCKED, IDLE_NIC_ACTIVITY, IDLE_RETRY, IDLE_NO_WAIT_OBJECT };
+
+/* The NICs' wait objects, or why the worker cannot block on them. Under the lock: the
+ * provider's trywait must not race a step's poll on a backend that is not thread-safe. */
+static int idle_fds(te_group *g, struct pollfd *pf)
+{
+    if (g->event_fd < 0) return IDLE_NO_WAIT_OBJECT;
+    int r = IDLE_BLOCKED;
+    pthread_mutex_lock(&g->plock);
+    for (uint32_t k = 0; k < g->n_nics && r == IDLE_BLOCKED; k++) {
+        te_nic_state *n = &g->nic[k];
+        int fd = n->failed ? -1 : n->ops->wait_fd(n->tp);
+        if (!n->failed && fd < 0) r = IDLE_NO_WAIT_OBJECT;
+        pf[k] = (struct pollfd){.fd = fd, .events = POLLIN};
+    }
+    for (uint32_t k = 0; k < g->n_nics && r == IDLE_BLOCKED; k++)
+        if (!g->nic[k].failed && !g->nic[k].ops->can_block(g->nic[k].tp)) r = IDLE_RETRY;
+    pthread_mutex_unlock(&g->plock);
+    return r;
+}
 
 /* Blocks for at most timeout_ns until a NIC or a submitter has something for us.
  * IDLE_RETRY: a provider has work pending that only polling progresses (poll again);
@@ -415,15 +525,8 @@ enum idle_result { IDLE_BLOCKED, IDLE_NIC_ACTIVITY, IDLE_RETRY, IDLE_NO_WAIT_OBJ
 static int idle_block(te_group *g, uint64_t timeout_ns)
 {
     struct pollfd pf[TE_MAX_NICS + 1];
-    if (g->event_fd < 0) return IDLE_NO_WAIT_OBJECT;
-    for (uint32_t k = 0; k < g->n_nics; k++) {
-        te_nic_state *n = &g->nic[k];
-        int fd = n->failed ? -1 : n->ops->wait_fd(n->tp);
-        if (!n->failed && fd < 0) return IDLE_NO_WAIT_OBJECT;
-        pf[k] = (struct pollfd){.fd = fd, .events = POLLIN};
-    }
-    for (uint32_t k = 0; k < g->n_nics; k++)
-        if (!g->nic[k].failed && !g->nic[k].ops->can_block(g->nic[k].tp)) return IDLE_RETRY;
+    int r = idle_fds(g, pf);
+    if (r != IDLE_BLOCKED) return r;
     pf[g->n_nics] = (struct pollfd){.fd = g->event_fd, .events = POLLIN};
     struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)timeout_ns};
     if (ppoll(pf, g->n_nics + 1, &ts, NULL) <= 0) return IDLE_BLOCKED;
@@ -438,6 +541,20 @@ static int idle_block(te_group *g, uint64_t timeout_ns)
     return IDLE_BLOCKED;
 }
 
+/* While threads that wait for completions drive the group themselves, the worker stays
+ * off the lock and the CPU: it sleeps in slices and resumes once a slice passed with no
+ * such step (the waiters found what they waited for, or gave up driving). */
+static bool backed_off(te_group *g, uint64_t *seen)
+{
+    uint64_t s = atomic_load_explicit(&g->drive_seq, memory_order_relaxed);
+    if (s == *seen) return false;
+    *seen = s;
+    uint32_t t = te_notify_prepare(&g->backoff);
+    if (atomic_load(&g->stop)) te_notify_cancel(&g->backoff);
+    else te_notify_wait(&g->backoff, t, BACKOFF_NS);
+    return true;
+}
+
 static void *worker_main(void *arg)
 {
     te_group *g = arg;
@@ -450,35 +567,17 @@ static void *worker_main(void *arg)
                     g->idx, g->worker_cpu);
     }
     uint64_t sleep_ns = SLEEP_MIN_NS, last_progress = te_now_ns();
-    unsigned idle = 0, clock_turns = 0;
+    uint64_t seen_drive = atomic_load(&g->drive_seq);
+    unsigned idle = 0;
     while (!atomic_load_explicit(&g->stop, memory_order_acquire)) {
-        bool progressed = false;
-        mpsc_node *qn;
-        while ((qn = mpsc_pop(&g->ctlq))) {
-            handle_ctl(g, (te_ctl *)qn);
-            progressed = true;
+        if (backed_off(g, &seen_drive)) {
+            idle = 0;
+            continue;
         }
-        for (int k = 0; k < SUBMIT_BATCH && (qn = mpsc_pop(&g->subq)); k++) {
-            start_op(g, (te_op *)qn);
-            progressed = true;
-        }
-        for (uint32_t k = 0; k < g->n_nics; k++) {
-            te_nic_state *n = &g->nic[k];
-            if (n->failed) continue;
-            progressed |= nic_post_round(g, n);
-            progressed |= nic_poll(g, n);
-            if (n->failed) fail_nic_ops(g, k);
-        }
-        /* The clock is read every 32nd turn only: on a VM clock_gettime costs about as
-         * much as posting a small write (4 % of the worker in a 4 KiB profile), and
-         * deadlines are checked once a millisecond anyway. */
-        if (g->inflight_head && (++clock_turns & 31) == 0) {
-            uint64_t now = te_now_ns();
-            if (now >= g->next_timeout_check) {
-                check_deadlines(g, now);
-                g->next_timeout_check = now + 1000000ull;
-            }
-        }
+        pthread_mutex_lock(&g->plock);
+        bool progressed = step_locked(g);
+        bool inflight = g->inflight_head != NULL;
+        pthread_mutex_unlock(&g->plock);
         if (progressed || g->e->busy_poll) {
             idle = 0;
             sleep_ns = SLEEP_MIN_NS;
@@ -486,7 +585,7 @@ static void *worker_main(void *arg)
         }
         /* With operations in flight the worker keeps polling (completions and the
          * provider's own progress need it), yielding now and then to other threads. */
-        if (g->inflight_head) {
+        if (inflight) {
             if ((++idle & 63) == 0) sched_yield();
             continue;
         }
@@ -518,6 +617,10 @@ static void *worker_main(void *arg)
 
 int worker_start(te_group *g)
 {
+    pthread_mutex_init(&g->plock, NULL);
+    te_notify_init(&g->backoff);
+    atomic_init(&g->drive_seq, 0);
+    atomic_init(&g->queued, 0);
     mpsc_init(&g->subq);
     mpsc_init(&g->ctlq);
     te_notify_init(&g->wake);
@@ -538,6 +641,7 @@ void worker_join(te_group *g)
     if (!g->thread_started) return;
     atomic_store_explicit(&g->stop, true, memory_order_release);
     worker_wake(g);
+    te_notify_wake(&g->backoff);
     pthread_join(g->thread, NULL);
     g->thread_started = false;
     if (g->event_fd >= 0) close(g->event_fd);

@@ -1,7 +1,9 @@
 /* The transport vtable: one NIC ("domain") of one backend. The engine above knows
  * nothing of libfabric or ibverbs; it posts work requests and drains events.
  *
- * Threading: post_*, poll and resolve are called only by the owning group's worker.
+ * Threading: post_*, poll, resolve, wait_fd and can_block are called only under the owning
+ * group's progress lock: one thread at a time, but not always the same thread (the
+ * worker, a submitter or a waiter: src/te/worker.c).
  * mr_reg / mr_dereg may be called from any thread concurrently with the worker (the
  * backend must make that safe: libfabric uses FI_THREAD_SAFE domains for it). */
 #ifndef TENDRIL_TRANSPORT_BACKEND_H

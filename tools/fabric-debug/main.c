@@ -275,7 +275,8 @@ static int run_server(const opts *o)
         die("register", r);
     te_recv_pool *pool;
     if ((r = te_recv_pool_create(S.e, MSG, 16, server_on_msg, NULL, NULL, &pool))) die("recv pool", r);
-    te_imm_set_callback(S.e, server_on_imm, NULL);
+    /* Inline: the pong leaves from the thread that polled the ping (no callback-thread hop). */
+    te_imm_set_callback_inline(S.e, server_on_imm, NULL);
     char err[256];
     if (raw_open(te_provider_name(S.e), te_nic_name(S.e, 0, 0), o->gpu >= 0, &S.raw, err, sizeof err)) {
         fprintf(stderr, "fabric-debug: raw endpoint: %s\n", err);
