@@ -32,7 +32,8 @@
 #define SLEEP_MAX_NS 1000000ull
 #define STOP_DRAIN_NS 1000000000ull /* posted work may finish this long at stop */
 #define ACTIVE_WINDOW_NS 2000000ull /* keep polling this long after the last progress */
-#define BACKOFF_NS 100000ull /* a worker that saw waiters drive sleeps this long, then looks again */
+#define BACKOFF_MIN_NS 50000ull  /* a worker that saw waiters drive sleeps this long, then looks */
+#define BACKOFF_MAX_NS 800000ull /* again, doubling while they keep driving */
 
 /* ------------------------------------------------------------- op lifecycle --- */
 
@@ -342,6 +343,7 @@ int worker_control(te_group *g, int kind, void *obj, int timeout_ms)
     c->kind = kind;
     c->obj = obj;
     mpsc_push(&g->ctlq, &c->qnode);
+    group_try_progress(g, false); /* handled here if nobody is in a step */
     worker_wake(g);
     uint64_t deadline = te_deadline_ms(timeout_ms);
     while (!atomic_load(&c->done)) {
@@ -542,16 +544,21 @@ static int idle_block(te_group *g, uint64_t timeout_ns)
 }
 
 /* While threads that wait for completions drive the group themselves, the worker stays
- * off the lock and the CPU: it sleeps in slices and resumes once a slice passed with no
- * such step (the waiters found what they waited for, or gave up driving). */
-static bool backed_off(te_group *g, uint64_t *seen)
+ * off the lock and the CPU: it sleeps in slices (growing while the waiters keep driving,
+ * so a long wait costs few wake-ups) and resumes once a slice passed with no such step
+ * (the waiters found what they waited for, or stopped driving after 1 ms of nothing). */
+static bool backed_off(te_group *g, uint64_t *seen, uint64_t *slice_ns)
 {
     uint64_t s = atomic_load_explicit(&g->drive_seq, memory_order_relaxed);
-    if (s == *seen) return false;
+    if (s == *seen) {
+        *slice_ns = BACKOFF_MIN_NS;
+        return false;
+    }
     *seen = s;
     uint32_t t = te_notify_prepare(&g->backoff);
     if (atomic_load(&g->stop)) te_notify_cancel(&g->backoff);
-    else te_notify_wait(&g->backoff, t, BACKOFF_NS);
+    else te_notify_wait(&g->backoff, t, *slice_ns);
+    if (*slice_ns < BACKOFF_MAX_NS) *slice_ns *= 2;
     return true;
 }
 
@@ -567,10 +574,10 @@ static void *worker_main(void *arg)
                     g->idx, g->worker_cpu);
     }
     uint64_t sleep_ns = SLEEP_MIN_NS, last_progress = te_now_ns();
-    uint64_t seen_drive = atomic_load(&g->drive_seq);
+    uint64_t seen_drive = atomic_load(&g->drive_seq), backoff_ns = BACKOFF_MIN_NS;
     unsigned idle = 0;
     while (!atomic_load_explicit(&g->stop, memory_order_acquire)) {
-        if (backed_off(g, &seen_drive)) {
+        if (backed_off(g, &seen_drive, &backoff_ns)) {
             idle = 0;
             continue;
         }

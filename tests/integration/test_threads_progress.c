@@ -214,15 +214,19 @@ static void test_stop_with_waiters(void **state)
 {
     (void)state;
     fixture f;
-    setup(&f, 64 * BIG, 0);
+    /* 64 KiB writes: what is already posted at stop drains well within the engine's
+     * grace period (closing shm 1.17 endpoints under large in-flight writes can crash
+     * the receiving peer, docs/engine.md). */
+    const uint64_t piece = 64 << 10, slots = 64;
+    setup(&f, slots * piece, 0);
     te_counter *c;
     assert_int_equal(te_counter_create(&c), 0);
     shared s = {.f = &f};
-    const uint64_t n = 400;
+    const uint64_t n = 2000;
     uint64_t with_cb = 0;
     for (uint64_t k = 0; k < n; k++) {
-        uint64_t off = (k % 64) * BIG;
-        te_write_args a = {.src = f.mr, .src_offset = off, .len = BIG, .dst = &f.dst,
+        uint64_t off = (k % slots) * piece;
+        te_write_args a = {.src = f.mr, .src_offset = off, .len = piece, .dst = &f.dst,
                            .dst_offset = off, .route = {TE_ROUTE_SHARDED, 0}};
         te_completion comp = {.counter = c};
         if (k % 2) comp.fn = on_done, comp.arg = &s, with_cb++;
@@ -234,11 +238,12 @@ static void test_stop_with_waiters(void **state)
         w[k] = (stop_arg){c, n, -1};
         assert_int_equal(pthread_create(&th[k], NULL, wait_all, &w[k]), 0);
     }
-    usleep(2000); /* the waiters are driving progress now */
+    usleep(1000); /* the waiters are driving progress now */
     assert_int_equal(te_engine_stop(f.e), 0);
     /* Every operation completed exactly once (some with -ECANCELED), before stop returned. */
     assert_int_equal(te_counter_done(c), n);
     assert_int_equal(atomic_load(&s.callbacks), (int)with_cb);
+    print_message("stop: %" PRIu64 " of %" PRIu64 " writes canceled or failed\n", te_counter_errors(c), n);
     for (int k = 0; k < 3; k++) {
         pthread_join(th[k], NULL);
         assert_int_equal(w[k].result, 0);
