@@ -88,7 +88,7 @@ static int submit(te_engine *e, te_group *g, te_op *op, const te_completion *c)
     if (c) op->comp = *c;
     if (op->comp.counter) te_counter_note_submit(op->comp.counter, g);
     op->group = g->idx;
-    op->deadline_ns = te_now_ns() + (uint64_t)e->op_timeout_ms * 1000000ull;
+    op->deadline_ns = te_op_deadline_ns(e->op_timeout_ms);
     if (op->src) atomic_fetch_add(&op->src->inflight, 1);
     worker_submit(g, op);
     return 0;

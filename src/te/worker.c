@@ -555,6 +555,7 @@ static bool backed_off(te_group *g, uint64_t *seen, uint64_t *slice_ns)
         return false;
     }
     *seen = s;
+    if (g->e->busy_poll) return true; /* never sleeps: looks again at once */
     uint32_t t = te_notify_prepare(&g->backoff);
     if (atomic_load(&g->stop)) te_notify_cancel(&g->backoff);
     else te_notify_wait(&g->backoff, t, *slice_ns);
@@ -604,7 +605,10 @@ static void *worker_main(void *arg)
          * while we poll) wakes us at once; the timeout grows from 20 us to 1 ms while
          * nothing happens. Without wait objects, sleep for that long instead. */
         uint32_t t = te_notify_prepare(&g->wake);
-        if (!mpsc_empty(&g->subq) || !mpsc_empty(&g->ctlq) || atomic_load(&g->stop)) {
+        pthread_mutex_lock(&g->plock); /* the queues' consumer side belongs to the lock holder */
+        bool queued = !mpsc_empty(&g->subq) || !mpsc_empty(&g->ctlq);
+        pthread_mutex_unlock(&g->plock);
+        if (queued || atomic_load(&g->stop)) {
             te_notify_cancel(&g->wake);
             continue;
         }
