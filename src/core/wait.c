@@ -1,6 +1,7 @@
 #include "core/wait.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -33,11 +34,11 @@ int te_wait_until(const te_wait_spec *w)
 {
     pthread_once(&spin_once, pick_spin);
     uint64_t spin_until = 0, drive_until = 0;
-    bool moved_lately = true;
+    bool moved_lately = true, driving = w->drive != NULL;
     for (unsigned turn = 0;; turn++) {
         if (w->done(w->arg)) return 0;
         if (w->give_up && w->give_up(w->arg)) return -ESHUTDOWN;
-        int moved = w->drive ? w->drive(w->arg) : -1;
+        int moved = driving ? w->drive(w->arg, false) : -1;
         if (moved > 0) {
             if (w->done(w->arg)) return 0;
             moved_lately = true;
@@ -54,6 +55,10 @@ int te_wait_until(const te_wait_spec *w)
                 if ((turn & 63) == 0) sched_yield(); /* others may need this CPU */
                 continue;
             }
+            /* Nothing moved for a while: stop driving (a wake-up, or a slice that ends
+             * with the count still short, starts it again). */
+            w->drive(w->arg, true);
+            driving = false;
         }
         if (now < spin_until) continue;
         uint32_t t = te_notify_prepare(w->notify);
@@ -63,5 +68,10 @@ int te_wait_until(const te_wait_spec *w)
         }
         uint64_t left = w->deadline_ns - now;
         te_notify_wait(w->notify, t, left < SLEEP_SLICE_NS ? left : SLEEP_SLICE_NS);
+        if (w->drive && !driving) {
+            driving = true;
+            moved_lately = true;
+            turn = UINT_MAX; /* the next turn is 0: it reads the clock */
+        }
     }
 }

@@ -15,8 +15,9 @@ typedef struct te_wait_spec {
     bool (*done)(void *arg);        /* the condition (may also consume, e.g. take n) */
     bool (*give_up)(void *arg);     /* optional: stop waiting (engine stopped) */
     /* optional: one progress step; 1 something moved, 0 nothing (yet), < 0 cannot drive.
-     * The waiter keeps driving until nothing moved for a while, then sleeps. */
-    int (*drive)(void *arg);
+     * The waiter keeps driving until nothing moved for a while, then calls it once with
+     * `last` (hand progress back to whoever drives when no waiter does) and sleeps. */
+    int (*drive)(void *arg, bool last);
     void *arg;
     uint64_t deadline_ns;           /* te_deadline_ms(); UINT64_MAX = none */
 } te_wait_spec;

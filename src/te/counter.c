@@ -92,8 +92,9 @@ void te_counter_note_submit(te_counter *c, te_group *g)
 }
 
 /* One progress step on the group of c's pending operations: 1 if anything moved, 0 if
- * not (or another thread holds the lock), -1 if there is nothing this waiter can drive. */
-static int counter_drive(te_counter *c)
+ * not (or another thread holds the lock), -1 if there is nothing this waiter can drive.
+ * `last`: no step; the waiter stops driving, so the group's worker resumes now. */
+static int counter_drive(te_counter *c, bool last)
 {
     if (atomic_load_explicit(&c->mixed, memory_order_relaxed)) return -1;
     atomic_fetch_add_explicit(&c->peeking, 1, memory_order_seq_cst);
@@ -103,12 +104,17 @@ static int counter_drive(te_counter *c)
     bool entered = g && g->e->wait_drive && engine_enter(g->e) == 0;
     atomic_fetch_sub_explicit(&c->peeking, 1, memory_order_seq_cst);
     if (!entered) return -1;
-    int r = group_try_progress(g, true);
+    int r = 0;
+    if (last) group_resume_worker(g);
+    else r = group_try_progress(g, true);
     engine_leave(g->e);
     return r > 0 ? 1 : 0;
 }
 
-static int counter_drive_fn(void *arg) { return counter_drive(((struct counter_wait *)arg)->c); }
+static int counter_drive_fn(void *arg, bool last)
+{
+    return counter_drive(((struct counter_wait *)arg)->c, last);
+}
 
 
 /* Publishes the target, then checks: te_wait_until calls this after it announced itself

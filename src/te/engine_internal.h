@@ -145,6 +145,7 @@ typedef struct te_group {
     /* Held by whoever runs a progress step; every field below marked (P) is owned by it. */
     pthread_mutex_t plock;
     _Atomic uint64_t drive_seq; /* steps run by waiting threads: the worker backs off */
+    _Atomic bool resume;        /* a waiter stopped driving: the worker takes over now */
     _Atomic uint32_t queued;    /* operations submitted, completion not yet delivered */
     te_notify backoff;          /* a backed-off worker sleeps here (woken at stop) */
     uint32_t turns;             /* (P) steps run, for reading the clock every 32nd */
@@ -246,9 +247,12 @@ void worker_wake(te_group *g);
  * -EBUSY another thread holds the lock. `waiting`: the caller waits for a completion (the
  * worker then backs off while such steps keep coming). Caller is inside engine_enter. */
 int group_try_progress(te_group *g, bool waiting);
-/* For waits: one step on every group of e. 1 if anything moved, 0 if not, -1 if the
- * engine is stopping or waits do not drive (te_wait_spec.drive's convention). */
-int engine_drive(te_engine *e);
+/* A waiter that drove g and now goes to sleep: the backed-off worker resumes at once. */
+void group_resume_worker(te_group *g);
+/* For waits: one step on every group of e (or, `last`, resume their workers). 1 if
+ * anything moved, 0 if not, -1 if the engine is stopping or waits do not drive
+ * (te_wait_spec.drive's convention). */
+int engine_drive(te_engine *e, bool last);
 int worker_control(te_group *g, int kind, void *obj, int timeout_ms);
 void op_free(te_op *op);
 void worker_free_remaining(te_group *g);

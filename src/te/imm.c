@@ -296,10 +296,10 @@ static bool imm_took(void *arg)
     return try_take(w->c, w->n);
 }
 
-static int imm_drive(void *arg)
+static int imm_drive(void *arg, bool last)
 {
     imm_wait *w = arg;
-    return engine_drive(w->c->e);
+    return engine_drive(w->c->e, last);
 }
 
 static bool imm_engine_stopped(void *arg)

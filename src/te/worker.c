@@ -442,19 +442,29 @@ static bool step_locked(te_group *g)
 
 int group_try_progress(te_group *g, bool waiting)
 {
+    /* A waiter announces itself even when the lock is busy: the worker then backs off
+     * at its next turn instead of winning the lock again. */
+    if (waiting) atomic_fetch_add_explicit(&g->drive_seq, 1, memory_order_relaxed);
     if (pthread_mutex_trylock(&g->plock)) return -EBUSY;
     bool moved = step_locked(g);
     pthread_mutex_unlock(&g->plock);
-    if (waiting) atomic_fetch_add_explicit(&g->drive_seq, 1, memory_order_relaxed);
     return moved;
 }
 
-int engine_drive(te_engine *e)
+void group_resume_worker(te_group *g)
+{
+    atomic_store_explicit(&g->resume, true, memory_order_release);
+    te_notify_wake(&g->backoff);
+}
+
+int engine_drive(te_engine *e, bool last)
 {
     if (!e->wait_drive || engine_enter(e)) return -1;
     int moved = 0;
-    for (uint32_t k = 0; k < e->n_groups; k++)
-        if (group_try_progress(e->groups[k], true) > 0) moved = 1;
+    for (uint32_t k = 0; k < e->n_groups; k++) {
+        if (last) group_resume_worker(e->groups[k]);
+        else if (group_try_progress(e->groups[k], true) > 0) moved = 1;
+    }
     engine_leave(e);
     return moved;
 }
@@ -550,6 +560,7 @@ static int idle_block(te_group *g, uint64_t timeout_ns)
 static bool backed_off(te_group *g, uint64_t *seen, uint64_t *slice_ns)
 {
     uint64_t s = atomic_load_explicit(&g->drive_seq, memory_order_relaxed);
+    if (atomic_exchange_explicit(&g->resume, false, memory_order_acquire)) *seen = s; /* handed back */
     if (s == *seen) {
         *slice_ns = BACKOFF_MIN_NS;
         return false;
@@ -631,6 +642,7 @@ int worker_start(te_group *g)
     pthread_mutex_init(&g->plock, NULL);
     te_notify_init(&g->backoff);
     atomic_init(&g->drive_seq, 0);
+    atomic_init(&g->resume, false);
     atomic_init(&g->queued, 0);
     mpsc_init(&g->subq);
     mpsc_init(&g->ctlq);

@@ -1,0 +1,52 @@
+#!/bin/sh
+# The small-operation rows of docs/performance.md (fabric-debug section): 4 KiB and
+# 64 KiB single writes, one write in flight, immediate round trip; engine against raw
+# libfabric in the same run, on shm and tcp, with libfabric 1.17 and 2.x, shm also with
+# busy polling. Builds fabric-debug only (no CUDA needed). Usage, from the repo root:
+#   sh tools/fabric-debug/run_small_ops.sh
+# Optional: LF117=prefix with libfabric 1.17 headers (default .deps/usr if present),
+# LF2=prefix of libfabric 2.x (default .lf2, else ~/.cache/tendril/libfabric-2.1.0-cuda),
+# REPS (default 5), OUT (default ./fd-out). Logs and a summary under $OUT.
+OUT=${OUT:-$PWD/fd-out}
+REPS=${REPS:-5}
+mkdir -p "$OUT"
+J=$(nproc)
+LF117=${LF117:-}
+[ -z "$LF117" ] && [ -d "$PWD/.deps/usr" ] && LF117=$PWD/.deps/usr
+LF2=${LF2:-}
+[ -z "$LF2" ] && [ -d "$PWD/.lf2" ] && LF2=$PWD/.lf2
+[ -z "$LF2" ] && [ -d "$HOME/.cache/tendril/libfabric-2.1.0-cuda" ] && LF2=$HOME/.cache/tendril/libfabric-2.1.0-cuda
+[ -n "$LF117" ] && export LD_LIBRARY_PATH=$LF117/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH
+
+build() { # dir prefix
+    P=""; [ -n "$2" ] && P="-DCMAKE_PREFIX_PATH=$2"
+    cmake -S . -B "$1" -DTENDRIL_CUDA=OFF $P >"$OUT/cfg-$(basename "$1").log" 2>&1 &&
+        cmake --build "$1" -j"$J" --target fabric-debug >"$OUT/build-$(basename "$1").log" 2>&1
+}
+build /tmp/tendril-fd-117 "$LF117" || { echo "build with libfabric 1.17 failed: $OUT"; exit 1; }
+HAVE2=0
+[ -n "$LF2" ] && build /tmp/tendril-fd-lf2 "$LF2" && HAVE2=1
+
+ARGS="--only single,latency --sizes 4K,64K --reps $REPS"
+run() { # name env... -- binary provider
+    name=$1; shift
+    echo "== $name: $*" >"$OUT/$name.txt"
+    env "$@" >>"$OUT/$name.txt" 2>&1
+}
+{ nproc; uname -r; lscpu | grep -E "Model name|^CPU\(s\)"; } >"$OUT/machine.txt" 2>&1
+F117=/tmp/tendril-fd-117/bin/fabric-debug
+run 117-shm TENDRIL_LOG=warn $F117 local --provider shm $ARGS
+run 117-shm-busy TENDRIL_BUSY_POLL=1 $F117 local --provider shm $ARGS
+run 117-tcp TENDRIL_LOG=warn $F117 local --provider tcp $ARGS
+run 117-tcp-busy TENDRIL_BUSY_POLL=1 $F117 local --provider tcp $ARGS
+if [ $HAVE2 = 1 ]; then
+    F2=/tmp/tendril-fd-lf2/bin/fabric-debug
+    run lf2-shm LD_LIBRARY_PATH=$LF2/lib $F2 local --provider shm $ARGS
+    run lf2-shm-busy LD_LIBRARY_PATH=$LF2/lib TENDRIL_BUSY_POLL=1 $F2 local --provider shm $ARGS
+    run lf2-tcp LD_LIBRARY_PATH=$LF2/lib $F2 local --provider tcp $ARGS
+fi
+for f in "$OUT"/machine.txt "$OUT"/117-*.txt "$OUT"/lf2-*.txt; do
+    [ -f "$f" ] || continue
+    echo "=== $(basename "$f" .txt)"
+    grep -E "^==|^single|engine  |raw provider|KiB  " "$f"
+done
