@@ -108,7 +108,7 @@ static int counter_drive(te_counter *c, bool last)
     if (last) group_resume_worker(g);
     else r = group_try_progress(g, true);
     engine_leave(g->e);
-    return r > 0 ? 1 : 0;
+    return r > 0 && (r & PROGRESS_MOVED) ? 1 : 0;
 }
 
 static int counter_drive_fn(void *arg, bool last)

@@ -148,6 +148,8 @@ typedef struct te_group {
     _Atomic bool resume;        /* a waiter stopped driving: the worker takes over now */
     _Atomic uint32_t queued;    /* operations submitted, completion not yet delivered */
     te_notify backoff;          /* a backed-off worker sleeps here (woken at stop) */
+    _Atomic(struct te_op *) op_cache; /* freed operations for reuse (op_cache.c) */
+    _Atomic uint32_t op_cache_n;
     uint32_t turns;             /* (P) steps run, for reading the clock every 32nd */
     uint32_t idx;
     int cuda_device;
@@ -243,9 +245,11 @@ int worker_start(te_group *g);
 void worker_join(te_group *g);
 void worker_submit(te_group *g, te_op *op);
 void worker_wake(te_group *g);
-/* Runs one progress step on g if its lock is free: 1 something moved, 0 nothing did,
- * -EBUSY another thread holds the lock. `waiting`: the caller waits for a completion (the
- * worker then backs off while such steps keep coming). Caller is inside engine_enter. */
+/* Runs one progress step on g if its lock is free: -EBUSY if another thread holds it,
+ * else PROGRESS_MOVED if anything moved, | PROGRESS_PENDING if operations are still
+ * queued or in flight after it. `waiting`: the caller waits for a completion (the worker
+ * then backs off while such steps keep coming). Caller is inside engine_enter. */
+enum { PROGRESS_MOVED = 1, PROGRESS_PENDING = 2 };
 int group_try_progress(te_group *g, bool waiting);
 /* A waiter that drove g and now goes to sleep: the backed-off worker resumes at once. */
 void group_resume_worker(te_group *g);
@@ -254,8 +258,13 @@ void group_resume_worker(te_group *g);
  * (te_wait_spec.drive's convention). */
 int engine_drive(te_engine *e, bool last);
 int worker_control(te_group *g, int kind, void *obj, int timeout_ms);
-void op_free(te_op *op);
+void op_free(te_group *g, te_op *op); /* releases what it holds; recycles it (op_cache.c) */
 void worker_free_remaining(te_group *g);
+
+/* ---- op_cache.c: recycled operation objects ---- */
+te_op *op_cache_get(te_group *g);          /* any thread; uninitialised, or NULL */
+void op_cache_put(te_group *g, te_op *op); /* under g's progress lock */
+void op_cache_drain(te_group *g);          /* at stop, the worker joined */
 
 /* ---- pages.c ---- */
 void te_pages_retain_internal(te_pages *p);

@@ -65,12 +65,12 @@ static int check_route(const te_group *g, te_route r, const char *fn)
     return 0;
 }
 
-/* An operation with every field zeroed except the destination descriptor (1.1 KB for
- * four NICs of 255-byte addresses), which op_set_dst fills for the NICs in use only:
- * zeroing and copying it whole was a visible part of a 4 KiB write's cost. */
-static te_op *op_new(void)
+/* An operation (recycled, op_cache.c) with every field zeroed except the destination
+ * descriptor (1.1 KB for four NICs of 255-byte addresses), which op_set_dst fills for the
+ * NICs in use only: zeroing and copying it whole was a visible part of a small write's cost. */
+static te_op *op_new(te_group *g)
 {
-    te_op *op = malloc(sizeof *op);
+    te_op *op = op_cache_get(g);
     if (!op) {
         te_err(-ENOMEM, "out of memory for an operation");
         return NULL;
@@ -102,7 +102,7 @@ static int submit(te_engine *e, te_group *g, te_op *op, const te_completion *c)
     if (atomic_fetch_add_explicit(&g->queued, 1, memory_order_relaxed) >= e->max_queued_ops) {
         atomic_fetch_sub_explicit(&g->queued, 1, memory_order_relaxed);
         op->src = NULL; /* no reference was taken yet */
-        op_free(op);
+        op_free(g, op);
         /* A caller that retries at once should find room: complete what is done now. */
         group_try_progress(g, false);
         return te_err(-EAGAIN, "group %u already has %u operations waiting for completion "
@@ -152,7 +152,7 @@ int te_write(te_engine *e, const te_write_args *a, const te_completion *c)
             FAIL(te_err(-EMSGSIZE, "te_write: shard of %llu bytes exceeds NIC %s's largest message "
                                    "(%zu); use more shards or several writes",
                         (unsigned long long)shard, g->nic[k].info.name, g->nic[k].info.max_msg));
-    te_op *op = op_new();
+    te_op *op = op_new(g);
     if (!op) FAIL(-ENOMEM);
     op->kind = OP_WRITE;
     op->src = a->src;
@@ -214,7 +214,7 @@ int te_write_paged(te_engine *e, const te_paged_args *a, const te_completion *c)
             FAIL(te_err(-ERANGE, "te_write_paged: destination page %u ends beyond the remote region "
                                  "of %llu bytes", dm, (unsigned long long)a->dst->len));
     }
-    te_op *op = op_new();
+    te_op *op = op_new(g);
     if (!op) FAIL(-ENOMEM);
     op->kind = OP_PAGED;
     op->src = a->src;
@@ -278,7 +278,7 @@ int te_write_scatter(te_engine *e, const te_scatter_args *a, const te_completion
                                        "NIC %s's largest message", t, (unsigned long long)piece,
                             g->nic[k].info.name));
     }
-    te_op *op = op_new();
+    te_op *op = op_new(g);
     te_target *ts = calloc(a->n_targets, sizeof *ts);
     if (!op || !ts) {
         free(op);
@@ -314,7 +314,7 @@ int te_write_imm(te_engine *e, uint32_t imm, const te_mr_desc *dst, te_route rou
     int r;
     if ((r = check_dst(g, dst, 0, 0, fn, "dst"))) FAIL(r);
     if ((r = check_route(g, route, fn))) FAIL(r);
-    te_op *op = op_new();
+    te_op *op = op_new(g);
     if (!op) FAIL(-ENOMEM);
     op->kind = OP_IMM;
     op_set_dst(op, dst);
@@ -343,7 +343,7 @@ int te_barrier(te_engine *e, uint32_t imm, const te_mr_desc *dsts, size_t n, te_
         snprintf(what, sizeof what, "dsts[%zu]", k);
         if ((r = check_dst(g, &dsts[k], 0, 0, fn, what))) FAIL(r);
     }
-    te_op *op = op_new();
+    te_op *op = op_new(g);
     te_mr_desc *copy = malloc((n ? n : 1) * sizeof *copy);
     if (!op || !copy) {
         free(op);
@@ -372,7 +372,7 @@ int te_send(te_engine *e, const te_addr *dst, const void *buf, size_t len, const
     if (len && !buf) FAIL(te_err(-EINVAL, "te_send: buf is NULL with len %zu", len));
     if (len > e->max_msg_size)
         FAIL(te_err(-EMSGSIZE, "te_send: %zu bytes exceed max_msg_size %u", len, e->max_msg_size));
-    te_op *op = op_new();
+    te_op *op = op_new(e->groups[0]);
     void *copy = malloc(len ? len : 1);
     if (!op || !copy) {
         free(op);

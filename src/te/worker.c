@@ -35,9 +35,11 @@
 #define BACKOFF_MIN_NS 50000ull  /* a worker that saw waiters drive sleeps this long, then looks */
 #define BACKOFF_MAX_NS 800000ull /* again, doubling while they keep driving */
 
+static void after_caller_step(te_group *g, int r);
+
 /* ------------------------------------------------------------- op lifecycle --- */
 
-void op_free(te_op *op)
+void op_free(te_group *g, te_op *op)
 {
     if (op->src) atomic_fetch_sub(&op->src->inflight, 1);
     switch (op->kind) {
@@ -59,7 +61,7 @@ void op_free(te_op *op)
     default:
         break;
     }
-    free(op);
+    op_cache_put(g, op);
 }
 
 static void inflight_add(te_group *g, te_op *op)
@@ -116,7 +118,7 @@ static void op_check(te_group *g, te_op *op)
     op_complete_user(g, op);
     inflight_del(g, op);
     if (op->kind == OP_SEND && op->u.send.mr_held) g->nic[0].ops->mr_dereg(g->nic[0].tp, &op->u.send.mr);
-    op_free(op);
+    op_free(g, op);
 }
 
 /* ----------------------------------------------------------------- posting ---- */
@@ -343,8 +345,7 @@ int worker_control(te_group *g, int kind, void *obj, int timeout_ms)
     c->kind = kind;
     c->obj = obj;
     mpsc_push(&g->ctlq, &c->qnode);
-    group_try_progress(g, false); /* handled here if nobody is in a step */
-    worker_wake(g);
+    after_caller_step(g, group_try_progress(g, false)); /* handled here if nobody is in a step */
     uint64_t deadline = te_deadline_ms(timeout_ms);
     while (!atomic_load(&c->done)) {
         uint32_t t = te_notify_prepare(&g->ctl_done);
@@ -379,8 +380,7 @@ void worker_submit(te_group *g, te_op *op)
     /* Post it from this thread when nobody else is in a step (the common case for one
      * submitting thread); otherwise the lock holder or the worker takes it from the queue.
      * The worker is woken only if it sleeps: it must poll what was posted here. */
-    group_try_progress(g, false);
-    worker_wake(g);
+    after_caller_step(g, group_try_progress(g, false));
 }
 
 /* ------------------------------------------------------------------- step ---- */
@@ -446,9 +446,18 @@ int group_try_progress(te_group *g, bool waiting)
      * at its next turn instead of winning the lock again. */
     if (waiting) atomic_fetch_add_explicit(&g->drive_seq, 1, memory_order_relaxed);
     if (pthread_mutex_trylock(&g->plock)) return -EBUSY;
-    bool moved = step_locked(g);
+    int r = step_locked(g) ? PROGRESS_MOVED : 0;
+    if (g->inflight_head || !mpsc_empty(&g->subq) || !mpsc_empty(&g->ctlq)) r |= PROGRESS_PENDING;
     pthread_mutex_unlock(&g->plock);
-    return moved;
+    return r;
+}
+
+/* After a caller's step: the worker must poll what is still in flight unless a waiter
+ * will; it is woken only if it sleeps (one load otherwise). An operation that completed
+ * within the caller's own step needs nobody. */
+static void after_caller_step(te_group *g, int r)
+{
+    if (r < 0 || (r & PROGRESS_PENDING)) worker_wake(g);
 }
 
 void group_resume_worker(te_group *g)
@@ -463,7 +472,10 @@ int engine_drive(te_engine *e, bool last)
     int moved = 0;
     for (uint32_t k = 0; k < e->n_groups; k++) {
         if (last) group_resume_worker(e->groups[k]);
-        else if (group_try_progress(e->groups[k], true) > 0) moved = 1;
+        else {
+            int r = group_try_progress(e->groups[k], true);
+            if (r > 0 && (r & PROGRESS_MOVED)) moved = 1;
+        }
     }
     engine_leave(e);
     return moved;
@@ -485,7 +497,7 @@ static void drain_at_exit(te_group *g)
         inflight_add(g, op);
         op_complete_user(g, op);
         inflight_del(g, op);
-        op_free(op);
+        op_free(g, op);
     }
     for (te_op *op = g->inflight_head; op; op = op->next) {
         op_fail(op, -ECANCELED, "engine stopped with the operation in flight");
@@ -678,6 +690,7 @@ void worker_free_remaining(te_group *g)
         te_op *op = g->inflight_head;
         inflight_del(g, op);
         if (op->kind == OP_SEND && op->u.send.mr_held) op->u.send.mr_held = false;
-        op_free(op);
+        op_free(g, op);
     }
+    op_cache_drain(g);
 }
