@@ -1,8 +1,9 @@
 #!/bin/sh
-# The small-operation rows of docs/performance.md (fabric-debug section): 4 KiB and
-# 64 KiB single writes, one write in flight, immediate round trip; engine against raw
-# libfabric in the same run, on shm and tcp, with libfabric 1.17 and 2.x, shm also with
-# busy polling. Builds fabric-debug only (no CUDA needed). Usage, from the repo root:
+# The fabric-debug section of docs/performance.md on one machine: the full tables (shm,
+# tcp, libfabric 1.17), the small-operation rows (4 KiB and 64 KiB single writes, one
+# write in flight, immediate round trip) with busy polling and with libfabric 2.x, and
+# the engine's own ceiling (bench/engine_ceiling). Engine against raw libfabric in the
+# same run throughout. Builds without CUDA. Usage, from the repo root:
 #   sh tools/fabric-debug/run_small_ops.sh
 # Optional: LF117=prefix with libfabric 1.17 headers (default .deps/usr if present),
 # LF2=prefix of libfabric 2.x (default .lf2, else ~/.cache/tendril/libfabric-2.1.0-cuda),
@@ -21,7 +22,7 @@ LF2=${LF2:-}
 build() { # dir prefix
     P=""; [ -n "$2" ] && P="-DCMAKE_PREFIX_PATH=$2"
     cmake -S . -B "$1" -DTENDRIL_CUDA=OFF $P >"$OUT/cfg-$(basename "$1").log" 2>&1 &&
-        cmake --build "$1" -j"$J" --target fabric-debug >"$OUT/build-$(basename "$1").log" 2>&1
+        cmake --build "$1" -j"$J" --target fabric-debug engine_ceiling >"$OUT/build-$(basename "$1").log" 2>&1
 }
 build /tmp/tendril-fd-117 "$LF117" || { echo "build with libfabric 1.17 failed: $OUT"; exit 1; }
 HAVE2=0
@@ -35,6 +36,9 @@ run() { # name env... -- binary provider
 }
 { nproc; uname -r; lscpu | grep -E "Model name|^CPU\(s\)"; } >"$OUT/machine.txt" 2>&1
 F117=/tmp/tendril-fd-117/bin/fabric-debug
+run ceiling /tmp/tendril-fd-117/bin/engine_ceiling --reps 7
+run 117-shm-full TENDRIL_LOG=warn $F117 local --provider shm --reps 3
+run 117-tcp-full TENDRIL_LOG=warn $F117 local --provider tcp --reps 3
 run 117-shm TENDRIL_LOG=warn $F117 local --provider shm $ARGS
 run 117-shm-busy TENDRIL_BUSY_POLL=1 $F117 local --provider shm $ARGS
 run 117-tcp TENDRIL_LOG=warn $F117 local --provider tcp $ARGS
@@ -45,8 +49,8 @@ if [ $HAVE2 = 1 ]; then
     run lf2-shm-busy LD_LIBRARY_PATH=$LF2/lib TENDRIL_BUSY_POLL=1 $F2 local --provider shm $ARGS
     run lf2-tcp LD_LIBRARY_PATH=$LF2/lib $F2 local --provider tcp $ARGS
 fi
-for f in "$OUT"/machine.txt "$OUT"/117-*.txt "$OUT"/lf2-*.txt; do
+for f in "$OUT"/machine.txt "$OUT"/ceiling.txt "$OUT"/117-*.txt "$OUT"/lf2-*.txt; do
     [ -f "$f" ] || continue
     echo "=== $(basename "$f" .txt)"
-    grep -E "^==|^single|engine  |raw provider|KiB  " "$f"
+    grep -E "^==|^single|^paged|engine  |raw provider|KiB  |engine_ceiling:|^[0-9]|Model" "$f"
 done
