@@ -33,7 +33,7 @@
 #define STOP_DRAIN_NS 1000000000ull /* posted work may finish this long at stop */
 #define ACTIVE_WINDOW_NS 2000000ull /* keep polling this long after the last progress */
 #define BACKOFF_MIN_NS 50000ull  /* a worker that saw waiters drive sleeps this long, then looks */
-#define BACKOFF_MAX_NS 800000ull /* again, doubling while they keep driving */
+#define BACKOFF_MAX_NS 200000ull /* again, doubling while they keep driving */
 
 static void after_caller_step(te_group *g, int r);
 
