@@ -22,6 +22,7 @@ typedef struct tp_mr {
     void *handle;     /* backend MR object */
     void *desc;       /* local descriptor passed with work requests (may be NULL) */
     uint64_t rkey;    /* remote key published in te_mr_desc */
+    bool target_polled; /* backend's own: this region keeps the NIC polling (fabric.c) */
 } tp_mr;
 
 typedef struct tp_write {
