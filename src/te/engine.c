@@ -10,7 +10,6 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "te/engine_internal.h"
-#include "transport/verbs.h"
 
 #define DEFAULT_OP_TIMEOUT_MS 30000u
 #define DEFAULT_MAX_MSG 65536u
@@ -104,59 +103,6 @@ te_group *engine_group_for_device(te_engine *e, int device, int *err)
     return NULL;
 }
 
-#ifdef TENDRIL_HAVE_VERBS
-static bool uses_verbs(const te_engine *e) { return !strcmp(e->provider, "verbs"); }
-#endif
-
-/* "verbs" selects the ibverbs backend for every NIC; "auto" tries efa, then verbs (only
- * where an RDMA device is present: elsewhere auto is exactly the libfabric choice), then
- * tcp. Anything else is a libfabric provider name. */
-static int pick_provider(const char *want, char *out, size_t cap)
-{
-    bool is_auto = !want || !*want || !strcmp(want, "auto");
-#ifdef TENDRIL_HAVE_VERBS
-    if (want && !strcmp(want, "verbs")) {
-        snprintf(out, cap, "verbs");
-        return 0;
-    }
-    if (is_auto && tp_verbs_list_devices(NULL, 0) > 0) {
-        if (tp_fabric_pick_provider("efa", out, cap) == 0) return 0;
-        te_err_clear();
-        snprintf(out, cap, "verbs");
-        return 0;
-    }
-#else
-    if (want && !strcmp(want, "verbs"))
-        return te_err(-ENODEV, "provider verbs: this build of tendril has no ibverbs support "
-                               "(libibverbs headers were not found at build time)");
-#endif
-    (void)is_auto;
-    return tp_fabric_pick_provider(want, out, cap);
-}
-
-static int list_nics(const te_engine *e, char names[][64], int max)
-{
-#ifdef TENDRIL_HAVE_VERBS
-    if (uses_verbs(e)) {
-        int n = tp_verbs_list_devices(names, max);
-        if (n == 0)
-            return te_err(-ENODEV, "provider verbs: no RDMA device (ibv_get_device_list found "
-                                   "none; name one, e.g. mlx5_0, in te_group_config.nics)");
-        return n > max ? max : n;
-    }
-#endif
-    return tp_fabric_list_domains(e->provider, names, max);
-}
-
-static const tp_ops *backend_ops(const te_engine *e)
-{
-#ifdef TENDRIL_HAVE_VERBS
-    if (uses_verbs(e)) return &tp_verbs_ops;
-#endif
-    (void)e;
-    return &tp_fabric_ops;
-}
-
 static int open_group(te_engine *e, uint32_t gi, const te_group_config *gc)
 {
     te_group *g = calloc(1, sizeof *g);
@@ -181,7 +127,7 @@ static int open_group(te_engine *e, uint32_t gi, const te_group_config *gc)
         names[k] = gc->nics[k];
         if (!names[k]) {
             if (n_listed < 0) {
-                n_listed = list_nics(e, listed, TE_MAX_NICS * 4);
+                n_listed = e->backend->list_nics(e->provider, listed, TE_MAX_NICS * 4);
                 if (n_listed < 0) return n_listed;
             }
             if ((int)k >= n_listed)
@@ -195,7 +141,7 @@ static int open_group(te_engine *e, uint32_t gi, const te_group_config *gc)
     }
     for (uint32_t k = 0; k < g->n_nics; k++) {
         te_nic_state *n = &g->nic[k];
-        n->ops = backend_ops(e);
+        n->ops = e->backend->ops;
         tp_open_args a = {.provider = e->provider, .nic = names[k], .hmem = g->cuda_device >= 0};
         int r = n->ops->open(&a, &n->tp);
         if (r) return te_err(r, "group %u NIC %u: %s", gi, k, te_last_error());
@@ -304,7 +250,8 @@ int te_engine_create(const te_config *user_cfg, te_engine **out)
     e->wait_drive = !(drive && !strcmp(drive, "0"));
     e->n_groups = cfg.n_groups;
 
-    r = pick_provider(cfg.provider, e->provider, sizeof e->provider);
+    /* The backend table (src/transport/backends.c) resolves the provider name. */
+    r = tp_backend_select(cfg.provider, &e->backend, e->provider, sizeof e->provider);
     for (uint32_t gi = 0; !r && gi < cfg.n_groups; gi++) r = open_group(e, gi, &cfg.groups[gi]);
     free(st);
     if (!r) r = callbacks_start(e);

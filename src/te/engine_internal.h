@@ -174,6 +174,7 @@ typedef struct te_cb_event te_cb_event;
 enum engine_state { ENGINE_RUNNING = 0, ENGINE_STOPPING, ENGINE_STOPPED };
 
 struct te_engine {
+    const tp_backend *backend; /* serves every NIC of the engine */
     char provider[64];
     uint32_t op_timeout_ms;
     uint32_t max_msg_size;

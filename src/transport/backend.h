@@ -95,15 +95,39 @@ typedef struct tp_ops {
     int (*poll)(tp_nic *n, tp_event *ev, int max);
 } tp_ops;
 
-extern const tp_ops tp_fabric_ops;
+/* ------------------------------------------------------------- backends ---- */
 
-/* Resolves "auto" and short names to a libfabric provider string that offers RDM
- * endpoints with RMA and remote CQ data ("tcp" -> "tcp;ofi_rxm"). 0 or -ENODEV. */
-int tp_fabric_pick_provider(const char *want, char *out, size_t cap);
-/* Lists up to max domain names of a provider; returns the count (>= 0) or -errno. */
-int tp_fabric_list_domains(const char *provider, char names[][64], int max);
-/* The TP_EV_* kind of a libfabric completion with these fi_cq_data_entry flags
- * (exposed for the unit test of the per-provider flag sets it must accept). */
-int tp_fabric_classify(uint64_t flags);
+/* One way of serving "auto": a probe that fills `out` with a provider string and
+ * returns 0 where this backend can run here, or a negative errno where it cannot. Choices
+ * of all backends are tried in ascending `rank` (efa 10, verbs 20, tcp 30), so
+ * backends interleave without knowing each other. */
+typedef struct tp_auto_choice {
+    int rank;
+    const char *label;  /* for the error message when nothing is usable */
+    int (*probe)(char *out, size_t cap);
+} tp_auto_choice;
+
+/* A backend as the engine sees it. Each backend's folder defines one of these; the
+ * table in backends.c lists them. Adding a backend = its folder + one table entry. */
+typedef struct tp_backend {
+    const char *name;   /* "libfabric", "ibverbs" */
+    const tp_ops *ops;  /* NULL where this build lacks the backend's library */
+    /* True if this backend serves the provider string `want` (never "auto"). */
+    bool (*claims)(const char *want);
+    /* Turns a claimed string into the provider string NICs open with ("tcp" ->
+     * "tcp;ofi_rxm"). 0, or a negative errno with te_last_error set. */
+    int (*resolve)(const char *want, char *out, size_t cap);
+    /* Lists up to max NIC names of `provider` (as resolved); the count (>= 0) or -errno. */
+    int (*list_nics)(const char *provider, char names[][64], int max);
+    const tp_auto_choice *auto_choices;
+    size_t n_auto_choices;
+} tp_backend;
+
+/* NULL-terminated, in claim order: the first backend that claims a string gets it. */
+extern const tp_backend *const tp_backends[];
+
+/* Picks the backend and provider string for a user's provider name ("auto", NULL or ""
+ * for the best one present). 0, or a negative errno with te_last_error set. */
+int tp_backend_select(const char *want, const tp_backend **backend, char *provider, size_t cap);
 
 #endif

@@ -1,5 +1,5 @@
 /* Unit test of the libfabric completion classification (tp_fabric_classify in
- * src/transport/fabric.c) on the flag sets the providers were measured to produce:
+ * src/transport/fabric/fabric.c) on the flag sets the providers were measured to produce:
  * a remote write's CQ-data entry must count as an immediate whatever else the provider
  * sets, and the engine's own completions must keep their kinds. */
 #include <setjmp.h>
@@ -10,7 +10,7 @@
 #include <cmocka.h>
 #include <rdma/fabric.h>
 
-#include "transport/backend.h"
+#include "transport/fabric/fabric.h"
 
 static void remote_write_with_data_is_imm(void **state)
 {

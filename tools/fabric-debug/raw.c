@@ -60,7 +60,7 @@ int raw_open(const char *provider, const char *nic, bool hmem, raw_ep **out, cha
     }
     r->mr_mode = r->info->domain_attr->mr_mode;
     r->next_key = 1;
-    /* Like the engine (src/transport/fabric.c): writes complete on delivery, except on shm. */
+    /* Like the engine (src/transport/fabric/fabric.c): writes complete on delivery, except on shm. */
     r->write_flags = strcmp(r->info->fabric_attr->prov_name, "shm") ? FI_DELIVERY_COMPLETE : 0;
     struct fi_cq_attr cqa = {.format = FI_CQ_FORMAT_DATA, .wait_obj = FI_WAIT_NONE};
     struct fi_av_attr ava = {.type = FI_AV_UNSPEC};

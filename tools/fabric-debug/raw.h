@@ -1,7 +1,7 @@
 /* The raw-provider baseline of fabric-debug: the same workloads written with plain
  * libfabric calls on one thread (no engine, no queues, no callbacks), so the engine's
  * overhead shows up as a ratio in the same run. Deliberately minimal and separate from
- * src/transport/fabric.c: it is the yardstick, not a second implementation. */
+ * src/transport/fabric/fabric.c: it is the yardstick, not a second implementation. */
 #ifndef FABRIC_DEBUG_RAW_H
 #define FABRIC_DEBUG_RAW_H
 

@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 #include "core/varint.h"
-#include "transport/verbs_logic.h"
+#include "transport/verbs/verbs_logic.h"
 
 /* ------------------------------------------------------------ UD address ---- */
 

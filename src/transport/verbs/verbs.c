@@ -19,8 +19,8 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "cuda/cuda_loader.h"
-#include "transport/verbs.h"
-#include "transport/verbs_logic.h"
+#include "transport/verbs/verbs.h"
+#include "transport/verbs/verbs_logic.h"
 
 #define UD_SLOT 128 /* GRH (40) + handshake (<= TV_HS_MAX) */
 #define CHAIN_MAX 16

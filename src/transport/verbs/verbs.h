@@ -1,9 +1,13 @@
-/* The ibverbs (ConnectX RC) backend: declared only in builds with libibverbs
- * (TENDRIL_HAVE_VERBS). Design and limits: docs/verbs.md. */
+/* The ibverbs (ConnectX RC) backend. Its descriptor exists in every build (so that
+ * "verbs" gets a clear error where libibverbs was missing at build time); the vtable and
+ * device listing only in builds with libibverbs (TENDRIL_HAVE_VERBS). Design and limits:
+ * docs/verbs.md. */
 #ifndef TENDRIL_TRANSPORT_VERBS_H
 #define TENDRIL_TRANSPORT_VERBS_H
 
 #include "transport/backend.h"
+
+extern const tp_backend tp_verbs_backend;
 
 #ifdef TENDRIL_HAVE_VERBS
 extern const tp_ops tp_verbs_ops;

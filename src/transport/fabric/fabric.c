@@ -21,7 +21,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "cuda/cuda_loader.h"
-#include "transport/backend.h"
+#include "transport/fabric/fabric.h"
 
 #define TP_FI_VERSION FI_VERSION(1, 17)
 #define FI_HDR_VERSION FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION)
@@ -105,24 +105,11 @@ static int query(const char *provider, const char *domain, struct fi_info **out)
     return query_hmem(provider, domain, false, out);
 }
 
+/* "auto" is resolved above the backends (backend.h's auto choices; fabric_backend.c
+ * probes "efa" and "tcp;ofi_rxm" through this function). */
 int tp_fabric_pick_provider(const char *want, char *out, size_t cap)
 {
-    static const char *auto_order[] = {"efa", "tcp;ofi_rxm"};
     struct fi_info *list = NULL;
-    if (!want || !*want || !strcmp(want, "auto")) {
-        for (size_t k = 0; k < sizeof auto_order / sizeof *auto_order; k++) {
-            if (query(auto_order[k], NULL, &list) == 0) {
-                int ok = pick_info(list, NULL) != NULL;
-                fi_freeinfo(list);
-                if (ok) {
-                    snprintf(out, cap, "%s", auto_order[k]);
-                    return 0;
-                }
-            }
-        }
-        return te_err(-ENODEV, "provider auto: neither efa nor tcp;ofi_rxm offers RDM endpoints "
-                               "with RMA and remote CQ data here");
-    }
     /* The name as given, then layered over the RxM utility provider. */
     char layered[96];
     snprintf(layered, sizeof layered, "%s;ofi_rxm", want);
