@@ -16,8 +16,8 @@
 #include "tendril/te.h"
 
 #ifdef TENDRIL_HAVE_VERBS
-#include "transport/verbs.h"
-#include "transport/verbs_logic.h"
+#include "transport/verbs/verbs.h"
+#include "transport/verbs/verbs_logic.h"
 
 static tv_handshake sample_hs(int kind)
 {
