@@ -20,10 +20,9 @@
 #include "core/mpsc.h"
 #include "core/notify.h"
 #include "te/imm.h"
+#include "te/sharding.h"
 #include "tendril/te.h"
 #include "transport/backend.h"
-
-enum op_kind { OP_WRITE = 1, OP_PAGED, OP_SCATTER, OP_IMM, OP_BARRIER, OP_SEND };
 
 /* Context tags in the low bits of a work request's context pointer, so completions
  * (including error completions) are classified without trusting provider opcodes. */
@@ -275,7 +274,7 @@ void te_counter_bump_internal(te_counter *c, bool failed);
 /* At submission, before the operation is queued: lets waiters on c drive g's progress. */
 void te_counter_note_submit(te_counter *c, te_group *g);
 
-/* ---- domain_group.c: the sharding rules ---- */
+/* ---- domain_group.c: the sharding rule (sharding.c) applied to a live group ---- */
 int dg_plan(te_group *g, te_op *op, char *msg, size_t msg_cap);
 void dg_build(te_group *g, te_portion *p, uint32_t j, tp_write *w);
 int dg_resolve(te_group *g, uint32_t nic, const te_addr *addr, tp_peer *out);

@@ -12,8 +12,6 @@
 #include "core/error.h"
 #include "te/engine_internal.h"
 
-#define SHARD_ALIGN 8192u
-
 /* end = off + len must not overflow and must stay within size. */
 static bool in_bounds(uint64_t off, uint64_t len, uint64_t size)
 {
@@ -141,12 +139,8 @@ int te_write(te_engine *e, const te_write_args *a, const te_completion *c)
     te_group *g = e->groups[a->src->group];
     if ((r = check_dst(g, a->dst, a->dst_offset, a->len, fn, "dst"))) FAIL(r);
     if ((r = check_route(g, a->route, fn))) FAIL(r);
-    uint32_t shards = a->route.kind == TE_ROUTE_PINNED ? 1 : (a->route.n ? a->route.n : g->n_nics);
-    /* ceil(len/s) rounded up to 8 KiB: the original's floor division could drop the tail
-     * (16385 bytes over 2 shards). Shard sizes are identical whenever nothing was lost. */
-    uint64_t shard = (a->len + shards - 1) / shards;
-    shard = (shard + SHARD_ALIGN - 1) / SHARD_ALIGN * SHARD_ALIGN;
-    if (a->route.kind == TE_ROUTE_PINNED) shard = a->len;
+    uint32_t shards = shard_write_count(a->route, g->n_nics);
+    uint64_t shard = a->route.kind == TE_ROUTE_PINNED ? a->len : shard_write_size(a->len, shards);
     for (uint32_t k = 0; k < g->n_nics; k++)
         if (shard > g->nic[k].info.max_msg)
             FAIL(te_err(-EMSGSIZE, "te_write: shard of %llu bytes exceeds NIC %s's largest message "
