@@ -1,8 +1,9 @@
-/* The sharding rules of domain_group.c for 1..4 NICs, checked exhaustively: every byte is
- * written exactly once, each work request uses the local descriptor, remote key and peer
- * of the NIC that posts it, and the immediate counts match te.h's table. The transport
- * here is a stub that only resolves addresses; the real one is exercised by the
- * integration tests. */
+/* The sharding rule (src/te/sharding.c) on plain inputs, for 1..4 NICs, every cursor
+ * position, every op kind and every size edge the rule distinguishes. Expectations are
+ * written from the table in docs/multi-nic.md and te.h, not from the code: NIC choice,
+ * cursor advance, work requests and immediates per request, and for byte-splitting
+ * requests that every byte is moved exactly once. Which keys a work request carries (the
+ * posting NIC's, by one index) is checked end to end by tests/netns/test_multinic.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,254 +13,287 @@
 
 #include <cmocka.h>
 
-#include "te/engine_internal.h"
+#include "te/sharding.h"
 
-/* Peer handle = 1000 * (address's first byte) + NIC index encoded in its second byte. */
-static int stub_resolve(tp_nic *n, const te_addr *a, tp_peer *out)
+#define A SHARD_ALIGN
+
+static shard_plan plan(uint8_t kind, uint32_t N, uint32_t rr, te_route route, uint64_t items)
 {
-    *out = 1000u * a->bytes[0] + a->bytes[1];
-    return 0;
+    shard_input in = {.kind = kind, .n_nics = N, .rr = rr, .route = route, .items = items};
+    shard_plan p;
+    memset(&p, 0xa5, sizeof p); /* nothing may be left over from before */
+    shard_plan_compute(&in, &p);
+    return p;
 }
 
-static const tp_ops stub_ops = {.backend = "stub", .resolve = stub_resolve};
-
-static te_group *make_group(uint32_t N)
+static shard_plan plan_scatter(uint32_t N, uint32_t rr, te_scatter_kind k, uint32_t nic, uint64_t T)
 {
-    te_group *g = calloc(1, sizeof *g);
-    g->n_nics = N;
-    for (uint32_t k = 0; k < N; k++) g->nic[k].ops = &stub_ops;
-    return g;
+    shard_input in = {.kind = OP_SCATTER, .n_nics = N, .rr = rr, .scatter = k, .nic = nic, .items = T};
+    shard_plan p;
+    shard_plan_compute(&in, &p);
+    return p;
 }
 
-static void free_group(te_group *g)
+/* Invariants of every plan: at most one span per NIC (a portion per NIC), NICs in range,
+ * wrs = the sum of the spans. */
+static void check_shape(const shard_plan *p, uint32_t N)
 {
-    for (uint32_t k = 0; k < g->n_nics; k++)
-        for (int b = 0; b < PEER_CACHE_BUCKETS; b++) {
-            te_peer_cache_entry *x = g->nic[k].peers[b];
-            while (x) {
-                te_peer_cache_entry *nx = x->next;
-                free(x);
-                x = nx;
-            }
-        }
-    free(g);
-}
-
-/* Remote descriptor of peer `id` with N NICs: NIC k has address {id, k} and rkey 500+k. */
-static te_mr_desc desc_of(uint8_t id, uint32_t N, uint64_t len)
-{
-    te_mr_desc d = {.base = 0x100000, .len = len, .n_nics = N};
-    for (uint32_t k = 0; k < N; k++) {
-        d.nic[k].addr.transport = TE_TRANSPORT_FABRIC;
-        d.nic[k].addr.len = 2;
-        d.nic[k].addr.bytes[0] = id;
-        d.nic[k].addr.bytes[1] = (uint8_t)k;
-        d.nic[k].rkey = 500 + k;
+    assert_true(p->n_spans <= N);
+    assert_true(p->rr_next < N);
+    uint32_t used = 0;
+    uint64_t wrs = 0;
+    for (uint32_t k = 0; k < p->n_spans; k++) {
+        assert_true(p->span[k].nic < N);
+        assert_false(used & (1u << p->span[k].nic));
+        used |= 1u << p->span[k].nic;
+        wrs += p->span[k].count;
     }
-    return d;
+    assert_int_equal(p->wrs, wrs);
 }
 
-static te_mr *make_mr(uint8_t *buf, size_t len, uint32_t N)
+/* Spans of a chunked split of `items`: chunk c = [c*ceil(items/N), ...) on NIC (start+c)%N,
+ * every item exactly once, in order. Returns the chunk count. */
+static uint32_t check_chunks(const shard_plan *p, uint32_t N, uint32_t start, uint64_t items)
 {
-    te_mr *m = calloc(1, sizeof *m);
-    m->ptr = buf;
-    m->len = len;
-    m->n_nics = N;
-    for (uint32_t k = 0; k < N; k++) m->nic[k].desc = (void *)(uintptr_t)(0x7000 + k);
-    return m;
+    if (items == 0) {
+        assert_int_equal(p->n_spans, 0);
+        return 0;
+    }
+    uint64_t chunk = (items + N - 1) / N;
+    uint64_t next = 0;
+    for (uint32_t c = 0; c < p->n_spans; c++) {
+        assert_int_equal(p->span[c].nic, (start + c) % N);
+        assert_int_equal(p->span[c].first, next);
+        uint64_t want = items - next < chunk ? items - next : chunk;
+        assert_int_equal(p->span[c].count, want);
+        next += p->span[c].count;
+    }
+    assert_int_equal(next, items);
+    return p->n_spans;
 }
 
-/* Checks that a work request built on `nic` uses only that NIC's keys. */
-static void check_wr_nic(const tp_write *w, uint32_t nic, uint8_t peer_id)
+/* Lengths around every multiple of the alignment up to 4N+1 of them, plus the examples
+ * of docs/multi-nic.md and lengths past 4 GiB. */
+static size_t write_lengths(uint64_t *out)
 {
-    if (w->len) assert_ptr_equal(w->local_desc, (void *)(uintptr_t)(0x7000 + nic));
-    assert_int_equal(w->rkey, 500 + nic);
-    assert_int_equal(w->peer, 1000u * peer_id + nic);
+    size_t n = 0;
+    out[n++] = 0;
+    out[n++] = 1;
+    out[n++] = 1000;
+    out[n++] = 4096;
+    out[n++] = 10000;
+    for (uint64_t m = 1; m <= 4 * TE_MAX_NICS + 1; m++) {
+        out[n++] = m * A - 1;
+        out[n++] = m * A;
+        out[n++] = m * A + 1;
+    }
+    out[n++] = 1 << 20;
+    out[n++] = (1 << 20) + 7;
+    out[n++] = 64ull << 20;
+    out[n++] = (5ull << 30) + 3;
+    return n;
 }
 
-static void test_single_write_shards(void **state)
+static void test_write_sharded(void **state)
 {
-    static const uint64_t lens[] = {0, 1, 1000, 8191, 8192, 8193, 10000, 16385, 65536, 1 << 20, (1 << 20) + 7};
-    uint8_t *buf = malloc(2 << 20);
-    for (uint32_t N = 1; N <= 4; N++)
-        for (uint32_t s = 1; s <= N; s++)
-            for (size_t li = 0; li < sizeof lens / sizeof *lens; li++)
-                for (uint32_t rr0 = 0; rr0 < N; rr0++) {
-                    te_group *g = make_group(N);
-                    g->rr = rr0;
-                    te_mr *m = make_mr(buf, 2 << 20, N);
-                    te_op op = {.kind = OP_WRITE, .src = m, .has_imm = true, .imm = 9};
-                    op.dst = desc_of(7, N, 4 << 20);
-                    uint64_t len = lens[li];
-                    uint64_t shard = (len + s - 1) / s;
-                    shard = (shard + 8191) / 8192 * 8192;
-                    op.u.w = (typeof(op.u.w)){.src_off = 16, .dst_off = 32, .len = len, .shard = shard,
-                                              .shards = s, .route = {TE_ROUTE_SHARDED, s}};
-                    char msg[128];
-                    assert_int_equal(dg_plan(g, &op, msg, sizeof msg), 0);
-                    assert_int_equal(op.n_portions, s); /* s immediates, zero-length shards included */
-                    assert_int_equal(g->rr, (rr0 + s) % N);
-                    uint8_t *seen = calloc(len + 1, 1);
-                    uint32_t used = 0;
-                    for (uint32_t p = 0; p < op.n_portions; p++) {
-                        te_portion *pt = &op.portion[p];
-                        assert_int_equal(pt->count, 1);
-                        assert_int_equal(pt->nic, (rr0 + p) % N);
-                        assert_false(used & (1u << pt->nic)); /* one shard per NIC */
-                        used |= 1u << pt->nic;
-                        tp_write w;
-                        dg_build(g, pt, 0, &w);
-                        check_wr_nic(&w, pt->nic, 7);
-                        assert_true(w.has_imm);
-                        uint64_t off = w.remote_off - 32;
-                        assert_true(off + w.len <= len || (w.len == 0 && off == 0));
-                        if (w.len) assert_ptr_equal(w.local, buf + 16 + off);
-                        for (uint64_t b = 0; b < w.len; b++) seen[off + b]++;
+    (void)state;
+    uint64_t lens[64];
+    size_t nl = write_lengths(lens);
+    for (uint32_t N = 1; N <= TE_MAX_NICS; N++)
+        for (uint32_t n = 0; n <= N; n++) {
+            te_route route = {TE_ROUTE_SHARDED, n};
+            uint32_t s = shard_write_count(route, N);
+            assert_int_equal(s, n ? n : N); /* n = 0 means every NIC */
+            for (size_t li = 0; li < nl; li++) {
+                uint64_t len = lens[li];
+                uint64_t size = shard_write_size(len, s);
+                uint64_t need = (len + s - 1) / s; /* ceil: the tail is never dropped */
+                assert_int_equal(size % A, 0);
+                assert_true(size >= need && size < need + A);
+                for (uint32_t rr = 0; rr < N; rr++) {
+                    shard_plan p = plan(OP_WRITE, N, rr, route, s);
+                    check_shape(&p, N);
+                    assert_int_equal(p.n_spans, s);
+                    assert_int_equal(p.wrs, s); /* zero-length shards included */
+                    assert_int_equal(p.imms, s);
+                    assert_int_equal(p.rr_next, (rr + s) % N);
+                    uint64_t covered = 0;
+                    for (uint32_t k = 0; k < s; k++) {
+                        assert_int_equal(p.span[k].nic, (rr + k) % N);
+                        assert_int_equal(p.span[k].first, k);
+                        assert_int_equal(p.span[k].count, 1);
                     }
-                    for (uint64_t b = 0; b < len; b++) assert_int_equal(seen[b], 1); /* every byte once */
-                    free(seen);
-                    free(m);
-                    free_group(g);
-                }
-    free(buf);
-}
-
-static void test_paged_chunks(void **state)
-{
-    uint8_t buf[64];
-    for (uint32_t N = 1; N <= 4; N++)
-        for (uint32_t P = 0; P <= 13; P++) {
-            te_group *g = make_group(N);
-            g->rr = N - 1;
-            te_mr *m = make_mr(buf, sizeof buf, N);
-            uint32_t idx[13];
-            for (uint32_t k = 0; k < P; k++) idx[k] = k;
-            te_pages *pages;
-            assert_int_equal(te_pages_create(idx, P, &pages), 0);
-            te_op op = {.kind = OP_PAGED, .src = m, .has_imm = true};
-            op.dst = desc_of(3, N, 1 << 20);
-            op.u.p = (typeof(op.u.p)){.sp = pages, .dp = pages, .len = 4, .s_stride = 4, .d_stride = 8};
-            char msg[128];
-            assert_int_equal(dg_plan(g, &op, msg, sizeof msg), 0);
-            uint32_t chunk = P ? (P + N - 1) / N : 0;
-            uint32_t chunks = P ? (P + chunk - 1) / chunk : 0;
-            assert_int_equal(op.n_portions, chunks); /* zero pages: nothing to post, completes */
-            assert_int_equal(g->rr, (N - 1 + chunks) % N);
-            uint32_t total = 0;
-            for (uint32_t p = 0; p < op.n_portions; p++) {
-                te_portion *pt = &op.portion[p];
-                assert_int_equal(pt->nic, (N - 1 + p) % N);
-                for (uint32_t j = 0; j < pt->count; j++) {
-                    tp_write w;
-                    dg_build(g, pt, j, &w);
-                    check_wr_nic(&w, pt->nic, 3);
-                    assert_int_equal(w.remote_off, 8ull * (pt->first + j)); /* page order kept */
-                    total++;
+                    for (uint32_t k = 0; k < s; k++) {
+                        shard_range r = shard_write_range(len, size, k);
+                        if (r.len == 0) {
+                            assert_int_equal(r.off, 0); /* empty: at the request's offsets */
+                            continue;
+                        }
+                        assert_int_equal(r.off, covered); /* shards in order, no gap or overlap */
+                        assert_int_equal(r.off, (uint64_t)k * size);
+                        assert_true(r.len <= size);
+                        covered += r.len;
+                    }
+                    assert_int_equal(covered, len); /* every byte exactly once */
                 }
             }
-            assert_int_equal(total, P); /* one write and one immediate per page */
-            te_pages_release(pages);
-            free(m);
-            free_group(g);
         }
 }
 
-static void test_scatter_shard_bytes(void **state)
+static void test_write_examples(void **state)
 {
-    uint8_t *buf = malloc(1 << 20);
-    static const uint64_t lens[] = {0, 1, 3, 5, 4096, 100003};
-    for (uint32_t N = 1; N <= 4; N++)
+    (void)state;
+    /* docs/multi-nic.md: 64 MiB over 4, 10 000 B over 2, 1000 B over 2, 4 KiB over 2. */
+    assert_int_equal(shard_write_size(64ull << 20, 4), 16ull << 20);
+    assert_int_equal(shard_write_range(10000, shard_write_size(10000, 2), 0).len, 8192);
+    assert_int_equal(shard_write_range(10000, shard_write_size(10000, 2), 1).len, 1808);
+    assert_int_equal(shard_write_range(1000, shard_write_size(1000, 2), 0).len, 1000);
+    assert_int_equal(shard_write_range(1000, shard_write_size(1000, 2), 1).len, 0);
+    assert_int_equal(shard_write_range(4096, shard_write_size(4096, 2), 1).len, 0);
+    /* The original's floor division dropped the tail here: 16385 over 2. */
+    uint64_t sz = shard_write_size(16385, 2);
+    assert_int_equal(shard_write_range(16385, sz, 0).len + shard_write_range(16385, sz, 1).len, 16385);
+}
+
+static void test_write_pinned_and_imm(void **state)
+{
+    (void)state;
+    for (uint32_t N = 1; N <= TE_MAX_NICS; N++)
+        for (uint32_t rr = 0; rr < N; rr++) {
+            for (uint32_t d = 0; d < N; d++) {
+                te_route pin = {TE_ROUTE_PINNED, d};
+                assert_int_equal(shard_write_count(pin, N), 1);
+                static const uint8_t kinds[] = {OP_WRITE, OP_IMM};
+                for (size_t ki = 0; ki < 2; ki++) {
+                    shard_plan p = plan(kinds[ki], N, rr, pin, 1);
+                    check_shape(&p, N);
+                    assert_int_equal(p.n_spans, 1);
+                    assert_int_equal(p.span[0].nic, d);
+                    assert_int_equal(p.span[0].count, 1);
+                    assert_int_equal(p.imms, 1);
+                    assert_int_equal(p.rr_next, rr); /* pinned: cursor untouched */
+                }
+            }
+            shard_plan p = plan(OP_IMM, N, rr, (te_route){TE_ROUTE_SHARDED, 0}, 0);
+            check_shape(&p, N);
+            assert_int_equal(p.n_spans, 1);
+            assert_int_equal(p.span[0].nic, rr); /* sharded imm: NIC rr, cursor + 1 */
+            assert_int_equal(p.imms, 1);
+            assert_int_equal(p.rr_next, (rr + 1) % N);
+        }
+}
+
+static void test_paged(void **state)
+{
+    (void)state;
+    for (uint32_t N = 1; N <= TE_MAX_NICS; N++)
+        for (uint32_t rr = 0; rr < N; rr++)
+            for (uint64_t P = 0; P <= 4 * TE_MAX_NICS + 3; P++) {
+                shard_plan p = plan(OP_PAGED, N, rr, (te_route){0, 0}, P);
+                check_shape(&p, N);
+                uint32_t chunks = check_chunks(&p, N, rr, P);
+                assert_int_equal(p.wrs, P);
+                assert_int_equal(p.imms, P); /* one per page; zero pages: none, completes */
+                assert_int_equal(p.rr_next, (rr + chunks) % N);
+            }
+}
+
+static void test_scatter(void **state)
+{
+    (void)state;
+    for (uint32_t N = 1; N <= TE_MAX_NICS; N++)
+        for (uint32_t rr = 0; rr < N; rr++)
+            for (uint64_t T = 1; T <= 4 * TE_MAX_NICS + 3; T++) {
+                shard_plan p = plan_scatter(N, rr, TE_SCATTER_SHARD_PEERS, 0, T);
+                check_shape(&p, N);
+                check_chunks(&p, N, 0, T); /* chunk k on NIC k, whatever the cursor */
+                assert_int_equal(p.imms, T);
+                assert_int_equal(p.rr_next, rr);
+
+                p = plan_scatter(N, rr, TE_SCATTER_SHARD_BYTES, 0, T);
+                check_shape(&p, N);
+                assert_int_equal(p.n_spans, N);
+                for (uint32_t k = 0; k < N; k++) {
+                    assert_int_equal(p.span[k].nic, k);
+                    assert_int_equal(p.span[k].first, 0);
+                    assert_int_equal(p.span[k].count, T); /* every NIC writes every target */
+                }
+                assert_int_equal(p.imms, N * T);
+                assert_int_equal(p.rr_next, rr);
+
+                for (uint32_t d = 0; d < N; d++) {
+                    p = plan_scatter(N, rr, TE_SCATTER_SINGLE, d, T);
+                    check_shape(&p, N);
+                    assert_int_equal(p.n_spans, 1);
+                    assert_int_equal(p.span[0].nic, d);
+                    assert_int_equal(p.span[0].count, T);
+                    assert_int_equal(p.imms, T);
+                    assert_int_equal(p.rr_next, rr);
+                }
+            }
+}
+
+static void test_scatter_slices(void **state)
+{
+    (void)state;
+    static const uint64_t lens[] = {0, 1, 2, 3, 4, 5, 7, 8, 4096, 100003, (4ull << 30) + 5};
+    for (uint32_t N = 1; N <= TE_MAX_NICS; N++)
         for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
-            te_group *g = make_group(N);
-            te_mr *m = make_mr(buf, 1 << 20, N);
-            te_target t[3];
-            for (int k = 0; k < 3; k++) {
-                t[k].dst = desc_of((uint8_t)(10 + k), N, 1 << 20);
-                t[k].len = lens[li];
-                t[k].src_offset = 100u * (unsigned)k;
-                t[k].dst_offset = 7;
+            uint64_t L = lens[li], covered = 0;
+            for (uint32_t k = 0; k < N; k++) {
+                shard_range r = shard_scatter_slice(L, N, k);
+                assert_int_equal(r.off, covered); /* contiguous slices */
+                assert_int_equal(r.len, k == N - 1 ? L - (N - 1) * (L / N) : L / N);
+                covered += r.len;
             }
-            te_op op = {.kind = OP_SCATTER, .src = m, .has_imm = true};
-            op.u.s = (typeof(op.u.s)){.t = t, .n = 3, .kind = TE_SCATTER_SHARD_BYTES};
-            char msg[128];
-            assert_int_equal(dg_plan(g, &op, msg, sizeof msg), 0);
-            assert_int_equal(op.n_portions, N);
-            for (int k = 0; k < 3; k++) {
-                uint64_t covered = 0, writes = 0;
-                for (uint32_t p = 0; p < N; p++) {
-                    tp_write w;
-                    dg_build(g, &op.portion[p], (uint32_t)k, &w);
-                    check_wr_nic(&w, op.portion[p].nic, (uint8_t)(10 + k));
-                    assert_int_equal(w.remote_off, 7 + covered); /* contiguous slices */
-                    covered += w.len;
-                    writes++;
-                }
-                assert_int_equal(covered, lens[li]); /* the remainder is sent too */
-                assert_int_equal(writes, N);        /* N immediates per target */
-            }
-            free(op.u.s.peers);
-            free(m);
-            free_group(g);
+            assert_int_equal(covered, L); /* the remainder is sent, > 4 GiB included */
         }
-    free(buf);
 }
 
-static void test_scatter_shard_peers_and_barrier(void **state)
+static void test_barrier(void **state)
 {
-    uint8_t buf[64];
-    for (uint32_t N = 1; N <= 4; N++)
-        for (uint32_t T = 1; T <= 9; T++) {
-            te_group *g = make_group(N);
-            te_mr *m = make_mr(buf, sizeof buf, N);
-            te_target t[9];
-            te_mr_desc d[9];
-            for (uint32_t k = 0; k < T; k++) {
-                t[k] = (te_target){.dst = desc_of((uint8_t)(20 + k), N, 64), .len = 8};
-                d[k] = desc_of((uint8_t)(20 + k), N, 64);
+    (void)state;
+    for (uint32_t N = 1; N <= TE_MAX_NICS; N++)
+        for (uint32_t rr = 0; rr < N; rr++)
+            for (uint64_t n = 0; n <= 4 * TE_MAX_NICS + 3; n++) {
+                shard_plan p = plan(OP_BARRIER, N, rr, (te_route){TE_ROUTE_SHARDED, 0}, n);
+                check_shape(&p, N);
+                uint32_t chunks = check_chunks(&p, N, rr, n);
+                assert_int_equal(p.imms, n); /* one per destination */
+                assert_int_equal(p.rr_next, (rr + chunks) % N);
+                for (uint32_t d = 0; d < N; d++) {
+                    p = plan(OP_BARRIER, N, rr, (te_route){TE_ROUTE_PINNED, d}, n);
+                    check_shape(&p, N);
+                    assert_int_equal(p.n_spans, n ? 1 : 0);
+                    if (n) assert_int_equal(p.span[0].nic, d);
+                    assert_int_equal(p.imms, n);
+                    assert_int_equal(p.rr_next, rr);
+                }
             }
-            te_op op = {.kind = OP_SCATTER, .src = m, .has_imm = true};
-            op.u.s = (typeof(op.u.s)){.t = t, .n = T, .kind = TE_SCATTER_SHARD_PEERS};
-            char msg[128];
-            assert_int_equal(dg_plan(g, &op, msg, sizeof msg), 0);
-            uint32_t seen = 0;
-            for (uint32_t p = 0; p < op.n_portions; p++)
-                for (uint32_t j = 0; j < op.portion[p].count; j++) {
-                    tp_write w;
-                    dg_build(g, &op.portion[p], j, &w);
-                    check_wr_nic(&w, op.portion[p].nic, (uint8_t)(20 + op.portion[p].first + j));
-                    seen++;
-                }
-            assert_int_equal(seen, T); /* one write per target */
-            free(op.u.s.peers);
+}
 
-            /* Round-robin barrier: one imm-only write per destination, keys of the posting NIC. */
-            te_op b = {.kind = OP_BARRIER, .has_imm = true};
-            b.u.b = (typeof(b.u.b)){.dsts = d, .n = T, .route = {TE_ROUTE_SHARDED, 0}};
-            g->rr = 1 % N;
-            assert_int_equal(dg_plan(g, &b, msg, sizeof msg), 0);
-            seen = 0;
-            for (uint32_t p = 0; p < b.n_portions; p++)
-                for (uint32_t j = 0; j < b.portion[p].count; j++) {
-                    tp_write w;
-                    dg_build(g, &b.portion[p], j, &w);
-                    assert_int_equal(w.len, 0);
-                    check_wr_nic(&w, b.portion[p].nic, (uint8_t)(20 + b.portion[p].first + j));
-                    seen++;
-                }
-            assert_int_equal(seen, T);
-            free(b.u.b.peers);
-            free(m);
-            free_group(g);
+static void test_send(void **state)
+{
+    (void)state;
+    for (uint32_t N = 1; N <= TE_MAX_NICS; N++)
+        for (uint32_t rr = 0; rr < N; rr++) {
+            shard_plan p = plan(OP_SEND, N, rr, (te_route){0, 0}, 0);
+            check_shape(&p, N);
+            assert_int_equal(p.n_spans, 1);
+            assert_int_equal(p.span[0].nic, 0); /* control messages: NIC 0 */
+            assert_int_equal(p.wrs, 1);
+            assert_int_equal(p.imms, 0);
+            assert_int_equal(p.rr_next, rr);
         }
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_single_write_shards),
-        cmocka_unit_test(test_paged_chunks),
-        cmocka_unit_test(test_scatter_shard_bytes),
-        cmocka_unit_test(test_scatter_shard_peers_and_barrier),
+        cmocka_unit_test(test_write_sharded),   cmocka_unit_test(test_write_examples),
+        cmocka_unit_test(test_write_pinned_and_imm), cmocka_unit_test(test_paged),
+        cmocka_unit_test(test_scatter),         cmocka_unit_test(test_scatter_slices),
+        cmocka_unit_test(test_barrier),         cmocka_unit_test(test_send),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
