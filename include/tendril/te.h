@@ -246,6 +246,15 @@ const uint32_t *te_pages_data(const te_pages *p);
 
 /* --------------------------------------------------------- operations ---- */
 
+/* struct_size, the first field of te_write_args, te_paged_args and te_scatter_args, lets
+ * these structs grow without breaking callers built against an older header:
+ *  - 0 (what `= {.src = ...}` and memset leave) means the layout of tendril 0.1, the
+ *    fields declared below; a caller that never uses later fields never sets it;
+ *  - a caller that uses a field added after 0.1 sets it to sizeof(the struct) (later
+ *    fields will say from which release on they exist);
+ *  - any other value, or a size larger than this library knows, is rejected with
+ *    -EINVAL; fields a smaller (older) size does not cover read as zero. */
+
 typedef enum te_route_kind {
     TE_ROUTE_SHARDED = 0, /* split over `n` NICs round-robin (0 = all NICs of group) */
     TE_ROUTE_PINNED = 1,  /* everything on NIC `n` */
@@ -257,6 +266,7 @@ typedef struct te_route {
 } te_route;
 
 typedef struct te_write_args {
+    size_t struct_size;          /* 0 or sizeof(te_write_args): see above */
     te_mr *src;
     uint64_t src_offset;
     uint64_t len;                /* 0 allowed: zero-length write(s) */
@@ -268,6 +278,7 @@ typedef struct te_write_args {
 } te_write_args;
 
 typedef struct te_paged_args {
+    size_t struct_size;          /* 0 or sizeof(te_paged_args): see above */
     uint64_t page_len;           /* bytes per page; 0 allowed */
     te_mr *src;
     te_pages *src_pages;
@@ -291,6 +302,7 @@ typedef struct te_scatter_target {
 } te_scatter_target;
 
 typedef struct te_scatter_args {
+    size_t struct_size;               /* 0 or sizeof(te_scatter_args): see above */
     te_mr *src;
     const te_scatter_target *targets; /* copied at submission */
     size_t n_targets;                 /* >= 1 */

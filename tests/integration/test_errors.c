@@ -102,6 +102,12 @@ static void test_write_validation(void **state)
     b.route = (te_route){7, 0};
     EXPECT_ERR(te_write(f->e, &b, &comp), -EINVAL, "unknown route kind");
     EXPECT_ERR(te_write(f->e, NULL, &comp), -EINVAL, "args is NULL");
+    /* struct_size (te.h): a size this library does not know is refused, nothing queued. */
+    b = a;
+    b.struct_size = sizeof b + 8;
+    EXPECT_ERR(te_write(f->e, &b, &comp), -EINVAL, "struct_size");
+    b.struct_size = 3;
+    EXPECT_ERR(te_write(f->e, &b, &comp), -EINVAL, "struct_size");
     EXPECT_ERR(te_write(NULL, &a, &comp), -EINVAL, "engine is NULL");
 
     /* An MR of another engine is not usable here. */
@@ -125,6 +131,9 @@ static void test_write_validation(void **state)
     te_paged_args pa = {.page_len = 4096, .src = f->mr, .src_pages = p3, .src_stride = 4096,
                         .dst = &f->self, .dst_pages = p2, .dst_stride = 4096};
     EXPECT_ERR(te_write_paged(f->e, &pa, &comp), -EINVAL, "3 source pages but 2");
+    pa.struct_size = sizeof pa + 1;
+    EXPECT_ERR(te_write_paged(f->e, &pa, &comp), -EINVAL, "struct_size");
+    pa.struct_size = 0;
     pa.src_pages = pbig;
     pa.dst_pages = pbig;
     EXPECT_ERR(te_write_paged(f->e, &pa, &comp), -ERANGE, "source page 5000");
@@ -139,6 +148,9 @@ static void test_write_validation(void **state)
     /* Scatter and barrier. */
     te_scatter_args sa = {.src = f->mr, .targets = NULL, .n_targets = 0};
     EXPECT_ERR(te_write_scatter(f->e, &sa, &comp), -EINVAL, "no targets");
+    sa.struct_size = 1;
+    EXPECT_ERR(te_write_scatter(f->e, &sa, &comp), -EINVAL, "struct_size");
+    sa.struct_size = sizeof sa;
     te_scatter_target t = {.dst = &f->self, .len = 10, .dst_offset = REGION - 5};
     sa.targets = &t;
     sa.n_targets = 1;

@@ -139,7 +139,9 @@ static void test_single_writes(void **state)
                            /* the last carries one too: on shm, where a local completion
                             * does not mean placed, the final bytes are then known to be in */
                            .dst_offset = doff, .has_imm = it % 2 == 0 || it == 59, .imm = imm,
-                           .route = {TE_ROUTE_SHARDED, 0}};
+                           .route = {TE_ROUTE_SHARDED, 0},
+                           /* both spellings of the current layout (te.h) */
+                           .struct_size = it % 3 ? 0 : sizeof(te_write_args)};
         te_completion c = {.counter = f->done};
         int r = te_write(f->e, &a, &c);
         if (r) fail_msg("te_write: %s", te_last_error());
