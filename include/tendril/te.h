@@ -47,6 +47,11 @@
 extern "C" {
 #endif
 
+/* The library is built with hidden visibility; what this header declares is its API. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 #define TE_MAX_NICS 4      /* NICs per group */
 #define TE_MAX_GROUPS 16   /* groups per engine */
 #define TE_ADDR_MAX 255    /* raw transport address bytes */
@@ -474,6 +479,10 @@ const char *te_imm_flag_memory_kind(const te_imm_flag *f);
 /* Removes the flag from the engine (if still installed) and frees it. The device
  * pointer is invalid afterwards: no kernel may still poll it. */
 void te_imm_flag_destroy(te_imm_flag *f);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }

@@ -54,6 +54,11 @@
 extern "C" {
 #endif
 
+/* The library is built with hidden visibility; what this header declares is its API. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 #define TE_TOPO_NAME_MAX 64 /* NIC / interface name buffer, NUL included */
 #define TE_TOPO_PCI_MAX 20  /* "dddd:bb:dd.f" (domains may have 5+ hex digits), NUL incl. */
 
@@ -143,6 +148,10 @@ enum { TE_TOPO_FORMAT_TEXT = 0, TE_TOPO_FORMAT_JSON = 1 };
 /* Prints the topology as a table (TEXT) or one JSON object (JSON) to f. Returns 0 or
  * -EIO if writing failed. For a buffer, pass open_memstream()/fmemopen(). */
 int te_topo_format(const te_topo *topo, FILE *f, int format);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }
