@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "cuda/cuda_loader.h"
 #include "te/engine_internal.h"
 
 #define DEFAULT_OP_TIMEOUT_MS 30000u
@@ -101,6 +102,16 @@ te_group *engine_group_for_device(te_engine *e, int device, int *err)
     if (device == TE_DEVICE_HOST) return e->groups[0]; /* host memory: the main group */
     *err = te_err(-ENODEV, "no group of this engine drives CUDA device %d", device);
     return NULL;
+}
+
+int engine_gpu_device(const te_engine *e)
+{
+    int n = tcu_device_count();
+    if (n <= 0) return -1;
+    for (uint32_t g = 0; g < e->n_groups; g++)
+        if (e->groups[g]->cuda_device >= 0 && e->groups[g]->cuda_device < n)
+            return e->groups[g]->cuda_device;
+    return 0;
 }
 
 static int open_group(te_engine *e, uint32_t gi, const te_group_config *gc)

@@ -239,6 +239,10 @@ int engine_enter(te_engine *e);   /* 0 or -ESHUTDOWN; pairs with engine_leave */
 void engine_leave(te_engine *e);
 bool engine_on_callback_thread(const te_engine *e);
 te_group *engine_group_for_device(te_engine *e, int device, int *err);
+/* The GPU that the engine's GPU-visible memory (watcher words, imm flags) belongs to: the
+ * first GPU group's device, else device 0 when CUDA has devices, else -1 (plain host
+ * memory). */
+int engine_gpu_device(const te_engine *e);
 
 /* ---- worker.c ---- */
 int worker_start(te_group *g);

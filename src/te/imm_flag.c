@@ -118,21 +118,9 @@ void imm_flag_free_all(te_imm_table *t)
     t->flags = NULL;
 }
 
-/* The GPU the engine's GPU-visible memory belongs to: the first GPU group's device,
- * else device 0 when CUDA has devices, else -1 (plain host memory). */
-static int pick_device(te_engine *e)
-{
-    int n = tcu_device_count();
-    if (n <= 0) return -1;
-    for (uint32_t g = 0; g < e->n_groups; g++)
-        if (e->groups[g]->cuda_device >= 0 && e->groups[g]->cuda_device < n)
-            return e->groups[g]->cuda_device;
-    return 0;
-}
-
 static int flag_alloc_memory(te_engine *e, struct te_imm_flag *f)
 {
-    f->dev = pick_device(e);
+    f->dev = engine_gpu_device(e);
     if (f->dev >= 0) {
         if (!tgdr_alloc(f->dev, &f->gdr)) {
             f->mem = FLAG_GDR;

@@ -112,16 +112,6 @@ static void *watcher_main(void *arg)
     return NULL;
 }
 
-static int pick_device(te_engine *e)
-{
-    int n = tcu_device_count();
-    if (n <= 0) return -1;
-    for (uint32_t g = 0; g < e->n_groups; g++)
-        if (e->groups[g]->cuda_device >= 0 && e->groups[g]->cuda_device < n)
-            return e->groups[g]->cuda_device;
-    return 0;
-}
-
 /* Engine's watcher state, created on first use (lists_lock serialises creation). */
 static te_watchers *get_watchers(te_engine *e, int *err)
 {
@@ -135,7 +125,7 @@ static te_watchers *get_watchers(te_engine *e, int *err)
             return NULL;
         }
         ws->e = e;
-        ws->dev = pick_device(e);
+        ws->dev = engine_gpu_device(e);
         pthread_mutex_init(&ws->lock, NULL);
         te_notify_init(&ws->wake);
         e->watchers = ws;
@@ -241,7 +231,7 @@ const char *te_watcher_memory_kind(const te_engine *e)
 {
     if (!e) return "";
     if (e->watchers) return e->watchers->dev >= 0 ? "mapped-host" : "host";
-    return pick_device((te_engine *)e) >= 0 ? "mapped-host" : "host";
+    return engine_gpu_device(e) >= 0 ? "mapped-host" : "host";
 }
 
 void te_watcher_free(te_watcher *w)
