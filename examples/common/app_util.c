@@ -111,12 +111,17 @@ static int vline(int fd, const char *fmt, va_list ap)
     return write_all(fd, line, (size_t)n);
 }
 
-int app_send(app_proc *p, const char *fmt, ...)
+int app_vsend(app_proc *p, const char *fmt, va_list ap)
 {
     if (p->to_child < 0) return -EPIPE;
+    return vline(p->to_child, fmt, ap);
+}
+
+int app_send(app_proc *p, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    int r = vline(p->to_child, fmt, ap);
+    int r = app_vsend(p, fmt, ap);
     va_end(ap);
     return r;
 }
@@ -172,7 +177,7 @@ int app_wait(app_proc *p, int timeout_ms)
     if (p->pid <= 0) return -ECHILD;
     if (p->to_child >= 0) close(p->to_child);
     p->to_child = -1;
-    uint64_t deadline = app_now_us() + (uint64_t)timeout_ms * 1000u;
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : app_now_us() + (uint64_t)timeout_ms * 1000u;
     int st = 0, ret;
     siginfo_t si;
     if (app_wait_exited(p->pid, timeout_ms) == 0) {
@@ -208,7 +213,7 @@ int app_wait(app_proc *p, int timeout_ms)
 
 int app_wait_exited(pid_t pid, int timeout_ms)
 {
-    uint64_t deadline = app_now_us() + (uint64_t)timeout_ms * 1000u;
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : app_now_us() + (uint64_t)timeout_ms * 1000u;
     for (;;) {
         siginfo_t si;
         memset(&si, 0, sizeof si);

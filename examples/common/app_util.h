@@ -1,9 +1,12 @@
 /* Small helpers shared by the example applications: child processes with line pipes
  * (the control plane a real deployment would run over its own RPC layer), hex forms of
- * addresses and descriptors, clocks and a provider-aware engine config. Public API only. */
+ * addresses and descriptors, clocks and a provider-aware engine config. Public API only.
+ * The tests' harness (tests/harness) uses the same child-process code: this is its only
+ * copy. */
 #ifndef TENDRIL_APP_UTIL_H
 #define TENDRIL_APP_UTIL_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -23,6 +26,7 @@ typedef struct app_proc {
 int app_spawn_self(app_proc *p, const char *const *args);
 /* One line to the child ('\n' appended). 0, -EPIPE (child gone). */
 int app_send(app_proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int app_vsend(app_proc *p, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 /* One line from the child (without '\n'). 0, -ETIMEDOUT, -EPIPE (child closed/died). */
 int app_recv(app_proc *p, char *line, size_t cap, int timeout_ms);
 /* Waits for exit: exit status, 128+signal, or -ETIMEDOUT (the child is then killed). */

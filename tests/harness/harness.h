@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+#include "app_util.h"
 #include "tendril/te.h"
 
 /* Provider under test: $TENDRIL_TEST_PROVIDER, default "tcp". */
@@ -17,34 +18,30 @@ const char *th_provider(void);
 /* te_config for the provider under test (tcp runs on "lo"). */
 void th_config(te_config *cfg);
 
-typedef struct th_proc {
-    pid_t pid;
-    int to_child;   /* child's stdin */
-    int from_child; /* child's stdout */
-    char buf[65536];
-    size_t have;
-} th_proc;
+/* Child processes: the code is examples/common/app_util.c's (its only copy); these are
+ * its names in the tests. The child is this executable run as "--child role arg". */
+typedef app_proc th_proc;
 
 /* Starts this executable as "--child role [arg]". 0 or -errno. */
 int th_spawn(th_proc *p, const char *role, const char *arg);
 /* Line I/O with the child; -ETIMEDOUT or -EPIPE (child gone). Lines exclude '\n'. */
-int th_send(th_proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int th_recv(th_proc *p, char *line, size_t cap, int timeout_ms);
+#define th_send app_send
+#define th_recv app_recv
 /* Sends a command and returns the reply line. */
 int th_ask(th_proc *p, char *reply, size_t cap, int timeout_ms, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-/* Waits for exit (status as from waitpid's WEXITSTATUS, or 128+signal); kills the child
- * after timeout_ms and returns -ETIMEDOUT. */
-int th_wait(th_proc *p, int timeout_ms);
-void th_kill(th_proc *p, int sig);
+/* Waits for exit (exit status, or 128+signal); kills the child after timeout_ms and
+ * returns -ETIMEDOUT. Removes the shm endpoints of a child that died abnormally. */
+#define th_wait app_wait
+#define th_kill app_kill
 
 /* Child side: read a command line from stdin / write a reply line to stdout. */
-int th_child_read(char *line, size_t cap, int timeout_ms);
-void th_child_reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+#define th_child_read app_read_line
+#define th_child_reply app_reply
 
 /* Hex forms of descriptors (addresses use te_addr_format/parse). */
-int th_desc_to_hex(const te_mr_desc *d, char *out, size_t cap);
-int th_desc_from_hex(const char *hex, te_mr_desc *d);
+#define th_desc_to_hex app_desc_to_hex
+#define th_desc_from_hex app_desc_from_hex
 
 /* Deterministic content: byte at absolute position i of stream `seed`. */
 static inline uint8_t th_pattern(uint64_t seed, uint64_t i)
