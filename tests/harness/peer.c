@@ -212,8 +212,14 @@ int th_peer_main(const char *arg)
 int th_peer_start(th_proc *p, const char *arg, te_addr *addr, te_mr_desc *desc, int timeout_ms,
                   char *why, size_t why_cap)
 {
+    return th_peer_start_as(p, "peer", arg, addr, desc, timeout_ms, why, why_cap);
+}
+
+int th_peer_start_as(th_proc *p, const char *role, const char *arg, te_addr *addr, te_mr_desc *desc,
+                     int timeout_ms, char *why, size_t why_cap)
+{
     char line[4096], ahex[TE_ADDR_TEXT_MAX], dhex[2 * TE_MR_DESC_ENCODED_MAX + 1];
-    int r = th_spawn(p, "peer", arg);
+    int r = th_spawn(p, role, arg);
     if (!r) r = th_recv(p, line, sizeof line, timeout_ms);
     if (!r && sscanf(line, "ready %511s %2047s", ahex, dhex) != 2) r = -EPROTO;
     if (!r) r = te_addr_parse(ahex, addr);

@@ -18,28 +18,14 @@
 #define REGION (8u << 20)
 #define TMO 20000
 
-typedef struct peer {
-    th_proc proc;
-    te_addr addr;
-    te_mr_desc desc;
-    uint8_t *mirror; /* what the peer's region must contain */
-} peer;
-
 typedef struct fx {
     te_engine *e;
     uint8_t *src;
     te_mr *mr;
     te_counter *done;
-    peer p[2];
+    th_peer p[2];
     int n_peers;
 } fx;
-
-static void start_peer(peer *p)
-{
-    char why[4200];
-    if (th_peer_start(&p->proc, NULL, &p->addr, &p->desc, TMO, why, sizeof why)) fail_msg("%s", why);
-    p->mirror = calloc(1, REGION);
-}
 
 static int setup_n(void **state, int n)
 {
@@ -52,7 +38,7 @@ static int setup_n(void **state, int n)
     assert_int_equal(te_mr_register(f->e, f->src, REGION, TE_DEVICE_HOST, TE_MR_LOCAL, &f->mr), 0);
     assert_int_equal(te_counter_create(&f->done), 0);
     f->n_peers = n;
-    for (int k = 0; k < n; k++) start_peer(&f->p[k]);
+    for (int k = 0; k < n; k++) th_peer_up(&f->p[k], NULL, NULL, REGION, TMO);
     *state = f;
     return 0;
 }
@@ -63,11 +49,7 @@ static int setup2(void **state) { return setup_n(state, 2); }
 static int teardown(void **state)
 {
     fx *f = *state;
-    for (int k = 0; k < f->n_peers; k++) {
-        th_send(&f->p[k].proc, "quit");
-        assert_int_equal(th_wait(&f->p[k].proc, TMO), 0);
-        free(f->p[k].mirror);
-    }
+    for (int k = 0; k < f->n_peers; k++) th_peer_down(&f->p[k]);
     te_engine_destroy(f->e);
     te_counter_destroy(f->done);
     free(f->src);
@@ -75,42 +57,13 @@ static int teardown(void **state)
     return 0;
 }
 
-static void ask(peer *p, char *reply, size_t cap, const char *fmt, ...)
-{
-    char cmd[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int r = th_ask(&p->proc, reply, cap, TMO, "%s", cmd);
-    if (r) fail_msg("peer did not answer '%s': %d", cmd, r);
-}
-
-static void expect_ok(peer *p, const char *fmt, ...)
-{
-    char cmd[1024], reply[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    ask(p, reply, sizeof reply, "%s", cmd);
-    if (strncmp(reply, "ok", 2)) fail_msg("'%s' -> '%s'", cmd, reply);
-}
-
 /* The peer's whole region must equal our mirror of it. */
-static void check_region(peer *p)
-{
-    char reply[128];
-    ask(p, reply, sizeof reply, "hash 0 %u", REGION);
-    uint64_t got = 0;
-    sscanf(reply, "hash %" SCNu64, &got);
-    assert_true(got == th_hash(p->mirror, REGION));
-}
+static void check_region(th_peer *p) { th_peer_check_range(p, 0, REGION); }
 
 static void wait_done(fx *f, uint64_t target) { th_assert_counter(f->done, target, TMO); }
 
 /* Exactly n immediates of imm at the peer, none left over. */
-static void peer_wait_imms(peer *p, uint32_t imm, uint64_t n)
+static void peer_wait_imms(th_peer *p, uint32_t imm, uint64_t n)
 {
     th_assert_peer_imms(&p->proc, imm, n, TMO, 20);
 }
@@ -118,9 +71,9 @@ static void peer_wait_imms(peer *p, uint32_t imm, uint64_t n)
 static void test_single_writes(void **state)
 {
     fx *f = *state;
-    peer *p = &f->p[0];
+    th_peer *p = &f->p[0];
     uint32_t imm = 1001;
-    expect_ok(p, "counter %u", imm);
+    th_peer_expect_ok(p, "counter %u", imm);
     srand(7);
     uint64_t submitted = 0, imms = 0;
     for (int it = 0; it < 60; it++) {
@@ -167,9 +120,9 @@ static void shuffle(uint32_t *v, size_t n)
 static void test_paged_writes(void **state)
 {
     fx *f = *state;
-    peer *p = &f->p[0];
+    th_peer *p = &f->p[0];
     uint32_t imm = 2002;
-    expect_ok(p, "counter %u", imm);
+    th_peer_expect_ok(p, "counter %u", imm);
     srand(11);
     uint64_t imms = 0, submitted = 0;
     static const size_t counts[] = {0, 1, 5, 17, 300, 1000};
@@ -205,7 +158,7 @@ static void test_paged_writes(void **state)
     check_region(p);
 }
 
-static void send_imms(fx *f, peer *p, uint32_t imm, int n)
+static void send_imms(fx *f, th_peer *p, uint32_t imm, int n)
 {
     uint64_t base = te_counter_done(f->done);
     for (int k = 0; k < n; k++) {
@@ -215,12 +168,12 @@ static void send_imms(fx *f, peer *p, uint32_t imm, int n)
     wait_done(f, base + (uint64_t)n);
 }
 
-static void peer_imms(peer *p, uint32_t imm, uint64_t reached, uint64_t plain)
+static void peer_imms(th_peer *p, uint32_t imm, uint64_t reached, uint64_t plain)
 {
     char reply[128], want[128];
     snprintf(want, sizeof want, "imms %" PRIu64 " %" PRIu64, reached, plain);
     for (int k = 0; k < 500; k++) { /* callbacks run asynchronously: poll up to 5 s */
-        ask(p, reply, sizeof reply, "imms %u", imm);
+        th_peer_ask(p, reply, sizeof reply, "imms %u", imm);
         if (!strcmp(reply, want)) return;
         usleep(10000);
     }
@@ -230,13 +183,13 @@ static void peer_imms(peer *p, uint32_t imm, uint64_t reached, uint64_t plain)
 static void test_imm_expectations(void **state)
 {
     fx *f = *state;
-    peer *p = &f->p[0];
+    th_peer *p = &f->p[0];
     /* One-shot: 13 arrivals against 10 expected -> 1 reach, 3 replayed as plain. */
-    expect_ok(p, "expect 77 10 0");
+    th_peer_expect_ok(p, "expect 77 10 0");
     send_imms(f, p, 77, 13);
     peer_imms(p, 77, 1, 3);
     /* Keep: 25 arrivals against 10 -> 2 reaches, 5 still counted (none plain). */
-    expect_ok(p, "expect 78 10 1");
+    th_peer_expect_ok(p, "expect 78 10 1");
     send_imms(f, p, 78, 25);
     peer_imms(p, 78, 2, 0);
     send_imms(f, p, 78, 5); /* the 5 left over plus 5 more make a third reach */
@@ -249,7 +202,7 @@ static void test_imm_expectations(void **state)
 static void test_send_recv(void **state)
 {
     fx *f = *state;
-    peer *p = &f->p[0];
+    th_peer *p = &f->p[0];
     uint64_t sum = 0;
     srand(3);
     for (int k = 0; k < 40; k++) {
@@ -264,7 +217,7 @@ static void test_send_recv(void **state)
     char reply[128], want[128];
     snprintf(want, sizeof want, "msgs 40 %" PRIu64, sum);
     for (int k = 0; k < 500; k++) {
-        ask(p, reply, sizeof reply, "msgs");
+        th_peer_ask(p, reply, sizeof reply, "msgs");
         if (!strcmp(reply, want)) break;
         usleep(10000);
     }
@@ -282,7 +235,7 @@ static void on_rx(void *arg, const void *d, size_t len)
 static void test_recv_from_peer(void **state)
 {
     fx *f = *state;
-    peer *p = &f->p[0];
+    th_peer *p = &f->p[0];
     rx x = {0};
     te_recv_pool *pool;
     assert_int_equal(te_recv_pool_create(f->e, 2048, 8, on_rx, NULL, &x, &pool), 0);
@@ -296,7 +249,7 @@ static void test_recv_from_peer(void **state)
         uint8_t buf[2048];
         th_fill(buf, len, 500 + (uint64_t)k, 0);
         sum += th_hash(buf, len) ^ len;
-        ask(p, reply, sizeof reply, "send %s %zu %d", hex, len, 500 + k);
+        th_peer_ask(p, reply, sizeof reply, "send %s %zu %d", hex, len, 500 + k);
         assert_string_equal(reply, "ok 1");
     }
     for (int k = 0; k < 500 && __atomic_load_n(&x.n, __ATOMIC_SEQ_CST) < 20; k++) usleep(10000);
@@ -310,8 +263,8 @@ static void test_scatter_and_barrier(void **state)
     fx *f = *state;
     uint32_t N = te_group_nics(f->e, 0);
     for (int k = 0; k < 2; k++) {
-        expect_ok(&f->p[k], "counter 300");
-        expect_ok(&f->p[k], "counter 301");
+        th_peer_expect_ok(&f->p[k], "counter 300");
+        th_peer_expect_ok(&f->p[k], "counter 301");
     }
     static const te_scatter_kind kinds[] = {TE_SCATTER_SHARD_PEERS, TE_SCATTER_SHARD_BYTES,
                                             TE_SCATTER_SINGLE};

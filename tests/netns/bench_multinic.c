@@ -127,12 +127,12 @@ int main(int argc, char **argv)
         if (te_mr_register(e, src, REGION, TE_DEVICE_HOST, TE_MR_LOCAL, &mr) || te_counter_create(&done))
             return 1;
         th_proc p;
-        char arg[512], line[4096], ahex[TE_ADDR_TEXT_MAX], dhex[2 * TE_MR_DESC_ENCODED_MAX + 1];
+        char arg[512], why[4200];
         snprintf(arg, sizeof arg, "%s %s %u", t.ns[1], t.niclist[1], REGION);
+        te_addr peer_addr;
         te_mr_desc d;
-        if (th_spawn(&p, "nspeer", arg) || th_recv(&p, line, sizeof line, 30000) ||
-            sscanf(line, "ready %511s %2047s", ahex, dhex) != 2 || th_desc_from_hex(dhex, &d)) {
-            fprintf(stderr, "peer failed: %s\n", line);
+        if (th_peer_start_as(&p, "nspeer", arg, &peer_addr, &d, 30000, why, sizeof why)) {
+            fprintf(stderr, "%s\n", why);
             return 1;
         }
         for (int sr = 0; sr < n_sizes * repeat; sr++) {

@@ -32,19 +32,12 @@
 static nt_topo T;
 static int K;
 
-typedef struct peer {
-    th_proc proc;
-    te_addr addr;
-    te_mr_desc desc;
-    uint8_t *mirror;
-} peer;
-
 typedef struct fx {
     te_engine *e;
     uint8_t *src;
     te_mr *mr;
     te_counter *done;
-    peer p;
+    th_peer p;
 } fx;
 
 typedef struct snap {
@@ -55,41 +48,12 @@ typedef struct snap {
 
 /* ------------------------------------------------------------------ helpers ---- */
 
-static void ask(peer *p, char *reply, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void ask(peer *p, char *reply, size_t cap, const char *fmt, ...)
-{
-    char cmd[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int r = th_ask(&p->proc, reply, cap, TMO, "%s", cmd);
-    if (r) fail_msg("peer did not answer '%s': %d", cmd, r);
-}
-
-static int start_peer(peer *p, const char *niclist)
+/* The peer engine in host 1's namespace, on the NICs of `niclist`. */
+static void start_peer(th_peer *p, const char *niclist)
 {
     char arg[512];
     snprintf(arg, sizeof arg, "%s %s %u", T.ns[1], niclist, REGION);
-    if (th_spawn(&p->proc, "nspeer", arg)) return -1;
-    char line[4096], ahex[TE_ADDR_TEXT_MAX], dhex[2 * TE_MR_DESC_ENCODED_MAX + 1];
-    if (th_recv(&p->proc, line, sizeof line, TMO)) return -1;
-    if (strncmp(line, "ready", 5)) {
-        fprintf(stderr, "peer failed to start: %s\n", line);
-        return -1;
-    }
-    if (sscanf(line, "ready %511s %2047s", ahex, dhex) != 2) return -1;
-    if (te_addr_parse(ahex, &p->addr) || th_desc_from_hex(dhex, &p->desc)) return -1;
-    p->mirror = calloc(1, REGION);
-    return 0;
-}
-
-static void stop_peer(peer *p)
-{
-    th_send(&p->proc, "quit");
-    assert_int_equal(th_wait(&p->proc, TMO), 0);
-    free(p->mirror);
+    th_peer_up(p, "nspeer", arg, REGION, TMO);
 }
 
 static int setup(void **state)
@@ -104,7 +68,7 @@ static int setup(void **state)
     th_fill(f->src, REGION, 42, 0);
     assert_int_equal(te_mr_register(f->e, f->src, REGION, TE_DEVICE_HOST, TE_MR_LOCAL, &f->mr), 0);
     assert_int_equal(te_counter_create(&f->done), 0);
-    if (start_peer(&f->p, T.niclist[1])) fail_msg("cannot start the peer in %s", T.ns[1]);
+    start_peer(&f->p, T.niclist[1]);
     assert_int_equal(f->p.desc.n_nics, (uint32_t)K);
     *state = f;
     return 0;
@@ -113,7 +77,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fx *f = *state;
-    stop_peer(&f->p);
+    th_peer_down(&f->p);
     te_engine_destroy(f->e);
     te_counter_destroy(f->done);
     free(f->src);
@@ -129,7 +93,7 @@ static void take(fx *f, snap *s)
         uint64_t rx;
         assert_int_equal(nt_ifstats(T.ifname[0][k], &rx, &s->tx[k]), 0);
         char reply[256];
-        ask(&f->p, reply, sizeof reply, "nicstats %d", k);
+        th_peer_ask(&f->p, reply, sizeof reply, "nicstats %d", k);
         if (sscanf(reply, "nicstats %" SCNu64, &s->peer_imms[k]) != 1) fail_msg("nicstats: %s", reply);
     }
 }
@@ -166,34 +130,12 @@ static void print_delta(const char *what, const delta *d)
 static void wait_done(fx *f, uint64_t target) { th_assert_counter(f->done, target, TMO); }
 
 /* Exactly n immediates of imm at the peer, none left over. */
-static void peer_wait_imms(peer *p, uint32_t imm, uint64_t n)
+static void peer_wait_imms(th_peer *p, uint32_t imm, uint64_t n)
 {
     th_assert_peer_imms(&p->proc, imm, n, TMO, 30);
 }
 
-static void expect_ok(peer *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void expect_ok(peer *p, const char *fmt, ...)
-{
-    char cmd[512], reply[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    ask(p, reply, sizeof reply, "%s", cmd);
-    if (strncmp(reply, "ok", 2)) fail_msg("'%s' -> '%s'", cmd, reply);
-}
-
-static void check_range(peer *p, uint64_t off, uint64_t len)
-{
-    char reply[128];
-    ask(p, reply, sizeof reply, "hash %" PRIu64 " %" PRIu64, off, len);
-    uint64_t got = 0;
-    sscanf(reply, "hash %" SCNu64, &got);
-    if (got != th_hash(p->mirror + off, len))
-        fail_msg("peer bytes [%" PRIu64 ", +%" PRIu64 ") differ from what was written", off, len);
-}
-
-static void check_region(peer *p) { check_range(p, 0, REGION); }
+static void check_region(th_peer *p) { th_peer_check_range(p, 0, REGION); }
 
 static void do_write(fx *f, uint64_t soff, uint64_t doff, uint64_t len, te_route route, bool imm_on,
                      uint32_t imm)
@@ -251,7 +193,7 @@ static void test_sharded_even(void **state)
 {
     fx *f = *state;
     uint32_t imm = 10;
-    expect_ok(&f->p, "counter %u", imm);
+    th_peer_expect_ok(&f->p, "counter %u", imm);
     snap a, b;
     take(f, &a);
     uint64_t t0 = te_now_ns();
@@ -272,7 +214,7 @@ static void test_sharded_even(void **state)
             fail_msg("veth %s sent %" PRIu64 " bytes for a %" PRIu64 "-byte share", T.ifname[0][k],
                      d.tx[k], share);
     }
-    check_range(&f->p, 0, BIG + 8192);
+    th_peer_check_range(&f->p, 0, BIG + 8192);
 }
 
 /* Fewer shards than NICs, odd lengths, zero-length shards, and a cursor left anywhere by
@@ -281,7 +223,7 @@ static void test_sharded_cursor(void **state)
 {
     fx *f = *state;
     uint32_t imm = 11;
-    expect_ok(&f->p, "counter %u", imm);
+    th_peer_expect_ok(&f->p, "counter %u", imm);
     snap a, b;
     delta d;
 
@@ -364,7 +306,7 @@ static void test_pinned(void **state)
 {
     fx *f = *state;
     uint32_t imm = 12;
-    expect_ok(&f->p, "counter %u", imm);
+    th_peer_expect_ok(&f->p, "counter %u", imm);
     for (int nic = 0; nic < K; nic++) {
         snap a, b;
         take(f, &a);
@@ -397,7 +339,7 @@ static void test_paged(void **state)
 {
     fx *f = *state;
     uint32_t imm = 13;
-    expect_ok(&f->p, "counter %u", imm);
+    th_peer_expect_ok(&f->p, "counter %u", imm);
     uint64_t imms = 0;
     const size_t counts[] = {5, (size_t)(4 * K + 1), 1, 0, 3, 257};
     for (size_t it = 0; it < sizeof counts / sizeof *counts; it++) {
@@ -449,7 +391,7 @@ static void test_scatter(void **state)
 {
     fx *f = *state;
     uint32_t imm = 14;
-    expect_ok(&f->p, "counter %u", imm);
+    th_peer_expect_ok(&f->p, "counter %u", imm);
     enum { NT = 2 * NT_MAX_NICS + 1 };
     int n = 2 * K + 1;
     te_scatter_target t[NT];
@@ -527,7 +469,7 @@ static void test_imm_barrier(void **state)
 {
     fx *f = *state;
     uint32_t imm = 15;
-    expect_ok(&f->p, "counter %u", imm);
+    th_peer_expect_ok(&f->p, "counter %u", imm);
     snap a, b;
     delta d;
     take(f, &a);
@@ -608,8 +550,8 @@ static void test_validation(void **state)
     }
     /* A real peer in host 1 that uses only its first NIC. */
     if (K >= 2) {
-        peer q;
-        if (start_peer(&q, T.ifname[1][0])) fail_msg("cannot start the 1-NIC peer");
+        th_peer q;
+        start_peer(&q, T.ifname[1][0]);
         assert_int_equal(q.desc.n_nics, 1);
         w.route = (te_route){TE_ROUTE_SHARDED, 0};
         w.dst = &q.desc;
@@ -626,7 +568,7 @@ static void test_validation(void **state)
         expect_einval(te_write_scatter(f->e, &sa, &c), "scatter to a 1-NIC peer", "same number of NICs");
         expect_einval(te_barrier(f->e, 1, &q.desc, 1, (te_route){TE_ROUTE_SHARDED, 0}, &c),
                       "barrier to a 1-NIC peer", "same number of NICs");
-        stop_peer(&q);
+        th_peer_down(&q);
     }
     usleep(50000);
     assert_int_equal(te_counter_done(f->done), before); /* nothing was queued */
