@@ -2,6 +2,7 @@
  * problem (and nothing is queued), an engine used after stop says so, a stop completes
  * every pending operation exactly once, and a peer that dies produces errors within a
  * bounded time instead of a hang. */
+/* ctest-labels: threads (the TSan run: stop racing submissions and callbacks) */
 #include <errno.h>
 #include <setjmp.h>
 #include <signal.h>

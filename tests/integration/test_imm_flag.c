@@ -2,6 +2,7 @@
  * rises exactly once per `expected` immediates, arrivals past a round count toward the
  * next, data is in place when the epoch is seen (a host thread plays the polling
  * kernel), replacement and removal detach the flag, and engine destroy frees it. */
+/* ctest-labels: threads (the TSan run: a host thread polling the flag the worker raises) */
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>

@@ -1,6 +1,7 @@
 /* Every operation between real processes over the provider under test: the right bytes
  * land at the right places, immediate counts match the documented table, completions
  * and callbacks fire exactly once. */
+/* ctest-labels: threads (the TSan run: callbacks, worker and the submitting thread) */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

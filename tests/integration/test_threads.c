@@ -1,6 +1,7 @@
 /* Many caller threads submitting at once: every operation completes exactly once, the
  * peer sees exactly one immediate per write, and every byte lands where it should. Runs
  * under ThreadSanitizer in CI (label "threads"). */
+/* ctest-labels: threads (the TSan run: many submitting threads) */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>

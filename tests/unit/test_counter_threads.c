@@ -3,6 +3,7 @@
  * interleaving of targets, publications and bumps (counter.c explains the target-aware
  * wake-up). Sleeps re-check every 10 ms, so a lost wake-up shows here only as slowness;
  * what this asserts is that no waiter returns early, hangs, or miscounts. */
+/* ctest-labels: threads (the TSan run: waiters and a bumping thread) */
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>

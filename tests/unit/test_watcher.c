@@ -1,6 +1,7 @@
 /* Scalar watchers with host writers (runs everywhere; on a GPU machine the words are
  * mapped pinned host memory, elsewhere plain host memory), and the CUDA-registration
  * refusals that do not need a GPU. */
+/* ctest-labels: threads (the TSan run: the watcher thread and writer threads) */
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
