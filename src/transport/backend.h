@@ -100,7 +100,8 @@ typedef struct tp_ops {
 /* One way of serving "auto": a probe that fills `out` with a provider string and
  * returns 0 where this backend can run here, or a negative errno where it cannot. Choices
  * of all backends are tried in ascending `rank` (efa 10, verbs 20, tcp 30), so
- * backends interleave without knowing each other. */
+ * backends interleave without knowing each other. Ranks are distinct across the table
+ * (tests/unit/test_backends.c checks). */
 typedef struct tp_auto_choice {
     int rank;
     const char *label;  /* for the error message when nothing is usable */
