@@ -135,19 +135,24 @@ static int submit(te_engine *e, te_group *g, te_op *op, const te_completion *c)
 #define PAGED_ARGS_V0 sizeof(te_paged_args)
 #define SCATTER_ARGS_V0 sizeof(te_scatter_args)
 
-/* Copies a caller's args struct (first field: struct_size) into the library's layout,
- * zero-filling fields the caller's size does not cover (te.h's struct_size rule). */
-static int args_copy(void *out, size_t cur, size_t v0, const void *in, const char *fn)
+/* The caller's args struct (first field: struct_size) in this library's layout: the
+ * caller's own struct when its size is 0 or ours (no copy on the fast path), else a copy
+ * in `copy` zero-filled past the caller's size (te.h's struct_size rule). NULL with *err
+ * set for a size this library does not know. */
+static const void *args_in(const void *in, void *copy, size_t cur, size_t v0, const char *fn,
+                           int *err)
 {
     size_t got = *(const size_t *)in;
-    if (got == 0) got = v0;
-    if (got < v0 || got > cur)
-        return te_err(-EINVAL, "%s: args struct_size %zu is not one this library knows (0, or "
+    if (got == 0 || got == cur) return in;
+    if (got < v0 || got > cur) {
+        *err = te_err(-EINVAL, "%s: args struct_size %zu is not one this library knows (0, or "
                                "%zu..%zu)", fn, got, v0, cur);
-    memset(out, 0, cur);
-    memcpy(out, in, got);
-    *(size_t *)out = cur;
-    return 0;
+        return NULL;
+    }
+    memset(copy, 0, cur);
+    memcpy(copy, in, got);
+    *(size_t *)copy = cur;
+    return copy;
 }
 
 int te_write(te_engine *e, const te_write_args *a, const te_completion *c)
@@ -156,9 +161,8 @@ int te_write(te_engine *e, const te_write_args *a, const te_completion *c)
     ENTER(e, fn);
     if (!a) FAIL(te_err(-EINVAL, "te_write: args is NULL"));
     int r;
-    te_write_args args;
-    if ((r = args_copy(&args, sizeof args, WRITE_ARGS_V0, a, fn))) FAIL(r);
-    a = &args;
+    te_write_args copy;
+    if (!(a = args_in(a, &copy, sizeof copy, WRITE_ARGS_V0, fn, &r))) FAIL(r);
     if ((r = check_src(e, a->src, a->src_offset, a->len, fn))) FAIL(r);
     te_group *g = e->groups[a->src->group];
     if ((r = check_dst(g, a->dst, a->dst_offset, a->len, fn, "dst"))) FAIL(r);
@@ -208,10 +212,9 @@ int te_write_paged(te_engine *e, const te_paged_args *a, const te_completion *c)
     static const char fn[] = "te_write_paged";
     ENTER(e, fn);
     if (!a) FAIL(te_err(-EINVAL, "te_write_paged: args is NULL"));
-    te_paged_args args;
-    int ar = args_copy(&args, sizeof args, PAGED_ARGS_V0, a, fn);
-    if (ar) FAIL(ar);
-    a = &args;
+    te_paged_args copy;
+    int ar;
+    if (!(a = args_in(a, &copy, sizeof copy, PAGED_ARGS_V0, fn, &ar))) FAIL(ar);
     if (!a->src_pages || !a->dst_pages)
         FAIL(te_err(-EINVAL, "te_write_paged: %s is NULL", a->src_pages ? "dst_pages" : "src_pages"));
     if (a->src_pages->n != a->dst_pages->n)
@@ -262,10 +265,9 @@ int te_write_scatter(te_engine *e, const te_scatter_args *a, const te_completion
     static const char fn[] = "te_write_scatter";
     ENTER(e, fn);
     if (!a) FAIL(te_err(-EINVAL, "te_write_scatter: args is NULL"));
-    te_scatter_args args;
-    int ar = args_copy(&args, sizeof args, SCATTER_ARGS_V0, a, fn);
-    if (ar) FAIL(ar);
-    a = &args;
+    te_scatter_args copy;
+    int ar;
+    if (!(a = args_in(a, &copy, sizeof copy, SCATTER_ARGS_V0, fn, &ar))) FAIL(ar);
     if (!a->targets || a->n_targets == 0)
         FAIL(te_err(-EINVAL, "te_write_scatter: no targets (targets NULL or n_targets 0)"));
     if (a->n_targets > UINT32_MAX) FAIL(te_err(-EINVAL, "te_write_scatter: too many targets"));

@@ -39,7 +39,9 @@ void shard_plan_compute(const shard_input *in, shard_plan *p)
 {
     uint32_t N = in->n_nics, rr = in->rr;
     bool pinned = in->route.kind == TE_ROUTE_PINNED;
-    *p = (shard_plan){.rr_next = rr};
+    p->n_spans = 0; /* spans past n_spans are left as they are */
+    p->rr_next = rr;
+    p->wrs = p->imms = 0;
     switch (in->kind) {
     case OP_WRITE:
         if (pinned) {
@@ -76,31 +78,4 @@ void shard_plan_compute(const shard_input *in, shard_plan *p)
         return;
     }
     p->imms = p->wrs; /* every work request of a one-sided op carries the immediate */
-}
-
-uint32_t shard_write_count(te_route route, uint32_t n_nics)
-{
-    if (route.kind == TE_ROUTE_PINNED) return 1;
-    return route.n ? route.n : n_nics;
-}
-
-uint64_t shard_write_size(uint64_t len, uint32_t shards)
-{
-    /* ceil, not the original's floor: floor could drop the tail (16385 bytes over 2
-     * shards). Sizes are identical whenever the original covered every byte. */
-    return ceil_div(ceil_div(len, shards), SHARD_ALIGN) * SHARD_ALIGN;
-}
-
-shard_range shard_write_range(uint64_t len, uint64_t size, uint32_t k)
-{
-    uint64_t off = (uint64_t)k * size;
-    if (off >= len) return (shard_range){0, 0};
-    return (shard_range){off, len - off < size ? len - off : size};
-}
-
-shard_range shard_scatter_slice(uint64_t len, uint32_t n_nics, uint32_t nic)
-{
-    uint64_t slice = len / n_nics;
-    uint64_t off = slice * nic;
-    return (shard_range){off, nic == n_nics - 1 ? len - off : slice};
 }

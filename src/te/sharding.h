@@ -46,10 +46,23 @@ typedef struct shard_plan {
 /* Plans an operation whose inputs were validated (NIC indices < N, N >= 1). */
 void shard_plan_compute(const shard_input *in, shard_plan *out);
 
+/* The byte rules are inline: they run per work request on the worker. */
+
 /* Shards of a single write: 1 if pinned, route.n, or every NIC for route.n == 0. */
-uint32_t shard_write_count(te_route route, uint32_t n_nics);
-/* Bytes per shard of a sharded write: ceil(len / shards) rounded up to SHARD_ALIGN. */
-uint64_t shard_write_size(uint64_t len, uint32_t shards);
+static inline uint32_t shard_write_count(te_route route, uint32_t n_nics)
+{
+    if (route.kind == TE_ROUTE_PINNED) return 1;
+    return route.n ? route.n : n_nics;
+}
+
+/* Bytes per shard of a sharded write: ceil(len / shards) rounded up to SHARD_ALIGN.
+ * (ceil, not the original's floor: floor could drop the tail, e.g. 16385 bytes over 2
+ * shards. Sizes are identical whenever the original covered every byte.) */
+static inline uint64_t shard_write_size(uint64_t len, uint32_t shards)
+{
+    uint64_t per = (len + shards - 1) / shards;
+    return (per + SHARD_ALIGN - 1) / SHARD_ALIGN * SHARD_ALIGN;
+}
 
 typedef struct shard_range {
     uint64_t off, len;  /* relative to the request's (or target's) offsets */
@@ -57,9 +70,20 @@ typedef struct shard_range {
 
 /* Shard k of a sharded write of `len` bytes in shards of `size`: [k*size, min(..., len));
  * an empty shard is {0, 0} (a zero-length write at the request's offsets). */
-shard_range shard_write_range(uint64_t len, uint64_t size, uint32_t k);
+static inline shard_range shard_write_range(uint64_t len, uint64_t size, uint32_t k)
+{
+    uint64_t off = (uint64_t)k * size;
+    if (off >= len) return (shard_range){0, 0};
+    return (shard_range){off, len - off < size ? len - off : size};
+}
+
 /* Slice of NIC `nic` of one SHARD_BYTES scatter target: floor(len/N) each, the last NIC
  * also takes the remainder. */
-shard_range shard_scatter_slice(uint64_t len, uint32_t n_nics, uint32_t nic);
+static inline shard_range shard_scatter_slice(uint64_t len, uint32_t n_nics, uint32_t nic)
+{
+    uint64_t slice = len / n_nics;
+    uint64_t off = slice * nic;
+    return (shard_range){off, nic == n_nics - 1 ? len - off : slice};
+}
 
 #endif
