@@ -3,6 +3,7 @@
  * inline, and the queue of operations per group is bounded. Each test checks what a user
  * relies on: every operation completes exactly once, nothing is lost or written twice,
  * and stop still cancels what is pending. Runs under ThreadSanitizer (label "threads"). */
+/* ctest-labels: threads (the TSan run: submitters, waiters and inline callbacks drive progress) */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
