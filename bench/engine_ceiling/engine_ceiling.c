@@ -105,7 +105,7 @@ static const tp_ops null_ops = {
 static te_engine *null_engine(void)
 {
     te_engine *e = calloc(1, sizeof *e);
-    te_group *g = calloc(1, sizeof *g);
+    eng_group *g = calloc(1, sizeof *g);
     if (!e || !g || imm_table_init(&e->imm)) return NULL;
     pthread_mutex_init(&e->lists_lock, NULL);
     atomic_init(&e->state, ENGINE_RUNNING);
@@ -122,7 +122,7 @@ static te_engine *null_engine(void)
     g->worker_cpu = -1;
     g->event_fd = -1;
     g->n_nics = 1;
-    te_nic_state *n = &g->nic[0];
+    eng_nic *n = &g->nic[0];
     n->ops = &null_ops;
     tp_open_args a = {.provider = "null"};
     if (n->ops->open(&a, &n->tp)) return NULL;
@@ -172,7 +172,7 @@ int main(int argc, char **argv)
     double secs[99];
     for (int r = 0; r < reps; r++) {
         uint64_t base = te_counter_done(done);
-        uint64_t t0 = te_now_ns();
+        uint64_t t0 = tn_now_ns();
         for (uint64_t k = 0; k < ops; k++) {
             if (k >= window && te_counter_wait(done, base + k - window + 1, 60000)) return 1;
             te_write_args a = {.src = mr, .len = sizeof buf, .dst = &dst, .route = {TE_ROUTE_SHARDED, 0}};
@@ -185,7 +185,7 @@ int main(int argc, char **argv)
             }
         }
         if (te_counter_wait(done, base + ops, 60000)) return 1;
-        secs[r] = (double)(te_now_ns() - t0) / 1e9;
+        secs[r] = (double)(tn_now_ns() - t0) / 1e9;
     }
     qsort(secs, (size_t)reps, sizeof *secs, cmp_d);
     double med = secs[reps / 2];

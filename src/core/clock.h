@@ -5,16 +5,16 @@
 #include <stdint.h>
 #include <time.h>
 
-static inline uint64_t te_now_ns(void)
+static inline uint64_t tn_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* The kernel's tick-granular clock: a quarter of the cost of te_now_ns on a VM, and up to
+/* The kernel's tick-granular clock: a quarter of the cost of tn_now_ns on a VM, and up to
  * one tick (1-10 ms) behind it. */
-static inline uint64_t te_now_coarse_ns(void)
+static inline uint64_t tn_now_coarse_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
@@ -22,16 +22,16 @@ static inline uint64_t te_now_coarse_ns(void)
 }
 
 /* An operation's deadline, taken on the submission path with the coarse clock and moved
- * one longest tick later, so it never comes early against te_now_ns (at most 10 ms late). */
-static inline uint64_t te_op_deadline_ns(uint32_t timeout_ms)
+ * one longest tick later, so it never comes early against tn_now_ns (at most 10 ms late). */
+static inline uint64_t tn_op_deadline_ns(uint32_t timeout_ms)
 {
-    return te_now_coarse_ns() + 10000000ull + (uint64_t)timeout_ms * 1000000ull;
+    return tn_now_coarse_ns() + 10000000ull + (uint64_t)timeout_ms * 1000000ull;
 }
 
 /* Deadline for a timeout in ms; negative means none (UINT64_MAX). */
-static inline uint64_t te_deadline_ms(int timeout_ms)
+static inline uint64_t tn_deadline_ms(int timeout_ms)
 {
-    return timeout_ms < 0 ? UINT64_MAX : te_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    return timeout_ms < 0 ? UINT64_MAX : tn_now_ns() + (uint64_t)timeout_ms * 1000000ull;
 }
 
 #endif

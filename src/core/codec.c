@@ -21,10 +21,10 @@ static bool transport_known(uint8_t t)
 static int addr_validate(const te_addr *a, const char *what)
 {
     if (!transport_known(a->transport))
-        return te_err(-EINVAL, "%s: unknown transport kind %u (expected %d fabric or %d verbs)",
+        return tn_err(-EINVAL, "%s: unknown transport kind %u (expected %d fabric or %d verbs)",
                       what, (unsigned)a->transport, TE_TRANSPORT_FABRIC, TE_TRANSPORT_VERBS);
     if (a->len == 0)
-        return te_err(-EINVAL, "%s: len is 0 (must be 1..%d)", what, TE_ADDR_MAX);
+        return tn_err(-EINVAL, "%s: len is 0 (must be 1..%d)", what, TE_ADDR_MAX);
     return 0;
 }
 
@@ -50,7 +50,7 @@ typedef struct reader {
 static int rd_u8(reader *r, uint8_t *out, const char *what)
 {
     if (r->left < 1)
-        return te_err(-EBADMSG, "truncated input: %s missing at byte %zu", what, r->off);
+        return tn_err(-EBADMSG, "truncated input: %s missing at byte %zu", what, r->off);
     *out = r->p[0];
     r->p++;
     r->left--;
@@ -60,12 +60,12 @@ static int rd_u8(reader *r, uint8_t *out, const char *what)
 
 static int rd_varint(reader *r, uint64_t *out, const char *what)
 {
-    int n = te_varint_decode(r->p, r->left, out);
+    int n = tn_varint_decode(r->p, r->left, out);
     if (n < 0) {
-        if (n == TE_VARINT_TRUNCATED)
-            return te_err(-EBADMSG, "truncated input: %s (varint at byte %zu) is cut off",
+        if (n == TN_VARINT_TRUNCATED)
+            return tn_err(-EBADMSG, "truncated input: %s (varint at byte %zu) is cut off",
                           what, r->off);
-        return te_err(-EBADMSG, "%s at byte %zu: %s", what, r->off, te_varint_status_str(n));
+        return tn_err(-EBADMSG, "%s at byte %zu: %s", what, r->off, tn_varint_status_str(n));
     }
     r->p += n;
     r->left -= (size_t)n;
@@ -80,7 +80,7 @@ static int rd_version(reader *r, const char *what)
     if (rc)
         return rc;
     if (v != TE_WIRE_VERSION)
-        return te_err(-EBADMSG, "%s: unsupported wire version %u at byte %zu (this build "
+        return tn_err(-EBADMSG, "%s: unsupported wire version %u at byte %zu (this build "
                       "reads version %d only)", what, (unsigned)v, r->off - 1, TE_WIRE_VERSION);
     return 0;
 }
@@ -100,17 +100,17 @@ static int rd_addr(reader *r, te_addr *out, const char *what)
     if ((rc = rd_u8(r, &transport, ctx)))
         return rc;
     if (!transport_known(transport))
-        return te_err(-EBADMSG, "%s: unknown transport kind %u at byte %zu (expected %d "
+        return tn_err(-EBADMSG, "%s: unknown transport kind %u at byte %zu (expected %d "
                       "fabric or %d verbs)", what, (unsigned)transport, r->off - 1,
                       TE_TRANSPORT_FABRIC, TE_TRANSPORT_VERBS);
     snprintf(ctx, sizeof ctx, "%s length", what);
     if ((rc = rd_u8(r, &len, ctx)))
         return rc;
     if (len == 0)
-        return te_err(-EBADMSG, "%s: length 0 at byte %zu (must be 1..%d)", what, r->off - 1,
+        return tn_err(-EBADMSG, "%s: length 0 at byte %zu (must be 1..%d)", what, r->off - 1,
                       TE_ADDR_MAX);
     if (r->left < len)
-        return te_err(-EBADMSG, "truncated input: %s needs %u bytes at byte %zu, %zu left",
+        return tn_err(-EBADMSG, "truncated input: %s needs %u bytes at byte %zu, %zu left",
                       what, (unsigned)len, r->off, r->left);
     memset(out, 0, sizeof *out);
     out->transport = transport;
@@ -125,7 +125,7 @@ static int rd_addr(reader *r, te_addr *out, const char *what)
 static int rd_end(const reader *r, const char *what)
 {
     if (r->left)
-        return te_err(-EBADMSG, "%zu trailing byte(s) after the %s (at byte %zu)", r->left,
+        return tn_err(-EBADMSG, "%zu trailing byte(s) after the %s (at byte %zu)", r->left,
                       what, r->off);
     return 0;
 }
@@ -134,31 +134,31 @@ static int rd_end(const reader *r, const char *what)
 
 int te_addr_encode(const te_addr *addr, uint8_t *buf, size_t cap, size_t *out_len)
 {
-    te_err_clear();
+    tn_err_clear();
     if (!addr)
-        return te_err(-EINVAL, "te_addr_encode: addr is NULL");
+        return tn_err(-EINVAL, "te_addr_encode: addr is NULL");
     if (!out_len)
-        return te_err(-EINVAL, "te_addr_encode: out_len is NULL");
+        return tn_err(-EINVAL, "te_addr_encode: out_len is NULL");
     if (!buf && cap)
-        return te_err(-EINVAL, "te_addr_encode: buf is NULL with cap %zu", cap);
+        return tn_err(-EINVAL, "te_addr_encode: buf is NULL with cap %zu", cap);
     int rc = addr_validate(addr, "te_addr_encode: addr");
     if (rc)
         return rc;
     size_t need = addr_wire_size(addr);
     *out_len = need;
     if (cap < need)
-        return te_err(-ENOSPC, "te_addr_encode: cap %zu too small, %zu bytes needed", cap, need);
+        return tn_err(-ENOSPC, "te_addr_encode: cap %zu too small, %zu bytes needed", cap, need);
     addr_write(addr, buf);
     return 0;
 }
 
 int te_addr_decode(const uint8_t *buf, size_t len, te_addr *out)
 {
-    te_err_clear();
+    tn_err_clear();
     if (!buf && len)
-        return te_err(-EINVAL, "te_addr_decode: buf is NULL with len %zu", len);
+        return tn_err(-EINVAL, "te_addr_decode: buf is NULL with len %zu", len);
     if (!out)
-        return te_err(-EINVAL, "te_addr_decode: out is NULL");
+        return tn_err(-EINVAL, "te_addr_decode: out is NULL");
     reader r = { buf, len, 0 };
     te_addr tmp;
     int rc = rd_addr(&r, &tmp, "address");
@@ -174,11 +174,11 @@ static const char hex_digits[] = "0123456789abcdef";
 
 int te_addr_format(const te_addr *addr, char *buf, size_t cap)
 {
-    te_err_clear();
+    tn_err_clear();
     if (!addr)
-        return te_err(-EINVAL, "te_addr_format: addr is NULL");
+        return tn_err(-EINVAL, "te_addr_format: addr is NULL");
     if (!buf)
-        return te_err(-EINVAL, "te_addr_format: buf is NULL");
+        return tn_err(-EINVAL, "te_addr_format: buf is NULL");
     int rc = addr_validate(addr, "te_addr_format: addr");
     if (rc)
         return rc;
@@ -188,7 +188,7 @@ int te_addr_format(const te_addr *addr, char *buf, size_t cap)
     if (cap < need) {
         if (cap)
             buf[0] = '\0';
-        return te_err(-ENOSPC, "te_addr_format: cap %zu too small, %zu bytes needed "
+        return tn_err(-ENOSPC, "te_addr_format: cap %zu too small, %zu bytes needed "
                       "(TE_ADDR_TEXT_MAX always fits)", cap, need);
     }
     for (size_t i = 0; i < n; i++) {
@@ -212,13 +212,13 @@ static int hex_value(char c)
 
 int te_addr_parse(const char *text, te_addr *out)
 {
-    te_err_clear();
+    tn_err_clear();
     if (!text)
-        return te_err(-EINVAL, "te_addr_parse: text is NULL");
+        return tn_err(-EINVAL, "te_addr_parse: text is NULL");
     if (!out)
-        return te_err(-EINVAL, "te_addr_parse: out is NULL");
+        return tn_err(-EINVAL, "te_addr_parse: out is NULL");
     if (!text[0])
-        return te_err(-EBADMSG, "te_addr_parse: empty text");
+        return tn_err(-EBADMSG, "te_addr_parse: empty text");
 
     uint8_t wire[TE_ADDR_ENCODED_MAX];
     size_t n = 0, i = 0;
@@ -228,19 +228,19 @@ int te_addr_parse(const char *text, te_addr *out)
             break;
         char lo = text[i + 1];
         if (!lo)
-            return te_err(-EBADMSG, "te_addr_parse: odd number of hex digits (%zu)", i + 1);
+            return tn_err(-EBADMSG, "te_addr_parse: odd number of hex digits (%zu)", i + 1);
         int h = hex_value(hi), l = hex_value(lo);
         if (h < 0 || l < 0) {
             size_t at = h < 0 ? i : i + 1;
             unsigned char c = (unsigned char)text[at];
             if (c >= 0x20 && c < 0x7f)
-                return te_err(-EBADMSG, "te_addr_parse: '%c' at offset %zu is not a hex digit",
+                return tn_err(-EBADMSG, "te_addr_parse: '%c' at offset %zu is not a hex digit",
                               (char)c, at);
-            return te_err(-EBADMSG, "te_addr_parse: byte 0x%02x at offset %zu is not a hex "
+            return tn_err(-EBADMSG, "te_addr_parse: byte 0x%02x at offset %zu is not a hex "
                           "digit", (unsigned)c, at);
         }
         if (n == sizeof wire)
-            return te_err(-EBADMSG, "te_addr_parse: text longer than %d hex digits (the "
+            return tn_err(-EBADMSG, "te_addr_parse: text longer than %d hex digits (the "
                           "largest encoded address)", 2 * TE_ADDR_ENCODED_MAX);
         wire[n++] = (uint8_t)(h << 4 | l);
     }
@@ -258,7 +258,7 @@ int te_addr_parse(const char *text, te_addr *out)
 
 bool te_addr_equal(const te_addr *a, const te_addr *b)
 {
-    te_err_clear();
+    tn_err_clear();
     if (a == b)
         return true;
     if (!a || !b)
@@ -271,53 +271,53 @@ bool te_addr_equal(const te_addr *a, const te_addr *b)
 
 int te_mr_desc_encode(const te_mr_desc *d, uint8_t *buf, size_t cap, size_t *out_len)
 {
-    te_err_clear();
+    tn_err_clear();
     if (!d)
-        return te_err(-EINVAL, "te_mr_desc_encode: d is NULL");
+        return tn_err(-EINVAL, "te_mr_desc_encode: d is NULL");
     if (!out_len)
-        return te_err(-EINVAL, "te_mr_desc_encode: out_len is NULL");
+        return tn_err(-EINVAL, "te_mr_desc_encode: out_len is NULL");
     if (!buf && cap)
-        return te_err(-EINVAL, "te_mr_desc_encode: buf is NULL with cap %zu", cap);
+        return tn_err(-EINVAL, "te_mr_desc_encode: buf is NULL with cap %zu", cap);
     if (d->n_nics == 0 || d->n_nics > TE_MAX_NICS)
-        return te_err(-EINVAL, "te_mr_desc_encode: n_nics %u out of range 1..%d",
+        return tn_err(-EINVAL, "te_mr_desc_encode: n_nics %u out of range 1..%d",
                       (unsigned)d->n_nics, TE_MAX_NICS);
     if (d->len > UINT64_MAX - d->base)
-        return te_err(-EINVAL, "te_mr_desc_encode: base 0x%llx + len 0x%llx overflows u64",
+        return tn_err(-EINVAL, "te_mr_desc_encode: base 0x%llx + len 0x%llx overflows u64",
                       (unsigned long long)d->base, (unsigned long long)d->len);
 
-    size_t need = 1 + te_varint_len(d->base) + te_varint_len(d->len) + 1;
+    size_t need = 1 + tn_varint_len(d->base) + tn_varint_len(d->len) + 1;
     for (uint32_t k = 0; k < d->n_nics; k++) {
         char what[48];
         snprintf(what, sizeof what, "te_mr_desc_encode: nic[%u].addr", (unsigned)k);
         int rc = addr_validate(&d->nic[k].addr, what);
         if (rc)
             return rc;
-        need += addr_wire_size(&d->nic[k].addr) + te_varint_len(d->nic[k].rkey);
+        need += addr_wire_size(&d->nic[k].addr) + tn_varint_len(d->nic[k].rkey);
     }
     *out_len = need;
     if (cap < need)
-        return te_err(-ENOSPC, "te_mr_desc_encode: cap %zu too small, %zu bytes needed", cap,
+        return tn_err(-ENOSPC, "te_mr_desc_encode: cap %zu too small, %zu bytes needed", cap,
                       need);
 
     size_t o = 0;
     buf[o++] = TE_WIRE_VERSION;
-    o += te_varint_encode(d->base, buf + o);
-    o += te_varint_encode(d->len, buf + o);
+    o += tn_varint_encode(d->base, buf + o);
+    o += tn_varint_encode(d->len, buf + o);
     buf[o++] = (uint8_t)d->n_nics;
     for (uint32_t k = 0; k < d->n_nics; k++) {
         o += addr_write(&d->nic[k].addr, buf + o);
-        o += te_varint_encode(d->nic[k].rkey, buf + o);
+        o += tn_varint_encode(d->nic[k].rkey, buf + o);
     }
     return 0;
 }
 
 int te_mr_desc_decode(const uint8_t *buf, size_t len, te_mr_desc *out)
 {
-    te_err_clear();
+    tn_err_clear();
     if (!buf && len)
-        return te_err(-EINVAL, "te_mr_desc_decode: buf is NULL with len %zu", len);
+        return tn_err(-EINVAL, "te_mr_desc_decode: buf is NULL with len %zu", len);
     if (!out)
-        return te_err(-EINVAL, "te_mr_desc_decode: out is NULL");
+        return tn_err(-EINVAL, "te_mr_desc_decode: out is NULL");
 
     reader r = { buf, len, 0 };
     te_mr_desc tmp;
@@ -331,12 +331,12 @@ int te_mr_desc_decode(const uint8_t *buf, size_t len, te_mr_desc *out)
     if ((rc = rd_varint(&r, &tmp.len, "descriptor len")))
         return rc;
     if (tmp.len > UINT64_MAX - tmp.base)
-        return te_err(-EBADMSG, "descriptor: base 0x%llx + len 0x%llx overflows u64",
+        return tn_err(-EBADMSG, "descriptor: base 0x%llx + len 0x%llx overflows u64",
                       (unsigned long long)tmp.base, (unsigned long long)tmp.len);
     if ((rc = rd_u8(&r, &n, "descriptor NIC count")))
         return rc;
     if (n == 0 || n > TE_MAX_NICS)
-        return te_err(-EBADMSG, "descriptor: NIC count %u at byte %zu out of range 1..%d",
+        return tn_err(-EBADMSG, "descriptor: NIC count %u at byte %zu out of range 1..%d",
                       (unsigned)n, r.off - 1, TE_MAX_NICS);
     tmp.n_nics = n;
     for (unsigned k = 0; k < n; k++) {

@@ -8,7 +8,7 @@
 
 static _Thread_local char last_error[512];
 
-int te_err(int code, const char *fmt, ...)
+int tn_err(int code, const char *fmt, ...)
 {
     /* Format into a scratch buffer first: callers often pass te_last_error() itself as
      * an argument, to wrap the message of a lower layer, and the buffers must not overlap. */
@@ -21,7 +21,7 @@ int te_err(int code, const char *fmt, ...)
     return code;
 }
 
-void te_err_clear(void) { last_error[0] = '\0'; }
+void tn_err_clear(void) { last_error[0] = '\0'; }
 
 const char *te_last_error(void) { return last_error; }
 

@@ -5,9 +5,9 @@
 #include <errno.h>
 
 /* Records a formatted message as this thread's last error and returns `code` (a
- * negative errno), so call sites read: return te_err(-EINVAL, "len: %zu > ...", len); */
-int te_err(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+ * negative errno), so call sites read: return tn_err(-EINVAL, "len: %zu > ...", len); */
+int tn_err(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Clears this thread's last error (every public entry point calls it first). */
-void te_err_clear(void);
+void tn_err_clear(void);
 
 #endif

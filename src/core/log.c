@@ -12,24 +12,24 @@ static pthread_once_t level_once = PTHREAD_ONCE_INIT;
 static void read_level(void)
 {
     const char *s = getenv("TENDRIL_LOG");
-    level = TE_LOG_WARN;
+    level = TN_LOG_WARN;
     if (!s) return;
-    if (!strcmp(s, "error")) level = TE_LOG_ERROR;
-    else if (!strcmp(s, "warn")) level = TE_LOG_WARN;
-    else if (!strcmp(s, "info")) level = TE_LOG_INFO;
-    else if (!strcmp(s, "debug")) level = TE_LOG_DEBUG;
+    if (!strcmp(s, "error")) level = TN_LOG_ERROR;
+    else if (!strcmp(s, "warn")) level = TN_LOG_WARN;
+    else if (!strcmp(s, "info")) level = TN_LOG_INFO;
+    else if (!strcmp(s, "debug")) level = TN_LOG_DEBUG;
 }
 
-int te_log_level(void)
+int tn_log_level(void)
 {
     pthread_once(&level_once, read_level);
     return level;
 }
 
-void te_log(int lvl, const char *fmt, ...)
+void tn_log(int lvl, const char *fmt, ...)
 {
     static const char *names[] = {"error", "warn", "info", "debug"};
-    if (lvl > te_log_level()) return;
+    if (lvl > tn_log_level()) return;
     char line[1024];
     va_list ap;
     va_start(ap, fmt);

@@ -6,15 +6,15 @@
 #include <time.h>
 #include <unistd.h>
 
-uint32_t te_notify_prepare(te_notify *n)
+uint32_t tn_notify_prepare(tn_notify *n)
 {
     atomic_fetch_add_explicit(&n->sleepers, 1, memory_order_seq_cst);
     return atomic_load_explicit(&n->seq, memory_order_seq_cst);
 }
 
-void te_notify_cancel(te_notify *n) { atomic_fetch_sub_explicit(&n->sleepers, 1, memory_order_seq_cst); }
+void tn_notify_cancel(tn_notify *n) { atomic_fetch_sub_explicit(&n->sleepers, 1, memory_order_seq_cst); }
 
-void te_notify_wait(te_notify *n, uint32_t ticket, uint64_t timeout_ns)
+void tn_notify_wait(tn_notify *n, uint32_t ticket, uint64_t timeout_ns)
 {
     struct timespec ts = {.tv_sec = (time_t)(timeout_ns / 1000000000ull),
                           .tv_nsec = (long)(timeout_ns % 1000000000ull)};
@@ -32,7 +32,7 @@ void te_notify_wait(te_notify *n, uint32_t ticket, uint64_t timeout_ns)
  *   was there) preceded the reset took its ticket before the bump, so its futex wait
  *   returns at once; it then publishes again.
  * - Every sleeper is woken, not one, and each publishes its own target again. */
-void te_notify_at_publish(te_notify_at *t, uint64_t target)
+void tn_notify_at_publish(tn_notify_at *t, uint64_t target)
 {
     uint64_t cur = atomic_load_explicit(&t->wake_at, memory_order_seq_cst);
     while (target < cur && !atomic_compare_exchange_weak_explicit(&t->wake_at, &cur, target,
@@ -41,14 +41,14 @@ void te_notify_at_publish(te_notify_at *t, uint64_t target)
     }
 }
 
-void te_notify_at_reached(te_notify_at *t, uint64_t value)
+void tn_notify_at_reached(tn_notify_at *t, uint64_t value)
 {
     if (value < atomic_load_explicit(&t->wake_at, memory_order_seq_cst)) return;
     atomic_store_explicit(&t->wake_at, UINT64_MAX, memory_order_seq_cst);
-    te_notify_wake(&t->n);
+    tn_notify_wake(&t->n);
 }
 
-void te_notify_wake(te_notify *n)
+void tn_notify_wake(tn_notify *n)
 {
     /* The condition was made true before this call; a sleeper that announced itself
      * after our load of `sleepers` re-checks the condition and does not sleep. */

@@ -15,16 +15,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TE_VARINT_MAX 10 /* longest encoding of a u64 */
+#define TN_VARINT_MAX 10 /* longest encoding of a u64 */
 
-enum te_varint_status {
-    TE_VARINT_TRUNCATED = -1,    /* input ended inside the varint */
-    TE_VARINT_OVERFLOW = -2,     /* more than 10 bytes, or value above 2^64-1 */
-    TE_VARINT_NONCANONICAL = -3, /* redundant trailing zero group */
+enum tn_varint_status {
+    TN_VARINT_TRUNCATED = -1,    /* input ended inside the varint */
+    TN_VARINT_OVERFLOW = -2,     /* more than 10 bytes, or value above 2^64-1 */
+    TN_VARINT_NONCANONICAL = -3, /* redundant trailing zero group */
 };
 
 /* Bytes needed to encode v (1..10). */
-static inline size_t te_varint_len(uint64_t v)
+static inline size_t tn_varint_len(uint64_t v)
 {
     size_t n = 1;
     while (v >= 0x80) {
@@ -34,9 +34,9 @@ static inline size_t te_varint_len(uint64_t v)
     return n;
 }
 
-/* Writes v to out (which must have room for te_varint_len(v) bytes); returns the number
+/* Writes v to out (which must have room for tn_varint_len(v) bytes); returns the number
  * of bytes written. */
-static inline size_t te_varint_encode(uint64_t v, uint8_t *out)
+static inline size_t tn_varint_encode(uint64_t v, uint8_t *out)
 {
     size_t n = 0;
     while (v >= 0x80) {
@@ -48,34 +48,34 @@ static inline size_t te_varint_encode(uint64_t v, uint8_t *out)
 }
 
 /* Reads one varint from p[0..avail). Returns the number of bytes consumed (1..10) and
- * stores the value in *out, or returns a negative enum te_varint_status (*out untouched). */
-static inline int te_varint_decode(const uint8_t *p, size_t avail, uint64_t *out)
+ * stores the value in *out, or returns a negative enum tn_varint_status (*out untouched). */
+static inline int tn_varint_decode(const uint8_t *p, size_t avail, uint64_t *out)
 {
     uint64_t v = 0;
-    for (size_t i = 0; i < TE_VARINT_MAX; i++) {
+    for (size_t i = 0; i < TN_VARINT_MAX; i++) {
         if (i >= avail)
-            return TE_VARINT_TRUNCATED;
+            return TN_VARINT_TRUNCATED;
         uint8_t b = p[i];
-        if (i == TE_VARINT_MAX - 1 && b > 1)
-            return TE_VARINT_OVERFLOW; /* 10th byte may only carry bit 63 */
+        if (i == TN_VARINT_MAX - 1 && b > 1)
+            return TN_VARINT_OVERFLOW; /* 10th byte may only carry bit 63 */
         v |= (uint64_t)(b & 0x7f) << (7 * i);
         if (!(b & 0x80)) {
             if (b == 0 && i > 0)
-                return TE_VARINT_NONCANONICAL;
+                return TN_VARINT_NONCANONICAL;
             *out = v;
             return (int)(i + 1);
         }
     }
-    return TE_VARINT_OVERFLOW; /* unreachable: the 10th byte has bit 7 clear or failed */
+    return TN_VARINT_OVERFLOW; /* unreachable: the 10th byte has bit 7 clear or failed */
 }
 
 /* Short English name of a negative status, for error messages. */
-static inline const char *te_varint_status_str(int status)
+static inline const char *tn_varint_status_str(int status)
 {
     switch (status) {
-    case TE_VARINT_TRUNCATED: return "truncated varint";
-    case TE_VARINT_OVERFLOW: return "overlong varint (more than 64 bits)";
-    case TE_VARINT_NONCANONICAL: return "non-canonical varint (redundant zero byte)";
+    case TN_VARINT_TRUNCATED: return "truncated varint";
+    case TN_VARINT_OVERFLOW: return "overlong varint (more than 64 bits)";
+    case TN_VARINT_NONCANONICAL: return "non-canonical varint (redundant zero byte)";
     default: return "bad varint";
     }
 }

@@ -30,7 +30,7 @@ static void pick_spin(void)
     spin_ns = cpus >= 4 ? 50000ull : 0;
 }
 
-int te_wait_until(const te_wait_spec *w)
+int tn_wait_until(const tn_wait_spec *w)
 {
     pthread_once(&spin_once, pick_spin);
     uint64_t spin_until = 0, drive_until = 0;
@@ -45,7 +45,7 @@ int te_wait_until(const te_wait_spec *w)
         }
         /* While driving, the clock (as costly as a post on a VM) is read every 16th turn. */
         if (moved >= 0 && (turn & 15)) continue;
-        uint64_t now = te_now_ns();
+        uint64_t now = tn_now_ns();
         if (now >= w->deadline_ns) return -ETIMEDOUT;
         if (turn == 0) spin_until = now + spin_ns;
         if (moved >= 0) {
@@ -61,13 +61,13 @@ int te_wait_until(const te_wait_spec *w)
             driving = false;
         }
         if (now < spin_until) continue;
-        uint32_t t = te_notify_prepare(w->notify);
+        uint32_t t = tn_notify_prepare(w->notify);
         if (w->done(w->arg)) {
-            te_notify_cancel(w->notify);
+            tn_notify_cancel(w->notify);
             return 0;
         }
         uint64_t left = w->deadline_ns - now;
-        te_notify_wait(w->notify, t, left < SLEEP_SLICE_NS ? left : SLEEP_SLICE_NS);
+        tn_notify_wait(w->notify, t, left < SLEEP_SLICE_NS ? left : SLEEP_SLICE_NS);
         if (w->drive && !driving) {
             driving = true;
             moved_lately = true;

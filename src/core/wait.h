@@ -1,6 +1,6 @@
 /* The one waiting loop of the library: drive progress while it moves (the waiting thread
  * polls for what it waits for, as a raw libfabric user would), spin briefly (completions
- * usually come sooner than a futex sleep/wake pair would take), then sleep on a te_notify
+ * usually come sooner than a futex sleep/wake pair would take), then sleep on a tn_notify
  * in slices, until a condition holds, the caller gives up, or a deadline passes. */
 #ifndef TENDRIL_CORE_WAIT_H
 #define TENDRIL_CORE_WAIT_H
@@ -10,8 +10,8 @@
 
 #include "core/notify.h"
 
-typedef struct te_wait_spec {
-    te_notify *notify;              /* woken by whoever makes `done` true */
+typedef struct tn_wait_spec {
+    tn_notify *notify;              /* woken by whoever makes `done` true */
     bool (*done)(void *arg);        /* the condition (may also consume, e.g. take n) */
     bool (*give_up)(void *arg);     /* optional: stop waiting (engine stopped) */
     /* optional: one progress step; 1 something moved, 0 nothing (yet), < 0 cannot drive.
@@ -19,11 +19,11 @@ typedef struct te_wait_spec {
      * `last` (hand progress back to whoever drives when no waiter does) and sleeps. */
     int (*drive)(void *arg, bool last);
     void *arg;
-    uint64_t deadline_ns;           /* te_deadline_ms(); UINT64_MAX = none */
-} te_wait_spec;
+    uint64_t deadline_ns;           /* tn_deadline_ms(); UINT64_MAX = none */
+} tn_wait_spec;
 
 /* 0 when done() held, -ESHUTDOWN when give_up() held, -ETIMEDOUT at the deadline.
  * Sets no error message: callers describe what they waited for. */
-int te_wait_until(const te_wait_spec *w);
+int tn_wait_until(const tn_wait_spec *w);
 
 #endif

@@ -80,14 +80,14 @@ static void load_once(void)
         return; /* keep the library loaded: cuInit may have started driver threads */
     }
     if (g_api.cuDeviceGetCount(&g_ndev)) g_ndev = 0;
-    TE_LOGI("CUDA driver loaded from %s: %d device(s)%s", CUDA_LIB, g_ndev,
+    TN_LOGI("CUDA driver loaded from %s: %d device(s)%s", CUDA_LIB, g_ndev,
             g_api.cuMemGetHandleForAddressRange ? "" : ", no dma-buf export");
 }
 
 int tcu_load(const tcu_api **out)
 {
     pthread_once(&g_once, load_once);
-    if (g_status) return te_err(g_status, "%s", g_why);
+    if (g_status) return tn_err(g_status, "%s", g_why);
     if (out) *out = &g_api;
     return 0;
 }
@@ -112,15 +112,15 @@ int tcu_ctx_enter(int dev)
     int r = tcu_load(&cu);
     if (r) return r;
     if (dev < 0 || dev >= g_ndev)
-        return te_err(-ENODEV, "CUDA device %d does not exist (%d device(s))", dev, g_ndev);
+        return tn_err(-ENODEV, "CUDA device %d does not exist (%d device(s))", dev, g_ndev);
     tcu_device d;
     tcu_context ctx;
     tcu_result cr = cu->cuDeviceGet(&d, dev);
     if (!cr) cr = cu->cuDevicePrimaryCtxRetain(&ctx, d);
-    if (cr) return te_err(-ENODEV, "CUDA device %d: primary context: %s", dev, tcu_strerror(cr));
+    if (cr) return tn_err(-ENODEV, "CUDA device %d: primary context: %s", dev, tcu_strerror(cr));
     if ((cr = cu->cuCtxPushCurrent(ctx))) {
         cu->cuDevicePrimaryCtxRelease(d);
-        return te_err(-ENODEV, "CUDA device %d: cuCtxPushCurrent: %s", dev, tcu_strerror(cr));
+        return tn_err(-ENODEV, "CUDA device %d: cuCtxPushCurrent: %s", dev, tcu_strerror(cr));
     }
     return 0;
 }
@@ -150,31 +150,31 @@ int tcu_check_device_memory(const void *ptr, size_t len, int dev)
 {
     const tcu_api *cu;
     int r = tcu_load(&cu);
-    if (r) return te_err(r, "device %d memory cannot be registered: %s", dev, g_why);
+    if (r) return tn_err(r, "device %d memory cannot be registered: %s", dev, g_why);
     tcu_deviceptr p = (tcu_deviceptr)(uintptr_t)ptr;
     unsigned mtype = 0;
     tcu_result cr = cu->cuPointerGetAttribute(&mtype, TCU_POINTER_ATTRIBUTE_MEMORY_TYPE, p);
     if (cr)
-        return te_err(-EINVAL, "pointer %p is not memory CUDA knows (plain host memory? register "
+        return tn_err(-EINVAL, "pointer %p is not memory CUDA knows (plain host memory? register "
                                "it with device TE_DEVICE_HOST): %s", ptr, tcu_strerror(cr));
     unsigned managed = 0;
     cu->cuPointerGetAttribute(&managed, TCU_POINTER_ATTRIBUTE_IS_MANAGED, p);
     if (managed)
-        return te_err(-EINVAL, "pointer %p is CUDA managed (unified) memory, which NICs cannot "
+        return tn_err(-EINVAL, "pointer %p is CUDA managed (unified) memory, which NICs cannot "
                                "register: use cudaMalloc'ed device memory", ptr);
     if (mtype != TCU_MEMORYTYPE_DEVICE)
-        return te_err(-EINVAL, "pointer %p is CUDA %s memory, not device memory: register pinned "
+        return tn_err(-EINVAL, "pointer %p is CUDA %s memory, not device memory: register pinned "
                                "host memory with device TE_DEVICE_HOST", ptr,
                       mtype == TCU_MEMORYTYPE_HOST ? "host (pinned)" : "non-device");
     int ord = -1;
     cu->cuPointerGetAttribute(&ord, TCU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, p);
     if (ord != dev)
-        return te_err(-EINVAL, "pointer %p is memory of CUDA device %d, not of device %d", ptr, ord,
+        return tn_err(-EINVAL, "pointer %p is memory of CUDA device %d, not of device %d", ptr, ord,
                       dev);
     tcu_deviceptr base = 0;
     size_t alen = 0;
     if (!cu->cuMemGetAddressRange(&base, &alen, p) && p + len > base + alen)
-        return te_err(-EINVAL, "range %p+%zu runs past the end of its CUDA allocation (%zu bytes "
+        return tn_err(-EINVAL, "range %p+%zu runs past the end of its CUDA allocation (%zu bytes "
                                "from 0x%llx)", ptr, len, alen, (unsigned long long)base);
     return 0;
 }
@@ -185,22 +185,22 @@ int tcu_dmabuf_export(const void *ptr, size_t len, int dev, int *fd, uint64_t *o
     int r = tcu_load(&cu);
     if (r) return r;
     if (!cu->cuMemGetHandleForAddressRange)
-        return te_err(-EOPNOTSUPP, "the CUDA driver has no cuMemGetHandleForAddressRange");
+        return tn_err(-EOPNOTSUPP, "the CUDA driver has no cuMemGetHandleForAddressRange");
     tcu_device d;
     int ok = 0;
     if (cu->cuDeviceGet(&d, dev) ||
         cu->cuDeviceGetAttribute(&ok, TCU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED, d) || !ok)
-        return te_err(-EOPNOTSUPP, "CUDA device %d does not support dma-buf export", dev);
+        return tn_err(-EOPNOTSUPP, "CUDA device %d does not support dma-buf export", dev);
     /* The exported range must be host-page aligned; widen it, but stay inside the
      * allocation (cudaMalloc allocations are at least 2 MiB aligned in practice). */
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
     tcu_deviceptr p = (tcu_deviceptr)(uintptr_t)ptr, base = 0;
     size_t alen = 0;
     if (cu->cuMemGetAddressRange(&base, &alen, p))
-        return te_err(-EOPNOTSUPP, "cuMemGetAddressRange failed for %p", ptr);
+        return tn_err(-EOPNOTSUPP, "cuMemGetAddressRange failed for %p", ptr);
     tcu_deviceptr lo = p & ~(page - 1), hi = (p + len + page - 1) & ~(page - 1);
     if (lo < base || hi > base + alen)
-        return te_err(-EOPNOTSUPP, "page-aligned range around %p+%zu leaves its allocation", ptr, len);
+        return tn_err(-EOPNOTSUPP, "page-aligned range around %p+%zu leaves its allocation", ptr, len);
     int h = -1;
     tcu_result cr;
     if ((r = tcu_ctx_enter(dev))) return r;
@@ -208,7 +208,7 @@ int tcu_dmabuf_export(const void *ptr, size_t len, int dev, int *fd, uint64_t *o
                                            TCU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, 0);
     tcu_ctx_leave(dev);
     if (cr || h < 0)
-        return te_err(-EOPNOTSUPP, "cuMemGetHandleForAddressRange(DMA_BUF_FD): %s (kernel without "
+        return tn_err(-EOPNOTSUPP, "cuMemGetHandleForAddressRange(DMA_BUF_FD): %s (kernel without "
                                    "dma-buf support for GPU memory?)", tcu_strerror(cr));
     *fd = h;
     *offset = p - lo;
@@ -233,7 +233,7 @@ int tcu_host_alloc_mapped(int dev, size_t len, void **host, uint64_t *dptr)
      * the CUDA runtime holds no other reference). tcu_host_free_mapped drops it. */
     if (!cr) tcu_ctx_keep(dev);
     tcu_ctx_leave(dev);
-    if (cr) return te_err(-ENOMEM, "cuMemHostAlloc(%zu, PORTABLE|DEVICEMAP) on device %d: %s", len,
+    if (cr) return tn_err(-ENOMEM, "cuMemHostAlloc(%zu, PORTABLE|DEVICEMAP) on device %d: %s", len,
                           dev, tcu_strerror(cr));
     memset(p, 0, len);
     *host = p;
@@ -265,7 +265,7 @@ int tcu_dev_alloc(int dev, size_t len, void **out)
     }
     if (!cr) tcu_ctx_keep(dev); /* as tcu_host_alloc_mapped: the memory lives in the context */
     tcu_ctx_leave(dev);
-    if (cr) return te_err(-ENOMEM, "cuMemAlloc(%zu) on device %d: %s", len, dev, tcu_strerror(cr));
+    if (cr) return tn_err(-ENOMEM, "cuMemAlloc(%zu) on device %d: %s", len, dev, tcu_strerror(cr));
     *out = (void *)(uintptr_t)d;
     return 0;
 }
@@ -288,7 +288,7 @@ static int copy(int dev, void *dst, const void *src, size_t len, int to_dev)
     tcu_result cr = to_dev ? cu->cuMemcpyHtoD((tcu_deviceptr)(uintptr_t)dst, src, len)
                            : cu->cuMemcpyDtoH(dst, (tcu_deviceptr)(uintptr_t)src, len);
     tcu_ctx_leave(dev);
-    if (cr) return te_err(-EIO, "cuMemcpy%s(%zu bytes, device %d): %s", to_dev ? "HtoD" : "DtoH", len,
+    if (cr) return tn_err(-EIO, "cuMemcpy%s(%zu bytes, device %d): %s", to_dev ? "HtoD" : "DtoH", len,
                           dev, tcu_strerror(cr));
     return 0;
 }

@@ -69,7 +69,7 @@ static void load_once(void)
 int tgdr_alloc(int dev, tgdr_buf *out)
 {
     pthread_once(&g_once, load_once);
-    if (g_status) return te_err(g_status, "%s", g_why);
+    if (g_status) return tn_err(g_status, "%s", g_why);
     const tcu_api *cu;
     int r = tcu_load(&cu);
     if (r) return r;
@@ -79,7 +79,7 @@ int tgdr_alloc(int dev, tgdr_buf *out)
     tcu_result cr = cu->cuMemAlloc(&out->alloc, 2 * GPU_PAGE);
     if (cr) {
         tcu_ctx_leave(dev);
-        return te_err(-ENOMEM, "cuMemAlloc for a GDRCopy flag: %s", tcu_strerror(cr));
+        return tn_err(-ENOMEM, "cuMemAlloc for a GDRCopy flag: %s", tcu_strerror(cr));
     }
     out->dptr = (out->alloc + GPU_PAGE - 1) & ~(uint64_t)(GPU_PAGE - 1);
     out->size = GPU_PAGE;
@@ -96,7 +96,7 @@ int tgdr_alloc(int dev, tgdr_buf *out)
     if (gr) {
         cu->cuMemFree(out->alloc);
         tcu_ctx_leave(dev);
-        return te_err(-ENOSYS, "gdr_pin_buffer/gdr_map failed (%d)", gr);
+        return tn_err(-ENOSYS, "gdr_pin_buffer/gdr_map failed (%d)", gr);
     }
     out->handle = mh.h;
     memset(out->map, 0, 64);

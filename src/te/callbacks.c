@@ -25,7 +25,7 @@ static void fence_put(struct fence *f)
     if (atomic_fetch_sub(&f->refs, 1) == 1) free(f);
 }
 
-struct te_cb_event {
+struct eng_cb_event {
     mpsc_node qnode;
     int kind;
     int status;
@@ -40,22 +40,22 @@ struct te_cb_event {
     uint8_t data[]; /* CB_RECV payload copy */
 };
 
-static void push(te_engine *e, te_cb_event *ev)
+static void push(te_engine *e, eng_cb_event *ev)
 {
     mpsc_push(&e->cbq, &ev->qnode);
-    te_notify_wake(&e->cb_wake);
+    tn_notify_wake(&e->cb_wake);
 }
 
-static te_cb_event *alloc_event(size_t extra)
+static eng_cb_event *alloc_event(size_t extra)
 {
-    te_cb_event *ev = calloc(1, sizeof *ev + extra);
-    if (!ev) TE_LOGE("callback event allocation failed: a completion is lost");
+    eng_cb_event *ev = calloc(1, sizeof *ev + extra);
+    if (!ev) TN_LOGE("callback event allocation failed: a completion is lost");
     return ev;
 }
 
 void cb_post_done(te_engine *e, te_done_fn fn, void *arg, int status, const char *msg)
 {
-    te_cb_event *ev = alloc_event(0);
+    eng_cb_event *ev = alloc_event(0);
     if (!ev) return;
     ev->kind = CB_DONE;
     ev->fn = fn;
@@ -67,7 +67,7 @@ void cb_post_done(te_engine *e, te_done_fn fn, void *arg, int status, const char
 
 void cb_post_imm(te_engine *e, uint32_t imm)
 {
-    te_cb_event *ev = alloc_event(0);
+    eng_cb_event *ev = alloc_event(0);
     if (!ev) return;
     ev->kind = CB_IMM;
     ev->imm = imm;
@@ -76,7 +76,7 @@ void cb_post_imm(te_engine *e, uint32_t imm)
 
 void cb_post_reached(te_engine *e, uint32_t imm, uint64_t gen)
 {
-    te_cb_event *ev = alloc_event(0);
+    eng_cb_event *ev = alloc_event(0);
     if (!ev) return;
     ev->kind = CB_REACHED;
     ev->imm = imm;
@@ -87,7 +87,7 @@ void cb_post_reached(te_engine *e, uint32_t imm, uint64_t gen)
 void cb_post_recv(te_engine *e, te_recv_pool *p, const void *data, size_t len, int status,
                   const char *msg)
 {
-    te_cb_event *ev = alloc_event(status ? 0 : len);
+    eng_cb_event *ev = alloc_event(status ? 0 : len);
     if (!ev) return;
     ev->kind = CB_RECV;
     ev->pool = p;
@@ -98,7 +98,7 @@ void cb_post_recv(te_engine *e, te_recv_pool *p, const void *data, size_t len, i
     push(e, ev);
 }
 
-static void handle(te_engine *e, te_cb_event *ev)
+static void handle(te_engine *e, eng_cb_event *ev)
 {
     switch (ev->kind) {
     case CB_DONE:
@@ -122,7 +122,7 @@ static void handle(te_engine *e, te_cb_event *ev)
     }
     case CB_FENCE:
         atomic_store(&ev->fence->passed, 1);
-        te_notify_wake(&e->cb_fence);
+        tn_notify_wake(&e->cb_fence);
         fence_put(ev->fence);
         break;
     }
@@ -134,7 +134,7 @@ static void *cb_main(void *arg)
     for (int idle = 0;;) {
         mpsc_node *n = mpsc_pop(&e->cbq);
         if (n) {
-            te_cb_event *ev = (te_cb_event *)n;
+            eng_cb_event *ev = (eng_cb_event *)n;
             handle(e, ev);
             free(ev);
             idle = 0;
@@ -142,12 +142,12 @@ static void *cb_main(void *arg)
         }
         if (atomic_load(&e->cb_stop) && mpsc_empty(&e->cbq)) break;
         if (++idle < 64) continue;
-        uint32_t t = te_notify_prepare(&e->cb_wake);
+        uint32_t t = tn_notify_prepare(&e->cb_wake);
         if (!mpsc_empty(&e->cbq) || atomic_load(&e->cb_stop)) {
-            te_notify_cancel(&e->cb_wake);
+            tn_notify_cancel(&e->cb_wake);
             continue;
         }
-        te_notify_wait(&e->cb_wake, t, 5000000ull);
+        tn_notify_wait(&e->cb_wake, t, 5000000ull);
     }
     return NULL;
 }
@@ -155,11 +155,11 @@ static void *cb_main(void *arg)
 int callbacks_start(te_engine *e)
 {
     mpsc_init(&e->cbq);
-    te_notify_init(&e->cb_wake);
-    te_notify_init(&e->cb_fence);
+    tn_notify_init(&e->cb_wake);
+    tn_notify_init(&e->cb_fence);
     atomic_init(&e->cb_stop, false);
     int r = pthread_create(&e->cb_thread, NULL, cb_main, e);
-    if (r) return te_err(-r, "cannot start the callback thread");
+    if (r) return tn_err(-r, "cannot start the callback thread");
     pthread_setname_np(e->cb_thread, "tendril-cb");
     e->cb_started = true;
     return 0;
@@ -169,7 +169,7 @@ void callbacks_stop(te_engine *e)
 {
     if (!e->cb_started) return;
     atomic_store(&e->cb_stop, true);
-    te_notify_wake(&e->cb_wake);
+    tn_notify_wake(&e->cb_wake);
     pthread_join(e->cb_thread, NULL);
     e->cb_started = false;
 }
@@ -178,32 +178,32 @@ int cb_fence(te_engine *e, int timeout_ms)
 {
     if (!e->cb_started) return 0;
     struct fence *f = calloc(1, sizeof *f);
-    te_cb_event *ev = alloc_event(0);
+    eng_cb_event *ev = alloc_event(0);
     if (!f || !ev) {
         free(f);
         free(ev);
-        return te_err(-ENOMEM, "out of memory");
+        return tn_err(-ENOMEM, "out of memory");
     }
     atomic_init(&f->refs, 2);
     ev->kind = CB_FENCE;
     ev->fence = f;
     push(e, ev);
-    uint64_t deadline = te_deadline_ms(timeout_ms);
+    uint64_t deadline = tn_deadline_ms(timeout_ms);
     int ret = 0;
     while (!atomic_load(&f->passed)) {
-        uint32_t t = te_notify_prepare(&e->cb_fence);
+        uint32_t t = tn_notify_prepare(&e->cb_fence);
         if (atomic_load(&f->passed)) {
-            te_notify_cancel(&e->cb_fence);
+            tn_notify_cancel(&e->cb_fence);
             break;
         }
-        uint64_t now = te_now_ns();
+        uint64_t now = tn_now_ns();
         if (now >= deadline) {
-            te_notify_cancel(&e->cb_fence);
-            ret = te_err(-ETIMEDOUT, "callback thread still busy after %d ms (a callback is blocking?)",
+            tn_notify_cancel(&e->cb_fence);
+            ret = tn_err(-ETIMEDOUT, "callback thread still busy after %d ms (a callback is blocking?)",
                          timeout_ms);
             break;
         }
-        te_notify_wait(&e->cb_fence, t, 1000000ull);
+        tn_notify_wait(&e->cb_fence, t, 1000000ull);
     }
     fence_put(f);
     return ret;

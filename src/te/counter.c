@@ -14,7 +14,7 @@ typedef struct counter_wait {
     uint64_t target;
 } counter_wait;
 
-/* Waking is target-aware (te_notify_at): a worker makes the futex call only when the
+/* Waking is target-aware (tn_notify_at): a worker makes the futex call only when the
  * count reaches the lowest target a sleeping waiter published.
  *
  * A waiter drives the progress of the group its operations run on (worker.c), so it
@@ -32,8 +32,8 @@ struct te_counter {
     _Atomic uint64_t done;
     _Atomic uint64_t errors;
     _Atomic uint32_t bumping; /* workers between their increment and their wake-up */
-    te_notify_at wake;
-    _Atomic(te_group *) group;
+    tn_notify_at wake;
+    _Atomic(eng_group *) group;
     _Atomic bool mixed;
     _Atomic uint64_t pending;  /* submitted with this counter, not yet bumped */
     _Atomic uint32_t peeking;  /* waiters between reading `pending` and entering the engine */
@@ -41,11 +41,11 @@ struct te_counter {
 
 int te_counter_create(te_counter **out)
 {
-    te_err_clear();
-    if (!out) return te_err(-EINVAL, "te_counter_create: out is NULL");
+    tn_err_clear();
+    if (!out) return tn_err(-EINVAL, "te_counter_create: out is NULL");
     te_counter *c = calloc(1, sizeof *c);
-    if (!c) return te_err(-ENOMEM, "te_counter_create: out of memory");
-    te_notify_at_init(&c->wake);
+    if (!c) return tn_err(-ENOMEM, "te_counter_create: out of memory");
+    tn_notify_at_init(&c->wake);
     *out = c;
     return 0;
 }
@@ -69,21 +69,21 @@ uint64_t te_counter_errors(const te_counter *c)
     return c ? atomic_load(&((te_counter *)c)->errors) : 0;
 }
 
-void te_counter_bump_internal(te_counter *c, bool failed)
+void counter_bump(te_counter *c, bool failed)
 {
     atomic_fetch_add_explicit(&c->bumping, 1, memory_order_seq_cst);
     /* errors first, so a waiter that sees `done` also sees the error it includes */
     if (failed) atomic_fetch_add_explicit(&c->errors, 1, memory_order_release);
     uint64_t now = atomic_fetch_add_explicit(&c->done, 1, memory_order_seq_cst) + 1;
-    te_notify_at_reached(&c->wake, now);
+    tn_notify_at_reached(&c->wake, now);
     if (atomic_fetch_sub_explicit(&c->pending, 1, memory_order_seq_cst) == 1)
         while (atomic_load_explicit(&c->peeking, memory_order_seq_cst)) sched_yield();
     atomic_fetch_sub_explicit(&c->bumping, 1, memory_order_release);
 }
 
-void te_counter_note_submit(te_counter *c, te_group *g)
+void counter_note_submit(te_counter *c, eng_group *g)
 {
-    te_group *cur = atomic_load_explicit(&c->group, memory_order_acquire);
+    eng_group *cur = atomic_load_explicit(&c->group, memory_order_acquire);
     if (cur != g && !atomic_load_explicit(&c->mixed, memory_order_relaxed)) {
         if (cur || !atomic_compare_exchange_strong(&c->group, &cur, g))
             if (cur != g) atomic_store(&c->mixed, true);
@@ -98,7 +98,7 @@ static int counter_drive(te_counter *c, bool last)
 {
     if (atomic_load_explicit(&c->mixed, memory_order_relaxed)) return -1;
     atomic_fetch_add_explicit(&c->peeking, 1, memory_order_seq_cst);
-    te_group *g = NULL;
+    eng_group *g = NULL;
     if (atomic_load_explicit(&c->pending, memory_order_seq_cst) > 0)
         g = atomic_load_explicit(&c->group, memory_order_acquire);
     bool entered = g && g->e->wait_drive && engine_enter(g->e) == 0;
@@ -117,23 +117,23 @@ static int counter_drive_fn(void *arg, bool last)
 }
 
 
-/* Publishes the target, then checks: te_wait_until calls this after it announced itself
- * as a sleeper, the order te_notify_at needs. */
+/* Publishes the target, then checks: tn_wait_until calls this after it announced itself
+ * as a sleeper, the order tn_notify_at needs. */
 static bool counter_reached(void *arg)
 {
     counter_wait *w = arg;
-    te_notify_at_publish(&w->c->wake, w->target);
+    tn_notify_at_publish(&w->c->wake, w->target);
     return atomic_load_explicit(&w->c->done, memory_order_seq_cst) >= w->target;
 }
 
 int te_counter_wait(te_counter *c, uint64_t target, int timeout_ms)
 {
-    te_err_clear();
-    if (!c) return te_err(-EINVAL, "te_counter_wait: counter is NULL");
+    tn_err_clear();
+    if (!c) return tn_err(-EINVAL, "te_counter_wait: counter is NULL");
     counter_wait cw = {c, target};
-    te_wait_spec w = {.notify = &c->wake.n, .done = counter_reached, .drive = counter_drive_fn,
-                      .arg = &cw, .deadline_ns = te_deadline_ms(timeout_ms)};
-    if (te_wait_until(&w) == 0) return 0;
-    return te_err(-ETIMEDOUT, "te_counter_wait: %llu of %llu operations done after %d ms",
+    tn_wait_spec w = {.notify = &c->wake.n, .done = counter_reached, .drive = counter_drive_fn,
+                      .arg = &cw, .deadline_ns = tn_deadline_ms(timeout_ms)};
+    if (tn_wait_until(&w) == 0) return 0;
+    return tn_err(-ETIMEDOUT, "te_counter_wait: %llu of %llu operations done after %d ms",
                   (unsigned long long)atomic_load(&c->done), (unsigned long long)target, timeout_ms);
 }

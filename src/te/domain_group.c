@@ -20,9 +20,9 @@ static unsigned addr_hash(const te_addr *a)
     return h % PEER_CACHE_BUCKETS;
 }
 
-int dg_resolve(te_group *g, uint32_t nic, const te_addr *addr, tp_peer *out)
+int dg_resolve(eng_group *g, uint32_t nic, const te_addr *addr, tp_peer *out)
 {
-    te_nic_state *n = &g->nic[nic];
+    eng_nic *n = &g->nic[nic];
     /* Runs on the worker for every portion; streams to one peer skip the hash (2 % of a
      * 4 KiB write's worker time in a profile). */
     if (n->last_peer && te_addr_equal(&n->last_peer->addr, addr)) {
@@ -30,7 +30,7 @@ int dg_resolve(te_group *g, uint32_t nic, const te_addr *addr, tp_peer *out)
         return 0;
     }
     unsigned b = addr_hash(addr);
-    for (te_peer_cache_entry *x = n->peers[b]; x; x = x->next)
+    for (eng_peer_cache_entry *x = n->peers[b]; x; x = x->next)
         if (te_addr_equal(&x->addr, addr)) {
             n->last_peer = x;
             *out = x->peer;
@@ -39,8 +39,8 @@ int dg_resolve(te_group *g, uint32_t nic, const te_addr *addr, tp_peer *out)
     tp_peer p;
     int r = n->ops->resolve(n->tp, addr, &p);
     if (r) return r;
-    te_peer_cache_entry *x = malloc(sizeof *x);
-    if (!x) return te_err(-ENOMEM, "out of memory");
+    eng_peer_cache_entry *x = malloc(sizeof *x);
+    if (!x) return tn_err(-ENOMEM, "out of memory");
     x->addr = *addr;
     x->peer = p;
     x->next = n->peers[b];
@@ -51,7 +51,7 @@ int dg_resolve(te_group *g, uint32_t nic, const te_addr *addr, tp_peer *out)
 }
 
 /* The plain inputs of the sharding rule for one operation of group g. */
-static shard_input shard_input_of(const te_group *g, const te_op *op)
+static shard_input shard_input_of(const eng_group *g, const eng_op *op)
 {
     shard_input in = {.kind = op->kind, .n_nics = g->n_nics, .rr = g->rr};
     switch (op->kind) {
@@ -78,7 +78,7 @@ static shard_input shard_input_of(const te_group *g, const te_op *op)
     return in;
 }
 
-static int resolve_dst(te_group *g, te_op *op, const te_mr_desc *d, uint32_t nic, tp_peer *out,
+static int resolve_dst(eng_group *g, eng_op *op, const te_mr_desc *d, uint32_t nic, tp_peer *out,
                        char *msg, size_t cap)
 {
     int r = dg_resolve(g, nic, &d->nic[nic].addr, out);
@@ -86,7 +86,7 @@ static int resolve_dst(te_group *g, te_op *op, const te_mr_desc *d, uint32_t nic
     return r;
 }
 
-int dg_plan(te_group *g, te_op *op, char *msg, size_t cap)
+int dg_plan(eng_group *g, eng_op *op, char *msg, size_t cap)
 {
     uint32_t N = g->n_nics;
     if (op->kind < OP_WRITE || op->kind > OP_SEND)
@@ -97,7 +97,7 @@ int dg_plan(te_group *g, te_op *op, char *msg, size_t cap)
     g->rr = plan.rr_next;
     op->n_portions = plan.n_spans;
     for (uint32_t k = 0; k < plan.n_spans; k++) {
-        te_portion *p = &op->portion[k];
+        eng_portion *p = &op->portion[k];
         memset(p, 0, sizeof *p);
         p->op = op;
         p->nic = plan.span[k].nic;
@@ -114,7 +114,7 @@ int dg_plan(te_group *g, te_op *op, char *msg, size_t cap)
         op->u.s.peers = calloc(T * N, sizeof(tp_peer));
         if (!op->u.s.peers) return snprintf(msg, cap, "out of memory"), -ENOMEM;
         for (uint32_t pi = 0; pi < op->n_portions; pi++) {
-            te_portion *p = &op->portion[pi];
+            eng_portion *p = &op->portion[pi];
             for (uint32_t j = 0; j < p->count; j++) {
                 size_t t = p->first + j;
                 int r = resolve_dst(g, op, &op->u.s.t[t].dst, p->nic, &op->u.s.peers[t * N + p->nic],
@@ -129,7 +129,7 @@ int dg_plan(te_group *g, te_op *op, char *msg, size_t cap)
         op->u.b.peers = calloc(n ? n * N : 1, sizeof(tp_peer));
         if (!op->u.b.peers) return snprintf(msg, cap, "out of memory"), -ENOMEM;
         for (uint32_t pi = 0; pi < op->n_portions; pi++) {
-            te_portion *p = &op->portion[pi];
+            eng_portion *p = &op->portion[pi];
             for (uint32_t j = 0; j < p->count; j++) {
                 size_t d = p->first + j;
                 int r = resolve_dst(g, op, &op->u.b.dsts[d], p->nic, &op->u.b.peers[d * N + p->nic],
@@ -156,9 +156,9 @@ int dg_plan(te_group *g, te_op *op, char *msg, size_t cap)
     return 0;
 }
 
-void dg_build(te_group *g, te_portion *p, uint32_t j, tp_write *w)
+void dg_build(eng_group *g, eng_portion *p, uint32_t j, tp_write *w)
 {
-    te_op *op = p->op;
+    eng_op *op = p->op;
     uint32_t nic = p->nic, N = g->n_nics;
     uint32_t i = p->first + j;
     memset(w, 0, sizeof *w);
@@ -192,7 +192,7 @@ void dg_build(te_group *g, te_portion *p, uint32_t j, tp_write *w)
         break;
     }
     case OP_SCATTER: {
-        te_target *t = &op->u.s.t[i];
+        eng_target *t = &op->u.s.t[i];
         shard_range sr = op->u.s.kind == TE_SCATTER_SHARD_BYTES ? shard_scatter_slice(t->len, N, nic)
                                                                 : (shard_range){0, t->len};
         uint64_t off = sr.off, len = sr.len;

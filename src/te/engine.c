@@ -40,7 +40,7 @@ static int env_u32(const char *name, uint32_t *out)
     if (!s || !*s) return 0;
     char *end;
     unsigned long v = strtoul(s, &end, 10);
-    if (*end || v > UINT32_MAX) return te_err(-EINVAL, "%s=%s is not a number", name, s);
+    if (*end || v > UINT32_MAX) return tn_err(-EINVAL, "%s=%s is not a number", name, s);
     *out = (uint32_t)v;
     return 1;
 }
@@ -57,7 +57,7 @@ static int apply_env(te_config *c, cfg_strings *st)
             const char *comma = strchr(p, ',');
             size_t len = comma ? (size_t)(comma - p) : strlen(p);
             if (n == TE_MAX_NICS || len == 0 || len >= 64)
-                return te_err(-EINVAL, "TENDRIL_NICS=%s: give 1..%d comma-separated NIC names", s,
+                return tn_err(-EINVAL, "TENDRIL_NICS=%s: give 1..%d comma-separated NIC names", s,
                               TE_MAX_NICS);
             memcpy(st->nics[0][n], p, len);
             st->nics[0][n][len] = '\0';
@@ -83,7 +83,7 @@ int engine_enter(te_engine *e)
     atomic_fetch_add_explicit(&e->submitters, 1, memory_order_seq_cst);
     if (atomic_load_explicit(&e->state, memory_order_seq_cst) != ENGINE_RUNNING) {
         atomic_fetch_sub_explicit(&e->submitters, 1, memory_order_seq_cst);
-        return te_err(-ESHUTDOWN, "engine is stopped");
+        return tn_err(-ESHUTDOWN, "engine is stopped");
     }
     return 0;
 }
@@ -95,12 +95,12 @@ bool engine_on_callback_thread(const te_engine *e)
 
 void engine_leave(te_engine *e) { atomic_fetch_sub_explicit(&e->submitters, 1, memory_order_release); }
 
-te_group *engine_group_for_device(te_engine *e, int device, int *err)
+eng_group *engine_group_for_device(te_engine *e, int device, int *err)
 {
     for (uint32_t g = 0; g < e->n_groups; g++)
         if (e->groups[g]->cuda_device == device) return e->groups[g];
     if (device == TE_DEVICE_HOST) return e->groups[0]; /* host memory: the main group */
-    *err = te_err(-ENODEV, "no group of this engine drives CUDA device %d", device);
+    *err = tn_err(-ENODEV, "no group of this engine drives CUDA device %d", device);
     return NULL;
 }
 
@@ -116,8 +116,8 @@ int engine_gpu_device(const te_engine *e)
 
 static int open_group(te_engine *e, uint32_t gi, const te_group_config *gc)
 {
-    te_group *g = calloc(1, sizeof *g);
-    if (!g) return te_err(-ENOMEM, "out of memory");
+    eng_group *g = calloc(1, sizeof *g);
+    if (!g) return tn_err(-ENOMEM, "out of memory");
     e->groups[gi] = g;
     g->e = e;
     g->idx = gi;
@@ -126,10 +126,10 @@ static int open_group(te_engine *e, uint32_t gi, const te_group_config *gc)
     g->event_fd = -1;
     uint32_t want = gc->n_nics ? gc->n_nics : 1;
     if (want > TE_MAX_NICS)
-        return te_err(-EINVAL, "group %u: %u NICs requested (1..%d)", gi, want, TE_MAX_NICS);
+        return tn_err(-EINVAL, "group %u: %u NICs requested (1..%d)", gi, want, TE_MAX_NICS);
     g->n_nics = want;
     if (gc->cuda_device < TE_DEVICE_HOST)
-        return te_err(-EINVAL, "group %u: cuda_device %d is invalid", gi, gc->cuda_device);
+        return tn_err(-EINVAL, "group %u: cuda_device %d is invalid", gi, gc->cuda_device);
 
     char listed[TE_MAX_NICS * 4][64];
     int n_listed = -1;
@@ -142,23 +142,23 @@ static int open_group(te_engine *e, uint32_t gi, const te_group_config *gc)
                 if (n_listed < 0) return n_listed;
             }
             if ((int)k >= n_listed)
-                return te_err(-ENODEV, "group %u: %u NICs requested but provider %s offers only %d",
+                return tn_err(-ENODEV, "group %u: %u NICs requested but provider %s offers only %d",
                               gi, g->n_nics, e->provider, n_listed);
             names[k] = listed[k];
         }
         for (uint32_t j = 0; j < k; j++)
             if (!strcmp(names[j], names[k]))
-                return te_err(-EINVAL, "group %u: NIC '%s' listed twice", gi, names[k]);
+                return tn_err(-EINVAL, "group %u: NIC '%s' listed twice", gi, names[k]);
     }
     for (uint32_t k = 0; k < g->n_nics; k++) {
-        te_nic_state *n = &g->nic[k];
+        eng_nic *n = &g->nic[k];
         n->ops = e->backend->ops;
         tp_open_args a = {.provider = e->provider, .nic = names[k], .hmem = g->cuda_device >= 0};
         int r = n->ops->open(&a, &n->tp);
-        if (r) return te_err(r, "group %u NIC %u: %s", gi, k, te_last_error());
+        if (r) return tn_err(r, "group %u NIC %u: %s", gi, k, te_last_error());
         n->ops->info(n->tp, &n->info);
         n->ops->address(n->tp, &n->addr);
-        TE_LOGI("group %u NIC %u: %s on %s", gi, k, n->info.provider, n->info.name);
+        TN_LOGI("group %u NIC %u: %s on %s", gi, k, n->info.provider, n->info.name);
     }
     return 0;
 }
@@ -168,16 +168,16 @@ static void close_nics(te_engine *e)
     recv_pool_close_mrs(e);
     mr_close_all(e);
     for (uint32_t gi = 0; gi < TE_MAX_GROUPS; gi++) {
-        te_group *g = e->groups[gi];
+        eng_group *g = e->groups[gi];
         if (!g) continue;
         for (uint32_t k = 0; k < g->n_nics; k++) {
-            te_nic_state *n = &g->nic[k];
+            eng_nic *n = &g->nic[k];
             if (n->tp) n->ops->close(n->tp);
             n->tp = NULL;
             for (int b = 0; b < PEER_CACHE_BUCKETS; b++) {
-                te_peer_cache_entry *x = n->peers[b];
+                eng_peer_cache_entry *x = n->peers[b];
                 while (x) {
-                    te_peer_cache_entry *nx = x->next;
+                    eng_peer_cache_entry *nx = x->next;
                     free(x);
                     x = nx;
                 }
@@ -203,20 +203,20 @@ static void free_engine(te_engine *e)
 
 int te_engine_create(const te_config *user_cfg, te_engine **out)
 {
-    te_err_clear();
-    if (!out) return te_err(-EINVAL, "te_engine_create: out is NULL");
+    tn_err_clear();
+    if (!out) return tn_err(-EINVAL, "te_engine_create: out is NULL");
     *out = NULL;
     te_config cfg;
     te_config_init(&cfg);
     if (user_cfg) {
         if (user_cfg->struct_size < offsetof(te_config, groups) || user_cfg->struct_size > sizeof cfg)
-            return te_err(-EINVAL, "te_engine_create: config struct_size %zu is not one this "
+            return tn_err(-EINVAL, "te_engine_create: config struct_size %zu is not one this "
                                    "library knows (expected %zu; call te_config_init first)",
                           user_cfg->struct_size, sizeof cfg);
         memcpy(&cfg, user_cfg, user_cfg->struct_size);
     }
     cfg_strings *st = calloc(1, sizeof *st);
-    if (!st) return te_err(-ENOMEM, "out of memory");
+    if (!st) return tn_err(-ENOMEM, "out of memory");
     int r = apply_env(&cfg, st);
     if (r) {
         free(st);
@@ -224,7 +224,7 @@ int te_engine_create(const te_config *user_cfg, te_engine **out)
     }
     if (cfg.n_groups > TE_MAX_GROUPS) {
         free(st);
-        return te_err(-EINVAL, "te_engine_create: %u groups (at most %d)", cfg.n_groups, TE_MAX_GROUPS);
+        return tn_err(-EINVAL, "te_engine_create: %u groups (at most %d)", cfg.n_groups, TE_MAX_GROUPS);
     }
     if (cfg.n_groups == 0) {
         cfg.n_groups = 1;
@@ -235,21 +235,21 @@ int te_engine_create(const te_config *user_cfg, te_engine **out)
         for (uint32_t b = 0; b < a; b++)
             if (cfg.groups[a].cuda_device == cfg.groups[b].cuda_device) {
                 free(st);
-                return te_err(-EINVAL, "te_engine_create: groups %u and %u both drive device %d", b, a,
+                return tn_err(-EINVAL, "te_engine_create: groups %u and %u both drive device %d", b, a,
                               cfg.groups[a].cuda_device);
             }
 
     te_engine *e = calloc(1, sizeof *e);
     if (!e) {
         free(st);
-        return te_err(-ENOMEM, "out of memory");
+        return tn_err(-ENOMEM, "out of memory");
     }
     pthread_mutex_init(&e->lists_lock, NULL);
     if ((r = imm_table_init(&e->imm))) {
         pthread_mutex_destroy(&e->lists_lock);
         free(e);
         free(st);
-        return te_err(r, "cannot initialise the immediate table");
+        return tn_err(r, "cannot initialise the immediate table");
     }
     atomic_init(&e->state, ENGINE_RUNNING);
     atomic_init(&e->submitters, 0);
@@ -276,7 +276,7 @@ int te_engine_create(const te_config *user_cfg, te_engine **out)
         callbacks_stop(e);
         close_nics(e);
         free_engine(e);
-        return te_err(r, "te_engine_create: %s", why);
+        return tn_err(r, "te_engine_create: %s", why);
     }
     *out = e;
     return 0;
@@ -284,10 +284,10 @@ int te_engine_create(const te_config *user_cfg, te_engine **out)
 
 int te_engine_stop(te_engine *e)
 {
-    te_err_clear();
-    if (!e) return te_err(-EINVAL, "te_engine_stop: engine is NULL");
+    tn_err_clear();
+    if (!e) return tn_err(-EINVAL, "te_engine_stop: engine is NULL");
     if (engine_on_callback_thread(e))
-        return te_err(-EDEADLK, "te_engine_stop: called from an engine callback (it would wait "
+        return tn_err(-EDEADLK, "te_engine_stop: called from an engine callback (it would wait "
                                 "for itself); stop the engine from another thread");
     int running = ENGINE_RUNNING;
     if (!atomic_compare_exchange_strong(&e->state, &running, ENGINE_STOPPING)) {
@@ -308,7 +308,7 @@ void te_engine_destroy(te_engine *e)
 {
     if (!e) return;
     if (te_engine_stop(e) == -EDEADLK) {
-        TE_LOGE("te_engine_destroy called from an engine callback: ignored (the engine leaks)");
+        TN_LOGE("te_engine_destroy called from an engine callback: ignored (the engine leaks)");
         return;
     }
     free_engine(e);
@@ -318,11 +318,11 @@ void te_engine_destroy(te_engine *e)
 
 int te_nic_address(const te_engine *e, uint32_t group, uint32_t nic, te_addr *out)
 {
-    te_err_clear();
-    if (!e || !out) return te_err(-EINVAL, "te_nic_address: %s is NULL", e ? "out" : "engine");
-    if (group >= e->n_groups) return te_err(-EINVAL, "te_nic_address: no group %u", group);
+    tn_err_clear();
+    if (!e || !out) return tn_err(-EINVAL, "te_nic_address: %s is NULL", e ? "out" : "engine");
+    if (group >= e->n_groups) return tn_err(-EINVAL, "te_nic_address: no group %u", group);
     if (nic >= e->groups[group]->n_nics)
-        return te_err(-EINVAL, "te_nic_address: group %u has no NIC %u", group, nic);
+        return tn_err(-EINVAL, "te_nic_address: group %u has no NIC %u", group, nic);
     *out = e->groups[group]->nic[nic].addr;
     return 0;
 }
@@ -364,11 +364,11 @@ uint64_t te_link_speed(const te_engine *e)
 
 int te_nic_stats_get(const te_engine *e, uint32_t group, uint32_t nic, te_nic_stats *out)
 {
-    te_err_clear();
-    if (!e || !out) return te_err(-EINVAL, "te_nic_stats_get: %s is NULL", e ? "out" : "engine");
+    tn_err_clear();
+    if (!e || !out) return tn_err(-EINVAL, "te_nic_stats_get: %s is NULL", e ? "out" : "engine");
     if (group >= e->n_groups || nic >= e->groups[group]->n_nics)
-        return te_err(-EINVAL, "te_nic_stats_get: no NIC %u in group %u", nic, group);
-    te_nic_state *n = &((te_engine *)e)->groups[group]->nic[nic];
+        return tn_err(-EINVAL, "te_nic_stats_get: no NIC %u in group %u", nic, group);
+    eng_nic *n = &((te_engine *)e)->groups[group]->nic[nic];
 #define LD(f) atomic_load_explicit(&n->f, memory_order_relaxed)
     out->write_ops = LD(st_write_ops);
     out->write_bytes = LD(st_write_bytes);

@@ -5,7 +5,7 @@
  *             ├─ callback thread + event queue (user callbacks never run on a worker)
  *             ├─ imm table (imm.c)
  *             └─ lists of MRs, pools, counters for teardown
- * An operation (te_op) is built and validated by the submitting thread and pushed on its
+ * An operation (eng_op) is built and validated by the submitting thread and pushed on its
  * group's lock-free queue. From then on it is touched only under the group's progress
  * lock, by whichever thread runs a progress step (worker.c): the worker, the submitter
  * itself when the lock is free, or a thread waiting for a completion. */
@@ -28,27 +28,27 @@
  * (including error completions) are classified without trusting provider opcodes. */
 enum ctx_tag { CTX_PORTION = 0, CTX_RECV = 1, CTX_MASK = 3 };
 
-struct te_op;
+struct eng_op;
 
 /* The part of an operation that one NIC executes: work requests [0, count) of the
  * operation's index space for this NIC (domain_group.c defines the index spaces). */
-typedef struct te_portion {
-    struct te_op *op;
+typedef struct eng_portion {
+    struct eng_op *op;
     uint32_t nic;
     uint32_t first;   /* first index in the operation's index space */
     uint32_t count;   /* work requests to post; lowered to `posted` on error/timeout */
     uint32_t posted;
     uint32_t done;
     bool queued;      /* on the NIC's active list */
-    struct te_portion *next_active;
-} te_portion;
+    struct eng_portion *next_active;
+} eng_portion;
 
-typedef struct te_target {
+typedef struct eng_target {
     te_mr_desc dst;
     uint64_t len, src_offset, dst_offset;
-} te_target;
+} eng_target;
 
-typedef struct te_op {
+typedef struct eng_op {
     mpsc_node qnode;
     uint8_t kind;
     bool has_imm;
@@ -62,25 +62,25 @@ typedef struct te_op {
     uint32_t group;
     te_mr *src;         /* reference held while in flight */
     uint32_t n_portions;
-    te_portion portion[TE_MAX_NICS];
+    eng_portion portion[TE_MAX_NICS];
     tp_peer peer[TE_MAX_NICS];  /* resolved destination per NIC (single-destination ops) */
-    struct te_op *prev, *next;  /* worker's in-flight list */
+    struct eng_op *prev, *next;  /* worker's in-flight list */
     union {
         struct { uint64_t src_off, dst_off, len, shard; uint32_t shards; te_route route; } w;
         struct { te_pages *sp, *dp; uint64_t len, s_stride, s_off, d_stride, d_off; uint32_t chunk; } p;
-        struct { te_target *t; size_t n; te_peer_group *pg; te_scatter_kind kind; uint32_t nic;
+        struct { eng_target *t; size_t n; te_peer_group *pg; te_scatter_kind kind; uint32_t nic;
                  tp_peer *peers; /* n x N resolved, worker-filled */ } s;
         struct { te_mr_desc *dsts; size_t n; te_route route; tp_peer *peers; } b;
         struct { void *buf; size_t len; te_addr to; tp_mr mr; bool mr_held; } send;
     } u;
     te_mr_desc dst; /* OP_WRITE, OP_PAGED, OP_IMM */
-} te_op;
+} eng_op;
 
-typedef struct te_peer_cache_entry {
+typedef struct eng_peer_cache_entry {
     te_addr addr;
     tp_peer peer;
-    struct te_peer_cache_entry *next;
-} te_peer_cache_entry;
+    struct eng_peer_cache_entry *next;
+} eng_peer_cache_entry;
 
 #define PEER_CACHE_BUCKETS 256
 
@@ -93,25 +93,25 @@ typedef struct te_peer_cache_entry {
     atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (v), \
                           memory_order_release)
 
-typedef struct te_nic_state {
+typedef struct eng_nic {
     const tp_ops *ops;
     tp_nic *tp;
     tp_nic_info info;
     te_addr addr;
-    te_portion *active_head, *active_tail; /* portions with work requests left to post */
-    te_peer_cache_entry *peers[PEER_CACHE_BUCKETS];
-    te_peer_cache_entry *last_peer;        /* the last one resolved: most ops repeat it */
+    eng_portion *active_head, *active_tail; /* portions with work requests left to post */
+    eng_peer_cache_entry *peers[PEER_CACHE_BUCKETS];
+    eng_peer_cache_entry *last_peer;        /* the last one resolved: most ops repeat it */
     uint64_t outstanding;                  /* posted, not completed */
     bool failed;                           /* poll reported the NIC unusable */
     _Atomic uint64_t st_write_ops, st_write_bytes, st_send_ops, st_send_bytes;
     _Atomic uint64_t st_recv_ops, st_recv_bytes, st_imms, st_errors;
-} te_nic_state;
+} eng_nic;
 
-typedef struct te_recv_slot {
+typedef struct eng_recv_slot {
     struct te_recv_pool *pool;
     uint8_t *buf;
     bool posted;
-} te_recv_slot;
+} eng_recv_slot;
 
 struct te_recv_pool {
     te_engine *e;
@@ -122,7 +122,7 @@ struct te_recv_pool {
     void *arg;
     uint8_t *mem;
     tp_mr mr;
-    te_recv_slot *slots;
+    eng_recv_slot *slots;
     _Atomic uint32_t posted;   /* slots currently posted */
     _Atomic bool closing;
     struct te_recv_pool *next; /* engine list */
@@ -130,45 +130,45 @@ struct te_recv_pool {
 
 enum ctl_kind { CTL_POOL_POST = 1, CTL_POOL_CANCEL, CTL_PEER_GROUP };
 
-typedef struct te_ctl {
+typedef struct eng_ctl {
     mpsc_node qnode;
     int kind;
     void *obj;
     _Atomic int done;     /* set by the worker; 1 + result code stored in `result` */
     int result;
-    te_notify *wake;      /* notified when done */
-} te_ctl;
+    tn_notify *wake;      /* notified when done */
+} eng_ctl;
 
-typedef struct te_group {
+typedef struct eng_group {
     te_engine *e;
     /* Held by whoever runs a progress step; every field below marked (P) is owned by it. */
     pthread_mutex_t plock;
     _Atomic uint64_t drive_seq; /* steps run by waiting threads: the worker backs off */
     _Atomic bool resume;        /* a waiter stopped driving: the worker takes over now */
     _Atomic uint32_t queued;    /* operations submitted, completion not yet delivered */
-    te_notify backoff;          /* a backed-off worker sleeps here (woken at stop) */
-    _Atomic(struct te_op *) op_cache; /* freed operations for reuse (op_cache.c) */
+    tn_notify backoff;          /* a backed-off worker sleeps here (woken at stop) */
+    _Atomic(struct eng_op *) op_cache; /* freed operations for reuse (op_cache.c) */
     _Atomic uint32_t op_cache_n;
     uint32_t turns;             /* (P) steps run, for reading the clock every 32nd */
     uint32_t idx;
     int cuda_device;
     int worker_cpu;
     uint32_t n_nics;
-    te_nic_state nic[TE_MAX_NICS];
+    eng_nic nic[TE_MAX_NICS];
     pthread_t thread;
     bool thread_started;
     mpsc_queue subq;
     mpsc_queue ctlq;
-    te_notify wake;      /* submitters wake a sleeping worker */
+    tn_notify wake;      /* submitters wake a sleeping worker */
     int event_fd;        /* ... or one blocked in poll() on the NICs' wait objects */
-    te_notify ctl_done;  /* the worker wakes control callers */
+    tn_notify ctl_done;  /* the worker wakes control callers */
     _Atomic bool stop;
     uint32_t rr;         /* (P) round-robin NIC cursor */
-    te_op *inflight_head; /* (P) */
+    eng_op *inflight_head; /* (P) */
     uint64_t next_timeout_check; /* (P) */
-} te_group;
+} eng_group;
 
-typedef struct te_cb_event te_cb_event;
+typedef struct eng_cb_event eng_cb_event;
 
 enum engine_state { ENGINE_RUNNING = 0, ENGINE_STOPPING, ENGINE_STOPPED };
 
@@ -181,7 +181,7 @@ struct te_engine {
     bool wait_drive;          /* waiting threads drive progress (TENDRIL_WAIT_DRIVE=0: no) */
     uint32_t max_queued_ops;  /* per group; -EAGAIN past it */
     uint32_t n_groups;
-    te_group *groups[TE_MAX_GROUPS];
+    eng_group *groups[TE_MAX_GROUPS];
     _Atomic int state;
     _Atomic int submitters;   /* threads inside a submission call */
 
@@ -189,15 +189,15 @@ struct te_engine {
     pthread_t cb_thread;
     bool cb_started;
     mpsc_queue cbq;
-    te_notify cb_wake;
+    tn_notify cb_wake;
     _Atomic bool cb_stop;
     _Atomic uint64_t cb_seq_done; /* events fully handled, for fences */
     _Atomic uint64_t cb_seq_sent;
-    te_notify cb_fence;
+    tn_notify cb_fence;
 
-    te_imm_table imm;
+    imm_table imm;
 
-    struct te_watchers *watchers; /* watcher.c: created at the first te_watcher_alloc */
+    struct watcher_pool *watchers; /* watcher.c: created at the first te_watcher_alloc */
 
     pthread_mutex_t lists_lock; /* mrs, pools, peer groups */
     struct te_mr *mrs;
@@ -238,50 +238,50 @@ struct te_peer_group {
 int engine_enter(te_engine *e);   /* 0 or -ESHUTDOWN; pairs with engine_leave */
 void engine_leave(te_engine *e);
 bool engine_on_callback_thread(const te_engine *e);
-te_group *engine_group_for_device(te_engine *e, int device, int *err);
+eng_group *engine_group_for_device(te_engine *e, int device, int *err);
 /* The GPU that the engine's GPU-visible memory (watcher words, imm flags) belongs to: the
  * first GPU group's device, else device 0 when CUDA has devices, else -1 (plain host
  * memory). */
 int engine_gpu_device(const te_engine *e);
 
 /* ---- worker.c ---- */
-int worker_start(te_group *g);
-void worker_join(te_group *g);
-void worker_submit(te_group *g, te_op *op);
-void worker_wake(te_group *g);
+int worker_start(eng_group *g);
+void worker_join(eng_group *g);
+void worker_submit(eng_group *g, eng_op *op);
+void worker_wake(eng_group *g);
 /* Runs one progress step on g if its lock is free: -EBUSY if another thread holds it,
  * else PROGRESS_MOVED if anything moved, | PROGRESS_PENDING if operations are still
  * queued or in flight after it. `waiting`: the caller waits for a completion (the worker
  * then backs off while such steps keep coming). Caller is inside engine_enter. */
 enum { PROGRESS_MOVED = 1, PROGRESS_PENDING = 2 };
-int group_try_progress(te_group *g, bool waiting);
+int group_try_progress(eng_group *g, bool waiting);
 /* A waiter that drove g and now goes to sleep: the backed-off worker resumes at once. */
-void group_resume_worker(te_group *g);
+void group_resume_worker(eng_group *g);
 /* For waits: one step on every group of e (or, `last`, resume their workers). 1 if
  * anything moved, 0 if not, -1 if the engine is stopping or waits do not drive
- * (te_wait_spec.drive's convention). */
+ * (tn_wait_spec.drive's convention). */
 int engine_drive(te_engine *e, bool last);
-int worker_control(te_group *g, int kind, void *obj, int timeout_ms);
-void op_free(te_group *g, te_op *op); /* releases what it holds; recycles it (op_cache.c) */
-void worker_free_remaining(te_group *g);
+int worker_control(eng_group *g, int kind, void *obj, int timeout_ms);
+void op_free(eng_group *g, eng_op *op); /* releases what it holds; recycles it (op_cache.c) */
+void worker_free_remaining(eng_group *g);
 
 /* ---- op_cache.c: recycled operation objects ---- */
-te_op *op_cache_get(te_group *g);          /* any thread; uninitialised, or NULL */
-void op_cache_put(te_group *g, te_op *op); /* under g's progress lock */
-void op_cache_drain(te_group *g);          /* at stop, the worker joined */
+eng_op *op_cache_get(eng_group *g);          /* any thread; uninitialised, or NULL */
+void op_cache_put(eng_group *g, eng_op *op); /* under g's progress lock */
+void op_cache_drain(eng_group *g);          /* at stop, the worker joined */
 
 /* ---- pages.c ---- */
-void te_pages_retain_internal(te_pages *p);
+void pages_retain(te_pages *p);
 
 /* ---- counter.c ---- */
-void te_counter_bump_internal(te_counter *c, bool failed);
+void counter_bump(te_counter *c, bool failed);
 /* At submission, before the operation is queued: lets waiters on c drive g's progress. */
-void te_counter_note_submit(te_counter *c, te_group *g);
+void counter_note_submit(te_counter *c, eng_group *g);
 
 /* ---- domain_group.c: the sharding rule (sharding.c) applied to a live group ---- */
-int dg_plan(te_group *g, te_op *op, char *msg, size_t msg_cap);
-void dg_build(te_group *g, te_portion *p, uint32_t j, tp_write *w);
-int dg_resolve(te_group *g, uint32_t nic, const te_addr *addr, tp_peer *out);
+int dg_plan(eng_group *g, eng_op *op, char *msg, size_t msg_cap);
+void dg_build(eng_group *g, eng_portion *p, uint32_t j, tp_write *w);
+int dg_resolve(eng_group *g, uint32_t nic, const te_addr *addr, tp_peer *out);
 
 /* ---- callbacks.c ---- */
 int callbacks_start(te_engine *e);
@@ -303,14 +303,14 @@ void watchers_stop(te_engine *e);  /* at stop: joins the watcher thread */
 void watchers_free(te_engine *e);  /* at destroy: frees watchers and their memory */
 
 /* ---- recv_pool.c ---- */
-void recv_pool_on_event(te_group *g, te_nic_state *n, const tp_event *ev);
-void recv_pool_worker_post(te_group *g, te_recv_pool *p);
-void recv_pool_worker_cancel(te_group *g, te_recv_pool *p);
+void recv_pool_on_event(eng_group *g, eng_nic *n, const tp_event *ev);
+void recv_pool_worker_post(eng_group *g, te_recv_pool *p);
+void recv_pool_worker_cancel(eng_group *g, te_recv_pool *p);
 void recv_pool_free_all(te_engine *e);
 void recv_pool_close_mrs(te_engine *e);
 
 /* ---- peer_group.c ---- */
-int peer_group_worker_resolve(te_group *g, te_peer_group *pg);
+int peer_group_worker_resolve(eng_group *g, te_peer_group *pg);
 void peer_group_free_all(te_engine *e);
 
 #endif

@@ -17,26 +17,26 @@
 
 static unsigned bucket_of(uint32_t imm) { return (imm * 2654435761u) >> 22; /* 10 bits */ }
 
-static te_imm_entry **find_slot(te_imm_table *t, uint32_t imm)
+static imm_entry **find_slot(imm_table *t, uint32_t imm)
 {
-    te_imm_entry **pp = &t->buckets[bucket_of(imm)];
+    imm_entry **pp = &t->buckets[bucket_of(imm)];
     while (*pp && (*pp)->imm != imm) pp = &(*pp)->next;
     return pp;
 }
 
-int imm_table_init(te_imm_table *t)
+int imm_table_init(imm_table *t)
 {
     memset(t, 0, sizeof *t);
     t->next_gen = 1;
     return -pthread_rwlock_init(&t->lock, NULL);
 }
 
-void imm_table_destroy(te_imm_table *t)
+void imm_table_destroy(imm_table *t)
 {
     for (unsigned b = 0; b < IMM_BUCKETS; b++) {
-        te_imm_entry *x = t->buckets[b];
+        imm_entry *x = t->buckets[b];
         while (x) {
-            te_imm_entry *nx = x->next;
+            imm_entry *nx = x->next;
             free(x);
             x = nx;
         }
@@ -53,15 +53,15 @@ void imm_table_destroy(te_imm_table *t)
     pthread_rwlock_destroy(&t->lock);
 }
 
-void imm_wake_all(te_imm_table *t)
+void imm_wake_all(imm_table *t)
 {
     pthread_rwlock_rdlock(&t->lock);
-    for (struct te_imm_counter *c = t->counters; c; c = c->next_owned) te_notify_wake(&c->wake.n);
+    for (struct te_imm_counter *c = t->counters; c; c = c->next_owned) tn_notify_wake(&c->wake.n);
     pthread_rwlock_unlock(&t->lock);
 }
 
 /* Fires a reach if the target is met and no reach is pending. Caller holds a lock. */
-static void maybe_reach(te_engine *e, te_imm_entry *x)
+static void maybe_reach(te_engine *e, imm_entry *x)
 {
     if (atomic_load(&x->count) < (int64_t)x->expected) return;
     int zero = 0;
@@ -72,9 +72,9 @@ static void maybe_reach(te_engine *e, te_imm_entry *x)
 
 void imm_arrived(te_engine *e, uint32_t imm)
 {
-    te_imm_table *t = &e->imm;
+    imm_table *t = &e->imm;
     pthread_rwlock_rdlock(&t->lock);
-    te_imm_entry *x = *find_slot(t, imm);
+    imm_entry *x = *find_slot(t, imm);
     if (!x) {
         te_imm_fn fn = t->fn_inline ? t->fn : NULL;
         void *arg = t->arg;
@@ -85,7 +85,7 @@ void imm_arrived(te_engine *e, uint32_t imm)
     }
     if (x->kind == IMM_COUNTER) {
         int64_t v = atomic_fetch_add(&x->counter->avail, 1) + 1;
-        te_notify_at_reached(&x->counter->wake, v > 0 ? (uint64_t)v : 0);
+        tn_notify_at_reached(&x->counter->wake, v > 0 ? (uint64_t)v : 0);
     } else if (x->kind == IMM_FLAG) {
         imm_flag_arrived(x->flag);
     } else {
@@ -97,7 +97,7 @@ void imm_arrived(te_engine *e, uint32_t imm)
 
 void imm_deliver_plain(te_engine *e, uint32_t imm)
 {
-    te_imm_table *t = &e->imm;
+    imm_table *t = &e->imm;
     pthread_rwlock_rdlock(&t->lock);
     te_imm_fn fn = t->fn;
     void *arg = t->arg;
@@ -107,9 +107,9 @@ void imm_deliver_plain(te_engine *e, uint32_t imm)
 
 void imm_handle_reached(te_engine *e, uint32_t imm, uint64_t gen)
 {
-    te_imm_table *t = &e->imm;
+    imm_table *t = &e->imm;
     pthread_rwlock_rdlock(&t->lock);
-    te_imm_entry *x = *find_slot(t, imm);
+    imm_entry *x = *find_slot(t, imm);
     if (!x || x->gen != gen || x->kind != IMM_EXPECT) {
         pthread_rwlock_unlock(&t->lock); /* replaced or removed meanwhile */
         return;
@@ -121,7 +121,7 @@ void imm_handle_reached(te_engine *e, uint32_t imm, uint64_t gen)
     bool keep = fn ? fn(arg, imm) : false;
 
     pthread_rwlock_wrlock(&t->lock);
-    te_imm_entry **pp = find_slot(t, imm);
+    imm_entry **pp = find_slot(t, imm);
     x = *pp;
     if (!x || x->gen != gen) { /* the callback itself re-armed or removed it */
         pthread_rwlock_unlock(&t->lock);
@@ -141,17 +141,17 @@ void imm_handle_reached(te_engine *e, uint32_t imm, uint64_t gen)
 }
 
 /* Unlinks the entry for imm (write lock held) and describes it in *prev. */
-static void unlink_entry(te_imm_table *t, uint32_t imm, te_imm_prev *prev)
+static void unlink_entry(imm_table *t, uint32_t imm, te_imm_prev *prev)
 {
-    te_imm_entry **pp = find_slot(t, imm);
-    te_imm_entry *x = *pp;
+    imm_entry **pp = find_slot(t, imm);
+    imm_entry *x = *pp;
     te_imm_prev p = {0};
     if (x) {
         p.existed = true;
         if (x->kind == IMM_COUNTER) {
             p.count = (uint64_t)atomic_load(&x->counter->avail);
             atomic_store(&x->counter->attached, false);
-            te_notify_wake(&x->counter->wake.n);
+            tn_notify_wake(&x->counter->wake.n);
         } else if (x->kind == IMM_FLAG) {
             imm_flag_detach(x->flag, &p);
         } else {
@@ -167,8 +167,8 @@ static void unlink_entry(te_imm_table *t, uint32_t imm, te_imm_prev *prev)
 
 static int set_callback(te_engine *e, te_imm_fn fn, void *arg, bool in_line, const char *name)
 {
-    te_err_clear();
-    if (!e) return te_err(-EINVAL, "%s: engine is NULL", name);
+    tn_err_clear();
+    if (!e) return tn_err(-EINVAL, "%s: engine is NULL", name);
     int r = engine_enter(e);
     if (r) return r;
     pthread_rwlock_wrlock(&e->imm.lock);
@@ -193,17 +193,17 @@ int te_imm_set_callback_inline(te_engine *e, te_imm_fn fn, void *arg)
 int te_imm_expect(te_engine *e, uint32_t imm, uint64_t expected, te_imm_reached_fn fn, void *arg,
                   te_imm_prev *prev)
 {
-    te_err_clear();
-    if (!e) return te_err(-EINVAL, "te_imm_expect: engine is NULL");
+    tn_err_clear();
+    if (!e) return tn_err(-EINVAL, "te_imm_expect: engine is NULL");
     if (expected == 0 || expected > INT64_MAX)
-        return te_err(-EINVAL, "te_imm_expect: expected must be in 1..2^63-1 (got %llu)",
+        return tn_err(-EINVAL, "te_imm_expect: expected must be in 1..2^63-1 (got %llu)",
                       (unsigned long long)expected);
     int r = engine_enter(e);
     if (r) return r;
-    te_imm_entry *x = calloc(1, sizeof *x);
+    imm_entry *x = calloc(1, sizeof *x);
     if (!x) {
         engine_leave(e);
-        return te_err(-ENOMEM, "te_imm_expect: out of memory");
+        return tn_err(-ENOMEM, "te_imm_expect: out of memory");
     }
     x->imm = imm;
     x->kind = IMM_EXPECT;
@@ -213,7 +213,7 @@ int te_imm_expect(te_engine *e, uint32_t imm, uint64_t expected, te_imm_reached_
     pthread_rwlock_wrlock(&e->imm.lock);
     unlink_entry(&e->imm, imm, prev);
     x->gen = e->imm.next_gen++;
-    te_imm_entry **pp = find_slot(&e->imm, imm);
+    imm_entry **pp = find_slot(&e->imm, imm);
     *pp = x;
     pthread_rwlock_unlock(&e->imm.lock);
     engine_leave(e);
@@ -222,8 +222,8 @@ int te_imm_expect(te_engine *e, uint32_t imm, uint64_t expected, te_imm_reached_
 
 int te_imm_remove(te_engine *e, uint32_t imm, te_imm_prev *prev)
 {
-    te_err_clear();
-    if (!e) return te_err(-EINVAL, "te_imm_remove: engine is NULL");
+    tn_err_clear();
+    if (!e) return tn_err(-EINVAL, "te_imm_remove: engine is NULL");
     int r = engine_enter(e);
     if (r) return r;
     te_imm_prev p;
@@ -232,27 +232,27 @@ int te_imm_remove(te_engine *e, uint32_t imm, te_imm_prev *prev)
     pthread_rwlock_unlock(&e->imm.lock);
     engine_leave(e);
     if (prev) *prev = p;
-    return p.existed ? 0 : te_err(-ENOENT, "te_imm_remove: no expectation or counter for imm %u", imm);
+    return p.existed ? 0 : tn_err(-ENOENT, "te_imm_remove: no expectation or counter for imm %u", imm);
 }
 
 int te_imm_counter_create(te_engine *e, uint32_t imm, te_imm_counter **out)
 {
-    te_err_clear();
-    if (!e || !out) return te_err(-EINVAL, "te_imm_counter_create: %s is NULL", e ? "out" : "engine");
+    tn_err_clear();
+    if (!e || !out) return tn_err(-EINVAL, "te_imm_counter_create: %s is NULL", e ? "out" : "engine");
     int r = engine_enter(e);
     if (r) return r;
-    te_imm_entry *x = calloc(1, sizeof *x);
+    imm_entry *x = calloc(1, sizeof *x);
     struct te_imm_counter *c = calloc(1, sizeof *c);
     if (!x || !c) {
         free(x);
         free(c);
         engine_leave(e);
-        return te_err(-ENOMEM, "te_imm_counter_create: out of memory");
+        return tn_err(-ENOMEM, "te_imm_counter_create: out of memory");
     }
     c->e = e;
     c->imm = imm;
     atomic_init(&c->attached, true);
-    te_notify_at_init(&c->wake);
+    tn_notify_at_init(&c->wake);
     x->imm = imm;
     x->kind = IMM_COUNTER;
     x->counter = c;
@@ -287,12 +287,12 @@ typedef struct imm_wait {
     uint64_t n;
 } imm_wait;
 
-/* Publishes n, then tries: te_wait_until calls this after it announced itself as a
- * sleeper, the order te_notify_at needs. */
+/* Publishes n, then tries: tn_wait_until calls this after it announced itself as a
+ * sleeper, the order tn_notify_at needs. */
 static bool imm_took(void *arg)
 {
     imm_wait *w = arg;
-    te_notify_at_publish(&w->c->wake, w->n);
+    tn_notify_at_publish(&w->c->wake, w->n);
     return try_take(w->c, w->n);
 }
 
@@ -310,16 +310,16 @@ static bool imm_engine_stopped(void *arg)
 
 int te_imm_counter_wait(te_imm_counter *c, uint64_t n, int timeout_ms)
 {
-    te_err_clear();
-    if (!c) return te_err(-EINVAL, "te_imm_counter_wait: counter is NULL");
-    if (n > INT64_MAX) return te_err(-EINVAL, "te_imm_counter_wait: n too large");
+    tn_err_clear();
+    if (!c) return tn_err(-EINVAL, "te_imm_counter_wait: counter is NULL");
+    if (n > INT64_MAX) return tn_err(-EINVAL, "te_imm_counter_wait: n too large");
     imm_wait iw = {c, n};
-    te_wait_spec w = {.notify = &c->wake.n, .done = imm_took, .give_up = imm_engine_stopped,
-                      .drive = imm_drive, .arg = &iw, .deadline_ns = te_deadline_ms(timeout_ms)};
-    int r = te_wait_until(&w);
-    if (r == -ESHUTDOWN) return te_err(r, "te_imm_counter_wait: engine stopped");
+    tn_wait_spec w = {.notify = &c->wake.n, .done = imm_took, .give_up = imm_engine_stopped,
+                      .drive = imm_drive, .arg = &iw, .deadline_ns = tn_deadline_ms(timeout_ms)};
+    int r = tn_wait_until(&w);
+    if (r == -ESHUTDOWN) return tn_err(r, "te_imm_counter_wait: engine stopped");
     if (r)
-        return te_err(r, "te_imm_counter_wait: %llu of %llu immediates %u after %d ms",
+        return tn_err(r, "te_imm_counter_wait: %llu of %llu immediates %u after %d ms",
                       (unsigned long long)te_imm_counter_value(c), (unsigned long long)n, c->imm,
                       timeout_ms);
     return 0;
@@ -330,9 +330,9 @@ void te_imm_counter_destroy(te_imm_counter *c)
     if (!c) return;
     te_engine *e = c->e;
     pthread_rwlock_wrlock(&e->imm.lock);
-    te_imm_entry **pp = find_slot(&e->imm, c->imm);
+    imm_entry **pp = find_slot(&e->imm, c->imm);
     if (*pp && (*pp)->kind == IMM_COUNTER && (*pp)->counter == c) {
-        te_imm_entry *x = *pp;
+        imm_entry *x = *pp;
         *pp = x->next;
         free(x);
     }
@@ -343,9 +343,9 @@ void te_imm_counter_destroy(te_imm_counter *c)
     free(c);
 }
 
-te_imm_entry **imm_slot(te_imm_table *t, uint32_t imm) { return find_slot(t, imm); }
+imm_entry **imm_slot(imm_table *t, uint32_t imm) { return find_slot(t, imm); }
 
-void imm_install_locked(te_imm_table *t, te_imm_entry *x, te_imm_prev *prev)
+void imm_install_locked(imm_table *t, imm_entry *x, te_imm_prev *prev)
 {
     unlink_entry(t, x->imm, prev);
     x->gen = t->next_gen++;

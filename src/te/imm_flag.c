@@ -57,7 +57,7 @@ struct te_imm_flag {
     int dev;
     void *host_block;                /* FLAG_HOST / FLAG_MAPPED allocation */
     tgdr_buf gdr;
-    te_notify wake;                  /* host waiters */
+    tn_notify wake;                  /* host waiters */
     struct te_imm_flag *next_owned;
 };
 
@@ -85,7 +85,7 @@ void imm_flag_arrived(struct te_imm_flag *f)
         atomic_store_explicit(&f->published, epoch, memory_order_release);
     }
     pthread_mutex_unlock(&f->pub_lock);
-    te_notify_wake(&f->wake);
+    tn_notify_wake(&f->wake);
 }
 
 /* Table write lock held: the entry is being unlinked (replaced or removed). */
@@ -94,7 +94,7 @@ void imm_flag_detach(struct te_imm_flag *f, te_imm_prev *p)
     atomic_store(&f->attached, false);
     p->count = atomic_load(&f->arrived) % f->expected;
     p->expected = f->expected;
-    te_notify_wake(&f->wake);
+    tn_notify_wake(&f->wake);
 }
 
 static void flag_release_memory(struct te_imm_flag *f)
@@ -105,7 +105,7 @@ static void flag_release_memory(struct te_imm_flag *f)
     f->host_block = NULL;
 }
 
-void imm_flag_free_all(te_imm_table *t)
+void imm_flag_free_all(imm_table *t)
 {
     struct te_imm_flag *f = t->flags;
     while (f) {
@@ -128,7 +128,7 @@ static int flag_alloc_memory(te_engine *e, struct te_imm_flag *f)
             f->dptr = f->gdr.dptr;
             return 0;
         }
-        TE_LOGD("imm flag: no GDRCopy (%s); using mapped host memory", te_last_error());
+        TN_LOGD("imm flag: no GDRCopy (%s); using mapped host memory", te_last_error());
         uint64_t d = 0;
         int r = tcu_host_alloc_mapped(f->dev, 64, &f->host_block, &d);
         if (r) return r;
@@ -138,7 +138,7 @@ static int flag_alloc_memory(te_engine *e, struct te_imm_flag *f)
         return 0;
     }
     f->host_block = aligned_alloc(64, 64);
-    if (!f->host_block) return te_err(-ENOMEM, "out of memory");
+    if (!f->host_block) return tn_err(-ENOMEM, "out of memory");
     memset(f->host_block, 0, 64);
     f->mem = FLAG_HOST;
     f->word = f->host_block;
@@ -148,20 +148,20 @@ static int flag_alloc_memory(te_engine *e, struct te_imm_flag *f)
 
 int te_imm_flag_create(te_engine *e, uint32_t imm, uint64_t expected, te_imm_flag **out)
 {
-    te_err_clear();
-    if (!e || !out) return te_err(-EINVAL, "te_imm_flag_create: %s is NULL", e ? "out" : "engine");
+    tn_err_clear();
+    if (!e || !out) return tn_err(-EINVAL, "te_imm_flag_create: %s is NULL", e ? "out" : "engine");
     if (expected == 0 || expected > INT64_MAX)
-        return te_err(-EINVAL, "te_imm_flag_create: expected must be in 1..2^63-1 (got %llu)",
+        return tn_err(-EINVAL, "te_imm_flag_create: expected must be in 1..2^63-1 (got %llu)",
                       (unsigned long long)expected);
     int r = engine_enter(e);
     if (r) return r;
     struct te_imm_flag *f = calloc(1, sizeof *f);
-    te_imm_entry *x = calloc(1, sizeof *x);
+    imm_entry *x = calloc(1, sizeof *x);
     if (!f || !x) {
         free(f);
         free(x);
         engine_leave(e);
-        return te_err(-ENOMEM, "te_imm_flag_create: out of memory");
+        return tn_err(-ENOMEM, "te_imm_flag_create: out of memory");
     }
     if ((r = flag_alloc_memory(e, f))) {
         char why[256];
@@ -169,7 +169,7 @@ int te_imm_flag_create(te_engine *e, uint32_t imm, uint64_t expected, te_imm_fla
         free(f);
         free(x);
         engine_leave(e);
-        return te_err(r, "te_imm_flag_create: %s", why);
+        return tn_err(r, "te_imm_flag_create: %s", why);
     }
     f->e = e;
     f->imm = imm;
@@ -178,7 +178,7 @@ int te_imm_flag_create(te_engine *e, uint32_t imm, uint64_t expected, te_imm_fla
     atomic_init(&f->arrived, 0);
     atomic_init(&f->published, 0);
     atomic_init(&f->attached, true);
-    te_notify_init(&f->wake);
+    tn_notify_init(&f->wake);
     x->imm = imm;
     x->kind = IMM_FLAG;
     x->flag = f;
@@ -188,7 +188,7 @@ int te_imm_flag_create(te_engine *e, uint32_t imm, uint64_t expected, te_imm_fla
     e->imm.flags = f;
     pthread_rwlock_unlock(&e->imm.lock);
     engine_leave(e);
-    TE_LOGD("imm flag for imm %u (expected %llu) in %s memory", imm, (unsigned long long)expected,
+    TN_LOGD("imm flag for imm %u (expected %llu) in %s memory", imm, (unsigned long long)expected,
             te_imm_flag_memory_kind(f));
     *out = f;
     return 0;
@@ -226,15 +226,15 @@ static bool flag_engine_stopped(void *arg)
 
 int te_imm_flag_wait(te_imm_flag *f, uint64_t target, int timeout_ms)
 {
-    te_err_clear();
-    if (!f) return te_err(-EINVAL, "te_imm_flag_wait: flag is NULL");
+    tn_err_clear();
+    if (!f) return tn_err(-EINVAL, "te_imm_flag_wait: flag is NULL");
     flag_wait fw = {f, target};
-    te_wait_spec w = {.notify = &f->wake, .done = flag_reached, .give_up = flag_engine_stopped,
-                      .arg = &fw, .deadline_ns = te_deadline_ms(timeout_ms)};
-    int r = te_wait_until(&w);
-    if (r == -ESHUTDOWN) return te_err(r, "te_imm_flag_wait: engine stopped");
+    tn_wait_spec w = {.notify = &f->wake, .done = flag_reached, .give_up = flag_engine_stopped,
+                      .arg = &fw, .deadline_ns = tn_deadline_ms(timeout_ms)};
+    int r = tn_wait_until(&w);
+    if (r == -ESHUTDOWN) return tn_err(r, "te_imm_flag_wait: engine stopped");
     if (r)
-        return te_err(r, "te_imm_flag_wait: imm %u at epoch %llu (%llu arrivals), waited for %llu "
+        return tn_err(r, "te_imm_flag_wait: imm %u at epoch %llu (%llu arrivals), waited for %llu "
                          "for %d ms", f->imm, (unsigned long long)te_imm_flag_value(f),
                       (unsigned long long)atomic_load(&f->arrived), (unsigned long long)target,
                       timeout_ms);
@@ -246,9 +246,9 @@ void te_imm_flag_destroy(te_imm_flag *f)
     if (!f) return;
     te_engine *e = f->e;
     pthread_rwlock_wrlock(&e->imm.lock);
-    te_imm_entry **pp = imm_slot(&e->imm, f->imm);
+    imm_entry **pp = imm_slot(&e->imm, f->imm);
     if (*pp && (*pp)->kind == IMM_FLAG && (*pp)->flag == f) {
-        te_imm_entry *x = *pp;
+        imm_entry *x = *pp;
         *pp = x->next;
         free(x);
     }

@@ -1,4 +1,4 @@
-/* Recycled operation objects. A te_op is 1.9 KB, above glibc's per-thread cache of small
+/* Recycled operation objects. A eng_op is 1.9 KB, above glibc's per-thread cache of small
  * blocks, so malloc + free of one cost about 300 instructions: a sixth of the engine's
  * whole cost for a small write (bench/engine_ceiling under callgrind).
  *
@@ -14,24 +14,24 @@
 
 #define GROUP_CACHE_MAX 256u
 
-static _Thread_local te_op *t_ops;
+static _Thread_local eng_op *t_ops;
 static _Thread_local bool t_registered;
 static pthread_key_t t_key;
 static pthread_once_t t_once = PTHREAD_ONCE_INIT;
 
-static void free_list(te_op *op)
+static void free_list(eng_op *op)
 {
     while (op) {
-        te_op *nx = op->next;
+        eng_op *nx = op->next;
         free(op);
         op = nx;
     }
 }
 
-static void thread_exit(void *list_head) { free_list(*(te_op **)list_head); }
+static void thread_exit(void *list_head) { free_list(*(eng_op **)list_head); }
 static void make_key(void) { pthread_key_create(&t_key, thread_exit); }
 
-te_op *op_cache_get(te_group *g)
+eng_op *op_cache_get(eng_group *g)
 {
     if (!t_ops && atomic_load_explicit(&g->op_cache, memory_order_relaxed)) {
         t_ops = atomic_exchange_explicit(&g->op_cache, NULL, memory_order_acquire);
@@ -42,7 +42,7 @@ te_op *op_cache_get(te_group *g)
             t_registered = true;
         }
     }
-    te_op *op = t_ops;
+    eng_op *op = t_ops;
     if (op) {
         t_ops = op->next;
         return op;
@@ -50,7 +50,7 @@ te_op *op_cache_get(te_group *g)
     return malloc(sizeof *op);
 }
 
-void op_cache_put(te_group *g, te_op *op)
+void op_cache_put(eng_group *g, eng_op *op)
 {
     /* The count is approximate (a taker resets it without a lock): it only caps memory. */
     if (atomic_load_explicit(&g->op_cache_n, memory_order_relaxed) >= GROUP_CACHE_MAX) {
@@ -58,13 +58,13 @@ void op_cache_put(te_group *g, te_op *op)
         return;
     }
     atomic_fetch_add_explicit(&g->op_cache_n, 1, memory_order_relaxed);
-    te_op *head = atomic_load_explicit(&g->op_cache, memory_order_relaxed);
+    eng_op *head = atomic_load_explicit(&g->op_cache, memory_order_relaxed);
     do op->next = head;
     while (!atomic_compare_exchange_weak_explicit(&g->op_cache, &head, op, memory_order_release,
                                                   memory_order_relaxed));
 }
 
-void op_cache_drain(te_group *g)
+void op_cache_drain(eng_group *g)
 {
     free_list(atomic_exchange_explicit(&g->op_cache, NULL, memory_order_acquire));
     atomic_store_explicit(&g->op_cache_n, 0, memory_order_relaxed);

@@ -20,45 +20,45 @@ static bool in_bounds(uint64_t off, uint64_t len, uint64_t size)
 
 static int check_src(te_engine *e, const te_mr *mr, uint64_t off, uint64_t len, const char *fn)
 {
-    if (!mr) return te_err(-EINVAL, "%s: src is NULL", fn);
-    if (mr->e != e) return te_err(-EINVAL, "%s: src was registered with another engine", fn);
+    if (!mr) return tn_err(-EINVAL, "%s: src is NULL", fn);
+    if (mr->e != e) return tn_err(-EINVAL, "%s: src was registered with another engine", fn);
     if (!in_bounds(off, len, mr->len))
-        return te_err(-ERANGE, "%s: source range [%llu, +%llu) outside the registered region of %zu bytes",
+        return tn_err(-ERANGE, "%s: source range [%llu, +%llu) outside the registered region of %zu bytes",
                       fn, (unsigned long long)off, (unsigned long long)len, mr->len);
     return 0;
 }
 
-static int check_dst(const te_group *g, const te_mr_desc *d, uint64_t off, uint64_t len,
+static int check_dst(const eng_group *g, const te_mr_desc *d, uint64_t off, uint64_t len,
                      const char *fn, const char *what)
 {
-    if (!d) return te_err(-EINVAL, "%s: %s is NULL", fn, what);
+    if (!d) return tn_err(-EINVAL, "%s: %s is NULL", fn, what);
     if (d->n_nics == 0 || d->n_nics > TE_MAX_NICS)
-        return te_err(-EINVAL, "%s: %s has %u NICs (must be 1..%d)", fn, what, d->n_nics, TE_MAX_NICS);
+        return tn_err(-EINVAL, "%s: %s has %u NICs (must be 1..%d)", fn, what, d->n_nics, TE_MAX_NICS);
     if (d->n_nics != g->n_nics)
-        return te_err(-EINVAL, "%s: %s has %u NICs but the sending group %u has %u: both sides "
+        return tn_err(-EINVAL, "%s: %s has %u NICs but the sending group %u has %u: both sides "
                                "must use the same number of NICs per group", fn, what, d->n_nics,
                       g->idx, g->n_nics);
     for (uint32_t k = 0; k < d->n_nics; k++)
         if (d->nic[k].addr.len == 0)
-            return te_err(-EINVAL, "%s: %s NIC %u has an empty address", fn, what, k);
+            return tn_err(-EINVAL, "%s: %s NIC %u has an empty address", fn, what, k);
     if (!in_bounds(off, len, d->len))
-        return te_err(-ERANGE, "%s: destination range [%llu, +%llu) outside the remote region of %llu bytes",
+        return tn_err(-ERANGE, "%s: destination range [%llu, +%llu) outside the remote region of %llu bytes",
                       fn, (unsigned long long)off, (unsigned long long)len,
                       (unsigned long long)d->len);
     return 0;
 }
 
-static int check_route(const te_group *g, te_route r, const char *fn)
+static int check_route(const eng_group *g, te_route r, const char *fn)
 {
     if (r.kind == TE_ROUTE_PINNED) {
         if (r.n >= g->n_nics)
-            return te_err(-EINVAL, "%s: pinned NIC index %u out of range (group %u has %u NICs)", fn,
+            return tn_err(-EINVAL, "%s: pinned NIC index %u out of range (group %u has %u NICs)", fn,
                           r.n, g->idx, g->n_nics);
         return 0;
     }
-    if (r.kind != TE_ROUTE_SHARDED) return te_err(-EINVAL, "%s: unknown route kind %d", fn, r.kind);
+    if (r.kind != TE_ROUTE_SHARDED) return tn_err(-EINVAL, "%s: unknown route kind %d", fn, r.kind);
     if (r.n > g->n_nics)
-        return te_err(-EINVAL, "%s: %u shards requested but group %u has %u NICs", fn, r.n, g->idx,
+        return tn_err(-EINVAL, "%s: %u shards requested but group %u has %u NICs", fn, r.n, g->idx,
                       g->n_nics);
     return 0;
 }
@@ -66,21 +66,21 @@ static int check_route(const te_group *g, te_route r, const char *fn)
 /* An operation (recycled, op_cache.c) with every field zeroed except the destination
  * descriptor (1.1 KB for four NICs of 255-byte addresses), which op_set_dst fills for the
  * NICs in use only: zeroing and copying it whole was a visible part of a small write's cost. */
-static te_op *op_new(te_group *g)
+static eng_op *op_new(eng_group *g)
 {
-    te_op *op = op_cache_get(g);
+    eng_op *op = op_cache_get(g);
     if (!op) {
-        te_err(-ENOMEM, "out of memory for an operation");
+        tn_err(-ENOMEM, "out of memory for an operation");
         return NULL;
     }
-    memset(op, 0, offsetof(te_op, dst));
+    memset(op, 0, offsetof(eng_op, dst));
     op->dst.n_nics = 0;
     return op;
 }
 
 /* Copies what the planner reads of d: base, length, and address and key of each NIC
  * in use (check_dst guarantees n_nics is the group's). */
-static void op_set_dst(te_op *op, const te_mr_desc *d)
+static void op_set_dst(eng_op *op, const te_mr_desc *d)
 {
     op->dst.base = d->base;
     op->dst.len = d->len;
@@ -95,7 +95,7 @@ static void op_set_dst(te_op *op, const te_mr_desc *d)
 }
 
 /* Takes ownership of op; pushes it or frees it. Caller is inside engine_enter. */
-static int submit(te_engine *e, te_group *g, te_op *op, const te_completion *c)
+static int submit(te_engine *e, eng_group *g, eng_op *op, const te_completion *c)
 {
     if (atomic_fetch_add_explicit(&g->queued, 1, memory_order_relaxed) >= e->max_queued_ops) {
         atomic_fetch_sub_explicit(&g->queued, 1, memory_order_relaxed);
@@ -103,14 +103,14 @@ static int submit(te_engine *e, te_group *g, te_op *op, const te_completion *c)
         op_free(g, op);
         /* A caller that retries at once should find room: complete what is done now. */
         group_try_progress(g, false);
-        return te_err(-EAGAIN, "group %u already has %u operations waiting for completion "
+        return tn_err(-EAGAIN, "group %u already has %u operations waiting for completion "
                                "(te_config.max_queued_ops): retry after some complete",
                       g->idx, e->max_queued_ops);
     }
     if (c) op->comp = *c;
-    if (op->comp.counter) te_counter_note_submit(op->comp.counter, g);
+    if (op->comp.counter) counter_note_submit(op->comp.counter, g);
     op->group = g->idx;
-    op->deadline_ns = te_op_deadline_ns(e->op_timeout_ms);
+    op->deadline_ns = tn_op_deadline_ns(e->op_timeout_ms);
     if (op->src) atomic_fetch_add(&op->src->inflight, 1);
     worker_submit(g, op);
     return 0;
@@ -118,8 +118,8 @@ static int submit(te_engine *e, te_group *g, te_op *op, const te_completion *c)
 
 #define ENTER(e, fn)                                                                            \
     do {                                                                                        \
-        te_err_clear();                                                                         \
-        if (!(e)) return te_err(-EINVAL, "%s: engine is NULL", fn);                             \
+        tn_err_clear();                                                                         \
+        if (!(e)) return tn_err(-EINVAL, "%s: engine is NULL", fn);                             \
         int _r = engine_enter(e);                                                               \
         if (_r) return _r;                                                                      \
     } while (0)
@@ -145,7 +145,7 @@ static const void *args_in(const void *in, void *copy, size_t cur, size_t v0, co
     size_t got = *(const size_t *)in;
     if (got == 0 || got == cur) return in;
     if (got < v0 || got > cur) {
-        *err = te_err(-EINVAL, "%s: args struct_size %zu is not one this library knows (0, or "
+        *err = tn_err(-EINVAL, "%s: args struct_size %zu is not one this library knows (0, or "
                                "%zu..%zu)", fn, got, v0, cur);
         return NULL;
     }
@@ -159,22 +159,22 @@ int te_write(te_engine *e, const te_write_args *a, const te_completion *c)
 {
     static const char fn[] = "te_write";
     ENTER(e, fn);
-    if (!a) FAIL(te_err(-EINVAL, "te_write: args is NULL"));
+    if (!a) FAIL(tn_err(-EINVAL, "te_write: args is NULL"));
     int r;
     te_write_args copy;
     if (!(a = args_in(a, &copy, sizeof copy, WRITE_ARGS_V0, fn, &r))) FAIL(r);
     if ((r = check_src(e, a->src, a->src_offset, a->len, fn))) FAIL(r);
-    te_group *g = e->groups[a->src->group];
+    eng_group *g = e->groups[a->src->group];
     if ((r = check_dst(g, a->dst, a->dst_offset, a->len, fn, "dst"))) FAIL(r);
     if ((r = check_route(g, a->route, fn))) FAIL(r);
     uint32_t shards = shard_write_count(a->route, g->n_nics);
     uint64_t shard = a->route.kind == TE_ROUTE_PINNED ? a->len : shard_write_size(a->len, shards);
     for (uint32_t k = 0; k < g->n_nics; k++)
         if (shard > g->nic[k].info.max_msg)
-            FAIL(te_err(-EMSGSIZE, "te_write: shard of %llu bytes exceeds NIC %s's largest message "
+            FAIL(tn_err(-EMSGSIZE, "te_write: shard of %llu bytes exceeds NIC %s's largest message "
                                    "(%zu); use more shards or several writes",
                         (unsigned long long)shard, g->nic[k].info.name, g->nic[k].info.max_msg));
-    te_op *op = op_new(g);
+    eng_op *op = op_new(g);
     if (!op) FAIL(-ENOMEM);
     op->kind = OP_WRITE;
     op->src = a->src;
@@ -211,43 +211,43 @@ int te_write_paged(te_engine *e, const te_paged_args *a, const te_completion *c)
 {
     static const char fn[] = "te_write_paged";
     ENTER(e, fn);
-    if (!a) FAIL(te_err(-EINVAL, "te_write_paged: args is NULL"));
+    if (!a) FAIL(tn_err(-EINVAL, "te_write_paged: args is NULL"));
     te_paged_args copy;
     int ar;
     if (!(a = args_in(a, &copy, sizeof copy, PAGED_ARGS_V0, fn, &ar))) FAIL(ar);
     if (!a->src_pages || !a->dst_pages)
-        FAIL(te_err(-EINVAL, "te_write_paged: %s is NULL", a->src_pages ? "dst_pages" : "src_pages"));
+        FAIL(tn_err(-EINVAL, "te_write_paged: %s is NULL", a->src_pages ? "dst_pages" : "src_pages"));
     if (a->src_pages->n != a->dst_pages->n)
-        FAIL(te_err(-EINVAL, "te_write_paged: %zu source pages but %zu destination pages",
+        FAIL(tn_err(-EINVAL, "te_write_paged: %zu source pages but %zu destination pages",
                     a->src_pages->n, a->dst_pages->n));
     int r;
     if ((r = check_src(e, a->src, 0, 0, fn))) FAIL(r);
-    te_group *g = e->groups[a->src->group];
+    eng_group *g = e->groups[a->src->group];
     if ((r = check_dst(g, a->dst, 0, 0, fn, "dst"))) FAIL(r);
     for (uint32_t k = 0; k < g->n_nics; k++)
         if (a->page_len > g->nic[k].info.max_msg)
-            FAIL(te_err(-EMSGSIZE, "te_write_paged: page_len %llu exceeds NIC %s's largest message",
+            FAIL(tn_err(-EMSGSIZE, "te_write_paged: page_len %llu exceeds NIC %s's largest message",
                         (unsigned long long)a->page_len, g->nic[k].info.name));
     if (a->src_pages->n) {
         uint32_t sm = pages_max(a->src_pages), dm = pages_max(a->dst_pages);
         if (!page_in_bounds(a->src_offset, a->src_stride, sm, a->page_len, a->src->len))
-            FAIL(te_err(-ERANGE, "te_write_paged: source page %u (offset %llu + stride %llu * %u + %llu) "
+            FAIL(tn_err(-ERANGE, "te_write_paged: source page %u (offset %llu + stride %llu * %u + %llu) "
                                  "ends beyond the registered region of %zu bytes", sm,
                         (unsigned long long)a->src_offset, (unsigned long long)a->src_stride, sm,
                         (unsigned long long)a->page_len, a->src->len));
         if (!page_in_bounds(a->dst_offset, a->dst_stride, dm, a->page_len, a->dst->len))
-            FAIL(te_err(-ERANGE, "te_write_paged: destination page %u ends beyond the remote region "
+            FAIL(tn_err(-ERANGE, "te_write_paged: destination page %u ends beyond the remote region "
                                  "of %llu bytes", dm, (unsigned long long)a->dst->len));
     }
-    te_op *op = op_new(g);
+    eng_op *op = op_new(g);
     if (!op) FAIL(-ENOMEM);
     op->kind = OP_PAGED;
     op->src = a->src;
     op_set_dst(op, a->dst);
     op->has_imm = a->has_imm;
     op->imm = a->imm;
-    te_pages_retain_internal(a->src_pages);
-    te_pages_retain_internal(a->dst_pages);
+    pages_retain(a->src_pages);
+    pages_retain(a->dst_pages);
     op->u.p.sp = a->src_pages;
     op->u.p.dp = a->dst_pages;
     op->u.p.len = a->page_len;
@@ -264,27 +264,27 @@ int te_write_scatter(te_engine *e, const te_scatter_args *a, const te_completion
 {
     static const char fn[] = "te_write_scatter";
     ENTER(e, fn);
-    if (!a) FAIL(te_err(-EINVAL, "te_write_scatter: args is NULL"));
+    if (!a) FAIL(tn_err(-EINVAL, "te_write_scatter: args is NULL"));
     te_scatter_args copy;
     int ar;
     if (!(a = args_in(a, &copy, sizeof copy, SCATTER_ARGS_V0, fn, &ar))) FAIL(ar);
     if (!a->targets || a->n_targets == 0)
-        FAIL(te_err(-EINVAL, "te_write_scatter: no targets (targets NULL or n_targets 0)"));
-    if (a->n_targets > UINT32_MAX) FAIL(te_err(-EINVAL, "te_write_scatter: too many targets"));
+        FAIL(tn_err(-EINVAL, "te_write_scatter: no targets (targets NULL or n_targets 0)"));
+    if (a->n_targets > UINT32_MAX) FAIL(tn_err(-EINVAL, "te_write_scatter: too many targets"));
     int r;
     if ((r = check_src(e, a->src, 0, 0, fn))) FAIL(r);
-    te_group *g = e->groups[a->src->group];
+    eng_group *g = e->groups[a->src->group];
     if (a->kind != TE_SCATTER_SHARD_PEERS && a->kind != TE_SCATTER_SHARD_BYTES &&
         a->kind != TE_SCATTER_SINGLE)
-        FAIL(te_err(-EINVAL, "te_write_scatter: unknown kind %d", a->kind));
+        FAIL(tn_err(-EINVAL, "te_write_scatter: unknown kind %d", a->kind));
     if (a->kind == TE_SCATTER_SINGLE && a->nic >= g->n_nics)
-        FAIL(te_err(-EINVAL, "te_write_scatter: NIC index %u out of range (group has %u NICs)", a->nic,
+        FAIL(tn_err(-EINVAL, "te_write_scatter: NIC index %u out of range (group has %u NICs)", a->nic,
                     g->n_nics));
     if (a->peers) {
         if (a->peers->e != e || a->peers->group != g->idx)
-            FAIL(te_err(-EINVAL, "te_write_scatter: peer group belongs to another engine or group"));
+            FAIL(tn_err(-EINVAL, "te_write_scatter: peer group belongs to another engine or group"));
         if (a->peers->n != a->n_targets)
-            FAIL(te_err(-EINVAL, "te_write_scatter: peer group has %zu peers but %zu targets given",
+            FAIL(tn_err(-EINVAL, "te_write_scatter: peer group has %zu peers but %zu targets given",
                         a->peers->n, a->n_targets));
     }
     for (size_t t = 0; t < a->n_targets; t++) {
@@ -296,22 +296,22 @@ int te_write_scatter(te_engine *e, const te_scatter_args *a, const te_completion
         if (a->peers)
             for (uint32_t k = 0; k < g->n_nics; k++)
                 if (!te_addr_equal(&x->dst->nic[k].addr, &a->peers->peers[t].nic[k].addr))
-                    FAIL(te_err(-EINVAL, "te_write_scatter: targets[%zu] is not peer %zu of the peer "
+                    FAIL(tn_err(-EINVAL, "te_write_scatter: targets[%zu] is not peer %zu of the peer "
                                          "group (targets must follow the group's order)", t, t));
         uint64_t piece = a->kind == TE_SCATTER_SHARD_BYTES ? x->len - x->len / g->n_nics * (g->n_nics - 1)
                                                            : x->len;
         for (uint32_t k = 0; k < g->n_nics; k++)
             if (piece > g->nic[k].info.max_msg)
-                FAIL(te_err(-EMSGSIZE, "te_write_scatter: targets[%zu] needs a %llu-byte write, above "
+                FAIL(tn_err(-EMSGSIZE, "te_write_scatter: targets[%zu] needs a %llu-byte write, above "
                                        "NIC %s's largest message", t, (unsigned long long)piece,
                             g->nic[k].info.name));
     }
-    te_op *op = op_new(g);
-    te_target *ts = calloc(a->n_targets, sizeof *ts);
+    eng_op *op = op_new(g);
+    eng_target *ts = calloc(a->n_targets, sizeof *ts);
     if (!op || !ts) {
         free(op);
         free(ts);
-        FAIL(te_err(-ENOMEM, "te_write_scatter: out of memory"));
+        FAIL(tn_err(-ENOMEM, "te_write_scatter: out of memory"));
     }
     for (size_t t = 0; t < a->n_targets; t++) {
         ts[t].dst = *a->targets[t].dst;
@@ -338,11 +338,11 @@ int te_write_imm(te_engine *e, uint32_t imm, const te_mr_desc *dst, te_route rou
 {
     static const char fn[] = "te_write_imm";
     ENTER(e, fn);
-    te_group *g = e->groups[0];
+    eng_group *g = e->groups[0];
     int r;
     if ((r = check_dst(g, dst, 0, 0, fn, "dst"))) FAIL(r);
     if ((r = check_route(g, route, fn))) FAIL(r);
-    te_op *op = op_new(g);
+    eng_op *op = op_new(g);
     if (!op) FAIL(-ENOMEM);
     op->kind = OP_IMM;
     op_set_dst(op, dst);
@@ -359,11 +359,11 @@ int te_barrier(te_engine *e, uint32_t imm, const te_mr_desc *dsts, size_t n, te_
 {
     static const char fn[] = "te_barrier";
     ENTER(e, fn);
-    if (n && !dsts) FAIL(te_err(-EINVAL, "te_barrier: dsts is NULL with n = %zu", n));
-    te_group *g = e->groups[0];
+    if (n && !dsts) FAIL(tn_err(-EINVAL, "te_barrier: dsts is NULL with n = %zu", n));
+    eng_group *g = e->groups[0];
     int r;
     if (route.kind == TE_ROUTE_SHARDED && route.n > 1)
-        FAIL(te_err(-EINVAL, "te_barrier: sharded barriers take n = 0 or 1 (each destination gets "
+        FAIL(tn_err(-EINVAL, "te_barrier: sharded barriers take n = 0 or 1 (each destination gets "
                              "exactly one immediate)"));
     if ((r = check_route(g, route, fn))) FAIL(r);
     for (size_t k = 0; k < n; k++) {
@@ -371,12 +371,12 @@ int te_barrier(te_engine *e, uint32_t imm, const te_mr_desc *dsts, size_t n, te_
         snprintf(what, sizeof what, "dsts[%zu]", k);
         if ((r = check_dst(g, &dsts[k], 0, 0, fn, what))) FAIL(r);
     }
-    te_op *op = op_new(g);
+    eng_op *op = op_new(g);
     te_mr_desc *copy = malloc((n ? n : 1) * sizeof *copy);
     if (!op || !copy) {
         free(op);
         free(copy);
-        FAIL(te_err(-ENOMEM, "te_barrier: out of memory"));
+        FAIL(tn_err(-ENOMEM, "te_barrier: out of memory"));
     }
     if (n) memcpy(copy, dsts, n * sizeof *copy);
     op->kind = OP_BARRIER;
@@ -394,18 +394,18 @@ int te_send(te_engine *e, const te_addr *dst, const void *buf, size_t len, const
 {
     static const char fn[] = "te_send";
     ENTER(e, fn);
-    if (!dst) FAIL(te_err(-EINVAL, "te_send: dst is NULL"));
+    if (!dst) FAIL(tn_err(-EINVAL, "te_send: dst is NULL"));
     if (dst->len == 0 || dst->transport != e->groups[0]->nic[0].addr.transport)
-        FAIL(te_err(-EINVAL, "te_send: dst is not an address of this transport"));
-    if (len && !buf) FAIL(te_err(-EINVAL, "te_send: buf is NULL with len %zu", len));
+        FAIL(tn_err(-EINVAL, "te_send: dst is not an address of this transport"));
+    if (len && !buf) FAIL(tn_err(-EINVAL, "te_send: buf is NULL with len %zu", len));
     if (len > e->max_msg_size)
-        FAIL(te_err(-EMSGSIZE, "te_send: %zu bytes exceed max_msg_size %u", len, e->max_msg_size));
-    te_op *op = op_new(e->groups[0]);
+        FAIL(tn_err(-EMSGSIZE, "te_send: %zu bytes exceed max_msg_size %u", len, e->max_msg_size));
+    eng_op *op = op_new(e->groups[0]);
     void *copy = malloc(len ? len : 1);
     if (!op || !copy) {
         free(op);
         free(copy);
-        FAIL(te_err(-ENOMEM, "te_send: out of memory"));
+        FAIL(tn_err(-ENOMEM, "te_send: out of memory"));
     }
     if (len) memcpy(copy, buf, len);
     op->kind = OP_SEND;

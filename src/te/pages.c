@@ -8,12 +8,12 @@
 
 int te_pages_create(const uint32_t *idx, size_t n, te_pages **out)
 {
-    te_err_clear();
-    if (!out) return te_err(-EINVAL, "te_pages_create: out is NULL");
-    if (n && !idx) return te_err(-EINVAL, "te_pages_create: idx is NULL with n = %zu", n);
-    if (n > UINT32_MAX) return te_err(-EINVAL, "te_pages_create: more than 2^32-1 pages");
+    tn_err_clear();
+    if (!out) return tn_err(-EINVAL, "te_pages_create: out is NULL");
+    if (n && !idx) return tn_err(-EINVAL, "te_pages_create: idx is NULL with n = %zu", n);
+    if (n > UINT32_MAX) return tn_err(-EINVAL, "te_pages_create: more than 2^32-1 pages");
     te_pages *p = malloc(sizeof *p + n * sizeof(uint32_t));
-    if (!p) return te_err(-ENOMEM, "te_pages_create: out of memory for %zu pages", n);
+    if (!p) return tn_err(-ENOMEM, "te_pages_create: out of memory for %zu pages", n);
     atomic_init(&p->refs, 1);
     p->n = n;
     if (n) memcpy(p->idx, idx, n * sizeof(uint32_t));
@@ -21,7 +21,7 @@ int te_pages_create(const uint32_t *idx, size_t n, te_pages **out)
     return 0;
 }
 
-void te_pages_retain_internal(te_pages *p) { atomic_fetch_add(&p->refs, 1); }
+void pages_retain(te_pages *p) { atomic_fetch_add(&p->refs, 1); }
 
 void te_pages_release(te_pages *p)
 {

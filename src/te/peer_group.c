@@ -7,12 +7,12 @@
 #include "core/error.h"
 #include "te/engine_internal.h"
 
-int peer_group_worker_resolve(te_group *g, te_peer_group *pg)
+int peer_group_worker_resolve(eng_group *g, te_peer_group *pg)
 {
     for (size_t t = 0; t < pg->n; t++)
         for (uint32_t k = 0; k < g->n_nics; k++) {
             int r = dg_resolve(g, k, &pg->peers[t].nic[k].addr, &pg->resolved[t * g->n_nics + k]);
-            if (r) return te_err(r, "peer group: peer %zu NIC %u unreachable: %s", t, k, te_last_error());
+            if (r) return tn_err(r, "peer group: peer %zu NIC %u unreachable: %s", t, k, te_last_error());
         }
     return 0;
 }
@@ -20,20 +20,20 @@ int peer_group_worker_resolve(te_group *g, te_peer_group *pg)
 int te_peer_group_create(te_engine *e, uint32_t group, const te_mr_desc *peers, size_t n_peers,
                          te_peer_group **out)
 {
-    te_err_clear();
-    if (!e || !out) return te_err(-EINVAL, "te_peer_group_create: %s is NULL", e ? "out" : "engine");
-    if (!peers || n_peers == 0) return te_err(-EINVAL, "te_peer_group_create: no peers");
+    tn_err_clear();
+    if (!e || !out) return tn_err(-EINVAL, "te_peer_group_create: %s is NULL", e ? "out" : "engine");
+    if (!peers || n_peers == 0) return tn_err(-EINVAL, "te_peer_group_create: no peers");
     int r = engine_enter(e);
     if (r) return r;
     if (group >= e->n_groups) {
         engine_leave(e);
-        return te_err(-EINVAL, "te_peer_group_create: group %u does not exist", group);
+        return tn_err(-EINVAL, "te_peer_group_create: group %u does not exist", group);
     }
-    te_group *g = e->groups[group];
+    eng_group *g = e->groups[group];
     for (size_t t = 0; t < n_peers; t++)
         if (peers[t].n_nics != g->n_nics) {
             engine_leave(e);
-            return te_err(-EINVAL, "te_peer_group_create: peer %zu has %u NICs, group %u has %u", t,
+            return tn_err(-EINVAL, "te_peer_group_create: peer %zu has %u NICs, group %u has %u", t,
                           peers[t].n_nics, group, g->n_nics);
         }
     te_peer_group *pg = calloc(1, sizeof *pg);
@@ -48,7 +48,7 @@ int te_peer_group_create(te_engine *e, uint32_t group, const te_mr_desc *peers, 
         }
         free(pg);
         engine_leave(e);
-        return te_err(-ENOMEM, "te_peer_group_create: out of memory");
+        return tn_err(-ENOMEM, "te_peer_group_create: out of memory");
     }
     memcpy(pg->peers, peers, n_peers * sizeof *peers);
     pg->e = e;

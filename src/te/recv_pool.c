@@ -11,15 +11,15 @@
 #include "core/log.h"
 #include "te/engine_internal.h"
 
-static void *slot_ctx(te_recv_slot *s) { return (void *)((uintptr_t)s | CTX_RECV); }
+static void *slot_ctx(eng_recv_slot *s) { return (void *)((uintptr_t)s | CTX_RECV); }
 
-static void post_slot(te_group *g, te_recv_slot *s)
+static void post_slot(eng_group *g, eng_recv_slot *s)
 {
     te_recv_pool *p = s->pool;
-    te_nic_state *n = &g->nic[0];
+    eng_nic *n = &g->nic[0];
     int r = n->ops->post_recv(n->tp, s->buf, p->msg_size, p->mr.desc, slot_ctx(s));
     if (r) {
-        TE_LOGW("receive pool: posting a buffer failed (%s); the pool has one buffer less",
+        TN_LOGW("receive pool: posting a buffer failed (%s); the pool has one buffer less",
                 r == -EAGAIN ? "receive queue full" : te_last_error());
         return;
     }
@@ -27,23 +27,23 @@ static void post_slot(te_group *g, te_recv_slot *s)
     atomic_fetch_add(&p->posted, 1);
 }
 
-void recv_pool_worker_post(te_group *g, te_recv_pool *p)
+void recv_pool_worker_post(eng_group *g, te_recv_pool *p)
 {
     for (uint32_t k = 0; k < p->count; k++) post_slot(g, &p->slots[k]);
 }
 
-void recv_pool_worker_cancel(te_group *g, te_recv_pool *p)
+void recv_pool_worker_cancel(eng_group *g, te_recv_pool *p)
 {
     atomic_store(&p->closing, true);
-    te_nic_state *n = &g->nic[0];
+    eng_nic *n = &g->nic[0];
     for (uint32_t k = 0; k < p->count; k++)
         if (p->slots[k].posted && n->ops->cancel_recv(n->tp, slot_ctx(&p->slots[k])))
-            TE_LOGD("receive pool: cancel failed: %s", te_last_error());
+            TN_LOGD("receive pool: cancel failed: %s", te_last_error());
 }
 
-void recv_pool_on_event(te_group *g, te_nic_state *n, const tp_event *ev)
+void recv_pool_on_event(eng_group *g, eng_nic *n, const tp_event *ev)
 {
-    te_recv_slot *s = (te_recv_slot *)((uintptr_t)ev->ctx & ~(uintptr_t)CTX_MASK);
+    eng_recv_slot *s = (eng_recv_slot *)((uintptr_t)ev->ctx & ~(uintptr_t)CTX_MASK);
     te_recv_pool *p = s->pool;
     s->posted = false;
     if (atomic_load(&p->closing)) {
@@ -68,19 +68,19 @@ void recv_pool_on_event(te_group *g, te_nic_state *n, const tp_event *ev)
 int te_recv_pool_create(te_engine *e, size_t msg_size, uint32_t count, te_recv_fn on_recv,
                         te_done_fn on_error, void *arg, te_recv_pool **out)
 {
-    te_err_clear();
-    if (!e || !out) return te_err(-EINVAL, "te_recv_pool_create: %s is NULL", e ? "out" : "engine");
-    if (!on_recv) return te_err(-EINVAL, "te_recv_pool_create: on_recv is NULL");
+    tn_err_clear();
+    if (!e || !out) return tn_err(-EINVAL, "te_recv_pool_create: %s is NULL", e ? "out" : "engine");
+    if (!on_recv) return tn_err(-EINVAL, "te_recv_pool_create: on_recv is NULL");
     if (msg_size == 0 || count == 0)
-        return te_err(-EINVAL, "te_recv_pool_create: msg_size and count must be > 0");
+        return tn_err(-EINVAL, "te_recv_pool_create: msg_size and count must be > 0");
     if (msg_size > (1u << 30) || count > 65536 || msg_size * count > (1ull << 32))
-        return te_err(-EINVAL, "te_recv_pool_create: %u buffers of %zu bytes is too much", count, msg_size);
+        return tn_err(-EINVAL, "te_recv_pool_create: %u buffers of %zu bytes is too much", count, msg_size);
     int r = engine_enter(e);
     if (r) return r;
-    te_group *g = e->groups[0];
+    eng_group *g = e->groups[0];
     te_recv_pool *p = calloc(1, sizeof *p);
     uint8_t *mem = NULL;
-    te_recv_slot *slots = calloc(count, sizeof *slots);
+    eng_recv_slot *slots = calloc(count, sizeof *slots);
     size_t stride = (msg_size + 63) & ~(size_t)63;
     if (p && slots) mem = aligned_alloc(64, stride * count);
     if (!p || !slots || !mem) {
@@ -88,7 +88,7 @@ int te_recv_pool_create(te_engine *e, size_t msg_size, uint32_t count, te_recv_f
         free(slots);
         free(mem);
         engine_leave(e);
-        return te_err(-ENOMEM, "te_recv_pool_create: out of memory");
+        return tn_err(-ENOMEM, "te_recv_pool_create: out of memory");
     }
     p->e = e;
     p->msg_size = msg_size;
@@ -104,7 +104,7 @@ int te_recv_pool_create(te_engine *e, size_t msg_size, uint32_t count, te_recv_f
         slots[k].pool = p;
         slots[k].buf = mem + (size_t)k * stride;
     }
-    te_nic_state *n = &g->nic[0];
+    eng_nic *n = &g->nic[0];
     r = n->ops->mr_reg(n->tp, mem, stride * count, TE_DEVICE_HOST, false, &p->mr);
     if (r) {
         free(p);
@@ -134,17 +134,17 @@ static void pool_free(te_engine *e, te_recv_pool *p, bool dereg)
 
 int te_recv_pool_destroy(te_recv_pool *p)
 {
-    te_err_clear();
-    if (!p) return te_err(-EINVAL, "te_recv_pool_destroy: pool is NULL");
+    tn_err_clear();
+    if (!p) return tn_err(-EINVAL, "te_recv_pool_destroy: pool is NULL");
     te_engine *e = p->e;
     if (engine_on_callback_thread(e))
-        return te_err(-EDEADLK, "te_recv_pool_destroy: called from an engine callback (it must "
+        return tn_err(-EDEADLK, "te_recv_pool_destroy: called from an engine callback (it must "
                                 "wait until callbacks of the pool are over); call it from another thread");
     if (engine_enter(e)) return 0; /* stopped: the engine frees it with everything else */
-    te_group *g = e->groups[0];
+    eng_group *g = e->groups[0];
     int r = worker_control(g, CTL_POOL_CANCEL, p, 5000);
-    uint64_t deadline = te_deadline_ms(2000);
-    while (!r && atomic_load(&p->posted) > 0 && te_now_ns() < deadline) {
+    uint64_t deadline = tn_deadline_ms(2000);
+    while (!r && atomic_load(&p->posted) > 0 && tn_now_ns() < deadline) {
         struct timespec ts = {0, 200000};
         nanosleep(&ts, NULL);
     }
@@ -154,7 +154,7 @@ int te_recv_pool_destroy(te_recv_pool *p)
     if (!drained) {
         /* The provider did not confirm the cancellations: its buffers may still be
          * written, so they stay allocated until the engine is destroyed. */
-        TE_LOGW("receive pool: %u buffers still posted; released at engine destroy",
+        TN_LOGW("receive pool: %u buffers still posted; released at engine destroy",
                 atomic_load(&p->posted));
         return 0;
     }

@@ -11,7 +11,7 @@
 
 #include "tendril/te.h"
 
-/* Operation kinds of the engine (te_op.kind). */
+/* Operation kinds of the engine (eng_op.kind). */
 enum op_kind { OP_WRITE = 1, OP_PAGED, OP_SCATTER, OP_IMM, OP_BARRIER, OP_SEND };
 
 /* Shards of a sharded single write are multiples of this (the last one excepted). */

@@ -38,7 +38,7 @@ static int find_gpus(ctx *c)
         return -ENAMETOOLONG;
     names ns;
     if (topo_list_dir(dir, &ns) != 0) {
-        TE_LOGD("topology: %s unreadable: no GPUs", dir);
+        TN_LOGD("topology: %s unreadable: no GPUs", dir);
         return 0;
     }
     int rc = 0;
@@ -53,7 +53,7 @@ static int find_gpus(ctx *c)
         memset(&g, 0, sizeof g);
         g.ordinal = -1;
         if (topo_path_join(path, dir, ns.v[i], NULL, NULL) || topo_resolve_pci(path, &g.d) != 0) {
-            TE_LOGD("topology: GPU %s: cannot resolve its PCI path", ns.v[i]);
+            TN_LOGD("topology: GPU %s: cannot resolve its PCI path", ns.v[i]);
             continue;
         }
         gpu *nv = realloc(c->gpus, (c->n_gpus + 1) * sizeof *nv);
@@ -91,7 +91,7 @@ static bool assign_ordinals(ctx *c, const char *cvd)
     bool known = true;
     const char *order = getenv("CUDA_DEVICE_ORDER");
     if (!same_model && !(order && strcmp(order, "PCI_BUS_ID") == 0)) {
-        TE_LOGW("topology: mixed NVIDIA GPU models and CUDA_DEVICE_ORDER is not PCI_BUS_ID: "
+        TN_LOGW("topology: mixed NVIDIA GPU models and CUDA_DEVICE_ORDER is not PCI_BUS_ID: "
                 "CUDA ordinals may differ from PCI order");
         known = false;
     }
@@ -105,7 +105,7 @@ static bool assign_ordinals(ctx *c, const char *cvd)
     while (*p == ' ')
         p++;
     if (*p && !isdigit((unsigned char)*p)) {
-        TE_LOGW("topology: CUDA_VISIBLE_DEVICES='%s' is not an integer list: "
+        TN_LOGW("topology: CUDA_VISIBLE_DEVICES='%s' is not an integer list: "
                 "CUDA ordinals unknown", cvd);
         free(phys);
         return false;
@@ -192,7 +192,7 @@ static int find_rdma_nics(ctx *c)
             snprintf(n.pub.pci, sizeof n.pub.pci, "%s", n.d.pci);
         } else {
             /* A software device (rxe) or a partial tree: kept, placed by NUMA only. */
-            TE_LOGD("topology: RDMA device %s has no PCI function", ns.v[i]);
+            TN_LOGD("topology: RDMA device %s has no PCI function", ns.v[i]);
             if (!(n.d.chain = strdup(""))) {
                 rc = -ENOMEM;
                 break;
@@ -297,7 +297,7 @@ static int find_numa(ctx *c, bool *any)
             numa_node nn = {.node = atoi(s + 4)};
             if (topo_path_join(path, dir, s, "cpulist", NULL) == 0 &&
                 topo_read_text(path, buf, sizeof buf) == 0 && topo_parse_cpulist(buf, &nn.cpus) != 0)
-                TE_LOGW("topology: %s: unreadable cpulist '%s'", path, buf);
+                TN_LOGW("topology: %s: unreadable cpulist '%s'", path, buf);
             numa_node *nv = realloc(c->nodes, (c->n_nodes + 1) * sizeof *nv);
             if (!nv) {
                 topo_mask_free(&nn.cpus);
@@ -326,7 +326,7 @@ static int find_numa(ctx *c, bool *any)
             topo_read_text(path, buf, sizeof buf) == 0) {
             *any = true;
             if (topo_parse_cpulist(buf, &nn.cpus) != 0)
-                TE_LOGW("topology: %s: unreadable cpulist '%s'", path, buf);
+                TN_LOGW("topology: %s: unreadable cpulist '%s'", path, buf);
         }
         if (!(c->nodes = malloc(sizeof *c->nodes))) {
             topo_mask_free(&nn.cpus);
@@ -367,22 +367,22 @@ void te_topo_options_init(te_topo_options *opt)
 
 int te_topo_detect(const te_topo_options *opt_in, te_topo **out)
 {
-    te_err_clear();
+    tn_err_clear();
     if (!out)
-        return te_err(-EINVAL, "te_topo_detect: out is NULL");
+        return tn_err(-EINVAL, "te_topo_detect: out is NULL");
     *out = NULL;
     te_topo_options opt;
     te_topo_options_init(&opt);
     if (opt_in) {
         if (opt_in->struct_size == 0 || opt_in->struct_size > sizeof opt)
-            return te_err(-EINVAL, "te_topo_options.struct_size: %zu (expected 1..%zu; call "
+            return tn_err(-EINVAL, "te_topo_options.struct_size: %zu (expected 1..%zu; call "
                                    "te_topo_options_init)", opt_in->struct_size, sizeof opt);
         memcpy(&opt, opt_in, opt_in->struct_size);
     }
     const char *root = opt.sysfs_root ? opt.sysfs_root : "/sys";
     struct stat st;
     if (stat(root, &st) != 0 || !S_ISDIR(st.st_mode))
-        return te_err(-ENOENT, "te_topo_options.sysfs_root: '%s' is not a readable directory",
+        return tn_err(-ENOENT, "te_topo_options.sysfs_root: '%s' is not a readable directory",
                       root);
 
     cpumask allowed = {0};
@@ -393,13 +393,13 @@ int te_topo_detect(const te_topo_options *opt_in, te_topo **out)
     } else if (opt.cpuset) {
         if ((rc = topo_parse_cpulist(opt.cpuset, &allowed)) != 0) {
             topo_mask_free(&allowed);
-            return rc == -ENOMEM ? te_err(rc, "te_topo_detect: out of memory")
-                                 : te_err(-EINVAL, "te_topo_options.cpuset: '%s' is not a "
+            return rc == -ENOMEM ? tn_err(rc, "te_topo_detect: out of memory")
+                                 : tn_err(-EINVAL, "te_topo_options.cpuset: '%s' is not a "
                                                    "cpulist such as \"0-3,8\"", opt.cpuset);
         }
     } else if ((rc = topo_process_cpuset(&allowed)) != 0) {
         topo_mask_free(&allowed);
-        return te_err(rc, "te_topo_detect: sched_getaffinity failed");
+        return tn_err(rc, "te_topo_detect: sched_getaffinity failed");
     }
 
     ctx c;
@@ -414,7 +414,7 @@ int te_topo_detect(const te_topo_options *opt_in, te_topo **out)
     if ((rc = find_numa(&c, &any)) != 0)
         goto fail;
     if (!any) {
-        rc = te_err(-ENOENT, "te_topo_detect: nothing readable under '%s' (no bus/pci/devices, "
+        rc = tn_err(-ENOENT, "te_topo_detect: nothing readable under '%s' (no bus/pci/devices, "
                              "class/net, class/infiniband or devices/system/node)", root);
         goto fail;
     }
@@ -458,7 +458,7 @@ int te_topo_detect(const te_topo_options *opt_in, te_topo **out)
         rc = topo_build(&c, &allowed, known, out);
     if (rc)
         goto fail;
-    TE_LOGD("topology: %zu GPUs, %zu NICs, %zu NUMA nodes under %s", c.n_gpus, c.n_nics,
+    TN_LOGD("topology: %zu GPUs, %zu NICs, %zu NUMA nodes under %s", c.n_gpus, c.n_nics,
             c.n_nodes, root);
     ctx_free(&c);
     topo_mask_free(&allowed);
@@ -467,6 +467,6 @@ fail:
     ctx_free(&c);
     topo_mask_free(&allowed);
     if (rc == -ENOMEM)
-        return te_err(rc, "te_topo_detect: out of memory");
+        return tn_err(rc, "te_topo_detect: out of memory");
     return rc;
 }

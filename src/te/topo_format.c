@@ -196,19 +196,19 @@ static void format_json(const te_topo *t, FILE *f)
 
 int te_topo_format(const te_topo *topo, FILE *f, int format)
 {
-    te_err_clear();
+    tn_err_clear();
     if (!topo)
-        return te_err(-EINVAL, "te_topo_format: topo is NULL");
+        return tn_err(-EINVAL, "te_topo_format: topo is NULL");
     if (!f)
-        return te_err(-EINVAL, "te_topo_format: f is NULL");
+        return tn_err(-EINVAL, "te_topo_format: f is NULL");
     if (format == TE_TOPO_FORMAT_JSON)
         format_json(topo, f);
     else if (format == TE_TOPO_FORMAT_TEXT)
         format_text(topo, f);
     else
-        return te_err(-EINVAL, "te_topo_format: format %d (expected TE_TOPO_FORMAT_TEXT or "
+        return tn_err(-EINVAL, "te_topo_format: format %d (expected TE_TOPO_FORMAT_TEXT or "
                                "TE_TOPO_FORMAT_JSON)", format);
     if (ferror(f))
-        return te_err(-EIO, "te_topo_format: write failed");
+        return tn_err(-EIO, "te_topo_format: write failed");
     return 0;
 }

@@ -208,7 +208,7 @@ static int place_cpus(ctx *c, const cpumask *allowed, te_topo *t, te_topo_group 
         groups[g].cpus = gc;
         groups[g].n_cpus = t->n_cpus;
         groups[g].cpus_remote = true;
-        TE_LOGI("topology: GPU %s: no allowed CPU on NUMA node %d, using the whole CPU set",
+        TN_LOGI("topology: GPU %s: no allowed CPU on NUMA node %d, using the whole CPU set",
                 c->gpus[g].d.pci, c->gpus[g].d.numa);
     }
     return rc;

@@ -30,14 +30,14 @@
 #define SLEEP_MAX_NS 200000ull
 
 struct te_watcher {
-    struct te_watchers *ws;
+    struct watcher_pool *ws;
     uint32_t slot;
     te_watch_fn fn;
     void *arg;
     uint64_t last;         /* watcher thread only */
 };
 
-typedef struct te_watchers {
+typedef struct watcher_pool {
     te_engine *e;
     pthread_mutex_t lock;          /* allocation, free list, chunk creation */
     int dev;                       /* CUDA device of the mapped memory, -1 = plain host */
@@ -52,16 +52,16 @@ typedef struct te_watchers {
     bool started;
     _Atomic bool stop;
     _Atomic uint64_t scan_seq;     /* completed scans */
-    te_notify wake;
-} te_watchers;
+    tn_notify wake;
+} watcher_pool;
 
-static volatile uint64_t *slot_word(te_watchers *ws, uint32_t s)
+static volatile uint64_t *slot_word(watcher_pool *ws, uint32_t s)
 {
     return &ws->host[s / SLOTS_PER_CHUNK][s % SLOTS_PER_CHUNK];
 }
 
 /* Returns the slot to the free list (lock held by the caller). */
-static void slot_release_locked(te_watchers *ws, uint32_t s)
+static void slot_release_locked(watcher_pool *ws, uint32_t s)
 {
     __atomic_store_n(slot_word(ws, s), 0, __ATOMIC_RELEASE);
     ws->free_list[ws->n_free++] = s;
@@ -69,8 +69,8 @@ static void slot_release_locked(te_watchers *ws, uint32_t s)
 
 static void *watcher_main(void *arg)
 {
-    te_watchers *ws = arg;
-    uint64_t last_change = te_now_ns();
+    watcher_pool *ws = arg;
+    uint64_t last_change = tn_now_ns();
     uint64_t sleep_ns = SLEEP_MIN_NS;
     while (!atomic_load_explicit(&ws->stop, memory_order_acquire)) {
         bool changed = false;
@@ -94,50 +94,50 @@ static void *watcher_main(void *arg)
             }
         }
         atomic_fetch_add_explicit(&ws->scan_seq, 1, memory_order_release);
-        uint64_t now = te_now_ns();
+        uint64_t now = tn_now_ns();
         if (changed || ws->e->busy_poll) {
             last_change = now;
             sleep_ns = SLEEP_MIN_NS;
             continue;
         }
         if (now - last_change < SPIN_WINDOW_NS) continue;
-        uint32_t t = te_notify_prepare(&ws->wake);
+        uint32_t t = tn_notify_prepare(&ws->wake);
         if (atomic_load(&ws->stop)) {
-            te_notify_cancel(&ws->wake);
+            tn_notify_cancel(&ws->wake);
             break;
         }
-        te_notify_wait(&ws->wake, t, sleep_ns);
+        tn_notify_wait(&ws->wake, t, sleep_ns);
         if (sleep_ns < SLEEP_MAX_NS) sleep_ns *= 2;
     }
     return NULL;
 }
 
 /* Engine's watcher state, created on first use (lists_lock serialises creation). */
-static te_watchers *get_watchers(te_engine *e, int *err)
+static watcher_pool *get_watchers(te_engine *e, int *err)
 {
     pthread_mutex_lock(&e->lists_lock);
-    te_watchers *ws = e->watchers;
+    watcher_pool *ws = e->watchers;
     if (!ws) {
         ws = calloc(1, sizeof *ws);
         if (!ws) {
             pthread_mutex_unlock(&e->lists_lock);
-            *err = te_err(-ENOMEM, "te_watcher_alloc: out of memory");
+            *err = tn_err(-ENOMEM, "te_watcher_alloc: out of memory");
             return NULL;
         }
         ws->e = e;
         ws->dev = engine_gpu_device(e);
         pthread_mutex_init(&ws->lock, NULL);
-        te_notify_init(&ws->wake);
+        tn_notify_init(&ws->wake);
         e->watchers = ws;
     }
     pthread_mutex_unlock(&e->lists_lock);
     return ws;
 }
 
-static int add_chunk_locked(te_watchers *ws)
+static int add_chunk_locked(watcher_pool *ws)
 {
     if (ws->n_chunks == MAX_CHUNKS)
-        return te_err(-ENOSPC, "te_watcher_alloc: %d watchers are live (the most per engine)",
+        return tn_err(-ENOSPC, "te_watcher_alloc: %d watchers are live (the most per engine)",
                       MAX_SLOTS);
     size_t bytes = SLOTS_PER_CHUNK * sizeof(uint64_t);
     void *h = NULL;
@@ -147,11 +147,11 @@ static int add_chunk_locked(te_watchers *ws)
         if (r) {
             char why[256];
             snprintf(why, sizeof why, "%s", te_last_error());
-            return te_err(r, "te_watcher_alloc: %s", why);
+            return tn_err(r, "te_watcher_alloc: %s", why);
         }
     } else {
         h = aligned_alloc(4096, bytes);
-        if (!h) return te_err(-ENOMEM, "te_watcher_alloc: out of memory");
+        if (!h) return tn_err(-ENOMEM, "te_watcher_alloc: out of memory");
         memset(h, 0, bytes);
         d = (uint64_t)(uintptr_t)h;
     }
@@ -163,13 +163,13 @@ static int add_chunk_locked(te_watchers *ws)
 
 int te_watcher_alloc(te_engine *e, te_watch_fn fn, void *arg, te_watcher **out)
 {
-    te_err_clear();
-    if (!e) return te_err(-EINVAL, "te_watcher_alloc: engine is NULL");
-    if (!fn) return te_err(-EINVAL, "te_watcher_alloc: callback fn is NULL");
-    if (!out) return te_err(-EINVAL, "te_watcher_alloc: out is NULL");
+    tn_err_clear();
+    if (!e) return tn_err(-EINVAL, "te_watcher_alloc: engine is NULL");
+    if (!fn) return tn_err(-EINVAL, "te_watcher_alloc: callback fn is NULL");
+    if (!out) return tn_err(-EINVAL, "te_watcher_alloc: out is NULL");
     int r = engine_enter(e);
     if (r) return r;
-    te_watchers *ws = get_watchers(e, &r);
+    watcher_pool *ws = get_watchers(e, &r);
     if (!ws) {
         engine_leave(e);
         return r;
@@ -177,7 +177,7 @@ int te_watcher_alloc(te_engine *e, te_watch_fn fn, void *arg, te_watcher **out)
     struct te_watcher *w = calloc(1, sizeof *w);
     if (!w) {
         engine_leave(e);
-        return te_err(-ENOMEM, "te_watcher_alloc: out of memory");
+        return tn_err(-ENOMEM, "te_watcher_alloc: out of memory");
     }
     w->ws = ws;
     w->fn = fn;
@@ -208,12 +208,12 @@ int te_watcher_alloc(te_engine *e, te_watch_fn fn, void *arg, te_watcher **out)
             pthread_mutex_unlock(&ws->lock);
             free(w);
             engine_leave(e);
-            return te_err(-r, "te_watcher_alloc: cannot start the watcher thread");
+            return tn_err(-r, "te_watcher_alloc: cannot start the watcher thread");
         }
         ws->started = true;
     }
     pthread_mutex_unlock(&ws->lock);
-    te_notify_wake(&ws->wake);
+    tn_notify_wake(&ws->wake);
     engine_leave(e);
     *out = w;
     return 0;
@@ -237,7 +237,7 @@ const char *te_watcher_memory_kind(const te_engine *e)
 void te_watcher_free(te_watcher *w)
 {
     if (!w) return;
-    te_watchers *ws = w->ws;
+    watcher_pool *ws = w->ws;
     uint32_t s = w->slot;
     struct te_watcher *expect = w;
     if (!atomic_compare_exchange_strong(&ws->live[s], &expect, NULL)) return; /* already gone */
@@ -247,7 +247,7 @@ void te_watcher_free(te_watcher *w)
         /* live[s] is clear: a scan that had loaded w ends with an increment that this
          * read either already includes or that comes next. */
         uint64_t seq = atomic_load_explicit(&ws->scan_seq, memory_order_seq_cst);
-        te_notify_wake(&ws->wake);
+        tn_notify_wake(&ws->wake);
         while (atomic_load_explicit(&ws->scan_seq, memory_order_acquire) < seq + 1 &&
                !atomic_load(&ws->stop))
             sched_yield();
@@ -260,17 +260,17 @@ void te_watcher_free(te_watcher *w)
 
 void watchers_stop(te_engine *e)
 {
-    te_watchers *ws = e->watchers;
+    watcher_pool *ws = e->watchers;
     if (!ws || !ws->started) return;
     atomic_store(&ws->stop, true);
-    te_notify_wake(&ws->wake);
+    tn_notify_wake(&ws->wake);
     pthread_join(ws->thread, NULL);
     ws->started = false;
 }
 
 void watchers_free(te_engine *e)
 {
-    te_watchers *ws = e->watchers;
+    watcher_pool *ws = e->watchers;
     if (!ws) return;
     watchers_stop(e);
     for (uint32_t s = 0; s < MAX_SLOTS; s++) free(atomic_load(&ws->live[s]));

@@ -35,11 +35,11 @@
 #define BACKOFF_MIN_NS 50000ull  /* a worker that saw waiters drive sleeps this long, then looks */
 #define BACKOFF_MAX_NS 200000ull /* again, doubling while they keep driving */
 
-static void after_caller_step(te_group *g, int r);
+static void after_caller_step(eng_group *g, int r);
 
 /* ------------------------------------------------------------- op lifecycle --- */
 
-void op_free(te_group *g, te_op *op)
+void op_free(eng_group *g, eng_op *op)
 {
     if (op->src) atomic_fetch_sub(&op->src->inflight, 1);
     switch (op->kind) {
@@ -64,7 +64,7 @@ void op_free(te_group *g, te_op *op)
     op_cache_put(g, op);
 }
 
-static void inflight_add(te_group *g, te_op *op)
+static void inflight_add(eng_group *g, eng_op *op)
 {
     op->prev = NULL;
     op->next = g->inflight_head;
@@ -72,7 +72,7 @@ static void inflight_add(te_group *g, te_op *op)
     g->inflight_head = op;
 }
 
-static void inflight_del(te_group *g, te_op *op)
+static void inflight_del(eng_group *g, eng_op *op)
 {
     if (op->prev) op->prev->next = op->next;
     else g->inflight_head = op->next;
@@ -81,21 +81,21 @@ static void inflight_del(te_group *g, te_op *op)
 }
 
 /* Delivers the user's completion once. */
-static void op_complete_user(te_group *g, te_op *op)
+static void op_complete_user(eng_group *g, eng_op *op)
 {
     if (op->finished) return;
     op->finished = true;
     atomic_fetch_sub_explicit(&g->queued, 1, memory_order_relaxed);
     te_completion *c = &op->comp;
-    if (op->status) TE_LOGD("op %p failed: %s", (void *)op, op->msg);
-    if (c->counter) te_counter_bump_internal(c->counter, op->status != 0);
+    if (op->status) TN_LOGD("op %p failed: %s", (void *)op, op->msg);
+    if (c->counter) counter_bump(c->counter, op->status != 0);
     if (c->fn) cb_post_done(g->e, c->fn, c->arg, op->status, op->status ? op->msg : NULL);
     if (!c->counter && !c->fn && op->status)
-        TE_LOGW("operation failed with no completion to report to: %s", op->msg);
+        TN_LOGW("operation failed with no completion to report to: %s", op->msg);
 }
 
-static void op_fail(te_op *op, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void op_fail(te_op *op, int status, const char *fmt, ...)
+static void op_fail(eng_op *op, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void op_fail(eng_op *op, int status, const char *fmt, ...)
 {
     if (op->status) return; /* report the first error only */
     op->status = status;
@@ -107,10 +107,10 @@ static void op_fail(te_op *op, int status, const char *fmt, ...)
 }
 
 /* Completes and frees the operation once nothing is left to post or to complete. */
-static void op_check(te_group *g, te_op *op)
+static void op_check(eng_group *g, eng_op *op)
 {
     for (uint32_t k = 0; k < op->n_portions; k++) {
-        te_portion *p = &op->portion[k];
+        eng_portion *p = &op->portion[k];
         /* A portion still on a NIC's active list is freed only after the poster has
          * dropped it (nic_post_round re-checks the operation then). */
         if (p->posted < p->count || p->done < p->posted || p->queued) return;
@@ -123,7 +123,7 @@ static void op_check(te_group *g, te_op *op)
 
 /* ----------------------------------------------------------------- posting ---- */
 
-static void nic_enqueue(te_nic_state *n, te_portion *p)
+static void nic_enqueue(eng_nic *n, eng_portion *p)
 {
     p->queued = true;
     p->next_active = NULL;
@@ -132,9 +132,9 @@ static void nic_enqueue(te_nic_state *n, te_portion *p)
     n->active_tail = p;
 }
 
-static te_portion *nic_dequeue(te_nic_state *n)
+static eng_portion *nic_dequeue(eng_nic *n)
 {
-    te_portion *p = n->active_head;
+    eng_portion *p = n->active_head;
     if (!p) return NULL;
     n->active_head = p->next_active;
     if (!n->active_head) n->active_tail = NULL;
@@ -143,9 +143,9 @@ static te_portion *nic_dequeue(te_nic_state *n)
     return p;
 }
 
-static int post_one(te_group *g, te_nic_state *n, te_portion *p, bool more)
+static int post_one(eng_group *g, eng_nic *n, eng_portion *p, bool more)
 {
-    te_op *op = p->op;
+    eng_op *op = p->op;
     if (op->kind == OP_SEND) {
         return n->ops->post_send(n->tp, op->peer[0], op->u.send.buf, op->u.send.len,
                                  op->u.send.mr_held ? op->u.send.mr.desc : NULL, p);
@@ -161,12 +161,12 @@ static int post_one(te_group *g, te_nic_state *n, te_portion *p, bool more)
 }
 
 /* One round on one NIC: every active portion posts up to POST_BUDGET work requests. */
-static bool nic_post_round(te_group *g, te_nic_state *n)
+static bool nic_post_round(eng_group *g, eng_nic *n)
 {
     bool progressed = false;
-    te_portion *stop_at = n->active_tail;
+    eng_portion *stop_at = n->active_tail;
     while (n->active_head && !n->failed) {
-        te_portion *p = nic_dequeue(n);
+        eng_portion *p = nic_dequeue(n);
         bool last_of_round = (p == stop_at);
         uint32_t budget = POST_BUDGET;
         int r = 0;
@@ -195,9 +195,9 @@ static bool nic_post_round(te_group *g, te_nic_state *n)
 
 /* ------------------------------------------------------------- completions ---- */
 
-static void on_portion_event(te_group *g, te_nic_state *n, te_portion *p, const tp_event *ev)
+static void on_portion_event(eng_group *g, eng_nic *n, eng_portion *p, const tp_event *ev)
 {
-    te_op *op = p->op;
+    eng_op *op = p->op;
     p->done++;
     if (n->outstanding) n->outstanding--;
     if (ev->status) {
@@ -211,12 +211,12 @@ static void on_portion_event(te_group *g, te_nic_state *n, te_portion *p, const 
     op_check(g, op);
 }
 
-static bool nic_poll(te_group *g, te_nic_state *n)
+static bool nic_poll(eng_group *g, eng_nic *n)
 {
     tp_event ev[POLL_BATCH];
     int got = n->ops->poll(n->tp, ev, POLL_BATCH);
     if (got < 0) {
-        if (!n->failed) TE_LOGE("NIC %s unusable: %s", n->info.name, te_last_error());
+        if (!n->failed) TN_LOGE("NIC %s unusable: %s", n->info.name, te_last_error());
         n->failed = true;
         return false;
     }
@@ -225,7 +225,7 @@ static bool nic_poll(te_group *g, te_nic_state *n)
         if (x->kind == TP_EV_IMM) {
             if (x->status) {
                 STAT_ADD(n->st_errors, 1);
-                TE_LOGW("NIC %s: incoming write failed: %s", n->info.name, x->msg);
+                TN_LOGW("NIC %s: incoming write failed: %s", n->info.name, x->msg);
                 continue;
             }
             imm_arrived(g->e, x->imm);
@@ -236,19 +236,19 @@ static bool nic_poll(te_group *g, te_nic_state *n)
         uintptr_t c = (uintptr_t)x->ctx;
         if (!c) {
             STAT_ADD(n->st_errors, 1);
-            TE_LOGW("NIC %s: completion without context (status %d: %s)", n->info.name, x->status,
+            TN_LOGW("NIC %s: completion without context (status %d: %s)", n->info.name, x->status,
                     x->msg);
             continue;
         }
         if ((c & CTX_MASK) == CTX_RECV) recv_pool_on_event(g, n, x);
-        else on_portion_event(g, n, (te_portion *)c, x);
+        else on_portion_event(g, n, (eng_portion *)c, x);
     }
     return got > 0;
 }
 
 /* ---------------------------------------------------------------- planning ---- */
 
-static void start_op(te_group *g, te_op *op)
+static void start_op(eng_group *g, eng_op *op)
 {
     op->started = true;
     inflight_add(g, op);
@@ -260,8 +260,8 @@ static void start_op(te_group *g, te_op *op)
         return;
     }
     for (uint32_t k = 0; k < op->n_portions; k++) {
-        te_portion *p = &op->portion[k];
-        te_nic_state *n = &g->nic[p->nic];
+        eng_portion *p = &op->portion[k];
+        eng_nic *n = &g->nic[p->nic];
         if (n->failed) {
             op_fail(op, -EIO, "NIC %u (%s) has failed", p->nic, n->info.name);
             break;
@@ -277,9 +277,9 @@ static void start_op(te_group *g, te_op *op)
     op_check(g, op); /* zero work requests (e.g. no pages) completes at once */
 }
 
-static void check_deadlines(te_group *g, uint64_t now)
+static void check_deadlines(eng_group *g, uint64_t now)
 {
-    for (te_op *op = g->inflight_head, *nx; op; op = nx) {
+    for (eng_op *op = g->inflight_head, *nx; op; op = nx) {
         nx = op->next;
         if (op->finished || now < op->deadline_ns) continue;
         /* Name the NIC that holds it up, and count its work requests that never completed
@@ -288,7 +288,7 @@ static void check_deadlines(te_group *g, uint64_t now)
         int stuck = -1;
         uint32_t pending = 0;
         for (uint32_t k = 0; k < op->n_portions; k++) {
-            te_portion *p = &op->portion[k];
+            eng_portion *p = &op->portion[k];
             if (p->posted > p->done) STAT_ADD(g->nic[p->nic].st_errors, p->posted - p->done);
             if (stuck < 0 && (p->posted > p->done || p->posted < p->count)) {
                 stuck = (int)p->nic;
@@ -309,9 +309,9 @@ static void check_deadlines(te_group *g, uint64_t now)
     }
 }
 
-static void fail_nic_ops(te_group *g, uint32_t nic)
+static void fail_nic_ops(eng_group *g, uint32_t nic)
 {
-    for (te_op *op = g->inflight_head, *nx; op; op = nx) {
+    for (eng_op *op = g->inflight_head, *nx; op; op = nx) {
         nx = op->next;
         for (uint32_t k = 0; k < op->n_portions; k++)
             if (op->portion[k].nic == nic && !op->finished) {
@@ -324,7 +324,7 @@ static void fail_nic_ops(te_group *g, uint32_t nic)
 
 /* ------------------------------------------------------------------ control --- */
 
-static void handle_ctl(te_group *g, te_ctl *c)
+static void handle_ctl(eng_group *g, eng_ctl *c)
 {
     int r = 0;
     switch (c->kind) {
@@ -335,46 +335,46 @@ static void handle_ctl(te_group *g, te_ctl *c)
     }
     c->result = r;
     atomic_store(&c->done, 1);
-    te_notify_wake(&g->ctl_done);
+    tn_notify_wake(&g->ctl_done);
 }
 
-int worker_control(te_group *g, int kind, void *obj, int timeout_ms)
+int worker_control(eng_group *g, int kind, void *obj, int timeout_ms)
 {
-    te_ctl *c = calloc(1, sizeof *c);
-    if (!c) return te_err(-ENOMEM, "out of memory");
+    eng_ctl *c = calloc(1, sizeof *c);
+    if (!c) return tn_err(-ENOMEM, "out of memory");
     c->kind = kind;
     c->obj = obj;
     mpsc_push(&g->ctlq, &c->qnode);
     after_caller_step(g, group_try_progress(g, false)); /* handled here if nobody is in a step */
-    uint64_t deadline = te_deadline_ms(timeout_ms);
+    uint64_t deadline = tn_deadline_ms(timeout_ms);
     while (!atomic_load(&c->done)) {
-        uint32_t t = te_notify_prepare(&g->ctl_done);
+        uint32_t t = tn_notify_prepare(&g->ctl_done);
         if (atomic_load(&c->done)) {
-            te_notify_cancel(&g->ctl_done);
+            tn_notify_cancel(&g->ctl_done);
             break;
         }
-        if (te_now_ns() >= deadline) {
-            te_notify_cancel(&g->ctl_done);
+        if (tn_now_ns() >= deadline) {
+            tn_notify_cancel(&g->ctl_done);
             /* The worker still owns c; it will be freed when the worker exits (drain). */
-            return te_err(-ETIMEDOUT, "worker of group %u did not answer within %d ms", g->idx,
+            return tn_err(-ETIMEDOUT, "worker of group %u did not answer within %d ms", g->idx,
                           timeout_ms);
         }
-        te_notify_wait(&g->ctl_done, t, 1000000ull);
+        tn_notify_wait(&g->ctl_done, t, 1000000ull);
     }
     int r = c->result;
     free(c);
     return r;
 }
 
-void worker_wake(te_group *g)
+void worker_wake(eng_group *g)
 {
     if (!atomic_load_explicit(&g->wake.sleepers, memory_order_seq_cst)) return; /* it is polling */
-    te_notify_wake(&g->wake);
+    tn_notify_wake(&g->wake);
     uint64_t one = 1;
     if (g->event_fd >= 0 && write(g->event_fd, &one, sizeof one) < 0) { /* counter full: awake anyway */ }
 }
 
-void worker_submit(te_group *g, te_op *op)
+void worker_submit(eng_group *g, eng_op *op)
 {
     mpsc_push(&g->subq, &op->qnode);
     /* Post it from this thread when nobody else is in a step (the common case for one
@@ -385,18 +385,18 @@ void worker_submit(te_group *g, te_op *op)
 
 /* ------------------------------------------------------------------- step ---- */
 
-static bool take_submissions(te_group *g)
+static bool take_submissions(eng_group *g)
 {
     mpsc_node *qn;
     bool progressed = false;
     for (int k = 0; k < SUBMIT_BATCH && (qn = mpsc_pop(&g->subq)); k++) {
-        start_op(g, (te_op *)qn);
+        start_op(g, (eng_op *)qn);
         progressed = true;
     }
     return progressed;
 }
 
-static bool post_all(te_group *g)
+static bool post_all(eng_group *g)
 {
     bool progressed = false;
     for (uint32_t k = 0; k < g->n_nics; k++)
@@ -405,18 +405,18 @@ static bool post_all(te_group *g)
 }
 
 /* One turn of progress. Caller holds g->plock. */
-static bool step_locked(te_group *g)
+static bool step_locked(eng_group *g)
 {
     bool progressed = false, polled = false;
     mpsc_node *qn;
     while ((qn = mpsc_pop(&g->ctlq))) {
-        handle_ctl(g, (te_ctl *)qn);
+        handle_ctl(g, (eng_ctl *)qn);
         progressed = true;
     }
     progressed |= take_submissions(g);
     progressed |= post_all(g);
     for (uint32_t k = 0; k < g->n_nics; k++) {
-        te_nic_state *n = &g->nic[k];
+        eng_nic *n = &g->nic[k];
         if (n->failed) continue;
         polled |= nic_poll(g, n);
         if (n->failed) fail_nic_ops(g, k);
@@ -431,7 +431,7 @@ static bool step_locked(te_group *g)
      * as posting a small write (4 % of the worker in a 4 KiB profile), and deadlines are
      * checked once a millisecond anyway. */
     if (g->inflight_head && (++g->turns & 31) == 0) {
-        uint64_t now = te_now_ns();
+        uint64_t now = tn_now_ns();
         if (now >= g->next_timeout_check) {
             check_deadlines(g, now);
             g->next_timeout_check = now + 1000000ull;
@@ -440,7 +440,7 @@ static bool step_locked(te_group *g)
     return progressed || polled;
 }
 
-int group_try_progress(te_group *g, bool waiting)
+int group_try_progress(eng_group *g, bool waiting)
 {
     /* A waiter announces itself even when the lock is busy: the worker then backs off
      * at its next turn instead of winning the lock again. */
@@ -455,15 +455,15 @@ int group_try_progress(te_group *g, bool waiting)
 /* After a caller's step: the worker must poll what is still in flight unless a waiter
  * will; it is woken only if it sleeps (one load otherwise). An operation that completed
  * within the caller's own step needs nobody. */
-static void after_caller_step(te_group *g, int r)
+static void after_caller_step(eng_group *g, int r)
 {
     if (r < 0 || (r & PROGRESS_PENDING)) worker_wake(g);
 }
 
-void group_resume_worker(te_group *g)
+void group_resume_worker(eng_group *g)
 {
     atomic_store_explicit(&g->resume, true, memory_order_release);
-    te_notify_wake(&g->backoff);
+    tn_notify_wake(&g->backoff);
 }
 
 int engine_drive(te_engine *e, bool last)
@@ -483,15 +483,15 @@ int engine_drive(te_engine *e, bool last)
 
 /* ------------------------------------------------------------------- loop ---- */
 
-static void drain_at_exit(te_group *g)
+static void drain_at_exit(eng_group *g)
 {
     /* No other thread can step any more (stop waited for every caller to leave), but
      * the lock keeps that visible to a race detector. */
     pthread_mutex_lock(&g->plock);
     mpsc_node *qn;
-    while ((qn = mpsc_pop(&g->ctlq))) handle_ctl(g, (te_ctl *)qn);
+    while ((qn = mpsc_pop(&g->ctlq))) handle_ctl(g, (eng_ctl *)qn);
     while ((qn = mpsc_pop(&g->subq))) {
-        te_op *op = (te_op *)qn;
+        eng_op *op = (eng_op *)qn;
         op->status = -ECANCELED;
         snprintf(op->msg, sizeof op->msg, "engine stopped before the operation started");
         inflight_add(g, op);
@@ -499,7 +499,7 @@ static void drain_at_exit(te_group *g)
         inflight_del(g, op);
         op_free(g, op);
     }
-    for (te_op *op = g->inflight_head; op; op = op->next) {
+    for (eng_op *op = g->inflight_head; op; op = op->next) {
         op_fail(op, -ECANCELED, "engine stopped with the operation in flight");
         op_complete_user(g, op);
     }
@@ -508,12 +508,12 @@ static void drain_at_exit(te_group *g)
      * has crashed the receiving process with libfabric 1.17's shm provider. */
     for (uint32_t k = 0; k < g->n_nics; k++)
         while (nic_dequeue(&g->nic[k])) {}
-    for (te_op *op = g->inflight_head, *nx; op; op = nx) {
+    for (eng_op *op = g->inflight_head, *nx; op; op = nx) {
         nx = op->next;
         op_check(g, op);
     }
-    uint64_t deadline = te_now_ns() + STOP_DRAIN_NS;
-    while (g->inflight_head && te_now_ns() < deadline)
+    uint64_t deadline = tn_now_ns() + STOP_DRAIN_NS;
+    while (g->inflight_head && tn_now_ns() < deadline)
         for (uint32_t k = 0; k < g->n_nics; k++)
             if (!g->nic[k].failed) nic_poll(g, &g->nic[k]);
     pthread_mutex_unlock(&g->plock);
@@ -524,13 +524,13 @@ enum idle_result { IDLE_BLOCKED, IDLE_NIC_ACTIVITY, IDLE_RETRY, IDLE_NO_WAIT_OBJ
 
 /* The NICs' wait objects, or why the worker cannot block on them. Under the lock: the
  * provider's trywait must not race a step's poll on a backend that is not thread-safe. */
-static int idle_fds(te_group *g, struct pollfd *pf)
+static int idle_fds(eng_group *g, struct pollfd *pf)
 {
     if (g->event_fd < 0) return IDLE_NO_WAIT_OBJECT;
     int r = IDLE_BLOCKED;
     pthread_mutex_lock(&g->plock);
     for (uint32_t k = 0; k < g->n_nics && r == IDLE_BLOCKED; k++) {
-        te_nic_state *n = &g->nic[k];
+        eng_nic *n = &g->nic[k];
         int fd = n->failed ? -1 : n->ops->wait_fd(n->tp);
         if (!n->failed && fd < 0) r = IDLE_NO_WAIT_OBJECT;
         pf[k] = (struct pollfd){.fd = fd, .events = POLLIN};
@@ -546,7 +546,7 @@ static int idle_fds(te_group *g, struct pollfd *pf)
  * IDLE_NO_WAIT_OBJECT: some NIC offers no wait object (the caller sleeps instead).
  * The timeout bounds the delay even where a provider's wait object does not fire for
  * everything that needs progress. */
-static int idle_block(te_group *g, uint64_t timeout_ns)
+static int idle_block(eng_group *g, uint64_t timeout_ns)
 {
     struct pollfd pf[TE_MAX_NICS + 1];
     int r = idle_fds(g, pf);
@@ -569,7 +569,7 @@ static int idle_block(te_group *g, uint64_t timeout_ns)
  * off the lock and the CPU: it sleeps in slices (growing while the waiters keep driving,
  * so a long wait costs few wake-ups) and resumes once a slice passed with no such step
  * (the waiters found what they waited for, or stopped driving after 1 ms of nothing). */
-static bool backed_off(te_group *g, uint64_t *seen, uint64_t *slice_ns)
+static bool backed_off(eng_group *g, uint64_t *seen, uint64_t *slice_ns)
 {
     uint64_t s = atomic_load_explicit(&g->drive_seq, memory_order_relaxed);
     if (atomic_exchange_explicit(&g->resume, false, memory_order_acquire)) *seen = s; /* handed back */
@@ -579,25 +579,25 @@ static bool backed_off(te_group *g, uint64_t *seen, uint64_t *slice_ns)
     }
     *seen = s;
     if (g->e->busy_poll) return true; /* never sleeps: looks again at once */
-    uint32_t t = te_notify_prepare(&g->backoff);
-    if (atomic_load(&g->stop)) te_notify_cancel(&g->backoff);
-    else te_notify_wait(&g->backoff, t, *slice_ns);
+    uint32_t t = tn_notify_prepare(&g->backoff);
+    if (atomic_load(&g->stop)) tn_notify_cancel(&g->backoff);
+    else tn_notify_wait(&g->backoff, t, *slice_ns);
     if (*slice_ns < BACKOFF_MAX_NS) *slice_ns *= 2;
     return true;
 }
 
 static void *worker_main(void *arg)
 {
-    te_group *g = arg;
+    eng_group *g = arg;
     if (g->worker_cpu >= 0) {
         cpu_set_t set;
         CPU_ZERO(&set);
         CPU_SET(g->worker_cpu, &set);
         if (pthread_setaffinity_np(pthread_self(), sizeof set, &set))
-            TE_LOGW("group %u: cannot pin worker to CPU %d (not in this process's CPU set?)",
+            TN_LOGW("group %u: cannot pin worker to CPU %d (not in this process's CPU set?)",
                     g->idx, g->worker_cpu);
     }
-    uint64_t sleep_ns = SLEEP_MIN_NS, last_progress = te_now_ns();
+    uint64_t sleep_ns = SLEEP_MIN_NS, last_progress = tn_now_ns();
     uint64_t seen_drive = atomic_load(&g->drive_seq), backoff_ns = BACKOFF_MIN_NS;
     unsigned idle = 0;
     while (!atomic_load_explicit(&g->stop, memory_order_acquire)) {
@@ -620,24 +620,24 @@ static void *worker_main(void *arg)
             if ((++idle & 63) == 0) sched_yield();
             continue;
         }
-        if (idle++ == 0) last_progress = te_now_ns(); /* first idle turn after progress */
+        if (idle++ == 0) last_progress = tn_now_ns(); /* first idle turn after progress */
         if (idle < IDLE_SPINS) continue;
-        if (te_now_ns() - last_progress < ACTIVE_WINDOW_NS) continue; /* recently busy: stay hot */
+        if (tn_now_ns() - last_progress < ACTIVE_WINDOW_NS) continue; /* recently busy: stay hot */
         /* Idle. Block in the kernel on the NICs' completion wait objects plus our own
          * event fd, so incoming data (which manual-progress providers such as tcp move only
          * while we poll) wakes us at once; the timeout grows from 20 us to 1 ms while
          * nothing happens. Without wait objects, sleep for that long instead. */
-        uint32_t t = te_notify_prepare(&g->wake);
+        uint32_t t = tn_notify_prepare(&g->wake);
         pthread_mutex_lock(&g->plock); /* the queues' consumer side belongs to the lock holder */
         bool queued = !mpsc_empty(&g->subq) || !mpsc_empty(&g->ctlq);
         pthread_mutex_unlock(&g->plock);
         if (queued || atomic_load(&g->stop)) {
-            te_notify_cancel(&g->wake);
+            tn_notify_cancel(&g->wake);
             continue;
         }
         int ib = idle_block(g, sleep_ns);
-        if (ib != IDLE_NO_WAIT_OBJECT) te_notify_cancel(&g->wake);
-        else te_notify_wait(&g->wake, t, sleep_ns);
+        if (ib != IDLE_NO_WAIT_OBJECT) tn_notify_cancel(&g->wake);
+        else tn_notify_wait(&g->wake, t, sleep_ns);
         if (ib == IDLE_NIC_ACTIVITY) { /* a peer is active: stay hot as after progress */
             idle = 0;
             sleep_ns = SLEEP_MIN_NS;
@@ -649,21 +649,21 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-int worker_start(te_group *g)
+int worker_start(eng_group *g)
 {
     pthread_mutex_init(&g->plock, NULL);
-    te_notify_init(&g->backoff);
+    tn_notify_init(&g->backoff);
     atomic_init(&g->drive_seq, 0);
     atomic_init(&g->resume, false);
     atomic_init(&g->queued, 0);
     mpsc_init(&g->subq);
     mpsc_init(&g->ctlq);
-    te_notify_init(&g->wake);
-    te_notify_init(&g->ctl_done);
+    tn_notify_init(&g->wake);
+    tn_notify_init(&g->ctl_done);
     atomic_init(&g->stop, false);
     g->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     int r = pthread_create(&g->thread, NULL, worker_main, g);
-    if (r) return te_err(-r, "cannot start the worker thread of group %u", g->idx);
+    if (r) return tn_err(-r, "cannot start the worker thread of group %u", g->idx);
     char name[16];
     snprintf(name, sizeof name, "tendril-w%u", g->idx);
     pthread_setname_np(g->thread, name);
@@ -671,12 +671,12 @@ int worker_start(te_group *g)
     return 0;
 }
 
-void worker_join(te_group *g)
+void worker_join(eng_group *g)
 {
     if (!g->thread_started) return;
     atomic_store_explicit(&g->stop, true, memory_order_release);
     worker_wake(g);
-    te_notify_wake(&g->backoff);
+    tn_notify_wake(&g->backoff);
     pthread_join(g->thread, NULL);
     g->thread_started = false;
     if (g->event_fd >= 0) close(g->event_fd);
@@ -684,10 +684,10 @@ void worker_join(te_group *g)
 }
 
 /* After the NICs are closed nothing can complete any more: free what is left. */
-void worker_free_remaining(te_group *g)
+void worker_free_remaining(eng_group *g)
 {
     while (g->inflight_head) {
-        te_op *op = g->inflight_head;
+        eng_op *op = g->inflight_head;
         inflight_del(g, op);
         if (op->kind == OP_SEND && op->u.send.mr_held) op->u.send.mr_held = false;
         op_free(g, op);

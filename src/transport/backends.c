@@ -37,7 +37,7 @@ static int select_auto(const tp_backend **backend, char *provider, size_t cap)
         if (!best) break;
         last = best->rank;
         if (best->probe(provider, cap) == 0) {
-            te_err_clear();
+            tn_err_clear();
             *backend = best_b;
             return 0;
         }
@@ -45,7 +45,7 @@ static int select_auto(const tp_backend **backend, char *provider, size_t cap)
                                  best->label);
         if (used >= sizeof tried) used = sizeof tried - 1;
     }
-    return te_err(-ENODEV, "provider auto: none of %s is usable here (no RDM endpoint with RMA "
+    return tn_err(-ENODEV, "provider auto: none of %s is usable here (no RDM endpoint with RMA "
                            "and remote CQ data, or no device)", tried);
 }
 
@@ -58,5 +58,5 @@ int tp_backend_select(const char *want, const tp_backend **backend, char *provid
             if (r == 0) *backend = *b;
             return r;
         }
-    return te_err(-ENODEV, "provider '%s': no backend serves it", want);
+    return tn_err(-ENODEV, "provider '%s': no backend serves it", want);
 }

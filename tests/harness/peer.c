@@ -183,8 +183,8 @@ int th_peer_main(const char *arg)
             te_completion comp = {.fn = on_send_done, .arg = (void *)&sw->done};
             r = te_addr_parse(to, &dst);
             if (!r) r = te_send(P.e, &dst, sw->buf, x, &comp);
-            uint64_t deadline = te_now_ns() + 60000000000ull;
-            while (!r && !atomic_load(&sw->done) && te_now_ns() < deadline) usleep(1000);
+            uint64_t deadline = tn_now_ns() + 60000000000ull;
+            while (!r && !atomic_load(&sw->done) && tn_now_ns() < deadline) usleep(1000);
             int fin = atomic_load(&sw->done);
             if (r || fin) free(sw);
             th_child_reply("%s %d", !r && fin == 1 ? "ok" : "err", r ? r : fin);

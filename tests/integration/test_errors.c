@@ -328,7 +328,7 @@ static void test_peer_death(void **state)
     }
     assert_int_equal(te_counter_wait(c, 4, TMO), 0);
     th_kill(&p, SIGKILL);
-    uint64_t t0 = te_now_ns();
+    uint64_t t0 = tn_now_ns();
     for (int k = 0; k < 50; k++) {
         te_write_args a = {.src = f->mr, .len = REGION, .dst = &pd, .route = {TE_ROUTE_SHARDED, 0}};
         assert_int_equal(te_write(f->e, &a, &comp), 0);
@@ -341,7 +341,7 @@ static void test_peer_death(void **state)
     /* Everything completes — with errors — within the op timeout plus slack. */
     int r = te_counter_wait(c, submitted, 15000);
     if (r) fail_msg("pending operations did not complete after the peer died: %s", te_last_error());
-    double secs = (double)(te_now_ns() - t0) / 1e9;
+    double secs = (double)(tn_now_ns() - t0) / 1e9;
     print_message("peer death: %llu ops completed, %llu errors, %.2f s after the kill\n",
                   (unsigned long long)submitted, (unsigned long long)te_counter_errors(c), secs);
     assert_true(te_counter_errors(c) > 0);

@@ -98,12 +98,12 @@ static void test_epochs(void **state)
     assert_int_equal(te_imm_flag_wait(fl, 4, 200), -ETIMEDOUT);
     /* The worker may still be handling the last arrival; the NIC's received count is
      * bumped only after an immediate has been counted, so wait for all 10 there. */
-    uint64_t t0 = te_now_ns();
+    uint64_t t0 = tn_now_ns();
     for (;;) {
         te_nic_stats st;
         assert_int_equal(te_nic_stats_get(f->rcv, 0, 0, &st), 0);
         if (st.imms_received >= 10) break;
-        assert_true(te_now_ns() - t0 < 20000000000ull);
+        assert_true(tn_now_ns() - t0 < 20000000000ull);
         sched_yield();
     }
     te_imm_prev prev;
@@ -138,9 +138,9 @@ static void *poll_main(void *arg)
 {
     poller *p = arg;
     for (unsigned r = 1; r <= p->rounds; r++) {
-        uint64_t t0 = te_now_ns();
+        uint64_t t0 = tn_now_ns();
         while (__atomic_load_n(p->word, __ATOMIC_ACQUIRE) < r) {
-            if (te_now_ns() - t0 > 20000000000ull) return NULL;
+            if (tn_now_ns() - t0 > 20000000000ull) return NULL;
             sched_yield();
         }
         for (size_t i = 0; i < LEN; i++)
@@ -168,9 +168,9 @@ static void test_data_before_flag(void **state)
     pthread_create(&th, NULL, poll_main, &p);
     for (unsigned r = 1; r <= p.rounds; r++) {
         /* The poller must be done with round r-1 before the bytes change. */
-        uint64_t t0 = te_now_ns();
+        uint64_t t0 = tn_now_ns();
         while (atomic_load(&p.ok_rounds) < r - 1) {
-            assert_true(te_now_ns() - t0 < 20000000000ull);
+            assert_true(tn_now_ns() - t0 < 20000000000ull);
             sched_yield(); /* leave the cores to the worker and the poller */
         }
         for (size_t i = 0; i < LEN; i++) f->src[i] = pat(r, i);

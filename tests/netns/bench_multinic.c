@@ -143,9 +143,9 @@ int main(int argc, char **argv)
             for (int j = 0; j < k; j++) te_nic_stats_get(e, 0, (uint32_t)j, &a[j]);
             double c0 = cpu_self(), p0 = cpu_of(p.pid), mb0, mt0, mb1, mt1;
             machine_cpu(&mb0, &mt0);
-            uint64_t base = te_counter_done(done), n = 0, t0 = te_now_ns();
+            uint64_t base = te_counter_done(done), n = 0, t0 = tn_now_ns();
             uint64_t end = t0 + (uint64_t)(seconds * 1e9);
-            while (te_now_ns() < end) {
+            while (tn_now_ns() < end) {
                 if (n >= window && te_counter_wait(done, base + n - window + 1, 60000)) {
                     fprintf(stderr, "writes stalled: %s\n", te_last_error());
                     return 1;
@@ -159,7 +159,7 @@ int main(int argc, char **argv)
                 n++;
             }
             if (te_counter_wait(done, base + n, 60000)) return 1;
-            double secs = (double)(te_now_ns() - t0) / 1e9;
+            double secs = (double)(tn_now_ns() - t0) / 1e9;
             double cs = (cpu_self() - c0) / secs, cp = (cpu_of(p.pid) - p0) / secs;
             machine_cpu(&mb1, &mt1);
             double busy = mt1 > mt0 ? (mb1 - mb0) / (mt1 - mt0) : 0; /* fraction of all CPUs */

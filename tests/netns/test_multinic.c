@@ -196,9 +196,9 @@ static void test_sharded_even(void **state)
     th_peer_expect_ok(&f->p, "counter %u", imm);
     snap a, b;
     take(f, &a);
-    uint64_t t0 = te_now_ns();
+    uint64_t t0 = tn_now_ns();
     do_write(f, 0, 4096, BIG, (te_route){TE_ROUTE_SHARDED, 0}, true, imm);
-    double secs = (double)(te_now_ns() - t0) / 1e9;
+    double secs = (double)(tn_now_ns() - t0) / 1e9;
     peer_wait_imms(&f->p, imm, (uint64_t)K);
     take(f, &b);
     delta d = diff(&a, &b);
@@ -589,7 +589,7 @@ static void on_res(void *arg, int status, const char *msg)
 {
     res *r = arg;
     r->status = status;
-    r->t_ns = te_now_ns();
+    r->t_ns = tn_now_ns();
     if (msg) snprintf(r->msg, sizeof r->msg, "%s", msg);
     __atomic_store_n(&r->done, 1, __ATOMIC_RELEASE);
 }
@@ -605,8 +605,8 @@ static void submit_res(fx *f, uint64_t off, uint64_t len, te_route route, res *r
 
 static bool wait_res(res *r, int ms)
 {
-    uint64_t dl = te_deadline_ms(ms);
-    while (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE) && te_now_ns() < dl) usleep(1000);
+    uint64_t dl = tn_deadline_ms(ms);
+    while (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE) && tn_now_ns() < dl) usleep(1000);
     return r->done;
 }
 
@@ -618,7 +618,7 @@ static void test_nic_down(void **state)
     do_write(f, 0, 0, 4u << 20, (te_route){TE_ROUTE_SHARDED, 0}, false, 0);
     assert_int_equal(nt_link(T.ns[1], T.ifname[1][bad], false), 0);
     printf("  link %s (host 1, NIC %d) down\n", T.ifname[1][bad], bad);
-    uint64_t t0 = te_now_ns();
+    uint64_t t0 = tn_now_ns();
     res r_bad, r_all, r_good[NT_MAX_NICS];
     submit_res(f, 0, 8u << 20, (te_route){TE_ROUTE_PINNED, (uint32_t)bad}, &r_bad);
     submit_res(f, 8u << 20, 8u << 20, (te_route){TE_ROUTE_SHARDED, 0}, &r_all);
@@ -651,7 +651,7 @@ static void test_nic_down(void **state)
     assert_non_null(strstr(r_bad.msg, T.ifname[0][bad])); /* the error names the NIC */
     /* New operations on the bad NIC fail too, in the same bounded time. */
     res r_again;
-    uint64_t t1 = te_now_ns();
+    uint64_t t1 = tn_now_ns();
     submit_res(f, 0, 4096, (te_route){TE_ROUTE_PINNED, (uint32_t)bad}, &r_again);
     if (!wait_res(&r_again, limit)) fail_msg("second write on the downed NIC did not complete");
     printf("  downed NIC: next write -> %d (%s) after %.0f ms\n", r_again.status, r_again.msg,
@@ -660,7 +660,7 @@ static void test_nic_down(void **state)
 
     /* Link back up: the NIC recovers (new operations succeed again). */
     assert_int_equal(nt_link(T.ns[1], T.ifname[1][bad], true), 0);
-    uint64_t t2 = te_now_ns();
+    uint64_t t2 = tn_now_ns();
     bool ok = false;
     for (int tries = 0; tries < 20 && !ok; tries++) {
         res r;
@@ -673,7 +673,7 @@ static void test_nic_down(void **state)
         }
     }
     printf("  after link up: NIC %d %s after %.0f ms\n", bad, ok ? "works again" : "still failing",
-           (double)(te_now_ns() - t2) / 1e6);
+           (double)(tn_now_ns() - t2) / 1e6);
     assert_true(ok);
     /* The other NICs never noticed. */
     do_write(f, 0, 40u << 20, 1u << 20, (te_route){TE_ROUTE_SHARDED, 0}, false, 0);
@@ -691,9 +691,9 @@ static int setup_down(void **state)
 
 static int teardown_down(void **state)
 {
-    uint64_t t0 = te_now_ns();
+    uint64_t t0 = tn_now_ns();
     int r = teardown(state);
-    printf("  teardown after NIC-down test: %.0f ms\n", (double)(te_now_ns() - t0) / 1e6);
+    printf("  teardown after NIC-down test: %.0f ms\n", (double)(tn_now_ns() - t0) / 1e6);
     return r;
 }
 

@@ -104,16 +104,16 @@ static void test_varint_vectors(void **state)
         { UINT64_MAX, 10, { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01 } },
     };
     for (size_t i = 0; i < sizeof vec / sizeof vec[0]; i++) {
-        uint8_t buf[TE_VARINT_MAX];
-        assert_int_equal(te_varint_len(vec[i].v), vec[i].n);
-        assert_int_equal(te_varint_encode(vec[i].v, buf), vec[i].n);
+        uint8_t buf[TN_VARINT_MAX];
+        assert_int_equal(tn_varint_len(vec[i].v), vec[i].n);
+        assert_int_equal(tn_varint_encode(vec[i].v, buf), vec[i].n);
         assert_memory_equal(buf, vec[i].b, vec[i].n);
         uint64_t v = 12345;
-        assert_int_equal(te_varint_decode(vec[i].b, vec[i].n, &v), vec[i].n);
+        assert_int_equal(tn_varint_decode(vec[i].b, vec[i].n, &v), vec[i].n);
         assert_true(v == vec[i].v);
         /* Every proper prefix is truncated. */
         for (size_t k = 0; k < vec[i].n; k++)
-            assert_int_equal(te_varint_decode(vec[i].b, k, &v), TE_VARINT_TRUNCATED);
+            assert_int_equal(tn_varint_decode(vec[i].b, k, &v), TN_VARINT_TRUNCATED);
     }
 }
 
@@ -130,17 +130,17 @@ static void test_varint_rejects(void **state)
                                       0x80, 0x80, 0x80, 0x80, 0x00 };
     static const uint8_t zero2[] = { 0x80, 0x00 };
     static const uint8_t one3[] = { 0x81, 0x80, 0x00 };
-    assert_int_equal(te_varint_decode(eleven, sizeof eleven, &v), TE_VARINT_OVERFLOW);
-    assert_int_equal(te_varint_decode(tenth2, sizeof tenth2, &v), TE_VARINT_OVERFLOW);
-    assert_int_equal(te_varint_decode(tenth7f, sizeof tenth7f, &v), TE_VARINT_OVERFLOW);
-    assert_int_equal(te_varint_decode(tenth0, sizeof tenth0, &v), TE_VARINT_NONCANONICAL);
-    assert_int_equal(te_varint_decode(zero2, sizeof zero2, &v), TE_VARINT_NONCANONICAL);
-    assert_int_equal(te_varint_decode(one3, sizeof one3, &v), TE_VARINT_NONCANONICAL);
-    assert_int_equal(te_varint_decode(zero2, 0, &v), TE_VARINT_TRUNCATED);
+    assert_int_equal(tn_varint_decode(eleven, sizeof eleven, &v), TN_VARINT_OVERFLOW);
+    assert_int_equal(tn_varint_decode(tenth2, sizeof tenth2, &v), TN_VARINT_OVERFLOW);
+    assert_int_equal(tn_varint_decode(tenth7f, sizeof tenth7f, &v), TN_VARINT_OVERFLOW);
+    assert_int_equal(tn_varint_decode(tenth0, sizeof tenth0, &v), TN_VARINT_NONCANONICAL);
+    assert_int_equal(tn_varint_decode(zero2, sizeof zero2, &v), TN_VARINT_NONCANONICAL);
+    assert_int_equal(tn_varint_decode(one3, sizeof one3, &v), TN_VARINT_NONCANONICAL);
+    assert_int_equal(tn_varint_decode(zero2, 0, &v), TN_VARINT_TRUNCATED);
     assert_true(v == 7); /* untouched on failure */
     /* Trailing data after a complete varint is not the varint's business. */
     static const uint8_t more[] = { 0x05, 0xff };
-    assert_int_equal(te_varint_decode(more, sizeof more, &v), 1);
+    assert_int_equal(tn_varint_decode(more, sizeof more, &v), 1);
     assert_true(v == 5);
 }
 
@@ -148,10 +148,10 @@ static void test_varint_random(void **state)
 {
     for (int i = 0; i < 100000; i++) {
         uint64_t x = rnd_u64(), y = 0;
-        uint8_t buf[TE_VARINT_MAX + 1];
-        size_t n = te_varint_encode(x, buf);
-        assert_int_equal(n, te_varint_len(x));
-        assert_int_equal(te_varint_decode(buf, n, &y), (int)n);
+        uint8_t buf[TN_VARINT_MAX + 1];
+        size_t n = tn_varint_encode(x, buf);
+        assert_int_equal(n, tn_varint_len(x));
+        assert_int_equal(tn_varint_decode(buf, n, &y), (int)n);
         assert_true(x == y);
     }
 }

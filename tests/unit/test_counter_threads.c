@@ -48,7 +48,7 @@ static void *bump_main(void *arg)
 {
     bumper *b = arg;
     for (uint64_t k = 0; k < b->n; k++) {
-        te_counter_bump_internal(b->c, k % 7 == 3);
+        counter_bump(b->c, k % 7 == 3);
         if (b->yield_every && k % b->yield_every == 0) sched_yield();
     }
     return NULL;
@@ -71,7 +71,7 @@ static void run_round(uint64_t n, const uint64_t *targets, int nw, unsigned yiel
     if (late) usleep(2000);
     bumper b = {c, n, yield_every};
     assert_int_equal(pthread_create(&bt, NULL, bump_main, &b), 0);
-    uint64_t t0 = te_now_ns();
+    uint64_t t0 = tn_now_ns();
     for (int i = 0; i < nw; i++) {
         pthread_join(wt[i], NULL);
         assert_int_equal(w[i].rc, 0);
@@ -80,7 +80,7 @@ static void run_round(uint64_t n, const uint64_t *targets, int nw, unsigned yiel
     pthread_join(bt, NULL);
     /* Generous: a lost wake-up costs a 10 ms re-check slice per sleep, far below this,
      * so this only catches a waiter that never comes back. */
-    assert_true(te_now_ns() - t0 < 15000000000ull);
+    assert_true(tn_now_ns() - t0 < 15000000000ull);
     assert_int_equal(te_counter_done(c), n);
     uint64_t fails = 0;
     for (uint64_t k = 0; k < n; k++) fails += k % 7 == 3;
@@ -113,16 +113,16 @@ static void test_reached_and_timeout(void **state)
     te_counter *c = NULL;
     assert_int_equal(te_counter_create(&c), 0);
     assert_int_equal(te_counter_wait(c, 0, 0), 0); /* nothing asked: at once */
-    uint64_t t0 = te_now_ns();
+    uint64_t t0 = tn_now_ns();
     assert_int_equal(te_counter_wait(c, 1, 50), -ETIMEDOUT);
-    assert_true(te_now_ns() - t0 >= 45000000ull);
+    assert_true(tn_now_ns() - t0 >= 45000000ull);
     assert_non_null(strstr(te_last_error(), "0 of 1"));
-    te_counter_bump_internal(c, false);
+    counter_bump(c, false);
     assert_int_equal(te_counter_wait(c, 1, 0), 0);
     /* A waiter that timed out leaves its target behind; later waits still work. */
     assert_int_equal(te_counter_wait(c, 3, 20), -ETIMEDOUT);
-    te_counter_bump_internal(c, true);
-    te_counter_bump_internal(c, false);
+    counter_bump(c, true);
+    counter_bump(c, false);
     assert_int_equal(te_counter_wait(c, 3, 1000), 0);
     assert_int_equal(te_counter_errors(c), 1);
     assert_int_equal(te_counter_wait(NULL, 1, 0), -EINVAL);

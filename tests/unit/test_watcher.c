@@ -36,9 +36,9 @@ static bool on_change(void *arg, uint64_t o, uint64_t n)
 
 static void wait_new(rec *r, uint64_t v)
 {
-    uint64_t t0 = te_now_ns();
+    uint64_t t0 = tn_now_ns();
     while (atomic_load(&r->last_new) != v) {
-        if (te_now_ns() - t0 > 5000000000ull)
+        if (tn_now_ns() - t0 > 5000000000ull)
             fail_msg("callback for %llu not seen (last %llu)", (unsigned long long)v,
                      (unsigned long long)atomic_load(&r->last_new));
         sched_yield();
@@ -200,9 +200,9 @@ static void test_callback_reentry(void **state)
     assert_int_equal(te_watcher_alloc(c.e, on_change, &c.r, &c.victim), 0);
     assert_int_equal(te_watcher_alloc(c.e, chain_cb, &c, &w), 0);
     __atomic_store_n(te_watcher_ptr(w), 1, __ATOMIC_RELEASE);
-    uint64_t t0 = te_now_ns();
+    uint64_t t0 = tn_now_ns();
     while (!atomic_load(&c.fired)) {
-        assert_true(te_now_ns() - t0 < 5000000000ull);
+        assert_true(tn_now_ns() - t0 < 5000000000ull);
         sched_yield();
     }
     __atomic_store_n(te_watcher_ptr(c.made), 9, __ATOMIC_RELEASE);

@@ -55,7 +55,7 @@ static int fi_to_errno(int ret) { return ret < 0 ? ret : -ret; }
 
 static int fab_err(int ret, const char *what, const char *prov)
 {
-    return te_err(fi_to_errno(ret), "%s (%s): %s", what, prov ? prov : "libfabric",
+    return tn_err(fi_to_errno(ret), "%s (%s): %s", what, prov ? prov : "libfabric",
                   fi_strerror(-fi_to_errno(ret)));
 }
 
@@ -94,7 +94,7 @@ static struct fi_info *pick_info(struct fi_info *list, const char *domain)
 static int query_hmem(const char *provider, const char *domain, bool hmem, struct fi_info **out)
 {
     struct fi_info *hints = make_hints(provider, domain, hmem);
-    if (!hints) return te_err(-ENOMEM, "fi_allocinfo failed");
+    if (!hints) return tn_err(-ENOMEM, "fi_allocinfo failed");
     int ret = fi_getinfo(TP_FI_VERSION, NULL, NULL, 0, hints, out);
     fi_freeinfo(hints);
     return ret;
@@ -123,7 +123,7 @@ int tp_fabric_pick_provider(const char *want, char *out, size_t cap)
             if (i) return 0;
         }
     }
-    return te_err(-ENODEV, "provider '%s': not available, or offers no RDM endpoint with RMA "
+    return tn_err(-ENODEV, "provider '%s': not available, or offers no RDM endpoint with RMA "
                            "writes and remote CQ data (fi_info -l lists providers)", want);
 }
 
@@ -165,7 +165,7 @@ static void set_ep_options(tp_nic *n)
     bool no = false;
     if (!strcmp(n->nfo.provider, "efa")) {
         int r = fi_setopt(&n->ep->fid, FI_OPT_ENDPOINT, FI_OPT_CUDA_API_PERMITTED, &no, sizeof no);
-        if (r) TE_LOGI("efa: FI_OPT_CUDA_API_PERMITTED not accepted (%s)", fi_strerror(-r));
+        if (r) TN_LOGI("efa: FI_OPT_CUDA_API_PERMITTED not accepted (%s)", fi_strerror(-r));
     }
 #endif
 #if FI_HDR_VERSION >= FI_VERSION(1, 19)
@@ -173,7 +173,7 @@ static void set_ep_options(tp_nic *n)
         bool no_shm = false;
         int r = fi_setopt(&n->ep->fid, FI_OPT_ENDPOINT, FI_OPT_SHARED_MEMORY_PERMITTED, &no_shm,
                           sizeof no_shm);
-        if (r) TE_LOGI("efa: FI_OPT_SHARED_MEMORY_PERMITTED not accepted (%s)", fi_strerror(-r));
+        if (r) TN_LOGI("efa: FI_OPT_SHARED_MEMORY_PERMITTED not accepted (%s)", fi_strerror(-r));
     }
 #endif
 }
@@ -197,7 +197,7 @@ static int name_shm_endpoint(tp_nic *n)
 static int fab_open(const tp_open_args *a, tp_nic **out)
 {
     tp_nic *n = calloc(1, sizeof *n);
-    if (!n) return te_err(-ENOMEM, "out of memory");
+    if (!n) return tn_err(-ENOMEM, "out of memory");
     struct fi_info *list = NULL;
     int ret = -FI_ENODATA;
     bool hmem_tried = false;
@@ -215,13 +215,13 @@ static int fab_open(const tp_open_args *a, tp_nic **out)
             snprintf(n->hmem_why, sizeof n->hmem_why,
                      "provider '%s' offers no FI_HMEM capability on NIC '%s' (fi_getinfo: %s)",
                      a->provider, a->nic ? a->nic : "(any)", fi_strerror(-fi_to_errno(ret)));
-            TE_LOGI("%s: CUDA memory cannot be registered on this NIC", n->hmem_why);
+            TN_LOGI("%s: CUDA memory cannot be registered on this NIC", n->hmem_why);
         }
     }
     if (ret) ret = query(a->provider, a->nic, &list);
     if (ret) {
         free(n);
-        return te_err(ret == -FI_ENODATA ? -ENODEV : fi_to_errno(ret),
+        return tn_err(ret == -FI_ENODATA ? -ENODEV : fi_to_errno(ret),
                       "provider '%s' has no NIC '%s' with RDM+RMA (%s)", a->provider,
                       a->nic ? a->nic : "(any)", fi_strerror(-fi_to_errno(ret)));
     }
@@ -229,14 +229,14 @@ static int fab_open(const tp_open_args *a, tp_nic **out)
     if (!pick) {
         fi_freeinfo(list);
         free(n);
-        return te_err(-ENODEV, "provider '%s' has no NIC '%s' with remote CQ data of 4+ bytes",
+        return tn_err(-ENODEV, "provider '%s' has no NIC '%s' with remote CQ data of 4+ bytes",
                       a->provider, a->nic ? a->nic : "(any)");
     }
     n->info = fi_dupinfo(pick);
     fi_freeinfo(list);
     if (!n->info) {
         free(n);
-        return te_err(-ENOMEM, "fi_dupinfo failed");
+        return tn_err(-ENOMEM, "fi_dupinfo failed");
     }
     snprintf(n->nfo.provider, sizeof n->nfo.provider, "%s", n->info->fabric_attr->prov_name);
     snprintf(n->nfo.name, sizeof n->nfo.name, "%s", n->info->domain_attr->name);
@@ -329,7 +329,7 @@ static int fab_mr_reg_cuda(tp_nic *n, void *ptr, size_t len, int device, uint64_
     int r = tcu_check_device_memory(ptr, len, device);
     if (r) return r;
     if (!n->hmem)
-        return te_err(-EOPNOTSUPP, "CUDA memory cannot be registered on %s NIC %s: %s",
+        return tn_err(-EOPNOTSUPP, "CUDA memory cannot be registered on %s NIC %s: %s",
                       n->nfo.provider, n->nfo.name,
                       n->hmem_why[0] ? n->hmem_why : "the domain lacks FI_HMEM");
     struct iovec iov = {.iov_base = ptr, .iov_len = len};
@@ -354,7 +354,7 @@ static int fab_mr_reg_cuda(tp_nic *n, void *ptr, size_t len, int device, uint64_
             ret = fi_mr_regattr(n->domain, &attr, FI_MR_DMABUF, mr);
             close(fd);
             if (!ret) {
-                TE_LOGD("CUDA memory %p+%zu of device %d registered on %s via dma-buf", ptr, len,
+                TN_LOGD("CUDA memory %p+%zu of device %d registered on %s via dma-buf", ptr, len,
                         device, n->nfo.name);
                 return 0;
             }
@@ -370,13 +370,13 @@ static int fab_mr_reg_cuda(tp_nic *n, void *ptr, size_t len, int device, uint64_
 #endif
     ret = fi_mr_regattr(n->domain, &attr, 0, mr);
     if (ret)
-        return te_err(fi_to_errno(ret) == -FI_ENOSYS ? -EOPNOTSUPP : fi_to_errno(ret),
+        return tn_err(fi_to_errno(ret) == -FI_ENOSYS ? -EOPNOTSUPP : fi_to_errno(ret),
                       "CUDA memory of device %d on %s NIC %s: dma-buf path unavailable (%s); "
                       "fi_mr_regattr(FI_HMEM_CUDA) failed: %s (libfabric built without CUDA "
                       "support, or no GPUDirect RDMA peer-memory driver)",
                       device, n->nfo.provider, n->nfo.name, dmabuf_why,
                       fi_strerror(-fi_to_errno(ret)));
-    TE_LOGD("CUDA memory %p+%zu of device %d registered on %s via FI_HMEM_CUDA (%s)", ptr, len,
+    TN_LOGD("CUDA memory %p+%zu of device %d registered on %s via FI_HMEM_CUDA (%s)", ptr, len,
             device, n->nfo.name, dmabuf_why);
     return 0;
 }
@@ -420,12 +420,12 @@ static void fab_mr_dereg(tp_nic *n, tp_mr *mr)
 static int fab_resolve(tp_nic *n, const te_addr *addr, tp_peer *out)
 {
     if (addr->transport != TE_TRANSPORT_FABRIC)
-        return te_err(-EINVAL, "peer address is not a libfabric address (transport %u)",
+        return tn_err(-EINVAL, "peer address is not a libfabric address (transport %u)",
                       addr->transport);
     fi_addr_t fa = FI_ADDR_UNSPEC;
     int ret = fi_av_insert(n->av, addr->bytes, 1, &fa, 0, NULL);
     if (ret != 1)
-        return te_err(-EHOSTUNREACH, "fi_av_insert (%s): peer address rejected (%s)",
+        return tn_err(-EHOSTUNREACH, "fi_av_insert (%s): peer address rejected (%s)",
                       n->nfo.provider, ret < 0 ? fi_strerror(-ret) : "not inserted");
     *out = fa;
     return 0;
@@ -457,7 +457,7 @@ static int fab_post_write(tp_nic *n, const tp_write *w, bool more)
     uint64_t flags = n->write_flags | (w->has_imm ? FI_REMOTE_CQ_DATA : 0) | (more ? FI_MORE : 0);
     int ret = (int)fi_writemsg(n->ep, &msg, flags);
     if (ret && ret != -FI_EAGAIN)
-        te_err(fi_to_errno(ret), "fi_writemsg (%s): %s", n->nfo.provider, fi_strerror(-ret));
+        tn_err(fi_to_errno(ret), "fi_writemsg (%s): %s", n->nfo.provider, fi_strerror(-ret));
     return post_status(ret);
 }
 
@@ -465,7 +465,7 @@ static int fab_post_send(tp_nic *n, tp_peer peer, const void *buf, size_t len, v
 {
     int ret = (int)fi_send(n->ep, buf, len, desc, peer, ctx);
     if (ret && ret != -FI_EAGAIN)
-        te_err(fi_to_errno(ret), "fi_send (%s): %s", n->nfo.provider, fi_strerror(-ret));
+        tn_err(fi_to_errno(ret), "fi_send (%s): %s", n->nfo.provider, fi_strerror(-ret));
     return post_status(ret);
 }
 
@@ -473,14 +473,14 @@ static int fab_post_recv(tp_nic *n, void *buf, size_t len, void *desc, void *ctx
 {
     int ret = (int)fi_recv(n->ep, buf, len, desc, FI_ADDR_UNSPEC, ctx);
     if (ret && ret != -FI_EAGAIN)
-        te_err(fi_to_errno(ret), "fi_recv (%s): %s", n->nfo.provider, fi_strerror(-ret));
+        tn_err(fi_to_errno(ret), "fi_recv (%s): %s", n->nfo.provider, fi_strerror(-ret));
     return post_status(ret);
 }
 
 static int fab_cancel_recv(tp_nic *n, void *ctx)
 {
     int ret = (int)fi_cancel(&n->ep->fid, ctx);
-    return ret ? te_err(fi_to_errno(ret), "fi_cancel (%s): %s", n->nfo.provider, fi_strerror(-ret)) : 0;
+    return ret ? tn_err(fi_to_errno(ret), "fi_cancel (%s): %s", n->nfo.provider, fi_strerror(-ret)) : 0;
 }
 
 static int fab_wait_fd(tp_nic *n) { return n->wait_fd; }
@@ -520,7 +520,7 @@ static int fab_poll(tp_nic *n, tp_event *ev, int max)
             struct fi_cq_err_entry e = {0};
             ssize_t er = fi_cq_readerr(n->cq, &e, 0);
             if (er == -FI_EAGAIN) break;
-            if (er < 0) return te_err(-EIO, "fi_cq_readerr (%s): %s", n->nfo.provider,
+            if (er < 0) return tn_err(-EIO, "fi_cq_readerr (%s): %s", n->nfo.provider,
                                       fi_strerror((int)-er));
             tp_event *x = &ev[got++];
             memset(x, 0, sizeof *x);
@@ -533,7 +533,7 @@ static int fab_poll(tp_nic *n, tp_event *ev, int max)
                      fi_strerror((int)(e.err ? e.err : FI_EIO)), why ? why : "no detail");
             continue;
         }
-        if (r < 0) return te_err(-EIO, "fi_cq_read (%s): %s", n->nfo.provider, fi_strerror((int)-r));
+        if (r < 0) return tn_err(-EIO, "fi_cq_read (%s): %s", n->nfo.provider, fi_strerror((int)-r));
         for (ssize_t k = 0; k < r; k++) {
             tp_event *x = &ev[got++];
             x->kind = tp_fabric_classify(ent[k].flags);

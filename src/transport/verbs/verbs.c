@@ -101,7 +101,7 @@ static int env_int(const char *name, int dflt, int lo, int hi)
     char *end;
     long v = strtol(s, &end, 10);
     if (*end || v < lo || v > hi) {
-        TE_LOGW("%s=%s ignored (expected %d..%d)", name, s, lo, hi);
+        TN_LOGW("%s=%s ignored (expected %d..%d)", name, s, lo, hi);
         return dflt;
     }
     return (int)v;
@@ -136,7 +136,7 @@ static void syn_fail(tp_nic *n, int kind, void *ctx, int status, const char *why
 {
     tp_event *e = syn_push(n);
     if (!e) {
-        TE_LOGE("verbs %s: synthetic completion ring full; a completion is lost", n->nfo.name);
+        TN_LOGE("verbs %s: synthetic completion ring full; a completion is lost", n->nfo.name);
         return;
     }
     e->kind = kind == TV_WR_SEND ? TP_EV_SEND : kind == TV_WR_RECV ? TP_EV_RECV : TP_EV_WRITE;
@@ -167,7 +167,7 @@ int tp_verbs_list_devices(char names[][64], int max)
 
 static void destroy_qp(struct ibv_qp *qp)
 {
-    if (qp && ibv_destroy_qp(qp)) TE_LOGW("verbs: ibv_destroy_qp failed");
+    if (qp && ibv_destroy_qp(qp)) TN_LOGW("verbs: ibv_destroy_qp failed");
 }
 
 static void vb_close(tp_nic *n)
@@ -223,7 +223,7 @@ static int pick_gid(tp_nic *n, int tbl_len)
 {
     int cnt = tbl_len > 256 ? 256 : tbl_len;
     tv_gid_entry *g = calloc((size_t)(cnt > 0 ? cnt : 1), sizeof *g);
-    if (!g) return te_err(-ENOMEM, "out of memory");
+    if (!g) return tn_err(-ENOMEM, "out of memory");
     for (int k = 0; k < cnt; k++) {
         struct ibv_gid_entry e;
         if (ibv_query_gid_ex(n->ctx, n->port, (uint32_t)k, &e, 0)) continue;
@@ -290,7 +290,7 @@ static int vb_open(const tp_open_args *a, tp_nic **out)
     for (int k = 0; list && k < num && !dev; k++)
         if (!a->nic || !strcmp(a->nic, ibv_get_device_name(list[k]))) dev = list[k];
     if (!dev) {
-        int r = te_err(-ENODEV, "verbs: no RDMA device '%s' (ibv_get_device_list found %d device%s)",
+        int r = tn_err(-ENODEV, "verbs: no RDMA device '%s' (ibv_get_device_list found %d device%s)",
                        a->nic ? a->nic : "(any)", list ? num : 0, (list ? num : 0) == 1 ? "" : "s");
         if (list) ibv_free_device_list(list);
         return r;
@@ -298,7 +298,7 @@ static int vb_open(const tp_open_args *a, tp_nic **out)
     tp_nic *n = calloc(1, sizeof *n);
     if (!n) {
         ibv_free_device_list(list);
-        return te_err(-ENOMEM, "out of memory");
+        return tn_err(-ENOMEM, "out of memory");
     }
     snprintf(n->nfo.provider, sizeof n->nfo.provider, "verbs");
     snprintf(n->nfo.name, sizeof n->nfo.name, "%s", ibv_get_device_name(dev));
@@ -308,7 +308,7 @@ static int vb_open(const tp_open_args *a, tp_nic **out)
     int r = 0;
 #define FAIL(code, ...)                                                                         \
     do {                                                                                        \
-        r = te_err((code), __VA_ARGS__);                                                        \
+        r = tn_err((code), __VA_ARGS__);                                                        \
         goto fail;                                                                              \
     } while (0)
     if (!n->ctx) FAIL(-errno ? -errno : -EIO, "verbs %s: ibv_open_device: %s", nm, strerror(errno));
@@ -320,7 +320,7 @@ static int vb_open(const tp_open_args *a, tp_nic **out)
     if ((r = ibv_query_port(n->ctx, n->port, &pa)))
         FAIL(-r, "verbs %s: ibv_query_port(%u): %s", nm, n->port, strerror(r));
     if (pa.state != IBV_PORT_ACTIVE)
-        TE_LOGW("verbs %s: port %u is not active (state %d)", nm, n->port, (int)pa.state);
+        TN_LOGW("verbs %s: port %u is not active (state %d)", nm, n->port, (int)pa.state);
     n->roce = pa.link_layer == IBV_LINK_LAYER_ETHERNET;
     n->lid = pa.lid;
     n->mtu = pa.active_mtu;
@@ -387,7 +387,7 @@ static int vb_open(const tp_open_args *a, tp_nic **out)
     tv_ud_addr ua = {.lid = n->lid, .qpn = n->ud->qp_num, .qkey = TV_QKEY};
     memcpy(ua.gid, n->gid.raw, 16);
     tv_addr_encode(&ua, &n->addr);
-    TE_LOGI("verbs %s: port %u (%s), GID index %d, CQ %u, credits %u, imm SRQ %u", nm, n->port,
+    TN_LOGI("verbs %s: port %u (%s), GID index %d, CQ %u, credits %u, imm SRQ %u", nm, n->port,
             n->roce ? "RoCE" : "InfiniBand", n->gid_index, n->sz.cq, n->sz.send_credits, n->sz.imm_srq);
     *out = n;
     return 0;
@@ -415,7 +415,7 @@ static int vb_mr_reg(tp_nic *n, void *ptr, size_t len, int device, bool remote, 
     struct ibv_mr *mr = NULL;
     if (device == TE_DEVICE_HOST) {
         mr = ibv_reg_mr(n->pd, ptr, l, access);
-        if (!mr) return te_err(errno ? -errno : -EIO, "verbs %s: ibv_reg_mr(%p, %zu): %s",
+        if (!mr) return tn_err(errno ? -errno : -EIO, "verbs %s: ibv_reg_mr(%p, %zu): %s",
                                n->nfo.name, ptr, l, strerror(errno));
     } else {
         int r = tcu_check_device_memory(ptr, l, device);
@@ -438,7 +438,7 @@ static int vb_mr_reg(tp_nic *n, void *ptr, size_t len, int device, bool remote, 
         if (!mr) { /* nvidia-peermem lets plain ibv_reg_mr pin GPU memory */
             mr = ibv_reg_mr(n->pd, ptr, l, access);
             if (!mr)
-                return te_err(-EOPNOTSUPP, "verbs %s: CUDA memory of device %d cannot be registered "
+                return tn_err(-EOPNOTSUPP, "verbs %s: CUDA memory of device %d cannot be registered "
                               "(%s; ibv_reg_mr without dma-buf: %s, is nvidia-peermem loaded?)",
                               n->nfo.name, device, why, strerror(errno));
         }
@@ -451,7 +451,7 @@ static int vb_mr_reg(tp_nic *n, void *ptr, size_t len, int device, bool remote, 
 
 static void vb_mr_dereg(tp_nic *n, tp_mr *mr)
 {
-    if (mr->handle && ibv_dereg_mr(mr->handle)) TE_LOGW("verbs %s: ibv_dereg_mr failed", n->nfo.name);
+    if (mr->handle && ibv_dereg_mr(mr->handle)) TN_LOGW("verbs %s: ibv_dereg_mr failed", n->nfo.name);
     mr->handle = NULL;
 }
 
@@ -471,12 +471,12 @@ static int new_peer(tp_nic *n, const tv_ud_addr *a)
     if (n->n_peers == n->cap_peers) {
         uint32_t cap = n->cap_peers ? n->cap_peers * 2 : 16;
         tv_peer **np = realloc(n->peers, cap * sizeof *np);
-        if (!np) return te_err(-ENOMEM, "out of memory");
+        if (!np) return tn_err(-ENOMEM, "out of memory");
         n->peers = np;
         n->cap_peers = cap;
     }
     tv_peer *p = calloc(1, sizeof *p);
-    if (!p) return te_err(-ENOMEM, "out of memory");
+    if (!p) return tn_err(-ENOMEM, "out of memory");
     p->addr = *a;
     struct ibv_ah_attr aa = {.dlid = a->lid, .port_num = n->port};
     if (n->roce) {
@@ -488,7 +488,7 @@ static int new_peer(tp_nic *n, const tv_ud_addr *a)
     if (!(p->ah = ibv_create_ah(n->pd, &aa))) {
         int e = errno;
         free(p);
-        return te_err(-EHOSTUNREACH, "verbs %s: ibv_create_ah: %s", n->nfo.name, strerror(e));
+        return tn_err(-EHOSTUNREACH, "verbs %s: ibv_create_ah: %s", n->nfo.name, strerror(e));
     }
     n->peers[n->n_peers] = p;
     return (int)n->n_peers++;
@@ -520,7 +520,7 @@ static int peer_make_qps(tp_nic *n, tv_peer *p)
         int e = errno;
         destroy_qp(p->msg_qp);
         p->msg_qp = NULL;
-        return te_err(-EIO, "verbs %s: creating RC QPs: %s", n->nfo.name, strerror(e));
+        return tn_err(-EIO, "verbs %s: creating RC QPs: %s", n->nfo.name, strerror(e));
     }
     p->msg_psn = n->compat ? 123 : tv_random_psn();
     p->rma_psn = n->compat ? 456 : tv_random_psn();
@@ -553,7 +553,7 @@ static int rc_connect(tp_nic *n, struct ibv_qp *qp, uint32_t my_psn, uint32_t qp
 static void send_handshake(tp_nic *n, tv_peer *p, int kind)
 {
     if (!n->ud_free_n) {
-        TE_LOGD("verbs %s: no free handshake buffer; the retry will send it", n->nfo.name);
+        TN_LOGD("verbs %s: no free handshake buffer; the retry will send it", n->nfo.name);
         return;
     }
     uint32_t slot = n->ud_free[--n->ud_free_n];
@@ -575,7 +575,7 @@ static void send_handshake(tp_nic *n, tv_peer *p, int kind)
     int r = ibv_post_send(n->ud, &wr, &bad);
     if (r) {
         n->ud_free[n->ud_free_n++] = slot;
-        TE_LOGW("verbs %s: handshake send failed: %s (will retry)", n->nfo.name, strerror(r));
+        TN_LOGW("verbs %s: handshake send failed: %s (will retry)", n->nfo.name, strerror(r));
     }
 }
 
@@ -600,7 +600,7 @@ static int chain_post(tp_nic *n, bool own_last)
     if (!own_last) return 0;
     n->credits++; /* the caller's own WR was not accepted: it gets the error directly */
     if (r == ENOMEM) return -EAGAIN;
-    return te_err(-r, "verbs %s: %s", n->nfo.name, why);
+    return tn_err(-r, "verbs %s: %s", n->nfo.name, why);
 }
 
 static void chain_flush(tp_nic *n) { (void)chain_post(n, false); }
@@ -676,10 +676,10 @@ static void peer_give_up(tp_nic *n, tv_peer *p, int status, const char *why)
 
 static int submit(tp_nic *n, tp_peer peer, pend *o, bool more)
 {
-    if (peer >= n->n_peers) return te_err(-EINVAL, "verbs %s: unknown peer %" PRIu64, n->nfo.name, peer);
-    if (!tv_wr_fits((uintptr_t)o->ctx)) return te_err(-EINVAL, "verbs: context pointer too large");
+    if (peer >= n->n_peers) return tn_err(-EINVAL, "verbs %s: unknown peer %" PRIu64, n->nfo.name, peer);
+    if (!tv_wr_fits((uintptr_t)o->ctx)) return tn_err(-EINVAL, "verbs: context pointer too large");
     if (o->len > n->nfo.max_msg)
-        return te_err(-EMSGSIZE, "verbs %s: %zu bytes exceed the port's max_msg_sz %zu", n->nfo.name,
+        return tn_err(-EMSGSIZE, "verbs %s: %zu bytes exceed the port's max_msg_sz %zu", n->nfo.name,
                       o->len, n->nfo.max_msg);
     if (!n->credits) {
         chain_flush(n);
@@ -691,7 +691,7 @@ static int submit(tp_nic *n, tp_peer peer, pend *o, bool more)
         return chain_add(n, o->kind == TV_WR_SEND ? p->msg_qp : p->rma_qp, o, more, true);
     }
     pend *q = malloc(sizeof *q);
-    if (!q) return te_err(-ENOMEM, "out of memory");
+    if (!q) return tn_err(-ENOMEM, "out of memory");
     *q = *o;
     q->next = NULL;
     if (p->conn.state == TV_IDLE) {
@@ -700,7 +700,7 @@ static int submit(tp_nic *n, tp_peer peer, pend *o, bool more)
             free(q);
             return r;
         }
-        if (tv_conn_start(&p->conn, &n->timing, te_now_ns()) & TV_ACT_SEND_REQUEST)
+        if (tv_conn_start(&p->conn, &n->timing, tn_now_ns()) & TV_ACT_SEND_REQUEST)
             send_handshake(n, p, TV_HS_REQUEST);
         n->n_connecting++;
     }
@@ -716,7 +716,7 @@ static uint32_t lkey_of(void *desc) { return desc ? ((struct ibv_mr *)desc)->lke
 static int vb_post_write(tp_nic *n, const tp_write *w, bool more)
 {
     if (w->len && !w->local_desc)
-        return te_err(-EINVAL, "verbs %s: write source is not registered", n->nfo.name);
+        return tn_err(-EINVAL, "verbs %s: write source is not registered", n->nfo.name);
     pend o = {.kind = TV_WR_WRITE, .local = w->local, .len = w->len, .lkey = lkey_of(w->local_desc),
               .raddr = w->remote_base + w->remote_off, .rkey = (uint32_t)w->rkey,
               .has_imm = w->has_imm, .imm = w->imm, .ctx = w->ctx};
@@ -725,14 +725,14 @@ static int vb_post_write(tp_nic *n, const tp_write *w, bool more)
 
 static int vb_post_send(tp_nic *n, tp_peer peer, const void *buf, size_t len, void *desc, void *ctx)
 {
-    if (len && !desc) return te_err(-EINVAL, "verbs %s: send buffer is not registered", n->nfo.name);
+    if (len && !desc) return tn_err(-EINVAL, "verbs %s: send buffer is not registered", n->nfo.name);
     pend o = {.kind = TV_WR_SEND, .local = buf, .len = len, .lkey = lkey_of(desc), .ctx = ctx};
     return submit(n, peer, &o, false);
 }
 
 static int vb_post_recv(tp_nic *n, void *buf, size_t len, void *desc, void *ctx)
 {
-    if (!tv_wr_fits((uintptr_t)ctx)) return te_err(-EINVAL, "verbs: context pointer too large");
+    if (!tv_wr_fits((uintptr_t)ctx)) return tn_err(-EINVAL, "verbs: context pointer too large");
     if (len > UINT32_MAX) len = UINT32_MAX;
     struct ibv_sge sge = {.addr = (uintptr_t)buf, .length = (uint32_t)len, .lkey = lkey_of(desc)};
     struct ibv_recv_wr wr = {.wr_id = tv_wr_tag(TV_WR_RECV, (uintptr_t)ctx), .sg_list = &sge,
@@ -740,7 +740,7 @@ static int vb_post_recv(tp_nic *n, void *buf, size_t len, void *desc, void *ctx)
     struct ibv_recv_wr *bad;
     int r = ibv_post_srq_recv(n->msg_srq, &wr, &bad);
     if (r == ENOMEM) return -EAGAIN;
-    if (r) return te_err(-r, "verbs %s: ibv_post_srq_recv: %s", n->nfo.name, strerror(r));
+    if (r) return tn_err(-r, "verbs %s: ibv_post_srq_recv: %s", n->nfo.name, strerror(r));
     return 0;
 }
 
@@ -751,7 +751,7 @@ static int vb_cancel_recv(tp_nic *n, void *ctx)
     if (n->n_cancelled == n->cap_cancelled) {
         uint32_t cap = n->cap_cancelled ? n->cap_cancelled * 2 : 64;
         void **nc = realloc(n->cancelled, cap * sizeof *nc);
-        if (!nc) return te_err(-ENOMEM, "out of memory");
+        if (!nc) return tn_err(-ENOMEM, "out of memory");
         n->cancelled = nc;
         n->cap_cancelled = cap;
     }
@@ -776,36 +776,36 @@ static void on_handshake(tp_nic *n, const uint8_t *buf, size_t len)
 {
     tv_handshake h;
     if (tv_hs_decode(buf, len, &h)) {
-        TE_LOGW("verbs %s: dropped a malformed handshake: %s", n->nfo.name, te_last_error());
+        TN_LOGW("verbs %s: dropped a malformed handshake: %s", n->nfo.name, te_last_error());
         return;
     }
     int idx = find_peer(n, &h.ud);
     if (idx < 0 && h.kind == TV_HS_REPLY) return; /* a reply nobody asked for */
     if (idx < 0 && (idx = new_peer(n, &h.ud)) < 0) {
-        TE_LOGW("verbs %s: cannot accept a connection: %s", n->nfo.name, te_last_error());
+        TN_LOGW("verbs %s: cannot accept a connection: %s", n->nfo.name, te_last_error());
         return;
     }
     tv_peer *p = n->peers[idx];
     bool was_connecting = p->conn.state == TV_CONNECTING;
     if (p->conn.state == TV_IDLE && h.kind != TV_HS_REPLY && peer_make_qps(n, p)) {
-        TE_LOGW("verbs %s: cannot accept a connection: %s", n->nfo.name, te_last_error());
+        TN_LOGW("verbs %s: cannot accept a connection: %s", n->nfo.name, te_last_error());
         return;
     }
     int act = tv_conn_on_handshake(&p->conn, &h);
     char who[96];
     peer_name(p, who, sizeof who);
     if (act & TV_ACT_RESTART) {
-        TE_LOGW("verbs %s: %s reconnects; its old connection is dropped", n->nfo.name, who);
+        TN_LOGW("verbs %s: %s reconnects; its old connection is dropped", n->nfo.name, who);
         peer_give_up(n, p, -ECONNRESET, "the peer re-established the connection");
         if (peer_make_qps(n, p)) {
-            TE_LOGW("verbs %s: cannot accept a connection: %s", n->nfo.name, te_last_error());
+            TN_LOGW("verbs %s: cannot accept a connection: %s", n->nfo.name, te_last_error());
             return;
         }
         was_connecting = false;
         act = tv_conn_on_handshake(&p->conn, &h);
     }
     if (act & TV_ACT_IGNORE) {
-        TE_LOGD("verbs %s: ignored a stale handshake from %s", n->nfo.name, who);
+        TN_LOGD("verbs %s: ignored a stale handshake from %s", n->nfo.name, who);
         return;
     }
     if (act & TV_ACT_CONNECT) {
@@ -814,13 +814,13 @@ static void on_handshake(tp_nic *n, const uint8_t *buf, size_t len)
         if (r) {
             char why[160];
             snprintf(why, sizeof why, "connecting RC QPs to %s failed: %s", who, strerror(-r));
-            TE_LOGW("verbs %s: %s", n->nfo.name, why);
+            TN_LOGW("verbs %s: %s", n->nfo.name, why);
             p->conn.state = was_connecting ? TV_CONNECTING : TV_IDLE;
             peer_give_up(n, p, -ECONNREFUSED, why);
             return;
         }
         if (was_connecting && n->n_connecting) n->n_connecting--;
-        TE_LOGD("verbs %s: connected to %s", n->nfo.name, who);
+        TN_LOGD("verbs %s: connected to %s", n->nfo.name, who);
     }
     if (act & TV_ACT_SEND_REPLY) send_handshake(n, p, TV_HS_REPLY);
     if (act & TV_ACT_FLUSH) flush_queue(n, p);
@@ -828,7 +828,7 @@ static void on_handshake(tp_nic *n, const uint8_t *buf, size_t len)
 
 static void tick_peers(tp_nic *n)
 {
-    uint64_t now = te_now_ns();
+    uint64_t now = tn_now_ns();
     for (uint32_t k = 0; k < n->n_peers && n->n_connecting; k++) {
         tv_peer *p = n->peers[k];
         if (p->conn.state != TV_CONNECTING) continue;
@@ -839,7 +839,7 @@ static void tick_peers(tp_nic *n)
             peer_name(p, who, sizeof who);
             snprintf(why, sizeof why, "no handshake answer from %s within %" PRIu64 " ms (%u tries)",
                      who, n->timing.timeout_ns / 1000000, p->conn.tries);
-            TE_LOGW("verbs %s: %s", n->nfo.name, why);
+            TN_LOGW("verbs %s: %s", n->nfo.name, why);
             p->conn.state = TV_CONNECTING; /* let peer_give_up count it */
             peer_give_up(n, p, -ETIMEDOUT, why);
         }
@@ -851,7 +851,7 @@ static void on_qp_error(tp_nic *n, uint32_t qp_num, const char *why)
     for (uint32_t k = 0; k < n->n_peers; k++) {
         tv_peer *p = n->peers[k];
         if ((p->msg_qp && p->msg_qp->qp_num == qp_num) || (p->rma_qp && p->rma_qp->qp_num == qp_num)) {
-            TE_LOGW("verbs %s: connection broken (%s); reconnecting on next use", n->nfo.name, why);
+            TN_LOGW("verbs %s: connection broken (%s); reconnecting on next use", n->nfo.name, why);
             peer_give_up(n, p, -ECONNRESET, why);
             return;
         }
@@ -886,7 +886,7 @@ static int on_wc(tp_nic *n, const struct ibv_wc *wc, tp_event *x)
     case TV_WR_IMM:
         if (++n->imm_missing >= n->sz.imm_batch) {
             int r = imm_post(n, n->imm_missing);
-            if (r) TE_LOGW("verbs %s: re-posting zero-length receives: %s", n->nfo.name, strerror(-r));
+            if (r) TN_LOGW("verbs %s: re-posting zero-length receives: %s", n->nfo.name, strerror(-r));
         }
         x->kind = TP_EV_IMM;
         x->imm = wc->imm_data; /* raw */
@@ -894,7 +894,7 @@ static int on_wc(tp_nic *n, const struct ibv_wc *wc, tp_event *x)
     case TV_WR_UD_SEND:
         if (n->ud_free_n < n->sz.ud_sq) n->ud_free[n->ud_free_n++] = (uint32_t)tv_wr_value(wc->wr_id);
         if (wc->status != IBV_WC_SUCCESS)
-            TE_LOGW("verbs %s: handshake send: %s", n->nfo.name, ibv_wc_status_str(wc->status));
+            TN_LOGW("verbs %s: handshake send: %s", n->nfo.name, ibv_wc_status_str(wc->status));
         return 0;
     case TV_WR_UD_RECV: {
         uint32_t slot = (uint32_t)tv_wr_value(wc->wr_id);
@@ -902,15 +902,15 @@ static int on_wc(tp_nic *n, const struct ibv_wc *wc, tp_event *x)
             on_handshake(n, n->ud_buf + (size_t)slot * UD_SLOT + TV_GRH_LEN,
                          wc->byte_len - TV_GRH_LEN);
         else if (wc->status != IBV_WC_SUCCESS)
-            TE_LOGW("verbs %s: handshake receive: %s", n->nfo.name, ibv_wc_status_str(wc->status));
+            TN_LOGW("verbs %s: handshake receive: %s", n->nfo.name, ibv_wc_status_str(wc->status));
         if (wc->status != IBV_WC_WR_FLUSH_ERR) {
             int r = ud_post_recv(n, slot);
-            if (r) TE_LOGW("verbs %s: re-posting a handshake receive: %s", n->nfo.name, strerror(-r));
+            if (r) TN_LOGW("verbs %s: re-posting a handshake receive: %s", n->nfo.name, strerror(-r));
         }
         return 0;
     }
     default:
-        TE_LOGW("verbs %s: completion with unknown wr_id tag %d dropped", n->nfo.name, kind);
+        TN_LOGW("verbs %s: completion with unknown wr_id tag %d dropped", n->nfo.name, kind);
         return 0;
     }
 }
@@ -933,7 +933,7 @@ static int vb_poll(tp_nic *n, tp_event *ev, int max)
     while (got < max && !n->stash_n) {
         int want = max - got < 16 ? max - got : 16;
         int r = ibv_poll_cq(n->cq, want, wc);
-        if (r < 0) return te_err(-EIO, "verbs %s: ibv_poll_cq failed (CQ in error)", n->nfo.name);
+        if (r < 0) return tn_err(-EIO, "verbs %s: ibv_poll_cq failed (CQ in error)", n->nfo.name);
         for (int k = 0; k < r; k++) got += on_wc(n, &wc[k], &ev[got]);
         if (r < want) break;
     }

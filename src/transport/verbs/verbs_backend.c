@@ -24,14 +24,14 @@ static int verbs_list_nics(const char *provider, char names[][64], int max)
     (void)provider;
     int n = tp_verbs_list_devices(names, max);
     if (n == 0)
-        return te_err(-ENODEV, "provider verbs: no RDMA device (ibv_get_device_list found "
+        return tn_err(-ENODEV, "provider verbs: no RDMA device (ibv_get_device_list found "
                                "none; name one, e.g. mlx5_0, in te_group_config.nics)");
     return n > max ? max : n;
 }
 
 static int probe_verbs(char *out, size_t cap)
 {
-    if (tp_verbs_list_devices(NULL, 0) <= 0) return te_err(-ENODEV, "verbs: no RDMA device");
+    if (tp_verbs_list_devices(NULL, 0) <= 0) return tn_err(-ENODEV, "verbs: no RDMA device");
     return verbs_resolve("verbs", out, cap);
 }
 
@@ -52,7 +52,7 @@ static int verbs_unavailable(const char *want, char *out, size_t cap)
     (void)want;
     (void)out;
     (void)cap;
-    return te_err(-ENODEV, "provider verbs: this build of tendril has no ibverbs support "
+    return tn_err(-ENODEV, "provider verbs: this build of tendril has no ibverbs support "
                            "(libibverbs headers were not found at build time)");
 }
 

@@ -28,10 +28,10 @@ void tv_addr_encode(const tv_ud_addr *a, te_addr *out)
 int tv_addr_decode(const te_addr *in, tv_ud_addr *out)
 {
     if (in->transport != TE_TRANSPORT_VERBS)
-        return te_err(-EINVAL, "peer address is not an ibverbs address (transport %u)",
+        return tn_err(-EINVAL, "peer address is not an ibverbs address (transport %u)",
                       (unsigned)in->transport);
     if (in->len != TV_ADDR_LEN)
-        return te_err(-EINVAL, "ibverbs address has %u bytes (expected %d)", (unsigned)in->len,
+        return tn_err(-EINVAL, "ibverbs address has %u bytes (expected %d)", (unsigned)in->len,
                       TV_ADDR_LEN);
     const uint8_t *p = in->bytes;
     tv_ud_addr a;
@@ -44,7 +44,7 @@ int tv_addr_decode(const te_addr *in, tv_ud_addr *out)
         a.qkey |= (uint32_t)p[22 + k] << (8 * k);
     }
     if (a.qpn == 0 || a.qpn > 0xffffffu)
-        return te_err(-EINVAL, "ibverbs address: UD QP number %u is not a valid 24-bit QPN", a.qpn);
+        return tn_err(-EINVAL, "ibverbs address: UD QP number %u is not a valid 24-bit QPN", a.qpn);
     *out = a;
     return 0;
 }
@@ -69,8 +69,8 @@ static void put_bytes(wr_buf *w, const uint8_t *b, size_t n)
 
 static void put_var(wr_buf *w, uint64_t v)
 {
-    uint8_t tmp[TE_VARINT_MAX];
-    put_bytes(w, tmp, te_varint_encode(v, tmp));
+    uint8_t tmp[TN_VARINT_MAX];
+    put_bytes(w, tmp, tn_varint_encode(v, tmp));
 }
 
 size_t tv_hs_encode(const tv_handshake *h, uint8_t *buf, size_t cap)
@@ -101,7 +101,7 @@ typedef struct rd_buf {
 static int get_bytes(rd_buf *r, uint8_t *out, size_t n, const char *what)
 {
     if (r->len - r->off < n)
-        return te_err(-EBADMSG, "verbs handshake: truncated in %s (%zu bytes)", what, r->len);
+        return tn_err(-EBADMSG, "verbs handshake: truncated in %s (%zu bytes)", what, r->len);
     memcpy(out, r->p + r->off, n);
     r->off += n;
     return 0;
@@ -109,10 +109,10 @@ static int get_bytes(rd_buf *r, uint8_t *out, size_t n, const char *what)
 
 static int get_var(rd_buf *r, uint64_t max, uint64_t *out, const char *what)
 {
-    int n = te_varint_decode(r->p + r->off, r->len - r->off, out);
-    if (n < 0) return te_err(-EBADMSG, "verbs handshake: %s: %s", what, te_varint_status_str(n));
+    int n = tn_varint_decode(r->p + r->off, r->len - r->off, out);
+    if (n < 0) return tn_err(-EBADMSG, "verbs handshake: %s: %s", what, tn_varint_status_str(n));
     if (*out > max)
-        return te_err(-EBADMSG, "verbs handshake: %s = %llu out of range (max %llu)", what,
+        return tn_err(-EBADMSG, "verbs handshake: %s = %llu out of range (max %llu)", what,
                       (unsigned long long)*out, (unsigned long long)max);
     r->off += (size_t)n;
     return 0;
@@ -147,13 +147,13 @@ int tv_hs_decode(const uint8_t *buf, size_t len, tv_handshake *out)
     if (r.off < len) {
         uint8_t k = buf[r.off++];
         if (k != TV_HS_REQUEST && k != TV_HS_REPLY)
-            return te_err(-EBADMSG, "verbs handshake: unknown kind byte %u", k);
+            return tn_err(-EBADMSG, "verbs handshake: unknown kind byte %u", k);
         h.kind = k;
     }
     if (r.off != len)
-        return te_err(-EBADMSG, "verbs handshake: %zu trailing bytes", len - r.off);
+        return tn_err(-EBADMSG, "verbs handshake: %zu trailing bytes", len - r.off);
     if (h.ud.qpn == 0 || h.msg_qpn == 0 || h.rma_qpn == 0)
-        return te_err(-EBADMSG, "verbs handshake: QP number 0");
+        return tn_err(-EBADMSG, "verbs handshake: QP number 0");
     *out = h;
     return 0;
 }
@@ -170,7 +170,7 @@ int tv_gid_pick(const tv_gid_entry *g, int n, bool roce, int override)
 {
     if (override >= 0) {
         if (override >= n || !g[override].valid)
-            return te_err(-EINVAL, "GID index %d: no such valid GID on this port (%d entries)",
+            return tn_err(-EINVAL, "GID index %d: no such valid GID on this port (%d entries)",
                           override, n);
         return override;
     }
@@ -205,11 +205,11 @@ int tv_size(const tv_caps *caps, tv_sizing *s)
         else if (s->msg_srq > 64) s->msg_srq /= 2;
         else if (s->imm_srq > 64) s->imm_srq /= 2;
         else
-            return te_err(-EINVAL, "verbs: the device's CQ limit (%u entries) is too small",
+            return tn_err(-EINVAL, "verbs: the device's CQ limit (%u entries) is too small",
                           caps->max_cqe);
     }
     if (s->send_credits < 16 || s->msg_srq < 16 || s->imm_srq < 16 || s->ud_sq < 4 || s->ud_rq < 4)
-        return te_err(-EINVAL, "verbs: device queue limits too small (max_qp_wr %u, max_srq_wr %u)",
+        return tn_err(-EINVAL, "verbs: device queue limits too small (max_qp_wr %u, max_srq_wr %u)",
                       caps->max_qp_wr, caps->max_srq_wr);
     s->imm_batch = s->imm_srq / 8 < 64 ? s->imm_srq / 8 : 64;
     if (s->imm_batch == 0) s->imm_batch = 1;

@@ -27,7 +27,7 @@ typedef struct tv_ud_addr {
 } tv_ud_addr;
 
 void tv_addr_encode(const tv_ud_addr *a, te_addr *out);
-/* -EINVAL (with te_err) unless transport is verbs, len is 26 and the qpn fits 24 bits. */
+/* -EINVAL (with tn_err) unless transport is verbs, len is 26 and the qpn fits 24 bits. */
 int tv_addr_decode(const te_addr *in, tv_ud_addr *out);
 
 /* ------------------------------------------------------------- handshake ---- */
@@ -51,7 +51,7 @@ typedef struct tv_handshake {
 /* Returns the encoded length, or 0 if cap is too small. */
 size_t tv_hs_encode(const tv_handshake *h, uint8_t *buf, size_t cap);
 /* Strict: truncated, overlong or non-canonical varints, values out of range (lid > u16,
- * qpn or psn > 24 bits), an unknown kind byte and trailing bytes are -EBADMSG (te_err). */
+ * qpn or psn > 24 bits), an unknown kind byte and trailing bytes are -EBADMSG (tn_err). */
 int tv_hs_decode(const uint8_t *buf, size_t len, tv_handshake *out);
 
 /* ------------------------------------------------------------ GID choice ---- */
@@ -86,7 +86,7 @@ typedef struct tv_sizing {
 
 /* Defaults clipped to the device's limits so the CQ can never overrun (B7): every CQE
  * comes from a posted WR, and posted WRs are bounded by the terms of the sum. 0 or
- * -EINVAL (te_err) when the device is too small for a minimal configuration. */
+ * -EINVAL (tn_err) when the device is too small for a minimal configuration. */
 int tv_size(const tv_caps *caps, tv_sizing *out);
 
 /* ----------------------------------------------------------- wr_id tags ---- */
