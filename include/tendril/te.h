@@ -157,12 +157,15 @@ typedef struct te_config {
  *                          default a waiting thread polls the NICs itself (see below)
  *   TENDRIL_WAIT_SPIN_NS   how long te_*_wait spin before sleeping (default 50000 with
  *                          4+ CPUs in the process's affinity set, else 0)
- *   TENDRIL_LOG            error|warn|info|debug (stderr)                           */
+ *   TENDRIL_LOG            error|warn|info|debug (stderr)
+ * libfabric's own variables apply too; docs/engine.md ("Memory per engine") names the one
+ * that cuts a tcp engine's memory from 68 to 18 MB with libfabric 1.17. */
 void te_config_init(te_config *cfg);
 
 /* -------------------------------------------------------------- engine ---- */
 
-/* Opens every NIC of every group and starts the worker threads. Thread-safe. */
+/* Opens every NIC of every group and starts the worker threads. cfg must not be NULL
+ * (-EINVAL): te_config_init gives the defaults. Thread-safe. */
 int te_engine_create(const te_config *cfg, te_engine **out);
 /* Stops the engine: every pending operation completes with -ECANCELED (its callback runs
  * before this returns), threads are joined. Later calls on the engine return -ESHUTDOWN.
@@ -191,6 +194,33 @@ typedef struct te_nic_stats {
     uint64_t errors;                   /* failed work requests */
 } te_nic_stats;
 int te_nic_stats_get(const te_engine *e, uint32_t group, uint32_t nic, te_nic_stats *out);
+
+/* --------------------------------------------------------------- peers ---- */
+
+/* What this engine knows of a peer NIC (keyed by that NIC's address, as in a descriptor
+ * or te_send's destination). */
+enum te_peer_state {
+    TE_PEER_UNKNOWN = 0, /* never addressed by this engine */
+    TE_PEER_UP = 1,      /* addressed, and the transport has not reported it gone */
+    TE_PEER_DOWN = 2,    /* the transport reported it gone; every operation to it that was
+                            pending fails at once (shm: with its regions already free; tcp:
+                            a region stays held until the transport returns the work
+                            requests, as after a timeout). shm: its process exited or its engine
+                            stopped; final, later operations to it fail at once with
+                            -ECONNRESET. tcp: its connection was refused, reset or torn down
+                            (the peer died, or rejected a write); the next operation tries
+                            again, and UP follows if it succeeds. */
+};
+
+/* State of the peer NIC at addr: a te_peer_state value (>= 0), or -EINVAL. Thread-safe. */
+int te_peer_state(te_engine *e, const te_addr *addr);
+
+/* Called on the callback thread once per state change of a peer NIC (TE_PEER_UP when the
+ * engine first addresses it, TE_PEER_DOWN when the transport reports it gone). */
+typedef void (*te_peer_fn)(void *arg, const te_addr *addr, int state);
+/* Installs (fn != NULL) or removes the peer callback. Changes already queued are
+ * delivered to the function installed when they run. Thread-safe. */
+int te_peer_set_callback(te_engine *e, te_peer_fn fn, void *arg);
 
 /* ---------------------------------------------------------- completion ---- */
 

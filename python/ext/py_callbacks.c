@@ -81,6 +81,17 @@ void tpy_imm_plain_tramp(void *arg, uint32_t imm)
     tpy_cb_leave(g);
 }
 
+void tpy_peer_tramp(void *arg, const te_addr *addr, int state)
+{
+    eng_state *st = arg;
+    cb_scope g = tpy_cb_enter(st);
+    if (st->peer_cb) {
+        PyObject *a = tpy_addr_new(addr);
+        call_cb(st, st->peer_cb, a ? Py_BuildValue("(Ns)", a, tpy_peer_state_name(state)) : NULL);
+    }
+    tpy_cb_leave(g);
+}
+
 static void exp_unlink(eng_state *st, exp_ctx *x)
 {
     if (x->prev) x->prev->next = x->next;

@@ -31,6 +31,7 @@ static void live_remove(eng_state *st)
 static void state_free(eng_state *st)
 {
     Py_CLEAR(st->imm_cb);
+    Py_CLEAR(st->peer_cb);
     Py_CLEAR(st->registry);
     while (st->exps) {
         exp_ctx *x = st->exps;
@@ -293,6 +294,7 @@ static int engine_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     if (!st) return 0;
     Py_VISIT(st->imm_cb);
+    Py_VISIT(st->peer_cb);
     for (exp_ctx *x = st->exps; x; x = x->next) Py_VISIT(x->cb);
     for (watch_ctx *x = st->watchers; x; x = x->next) Py_VISIT(x->cb);
     for (pool_ctx *p = st->pools; p; p = p->next) {
@@ -309,7 +311,9 @@ static int engine_clear(PyObject *self)
     eng_state *st = ((PyEngine *)self)->st;
     if (!st) return 0;
     if (st->imm_cb && !st->stopped) te_imm_set_callback(st->e, NULL, NULL);
+    if (st->peer_cb && !st->stopped) te_peer_set_callback(st->e, NULL, NULL);
     Py_CLEAR(st->imm_cb);
+    Py_CLEAR(st->peer_cb);
     for (exp_ctx *x = st->exps; x; x = x->next) Py_CLEAR(x->cb);
     for (watch_ctx *x = st->watchers; x; x = x->next) Py_CLEAR(x->cb);
     for (pool_ctx *p = st->pools; p; p = p->next) {
@@ -481,6 +485,10 @@ static PyMethodDef engine_methods[] = {
      "submit_send(addr, data, on_done=None, on_error=None, *, counter=None): data is copied."},
     {"submit_bouncing_recvs", (PyCFunction)(void (*)(void))tpy_eng_submit_bouncing_recvs, METH_VARARGS | METH_KEYWORDS,
      "submit_bouncing_recvs(count, len, on_recv, on_error=None): on_recv(bytes) per message."},
+    {"peer_state", (PyCFunction)(void (*)(void))tpy_eng_peer_state, METH_VARARGS | METH_KEYWORDS,
+     "peer_state(addr) -> 'unknown' | 'up' | 'down': what this engine knows of that peer NIC."},
+    {"set_peer_callback", (PyCFunction)(void (*)(void))tpy_eng_set_peer_callback, METH_VARARGS | METH_KEYWORDS,
+     "set_peer_callback(callback | None): callback(addr, state) when a peer NIC comes up or goes down."},
     {"set_imm_callback", (PyCFunction)(void (*)(void))tpy_eng_set_imm_callback, METH_VARARGS | METH_KEYWORDS,
      "set_imm_callback(callback | None): callback(imm) for immediates nobody expects."},
     {"set_imm_count_expected", (PyCFunction)(void (*)(void))tpy_eng_set_imm_count_expected,

@@ -34,6 +34,7 @@ typedef struct eng_state {
     uint64_t callback_errors;
     uint64_t unhandled_errors;   /* failed operations that had no on_error */
     PyObject *imm_cb;            /* set_imm_callback target, or NULL */
+    PyObject *peer_cb;           /* set_peer_callback target, or NULL */
     PyObject *registry;          /* dict: ptr -> list of MemoryRegionHandle */
     struct exp_ctx *exps;        /* expectations (armed, and replaced ones) */
     struct pool_ctx *pools;      /* bouncing receive pools */
@@ -138,6 +139,11 @@ PyObject *tpy_eng_submit_bouncing_recvs(PyObject *self, PyObject *args, PyObject
 
 /* py_engine_imm.c */
 PyObject *tpy_eng_set_imm_callback(PyObject *self, PyObject *args, PyObject *kw);
+/* py_engine_peers.c */
+PyObject *tpy_eng_peer_state(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *tpy_eng_set_peer_callback(PyObject *self, PyObject *args, PyObject *kw);
+void tpy_peer_tramp(void *arg, const te_addr *addr, int state); /* py_callbacks.c */
+const char *tpy_peer_state_name(int state);                    /* py_engine_peers.c */
 PyObject *tpy_eng_set_imm_count_expected(PyObject *self, PyObject *args, PyObject *kw);
 PyObject *tpy_eng_remove_imm_count(PyObject *self, PyObject *args, PyObject *kw);
 /* The armed expectation for imm loses its callable (it will never be called). */

@@ -32,9 +32,12 @@ const char *te_strerror(int err)
     case -EINVAL: return "invalid argument";
     case -ENOMEM: return "out of memory";
     case -ETIMEDOUT: return "timed out";
-    case -ECANCELED: return "operation canceled (engine stopped)";
+    case -ECANCELED: return "operation canceled (engine stopped, or the transport canceled it: te_last_error / the completion message says which)";
     case -ECONNRESET: return "connection reset by peer";
     case -ECONNREFUSED: return "connection refused by peer";
+    case -ENOTCONN: return "not connected to the peer (connection lost)";
+    case -EPIPE: return "connection to the peer broken";
+    case -ECONNABORTED: return "connection to the peer aborted";
     case -EHOSTUNREACH: return "peer unreachable";
     case -ESHUTDOWN: return "engine is stopped";
     case -EBADMSG: return "malformed encoded data";

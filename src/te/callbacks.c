@@ -11,7 +11,7 @@
 #include "core/log.h"
 #include "te/engine_internal.h"
 
-enum cb_kind { CB_DONE = 1, CB_IMM, CB_REACHED, CB_RECV, CB_FENCE };
+enum cb_kind { CB_DONE = 1, CB_IMM, CB_REACHED, CB_RECV, CB_FENCE, CB_PEER };
 
 /* Shared by a fence's waiter and its event; the last of the two frees it, so a waiter
  * that times out leaves nothing dangling. */
@@ -98,6 +98,16 @@ void cb_post_recv(te_engine *e, te_recv_pool *p, const void *data, size_t len, i
     push(e, ev);
 }
 
+void cb_post_peer(te_engine *e, const te_addr *addr, int state)
+{
+    eng_cb_event *ev = alloc_event(sizeof *addr);
+    if (!ev) return;
+    ev->kind = CB_PEER;
+    ev->status = state;
+    memcpy(ev->data, addr, sizeof *addr);
+    push(e, ev);
+}
+
 static void handle(te_engine *e, eng_cb_event *ev)
 {
     switch (ev->kind) {
@@ -120,6 +130,9 @@ static void handle(te_engine *e, eng_cb_event *ev)
         }
         break;
     }
+    case CB_PEER:
+        peers_deliver(e, (const te_addr *)(const void *)ev->data, ev->status);
+        break;
     case CB_FENCE:
         atomic_store(&ev->fence->passed, 1);
         tn_notify_wake(&e->cb_fence);

@@ -25,24 +25,32 @@ int dg_resolve(eng_group *g, uint32_t nic, const te_addr *addr, tp_peer *out)
     eng_nic *n = &g->nic[nic];
     /* Runs on the worker for every portion; streams to one peer skip the hash (2 % of a
      * 4 KiB write's worker time in a profile). */
-    if (n->last_peer && te_addr_equal(&n->last_peer->addr, addr)) {
-        *out = n->last_peer->peer;
+    eng_peer_cache_entry *hit = NULL;
+    if (n->last_peer && te_addr_equal(&n->last_peer->addr, addr)) hit = n->last_peer;
+    unsigned b = addr_hash(addr);
+    for (eng_peer_cache_entry *x = hit ? NULL : n->peers[b]; x; x = x->next)
+        if (te_addr_equal(&x->addr, addr)) {
+            n->last_peer = hit = x;
+            break;
+        }
+    if (hit) {
+        if (hit->final)
+            return tn_err(-ECONNRESET, "the peer is gone (te_peer_state: TE_PEER_DOWN)");
+        *out = hit->peer;
         return 0;
     }
-    unsigned b = addr_hash(addr);
-    for (eng_peer_cache_entry *x = n->peers[b]; x; x = x->next)
-        if (te_addr_equal(&x->addr, addr)) {
-            n->last_peer = x;
-            *out = x->peer;
-            return 0;
-        }
     tp_peer p;
     int r = n->ops->resolve(n->tp, addr, &p);
-    if (r) return r;
+    if (r) {
+        if (peers_status_is_gone(r)) peers_note(g->e, addr, TE_PEER_DOWN);
+        return r;
+    }
     eng_peer_cache_entry *x = malloc(sizeof *x);
     if (!x) return tn_err(-ENOMEM, "out of memory");
     x->addr = *addr;
     x->peer = p;
+    x->down = x->final = x->no_probe = false;
+    peers_note(g->e, addr, TE_PEER_UP);
     x->next = n->peers[b];
     n->peers[b] = x;
     n->last_peer = x;

@@ -196,6 +196,7 @@ static void free_engine(te_engine *e)
     mr_free_all(e);
     watchers_free(e);
     imm_table_destroy(&e->imm);
+    peers_free(e);
     for (uint32_t gi = 0; gi < TE_MAX_GROUPS; gi++) free(e->groups[gi]);
     pthread_mutex_destroy(&e->lists_lock);
     free(e);
@@ -206,9 +207,13 @@ int te_engine_create(const te_config *user_cfg, te_engine **out)
     tn_err_clear();
     if (!out) return tn_err(-EINVAL, "te_engine_create: out is NULL");
     *out = NULL;
+    /* Config structs are explicit (DESIGN.md §3): defaults come from te_config_init. */
+    if (!user_cfg)
+        return tn_err(-EINVAL, "te_engine_create: cfg is NULL (fill one with te_config_init for "
+                               "the defaults)");
     te_config cfg;
     te_config_init(&cfg);
-    if (user_cfg) {
+    {
         if (user_cfg->struct_size < offsetof(te_config, groups) || user_cfg->struct_size > sizeof cfg)
             return tn_err(-EINVAL, "te_engine_create: config struct_size %zu is not one this "
                                    "library knows (expected %zu; call te_config_init first)",
@@ -250,6 +255,13 @@ int te_engine_create(const te_config *user_cfg, te_engine **out)
         free(e);
         free(st);
         return tn_err(r, "cannot initialise the immediate table");
+    }
+    if ((r = peers_init(e))) {
+        imm_table_destroy(&e->imm);
+        pthread_mutex_destroy(&e->lists_lock);
+        free(e);
+        free(st);
+        return r;
     }
     atomic_init(&e->state, ENGINE_RUNNING);
     atomic_init(&e->submitters, 0);

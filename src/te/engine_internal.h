@@ -79,6 +79,9 @@ typedef struct eng_op {
 typedef struct eng_peer_cache_entry {
     te_addr addr;
     tp_peer peer;
+    bool down;      /* the transport reported the peer gone or its connection broken */
+    bool final;     /* ... for good (shm: its process is gone): operations fail at once */
+    bool no_probe;  /* its connection broke with an error: not probed until it works again */
     struct eng_peer_cache_entry *next;
 } eng_peer_cache_entry;
 
@@ -102,6 +105,7 @@ typedef struct eng_nic {
     eng_peer_cache_entry *peers[PEER_CACHE_BUCKETS];
     eng_peer_cache_entry *last_peer;        /* the last one resolved: most ops repeat it */
     uint64_t outstanding;                  /* posted, not completed */
+    uint32_t peers_down;                   /* cache entries down but not final */
     bool failed;                           /* poll reported the NIC unusable */
     _Atomic uint64_t st_write_ops, st_write_bytes, st_send_ops, st_send_bytes;
     _Atomic uint64_t st_recv_ops, st_recv_bytes, st_imms, st_errors;
@@ -166,6 +170,7 @@ typedef struct eng_group {
     uint32_t rr;         /* (P) round-robin NIC cursor */
     eng_op *inflight_head; /* (P) */
     uint64_t next_timeout_check; /* (P) */
+    uint64_t next_stall_check;   /* (P) */
 } eng_group;
 
 typedef struct eng_cb_event eng_cb_event;
@@ -203,6 +208,8 @@ struct te_engine {
     struct te_mr *mrs;
     struct te_recv_pool *pools;
     struct te_peer_group *peer_groups;
+
+    struct te_peer_states *peer_states; /* peers.c: what is known of each peer NIC */
 };
 
 struct te_mr {
@@ -289,6 +296,7 @@ void callbacks_stop(te_engine *e);
 void cb_post_done(te_engine *e, te_done_fn fn, void *arg, int status, const char *msg);
 void cb_post_imm(te_engine *e, uint32_t imm);
 void cb_post_reached(te_engine *e, uint32_t imm, uint64_t gen);
+void cb_post_peer(te_engine *e, const te_addr *addr, int state);
 void cb_post_recv(te_engine *e, te_recv_pool *p, const void *data, size_t len, int status,
                   const char *msg);
 /* Waits until every event queued before this call has been handled. */
@@ -308,6 +316,21 @@ void recv_pool_worker_post(eng_group *g, te_recv_pool *p);
 void recv_pool_worker_cancel(eng_group *g, te_recv_pool *p);
 void recv_pool_free_all(te_engine *e);
 void recv_pool_close_mrs(te_engine *e);
+
+/* ---- peers.c: peer state (te_peer_state) ---- */
+int peers_init(te_engine *e);
+void peers_free(te_engine *e);
+/* Records a state change of the peer NIC at addr; a change reaches the callback. */
+void peers_note(te_engine *e, const te_addr *addr, int state);
+/* Callback thread: runs the user's peer callback. */
+void peers_deliver(te_engine *e, const te_addr *addr, int state);
+/* True for a status that says the peer itself is gone (not merely one failed request). */
+bool peers_status_is_gone(int status);
+
+/* ---- worker.c ---- */
+/* The transport found the peer gone: mark it, fail every operation to it at once. */
+void worker_peer_gone(eng_group *g, uint32_t nic, tp_peer peer, int status, const char *why,
+                      bool final);
 
 /* ---- peer_group.c ---- */
 int peer_group_worker_resolve(eng_group *g, te_peer_group *pg);

@@ -38,9 +38,14 @@ static int check_dst(const eng_group *g, const te_mr_desc *d, uint64_t off, uint
         return tn_err(-EINVAL, "%s: %s has %u NICs but the sending group %u has %u: both sides "
                                "must use the same number of NICs per group", fn, what, d->n_nics,
                       g->idx, g->n_nics);
-    for (uint32_t k = 0; k < d->n_nics; k++)
+    for (uint32_t k = 0; k < d->n_nics; k++) {
         if (d->nic[k].addr.len == 0)
             return tn_err(-EINVAL, "%s: %s NIC %u has an empty address", fn, what, k);
+        if (d->nic[k].addr.transport != g->nic[k].addr.transport)
+            return tn_err(-EINVAL, "%s: %s NIC %u is an address of transport %u, but the sending "
+                                   "NIC uses transport %u (a descriptor of another backend)",
+                          fn, what, k, d->nic[k].addr.transport, g->nic[k].addr.transport);
+    }
     if (!in_bounds(off, len, d->len))
         return tn_err(-ERANGE, "%s: destination range [%llu, +%llu) outside the remote region of %llu bytes",
                       fn, (unsigned long long)off, (unsigned long long)len,

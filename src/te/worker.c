@@ -32,6 +32,8 @@
 #define SLEEP_MAX_NS 1000000ull
 #define STOP_DRAIN_NS 1000000000ull /* posted work may finish this long at stop */
 #define ACTIVE_WINDOW_NS 2000000ull /* keep polling this long after the last progress */
+#define STALL_NS 300000000ull       /* an operation this old makes its peer worth a check */
+#define STALL_CHECK_NS 50000000ull  /* how often stalled operations are looked at */
 #define BACKOFF_MIN_NS 50000ull  /* a worker that saw waiters drive sleeps this long, then looks */
 #define BACKOFF_MAX_NS 200000ull /* again, doubling while they keep driving */
 
@@ -115,6 +117,10 @@ static void op_check(eng_group *g, eng_op *op)
          * dropped it (nic_post_round re-checks the operation then). */
         if (p->posted < p->count || p->done < p->posted || p->queued) return;
     }
+    /* The source is free before the user hears of completion: a deregistration right
+     * after the completion must not see it busy. */
+    if (op->src) atomic_fetch_sub(&op->src->inflight, 1);
+    op->src = NULL;
     op_complete_user(g, op);
     inflight_del(g, op);
     if (op->kind == OP_SEND && op->u.send.mr_held) g->nic[0].ops->mr_dereg(g->nic[0].tp, &op->u.send.mr);
@@ -195,6 +201,8 @@ static bool nic_post_round(eng_group *g, eng_nic *n)
 
 /* ------------------------------------------------------------- completions ---- */
 
+static void peer_back(eng_group *g, uint32_t nic, tp_peer peer);
+
 static void on_portion_event(eng_group *g, eng_nic *n, eng_portion *p, const tp_event *ev)
 {
     eng_op *op = p->op;
@@ -204,9 +212,20 @@ static void on_portion_event(eng_group *g, eng_nic *n, eng_portion *p, const tp_
         STAT_ADD(n->st_errors, 1);
         op_fail(op, ev->status, "NIC %u (%s): work request failed: %s", p->nic, n->info.name,
                 ev->msg[0] ? ev->msg : te_strerror(ev->status));
-    } else if (op->kind == OP_SEND) {
-        STAT_ADD(n->st_send_ops, 1);
-        STAT_ADD(n->st_send_bytes, op->u.send.len);
+        /* The connection to a single destination broke: every other operation to that
+         * peer fails now rather than at its deadline. The engine never cancels transmits
+         * itself, so a provider's -ECANCELED on one means its connection was torn down
+         * (tcp;ofi_rxm cancels what was queued on a connection the peer reset). */
+        bool gone = peers_status_is_gone(ev->status) || ev->status == -ECANCELED;
+        if (gone && op->kind != OP_SCATTER && op->kind != OP_BARRIER)
+            worker_peer_gone(g, p->nic, op->peer[p->nic], ev->status, op->msg, false);
+    } else {
+        if (op->kind == OP_SEND) {
+            STAT_ADD(n->st_send_ops, 1);
+            STAT_ADD(n->st_send_bytes, op->u.send.len);
+        }
+        if (n->peers_down && op->kind != OP_SCATTER && op->kind != OP_BARRIER)
+            peer_back(g, p->nic, op->peer[p->nic]);
     }
     op_check(g, op);
 }
@@ -222,6 +241,10 @@ static bool nic_poll(eng_group *g, eng_nic *n)
     }
     for (int k = 0; k < got; k++) {
         tp_event *x = &ev[k];
+        if (x->kind == TP_EV_PEER) {
+            worker_peer_gone(g, (uint32_t)(n - g->nic), x->peer, x->status, x->msg, true);
+            continue;
+        }
         if (x->kind == TP_EV_IMM) {
             if (x->status) {
                 STAT_ADD(n->st_errors, 1);
@@ -277,10 +300,39 @@ static void start_op(eng_group *g, eng_op *op)
     op_check(g, op); /* zero work requests (e.g. no pages) completes at once */
 }
 
+/* An operation to a single peer that could not post anything for STALL_NS, with nothing
+ * of it in flight on that NIC: ask the transport whether that peer is still there
+ * (tcp;ofi_rxm hides a refused connection and answers -EAGAIN forever, fabric_probe.c).
+ * A slow transfer whose work requests are posted is not a reason to ask: the probe costs
+ * the peer's provider an accepted connection. */
+static eng_peer_cache_entry *cache_entry(eng_nic *n, tp_peer peer);
+
+static void check_stalled(eng_group *g, eng_op *op, uint64_t now)
+{
+    uint64_t started = op->deadline_ns - (uint64_t)g->e->op_timeout_ms * 1000000ull;
+    if (now - started < STALL_NS || op->kind == OP_SCATTER || op->kind == OP_BARRIER) return;
+    for (uint32_t k = 0; k < op->n_portions && !op->finished; k++) {
+        eng_portion *p = &op->portion[k];
+        eng_nic *n = &g->nic[p->nic];
+        if (p->posted == p->count || p->done < p->posted || !n->ops->peer_check) continue;
+        /* A connection that broke with an error (a reset, or a write the peer rejected)
+         * is not probed: the peer may be alive and reconnecting, and each probe costs a
+         * live peer's provider an accepted connection (libfabric 1.17 leaks it). */
+        eng_peer_cache_entry *pe = cache_entry(n, op->peer[p->nic]);
+        if (pe && pe->no_probe) continue;
+        if (n->ops->peer_check(n->tp, op->peer[p->nic]) == 0)
+            worker_peer_gone(g, p->nic, op->peer[p->nic], -ECONNREFUSED,
+                             "connection refused: no engine listens at its address any more", false);
+    }
+}
+
 static void check_deadlines(eng_group *g, uint64_t now)
 {
+    bool stall_round = now >= g->next_stall_check;
+    if (stall_round) g->next_stall_check = now + STALL_CHECK_NS;
     for (eng_op *op = g->inflight_head, *nx; op; op = nx) {
         nx = op->next;
+        if (!op->finished && stall_round && op->started) check_stalled(g, op, now);
         if (op->finished || now < op->deadline_ns) continue;
         /* Name the NIC that holds it up, and count its work requests that never completed
          * as that NIC's errors: a dead link (tcp retransmits silently, no provider error)
@@ -320,6 +372,79 @@ static void fail_nic_ops(eng_group *g, uint32_t nic)
                 break;
             }
     }
+}
+
+/* True if one of op's work requests on NIC `nic` goes to `peer`. */
+static bool op_targets(const eng_group *g, const eng_op *op, uint32_t nic, tp_peer peer)
+{
+    for (uint32_t k = 0; k < op->n_portions; k++) {
+        const eng_portion *p = &op->portion[k];
+        if (p->nic != nic) continue;
+        const tp_peer *per_target = op->kind == OP_SCATTER   ? op->u.s.peers
+                                    : op->kind == OP_BARRIER ? op->u.b.peers
+                                                             : NULL;
+        if (!per_target) return op->peer[nic] == peer;
+        for (uint32_t j = 0; j < p->count; j++)
+            if (per_target[(size_t)(p->first + j) * g->n_nics + nic] == peer) return true;
+    }
+    return false;
+}
+
+static eng_peer_cache_entry *cache_entry(eng_nic *n, tp_peer peer)
+{
+    for (int b = 0; b < PEER_CACHE_BUCKETS; b++)
+        for (eng_peer_cache_entry *x = n->peers[b]; x; x = x->next)
+            if (x->peer == peer) return x;
+    return NULL;
+}
+
+void worker_peer_gone(eng_group *g, uint32_t nic, tp_peer peer, int status, const char *why,
+                      bool final)
+{
+    eng_nic *n = &g->nic[nic];
+    eng_peer_cache_entry *pe = cache_entry(n, peer);
+    if (!pe) return;
+    /* Already down: operations posted since (tcp retries a peer that is down) fail
+     * too, but the news is not repeated. */
+    bool news = !pe->down || (final && !pe->final);
+    if (!pe->down && !final) n->peers_down++;
+    if (pe->down && !pe->final && final) n->peers_down--;
+    pe->down = true;
+    pe->final |= final;
+    if (status != -ECONNREFUSED) pe->no_probe = true;
+    final = pe->final;
+    if (news) {
+        char addr[TE_ADDR_TEXT_MAX];
+        if (te_addr_format(&pe->addr, addr, sizeof addr)) snprintf(addr, sizeof addr, "?");
+        TN_LOGW("NIC %u (%s): peer %.40s... is gone: %s", nic, n->info.name, addr, why);
+    }
+    /* Nothing more is posted for them. shm has just returned every work request to the
+     * peer (fabric_shm.c reports them before the peer), so its operations are complete,
+     * regions free, when the user hears. tcp;ofi_rxm returns most with the connection but
+     * may keep some: those operations complete to the user now and stay as zombies
+     * holding their regions until the work requests come back (as after a timeout). */
+    for (eng_op *op = g->inflight_head; op; op = op->next) {
+        if (op->finished || !op_targets(g, op, nic, peer)) continue;
+        op_fail(op, status, "NIC %u (%s): peer is gone (%s)", nic, n->info.name, why);
+        bool outstanding = false;
+        for (uint32_t k = 0; k < op->n_portions; k++)
+            outstanding |= op->portion[k].done < op->portion[k].posted;
+        if (!outstanding || !final) op_complete_user(g, op);
+    }
+    if (news) peers_note(g->e, &pe->addr, TE_PEER_DOWN);
+}
+
+/* An operation to a peer whose connection had broken succeeded: it is back (tcp
+ * reconnects on the next operation). */
+static void peer_back(eng_group *g, uint32_t nic, tp_peer peer)
+{
+    eng_nic *n = &g->nic[nic];
+    eng_peer_cache_entry *pe = cache_entry(n, peer);
+    if (!pe || !pe->down || pe->final) return;
+    pe->down = false;
+    pe->no_probe = false;
+    n->peers_down--;
+    peers_note(g->e, &pe->addr, TE_PEER_UP);
 }
 
 /* ------------------------------------------------------------------ control --- */

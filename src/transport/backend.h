@@ -43,6 +43,8 @@ enum tp_event_kind {
     TP_EV_SEND,      /* local completion of a posted send (ctx) */
     TP_EV_RECV,      /* a receive buffer filled (ctx, len) */
     TP_EV_IMM,       /* an immediate arrived with a remote write (imm) */
+    TP_EV_PEER,      /* the transport found `peer` gone (status < 0): work requests to it
+                        that are still outstanding complete with errors, new ones fail */
 };
 
 typedef struct tp_event {
@@ -51,6 +53,7 @@ typedef struct tp_event {
     void *ctx;
     size_t len;
     uint32_t imm;
+    tp_peer peer;      /* TP_EV_PEER */
     char msg[160];     /* provider's explanation when status != 0 */
 } tp_event;
 
@@ -93,6 +96,10 @@ typedef struct tp_ops {
     bool (*can_block)(tp_nic *n);
     /* Drains up to max events. >= 0 number of events; < 0 the NIC is unusable. */
     int (*poll)(tp_nic *n, tp_event *ev, int max);
+    /* Optional. Asked about a peer whose operations have made no progress for a while:
+     * 0 if the transport has evidence that it is gone (its address refuses connections),
+     * 1 otherwise. Never blocks; may start a check whose answer a later call returns. */
+    int (*peer_check)(tp_nic *n, tp_peer peer);
 } tp_ops;
 
 /* ------------------------------------------------------------- backends ---- */

@@ -91,6 +91,14 @@ static void test_write_validation(void **state)
     b = a;
     b.dst = &two;
     EXPECT_ERR(te_write(f->e, &b, &comp), -EINVAL, "same number of NICs");
+    te_mr_desc verbs_dst = f->self;
+    verbs_dst.nic[0].addr.transport = TE_TRANSPORT_VERBS;
+    b = a;
+    b.dst = &verbs_dst;
+    EXPECT_ERR(te_write(f->e, &b, &comp), -EINVAL, "another backend");
+    EXPECT_ERR(te_write_imm(f->e, 1, &verbs_dst, (te_route){TE_ROUTE_PINNED, 0}, &comp), -EINVAL,
+               "another backend");
+    assert_string_equal(te_strerror(-ENOTCONN), "not connected to the peer (connection lost)");
     te_mr_desc five = f->self;
     five.n_nics = 5;
     b.dst = &five;
@@ -209,6 +217,7 @@ static void test_config_validation(void **state)
     cfg.groups[0].nics[0] = "no-such-nic0";
     assert_true(te_engine_create(&cfg, &e) < 0);
     assert_non_null(strstr(te_last_error(), "no-such-nic0"));
+    EXPECT_ERR(te_engine_create(NULL, &e), -EINVAL, "cfg is NULL");
     th_config(&cfg);
     cfg.struct_size = 3;
     EXPECT_ERR(te_engine_create(&cfg, &e), -EINVAL, "struct_size");

@@ -22,6 +22,7 @@
 #include "core/log.h"
 #include "cuda/cuda_loader.h"
 #include "transport/fabric/fabric.h"
+#include "transport/fabric/fabric_internal.h"
 
 #define TP_FI_VERSION FI_VERSION(1, 17)
 #define FI_HDR_VERSION FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION)
@@ -34,7 +35,6 @@ struct tp_nic {
     struct fid_av *av;
     struct fid_ep *ep;
     uint64_t mr_mode;
-    _Atomic uint64_t next_key; /* for providers without FI_MR_PROV_KEY */
     int wait_fd;               /* CQ wait object, -1 if the provider has none */
     uint64_t write_flags;      /* completion semantics requested for every write */
     te_addr addr;
@@ -49,6 +49,10 @@ struct tp_nic {
     bool target_copies_device;
     _Atomic int remote_dev_mrs; /* device-memory regions registered for remote writes */
     char hmem_why[160];        /* why not, when !hmem and CUDA memory was wanted */
+    shm_peers *shm;            /* shm: per-peer transmit endpoints (fabric_shm.c) */
+    sock_probes *probes;       /* tcp: connection probes of stalled peers (fabric_probe.c) */
+    uint8_t *posted_ok;        /* per AV index: a post to that peer was once accepted */
+    size_t n_posted_ok;
 };
 
 static int fi_to_errno(int ret) { return ret < 0 ? ret : -ret; }
@@ -75,6 +79,12 @@ static struct fi_info *make_hints(const char *provider, const char *domain, bool
     /* Thread-safe domain: memory registration runs on caller threads, never on the
      * worker, so a large registration does not stall the posting loop. */
     h->domain_attr->threading = FI_THREAD_SAFE;
+    /* shm writes a plain write (no remote CQ data) straight into the target's memory from
+     * the sender with process_vm_writev, checking neither the key nor the range ("fast
+     * RMA", libfabric 1.17 and 2.1 alike). Asking for write-after-write ordering turns that
+     * path off: every write then goes through the target, which checks key and range
+     * against its registrations (docs/engine.md, trust model). */
+    if (provider && !strcmp(provider, "shm")) h->tx_attr->msg_order = FI_ORDER_WAW;
     if (provider) h->fabric_attr->prov_name = strdup(provider);
     if (domain) h->domain_attr->name = strdup(domain);
     return h;
@@ -148,12 +158,16 @@ int tp_fabric_list_domains(const char *provider, char names[][64], int max)
 static void fab_close(tp_nic *n)
 {
     if (!n) return;
+    shm_peers_retire(n->shm); /* peers stop posting to us before the endpoint goes */
     if (n->ep) fi_close(&n->ep->fid);
+    shm_peers_close(n->shm);
     if (n->av) fi_close(&n->av->fid);
     if (n->cq) fi_close(&n->cq->fid);
     if (n->domain) fi_close(&n->domain->fid);
     if (n->fabric) fi_close(&n->fabric->fid);
     if (n->info) fi_freeinfo(n->info);
+    sock_probes_free(n->probes);
+    free(n->posted_ok);
     free(n);
 }
 
@@ -178,20 +192,14 @@ static void set_ep_options(tp_nic *n)
 #endif
 }
 
-/* shm names its shared-memory region after the process id unless told otherwise, and a
- * crashed process leaves its region behind: a later process that gets the same pid then
- * fails to open its endpoint (EBUSY). A name of pid, 64 random bits and a counter cannot
- * collide with such leftovers. */
-static int name_shm_endpoint(tp_nic *n)
+int fab_shm_name_endpoint(struct fid_ep *ep, char *out, size_t cap)
 {
-    if (strcmp(n->nfo.provider, "shm")) return 0;
     static _Atomic uint32_t seq;
     uint64_t rnd = 0;
-    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) rnd = (uint64_t)(uintptr_t)n ^ (uint64_t)time(NULL);
-    char name[96];
-    int len = snprintf(name, sizeof name, "tendril-%d-%016llx-%u", (int)getpid(),
-                       (unsigned long long)rnd, atomic_fetch_add(&seq, 1));
-    return fi_setname(&n->ep->fid, name, (size_t)len + 1);
+    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) rnd = (uint64_t)(uintptr_t)ep ^ (uint64_t)time(NULL);
+    int len = snprintf(out, cap, "tendril-%d-%016llx-%u", (int)getpid(), (unsigned long long)rnd,
+                       atomic_fetch_add(&seq, 1));
+    return fi_setname(&ep->fid, out, (size_t)len + 1);
 }
 
 static int fab_open(const tp_open_args *a, tp_nic **out)
@@ -259,7 +267,6 @@ static int fab_open(const tp_open_args *a, tp_nic **out)
                  "the NIC belongs to a host-memory group (cuda_device = TE_DEVICE_HOST), opened "
                  "without FI_HMEM");
     n->nfo.mr_local = (n->mr_mode & FI_MR_LOCAL) != 0;
-    atomic_init(&n->next_key, 1);
 
     const char *prov = n->nfo.provider;
     if ((ret = fi_fabric(n->info->fabric_attr, &n->fabric, NULL))) goto fail_fi_fabric;
@@ -281,8 +288,14 @@ static int fab_open(const tp_open_args *a, tp_nic **out)
     if ((ret = fi_ep_bind(n->ep, &n->cq->fid, FI_TRANSMIT | FI_RECV))) goto fail_bind;
     if ((ret = fi_ep_bind(n->ep, &n->av->fid, 0))) goto fail_bind;
     set_ep_options(n);
-    if ((ret = name_shm_endpoint(n))) goto fail_name;
+    bool shm = !strcmp(prov, "shm");
+    char shm_name[96];
+    if (shm && (ret = fab_shm_name_endpoint(n->ep, shm_name, sizeof shm_name))) goto fail_name;
     if ((ret = fi_enable(n->ep))) goto fail_enable;
+    if (shm && (ret = shm_peers_open(n->domain, n->info, shm_name, &n->shm))) {
+        fab_close(n);
+        return ret;
+    }
     size_t alen = sizeof n->addr.bytes;
     if ((ret = fi_getname(&n->ep->fid, n->addr.bytes, &alen))) goto fail_name;
     if (alen == 0 || alen > TE_ADDR_MAX) {
@@ -385,17 +398,26 @@ static int fab_mr_reg(tp_nic *n, void *ptr, size_t len, int device, bool remote,
 {
     uint64_t access = FI_SEND | FI_RECV | FI_WRITE | FI_READ;
     if (remote) access |= FI_REMOTE_WRITE | FI_REMOTE_READ;
-    uint64_t key = (n->mr_mode & FI_MR_PROV_KEY) ? 0 : atomic_fetch_add(&n->next_key, 1);
     struct fid_mr *mr = NULL;
     int ret;
-    if (device != TE_DEVICE_HOST) {
-        ret = fab_mr_reg_cuda(n, ptr, len, device, access, key, &mr);
-        if (ret) return ret;
-    } else {
-        /* A zero-length region still needs a key for imm-only writes: register one byte. */
-        ret = fi_mr_reg(n->domain, ptr, len ? len : 1, access, 0, key, 0, &mr, NULL);
-        if (ret) return fab_err(ret, "fi_mr_reg", n->nfo.provider);
+    /* Where the provider takes the key we ask for, ask for 64 random bits: keys handed out
+     * in order (1, 2, 3...) let any peer guess every region's key. A collision with a key
+     * in use (FI_ENOKEY) draws again. */
+    for (int attempt = 0;; attempt++) {
+        uint64_t key = 0;
+        if (!(n->mr_mode & FI_MR_PROV_KEY) &&
+            getrandom(&key, sizeof key, 0) != (ssize_t)sizeof key)
+            return tn_err(-EIO, "getrandom failed: no random key for the registration");
+        if (device != TE_DEVICE_HOST) {
+            ret = fab_mr_reg_cuda(n, ptr, len, device, access, key, &mr);
+        } else {
+            /* A zero-length region still needs a key for imm-only writes: register one byte. */
+            ret = fi_mr_reg(n->domain, ptr, len ? len : 1, access, 0, key, 0, &mr, NULL);
+            if (ret) ret = fab_err(ret, "fi_mr_reg", n->nfo.provider);
+        }
+        if (ret != -FI_ENOKEY || attempt == 8 || (n->mr_mode & FI_MR_PROV_KEY)) break;
     }
+    if (ret) return ret;
     if (n->mr_mode & FI_MR_ENDPOINT) {
         if ((ret = fi_mr_bind(mr, &n->ep->fid, 0)) || (ret = fi_mr_enable(mr))) {
             fi_close(&mr->fid);
@@ -422,6 +444,7 @@ static int fab_resolve(tp_nic *n, const te_addr *addr, tp_peer *out)
     if (addr->transport != TE_TRANSPORT_FABRIC)
         return tn_err(-EINVAL, "peer address is not a libfabric address (transport %u)",
                       addr->transport);
+    if (n->shm) return shm_peers_resolve(n->shm, addr, out);
     fi_addr_t fa = FI_ADDR_UNSPEC;
     int ret = fi_av_insert(n->av, addr->bytes, 1, &fa, 0, NULL);
     if (ret != 1)
@@ -436,6 +459,26 @@ static int post_status(int ret)
     if (ret == 0) return 0;
     if (ret == -FI_EAGAIN) return -EAGAIN;
     return fi_to_errno(ret);
+}
+
+/* Remembers that a post to this peer was accepted: with rxm that means a connection to
+ * it was up, the precondition for probing it later (fab_peer_check). One byte per AV
+ * index; a failed allocation only loses the remembering. */
+static void mark_posted(tp_nic *n, tp_peer peer)
+{
+    if (peer < n->n_posted_ok) {
+        n->posted_ok[peer] = 1;
+        return;
+    }
+    if (peer >= (1u << 24)) return; /* not an AV index: nothing to remember */
+    size_t cap = n->n_posted_ok ? n->n_posted_ok : 64;
+    while (cap <= peer) cap *= 2;
+    uint8_t *v = realloc(n->posted_ok, cap);
+    if (!v) return;
+    memset(v + n->n_posted_ok, 0, cap - n->n_posted_ok);
+    n->posted_ok = v;
+    n->n_posted_ok = cap;
+    n->posted_ok[peer] = 1;
 }
 
 static int fab_post_write(tp_nic *n, const tp_write *w, bool more)
@@ -455,7 +498,9 @@ static int fab_post_write(tp_nic *n, const tp_write *w, bool more)
         .data = w->imm,
     };
     uint64_t flags = n->write_flags | (w->has_imm ? FI_REMOTE_CQ_DATA : 0) | (more ? FI_MORE : 0);
+    if (n->shm) return shm_peers_write(n->shm, w->peer, &msg, flags);
     int ret = (int)fi_writemsg(n->ep, &msg, flags);
+    if (ret == 0) mark_posted(n, w->peer);
     if (ret && ret != -FI_EAGAIN)
         tn_err(fi_to_errno(ret), "fi_writemsg (%s): %s", n->nfo.provider, fi_strerror(-ret));
     return post_status(ret);
@@ -463,7 +508,9 @@ static int fab_post_write(tp_nic *n, const tp_write *w, bool more)
 
 static int fab_post_send(tp_nic *n, tp_peer peer, const void *buf, size_t len, void *desc, void *ctx)
 {
+    if (n->shm) return shm_peers_send(n->shm, peer, buf, len, desc, ctx);
     int ret = (int)fi_send(n->ep, buf, len, desc, peer, ctx);
+    if (ret == 0) mark_posted(n, peer);
     if (ret && ret != -FI_EAGAIN)
         tn_err(fi_to_errno(ret), "fi_send (%s): %s", n->nfo.provider, fi_strerror(-ret));
     return post_status(ret);
@@ -508,37 +555,41 @@ int tp_fabric_classify(uint64_t flags)
     return TP_EV_WRITE;
 }
 
-static int fab_poll(tp_nic *n, tp_event *ev, int max)
+int fab_read_cq(struct fid_cq *cq, const char *prov, tp_event *ev, int max, fab_unwrap_fn unwrap,
+                void *state)
 {
     struct fi_cq_data_entry ent[16];
     int got = 0;
     while (got < max) {
         int want = max - got < 16 ? max - got : 16;
-        ssize_t r = fi_cq_read(n->cq, ent, (size_t)want);
+        ssize_t r = fi_cq_read(cq, ent, (size_t)want);
         if (r == -FI_EAGAIN) break;
         if (r == -FI_EAVAIL) {
             struct fi_cq_err_entry e = {0};
-            ssize_t er = fi_cq_readerr(n->cq, &e, 0);
+            ssize_t er = fi_cq_readerr(cq, &e, 0);
             if (er == -FI_EAGAIN) break;
-            if (er < 0) return tn_err(-EIO, "fi_cq_readerr (%s): %s", n->nfo.provider,
-                                      fi_strerror((int)-er));
-            tp_event *x = &ev[got++];
+            if (er < 0) return tn_err(-EIO, "fi_cq_readerr (%s): %s", prov, fi_strerror((int)-er));
+            tp_event *x = &ev[got];
             memset(x, 0, sizeof *x);
             x->kind = tp_fabric_classify(e.flags);
-            x->ctx = e.op_context;
+            x->ctx = unwrap ? unwrap(state, e.op_context) : e.op_context;
+            if (unwrap && !x->ctx) continue;
+            got++;
             x->status = e.err ? -(int)e.err : -EIO;
             if (x->status == -FI_ECANCELED) x->status = -ECANCELED;
-            const char *why = fi_cq_strerror(n->cq, e.prov_errno, e.err_data, NULL, 0);
-            snprintf(x->msg, sizeof x->msg, "%s: %s (%s)", n->nfo.provider,
+            const char *why = fi_cq_strerror(cq, e.prov_errno, e.err_data, NULL, 0);
+            snprintf(x->msg, sizeof x->msg, "%s: %s (%s)", prov,
                      fi_strerror((int)(e.err ? e.err : FI_EIO)), why ? why : "no detail");
             continue;
         }
-        if (r < 0) return tn_err(-EIO, "fi_cq_read (%s): %s", n->nfo.provider, fi_strerror((int)-r));
+        if (r < 0) return tn_err(-EIO, "fi_cq_read (%s): %s", prov, fi_strerror((int)-r));
         for (ssize_t k = 0; k < r; k++) {
-            tp_event *x = &ev[got++];
+            tp_event *x = &ev[got];
             x->kind = tp_fabric_classify(ent[k].flags);
             x->status = 0;
-            x->ctx = ent[k].op_context;
+            x->ctx = unwrap ? unwrap(state, ent[k].op_context) : ent[k].op_context;
+            if (unwrap && !x->ctx) continue;
+            got++;
             x->len = ent[k].len;
             x->imm = (uint32_t)ent[k].data;
             x->msg[0] = '\0';
@@ -546,6 +597,26 @@ static int fab_poll(tp_nic *n, tp_event *ev, int max)
         if (r < want) break;
     }
     return got;
+}
+
+static int fab_poll(tp_nic *n, tp_event *ev, int max)
+{
+    int got = fab_read_cq(n->cq, n->nfo.provider, ev, max, NULL, NULL);
+    if (got < 0 || !n->shm || got == max) return got;
+    int r = shm_peers_poll(n->shm, ev + got, max - got);
+    return r < 0 ? r : got + r;
+}
+
+static int fab_peer_check(tp_nic *n, tp_peer peer)
+{
+    /* shm watches its peers itself (fabric_shm.c); tcp addresses are socket addresses.
+     * Only a peer that was once connected is probed: a first connection that is merely
+     * slow must not cost the live peer's provider an accepted probe (libfabric 1.17's
+     * tcp leaks one, seen under ASan); a peer dead at first contact waits for the
+     * operation timeout. */
+    if (n->shm || !strstr(n->nfo.provider, "tcp")) return 1;
+    if (peer >= n->n_posted_ok || !n->posted_ok[peer]) return 1;
+    return sock_probe_peer(&n->probes, n->av, peer);
 }
 
 const tp_ops tp_fabric_ops = {
@@ -564,4 +635,5 @@ const tp_ops tp_fabric_ops = {
     .wait_fd = fab_wait_fd,
     .can_block = fab_can_block,
     .poll = fab_poll,
+    .peer_check = fab_peer_check,
 };
