@@ -4,7 +4,8 @@
 #   make test   builds and runs every test: normal build, ASan+UBSan build, TSan on the
 #               threaded tests, each against Debian's libfabric (1.17) and against
 #               libfabric 2.x (scripts/libfabric2.sh builds it once into a cache).
-#               GPU tests skip with a message where there is no GPU.
+#               GPU tests skip where there is no GPU; after each ctest run the skipped
+#               tests are listed with their reasons.
 # Both install missing Debian packages first (scripts/install-deps.sh).
 BUILD ?= build
 JOBS ?= $(shell nproc)
@@ -16,6 +17,12 @@ CMAKE_COMMON = -DPython3_EXECUTABLE=$(PYTHON) $(CMAKE_ARGS)
 CTEST = ctest --output-on-failure --no-tests=error
 # Printed before each run's tests: the libfabric the tests load (unit.fabric_version).
 SAY_FABRIC = bin/unit_fabric_version | grep '^libfabric:'
+# ctest prints a skipped test's output only with -V: each run writes a JUnit file and
+# scripts/ctest_skips.py prints why each skipped test (GPU, netns, ...) was skipped.
+define ctest_run
+$(CTEST) --output-junit ctest-junit.xml $(1); rc=$$?; \
+  $(PYTHON) $(CURDIR)/scripts/ctest_skips.py ctest-junit.xml; exit $$rc
+endef
 
 .PHONY: all deps build run test test-plain test-asan test-tsan test-lf2 test-lf2-plain \
 	test-lf2-asan test-lf2-tsan clean
@@ -35,15 +42,18 @@ run: build
 test: test-plain test-asan test-tsan test-lf2
 
 test-plain: build
-	cd $(BUILD) && $(SAY_FABRIC) && $(CTEST) -j$(JOBS)
+	cd $(BUILD) && $(SAY_FABRIC) && $(PLAIN_CTEST)
 
+PLAIN_CTEST = $(call ctest_run,-j$(JOBS))
 # The three runs, each parameterised by a build-dir suffix and extra cmake arguments, so
 # the libfabric 2.x runs below are the same runs, not copies of them.
 ASAN_CMAKE = -DCMAKE_BUILD_TYPE=Debug -DTENDRIL_CUDA=OFF -DTENDRIL_SANITIZE=address,undefined
-ASAN_CTEST = ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(CTEST) -j$(JOBS) -LE 'gpu|python'
+ASAN_CTEST = export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 && \
+  $(call ctest_run,-j$(JOBS) -LE 'gpu|python')
 TSAN_CMAKE = -DCMAKE_BUILD_TYPE=Debug -DTENDRIL_CUDA=OFF -DTENDRIL_SANITIZE=thread
 # $(call TSAN_CTEST,SUPPRESSIONS-FILE)
-TSAN_CTEST = TSAN_OPTIONS="halt_on_error=1 suppressions=$(1)" $(CTEST) -j$(JOBS) -L threads
+TSAN_CTEST = export TSAN_OPTIONS="halt_on_error=1 suppressions=$(1)" && \
+  $(call ctest_run,-j$(JOBS) -L threads)
 
 test-asan: deps
 	cmake -S . -B $(BUILD)-asan $(ASAN_CMAKE) $(CMAKE_COMMON)
@@ -72,7 +82,7 @@ endef
 test-lf2: test-lf2-plain test-lf2-asan test-lf2-tsan
 
 test-lf2-plain: deps
-	$(call lf2_run,,-DCMAKE_BUILD_TYPE=RelWithDebInfo -DTENDRIL_CUDA=OFF,$(CTEST) -j$(JOBS))
+	$(call lf2_run,,-DCMAKE_BUILD_TYPE=RelWithDebInfo -DTENDRIL_CUDA=OFF,$(PLAIN_CTEST))
 
 test-lf2-asan: deps
 	$(call lf2_run,-asan,$(ASAN_CMAKE),$(ASAN_CTEST))

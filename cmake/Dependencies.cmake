@@ -1,6 +1,8 @@
 # libfabric is required; libibverbs (verbs backend) and cmocka (tests) are optional.
 # Plain find_path/find_library so CMAKE_PREFIX_PATH can point at a staged copy
-# (the GPU machine has libfabric's runtime but no headers: see docs/gpu-machine.md).
+# (the GPU machine has libfabric's runtime but no headers: its build points CMAKE_PREFIX_PATH
+# at a staged copy in .deps/usr, as tests/gpu/engine/run_on_gpu.sh and
+# bench/bench_all_to_all/device_run.sh do).
 find_package(Threads REQUIRED)
 
 find_path(FABRIC_INCLUDE_DIR rdma/fabric.h)

@@ -32,8 +32,30 @@ import socket
 import statistics
 import sys
 
-import torch
-import torch.distributed as dist
+# torch is imported after the arguments are parsed (import_torch), so that --help and
+# --version work on a machine without it; the spawned workers import it themselves.
+torch = None
+dist = None
+
+VERSION_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "CMakeLists.txt")
+
+
+def import_torch():
+    global torch, dist
+    import torch as _torch
+    import torch.distributed as _dist
+    torch, dist = _torch, _dist
+
+
+def project_version():
+    """The project version from CMakeLists.txt (the one version source of the C tools)."""
+    import re
+    try:
+        with open(VERSION_FILE) as f:
+            m = re.search(r"project\(tendril VERSION ([0-9.]+)", f.read())
+        return m.group(1) if m else "unknown"
+    except OSError:
+        return "unknown"
 
 
 def pct(xs, q):
@@ -321,6 +343,7 @@ def profile_kernels(step, n, names):
 
 
 def worker(rank, world, port, args):
+    import_torch()
     if os.environ.get("A2A_TRACE_OUT"):
         # kernels built with TENDRIL_A2A_TRACE print from the GPU to fd 1: one file per
         # rank keeps the two processes' lines apart (device_trace.sh)
@@ -388,7 +411,14 @@ def main():
     ap.add_argument("--partial-f32", action="store_true",
                     help="combine partial sums travel as fp32 (default: as bf16, the out dtype)")
     ap.add_argument("--json", default="")
+    ap.add_argument("--version", action="version",
+                    version=f"bench_all_to_all (tendril {project_version()})")
     args = ap.parse_args()
+    try:
+        import_torch()
+    except ImportError as e:
+        print(f"bench_all_to_all: needs PyTorch with CUDA ({e})", file=sys.stderr)
+        return 1
     world = args.world or torch.cuda.device_count()
     if world < 1:
         print("bench_all_to_all: no CUDA device")

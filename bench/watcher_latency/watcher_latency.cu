@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "tendril/te.h"
 
 #define CK(x)                                                                                \
@@ -132,17 +133,25 @@ static struct stats summarize(u64 *cyc, u64 n, double ns_per_cycle)
     return s;
 }
 
+static const cli_tool T = {
+    "watcher_latency",
+    "usage: watcher_latency [--events N] [--json FILE]\n"
+    "Round-trip latency GPU write -> watcher callback -> GPU, against a bare CPU spin-echo\n"
+    "(docs/performance.md). Needs a CUDA GPU; exits 77 without one.\n"
+    "  --events N    events per mode (default 20000)\n"
+    "  --json FILE   also write the results as JSON\n"
+    "  --help, --version\n"};
+
 int main(int argc, char **argv)
 {
     u64 n = 20000;
     const char *json = NULL;
+    cli_common(&T, argc, argv);
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--events") && i + 1 < argc) n = strtoull(argv[++i], NULL, 10);
-        else if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
-        else {
-            fprintf(stderr, "usage: %s [--events N] [--json FILE]\n", argv[0]);
-            return 2;
-        }
+        const char *a = argv[i];
+        if (!strcmp(a, "--events")) n = cli_u64(&T, a, cli_value(&T, argc, argv, &i), 100, 100000000);
+        else if (!strcmp(a, "--json")) json = cli_value(&T, argc, argv, &i);
+        else cli_fail(&T, "unknown option '%s'", a);
     }
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {

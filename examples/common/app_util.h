@@ -1,8 +1,8 @@
 /* Small helpers shared by the example applications: child processes with line pipes
- * (the control plane a real deployment would run over its own RPC layer), hex forms of
- * addresses and descriptors, clocks and a provider-aware engine config. Public API only.
- * The tests' harness (tests/harness) uses the same child-process code: this is its only
- * copy. */
+ * (the control plane a real deployment would run over its own RPC layer), clocks and a
+ * provider-aware engine config. Addresses and descriptors travel in their text forms
+ * (te_addr_format, te_mr_desc_format). Public API only. The tests' harness
+ * (tests/harness) uses the same child-process code: this is its only copy. */
 #ifndef TENDRIL_APP_UTIL_H
 #define TENDRIL_APP_UTIL_H
 
@@ -52,9 +52,6 @@ void app_sleep_us(uint64_t us);
 
 /* Engine config for a provider ("tcp" runs on "lo"; NULL/"" = $TENDRIL_PROVIDER or tcp). */
 void app_config(te_config *cfg, const char *provider);
-
-int app_desc_to_hex(const te_mr_desc *d, char *out, size_t cap);
-int app_desc_from_hex(const char *hex, te_mr_desc *d);
 
 /* 64-bit mixer used to generate verifiable content. */
 static inline uint64_t app_mix(uint64_t x)

@@ -1,24 +1,47 @@
 /* kv_cache_streaming: disaggregated prefill/decode over the TransferEngine.
  *
- *   kv_cache_streaming [options]                 decoder here, prefiller as a child process
- *   kv_cache_streaming --role prefiller [opts]   prints its address, serves until stdin EOF
- *   kv_cache_streaming --role decoder --peer HEX --peer-nics N [opts]
- *
- * Options: --provider P (tcp|shm|efa|verbs|...), --layers L, --pages P, --page-kb K,
- * --ctx-kb K, --compute-us U (per layer), --requests R, --deadline-ms D, --cancel-demo
- * (one request whose deadline is shorter than the prefill: cancel + confirmation),
- * --gpu-watcher (the layer loop is a CUDA graph on GPU 0 whose kernels bump the watcher
- * word; needs a CUDA driver), --gpu N (everything on GPU N: the prefiller's KV pages in
- * device memory, written by the graph's kernels layer by layer, the decoder's pool in
- * device memory, checked by a kernel; needs a provider that registers GPU memory). */
+ * Usage in the T.usage text below. The prefiller of the two-terminal mode serves until
+ * SIGINT or SIGTERM (Ctrl-C), not until its stdin closes, so it also runs in the
+ * background, under nohup or from a service manager. */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "common/app_util.h"
 #include "kv_cache_streaming/kv_cache.h"
+
+static const cli_tool T = {
+    "kv_cache_streaming",
+    "usage: kv_cache_streaming [opts]                decoder here, prefiller as a child process\n"
+    "       kv_cache_streaming --role prefiller [opts]\n"
+    "                        prints its address; serves until Ctrl-C (SIGINT) or SIGTERM\n"
+    "       kv_cache_streaming --role decoder --peer ADDRESS --peer-nics N [opts]\n"
+    "Disaggregated prefill/decode: the prefiller writes each layer's KV pages into the\n"
+    "decoder's cache as the layer completes (docs/applications.md).\n"
+    "options:\n"
+    "  --provider P       tcp, shm, efa, verbs, ... (default $TENDRIL_PROVIDER or tcp)\n"
+    "  --layers L         layers per request (default 32)\n"
+    "  --pages P          KV pages per layer (default 64)\n"
+    "  --page-kb K        page size in KiB (default 32)\n"
+    "  --ctx-kb K         context block in KiB (default 16)\n"
+    "  --compute-us U     simulated compute per layer (default 2000)\n"
+    "  --requests R       requests to run (default 3)\n"
+    "  --deadline-ms D    per-request deadline (default 20000)\n"
+    "  --cancel-demo      one request whose deadline is shorter than the prefill: cancel and\n"
+    "                     confirmation\n"
+    "  --gpu-watcher      the layer loop is a CUDA graph on GPU 0 whose kernels bump the\n"
+    "                     watcher word (needs a CUDA driver)\n"
+    "  --gpu N            everything on GPU N: the prefiller's KV pages in device memory,\n"
+    "                     written by the graph's kernels layer by layer, the decoder's pool\n"
+    "                     in device memory, checked by a kernel; needs a provider that\n"
+    "                     registers GPU memory (exit 77 with the reason where it cannot,\n"
+    "                     unless TENDRIL_GPU_REQUIRE_HMEM=1)\n"
+    "  --help, --version\n"};
 
 typedef struct opts {
     const char *provider, *role, *peer;
@@ -29,32 +52,41 @@ typedef struct opts {
     int gpu; /* --gpu N; -1: host memory */
 } opts;
 
-static int parse(int argc, char **argv, opts *o)
+static void parse(int argc, char **argv, opts *o)
 {
     *o = (opts){.provider = "", .role = "both", .peer_nics = 1, .layers = 32, .pages = 64,
                 .requests = 3, .compute_us = 2000, .page_kb = 32, .ctx_kb = 16,
                 .deadline_ms = 20000, .gpu = -1};
+    cli_common(&T, argc, argv);
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        const char *a = argv[i];
         if (!strcmp(a, "--cancel-demo")) { o->cancel_demo = 1; continue; }
         if (!strcmp(a, "--gpu-watcher")) { o->gpu_watcher = 1; continue; }
-        if (!v) { fprintf(stderr, "missing value for %s\n", a); return -1; }
-        i++;
+        if (strncmp(a, "--", 2)) cli_fail(&T, "unexpected argument '%s'", a);
+        if (strcmp(a, "--provider") && strcmp(a, "--role") && strcmp(a, "--peer") &&
+            strcmp(a, "--peer-nics") && strcmp(a, "--layers") && strcmp(a, "--pages") &&
+            strcmp(a, "--requests") && strcmp(a, "--compute-us") && strcmp(a, "--page-kb") &&
+            strcmp(a, "--ctx-kb") && strcmp(a, "--deadline-ms") && strcmp(a, "--gpu"))
+            cli_fail(&T, "unknown option '%s'", a);
+        const char *v = cli_value(&T, argc, argv, &i);
         if (!strcmp(a, "--provider")) o->provider = v;
-        else if (!strcmp(a, "--role")) o->role = v;
+        else if (!strcmp(a, "--role")) {
+            if (strcmp(v, "both") && strcmp(v, "prefiller") && strcmp(v, "decoder") &&
+                strcmp(v, "prefiller-child"))
+                cli_fail(&T, "option '--role': '%s' is not prefiller or decoder", v);
+            o->role = v;
+        }
         else if (!strcmp(a, "--peer")) o->peer = v;
-        else if (!strcmp(a, "--peer-nics")) o->peer_nics = (uint32_t)atoi(v);
-        else if (!strcmp(a, "--layers")) o->layers = (uint32_t)atoi(v);
-        else if (!strcmp(a, "--pages")) o->pages = (uint32_t)atoi(v);
-        else if (!strcmp(a, "--requests")) o->requests = (uint32_t)atoi(v);
-        else if (!strcmp(a, "--compute-us")) o->compute_us = (uint32_t)atoi(v);
-        else if (!strcmp(a, "--page-kb")) o->page_kb = (uint64_t)atoll(v);
-        else if (!strcmp(a, "--ctx-kb")) o->ctx_kb = (uint64_t)atoll(v);
-        else if (!strcmp(a, "--deadline-ms")) o->deadline_ms = atoi(v);
-        else if (!strcmp(a, "--gpu")) o->gpu = atoi(v), o->gpu_watcher = 1;
-        else { fprintf(stderr, "unknown option %s\n", a); return -1; }
+        else if (!strcmp(a, "--peer-nics")) o->peer_nics = (uint32_t)cli_u64(&T, a, v, 1, TE_MAX_NICS);
+        else if (!strcmp(a, "--layers")) o->layers = (uint32_t)cli_u64(&T, a, v, 1, 4096);
+        else if (!strcmp(a, "--pages")) o->pages = (uint32_t)cli_u64(&T, a, v, 1, 1u << 20);
+        else if (!strcmp(a, "--requests")) o->requests = (uint32_t)cli_u64(&T, a, v, 1, 1u << 20);
+        else if (!strcmp(a, "--compute-us")) o->compute_us = (uint32_t)cli_u64(&T, a, v, 0, 60000000);
+        else if (!strcmp(a, "--page-kb")) o->page_kb = cli_u64(&T, a, v, 1, 1u << 20);
+        else if (!strcmp(a, "--ctx-kb")) o->ctx_kb = cli_u64(&T, a, v, 1, 1u << 20);
+        else if (!strcmp(a, "--deadline-ms")) o->deadline_ms = (int)cli_u64(&T, a, v, 1, 3600000);
+        else o->gpu = (int)cli_u64(&T, a, v, 0, 1023), o->gpu_watcher = 1; /* --gpu */
     }
-    return 0;
 }
 
 /* Exit status for a failure to set up: 77 (skipped) when this machine cannot run the
@@ -81,6 +113,13 @@ static kv_shape shape_of(const opts *o)
 
 static int run_prefiller(const opts *o, int child)
 {
+    /* Standalone, the prefiller stops on SIGINT/SIGTERM, taken with sigwait: blocked here,
+     * before the engine's threads start, so that every thread inherits the mask. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    if (!child) pthread_sigmask(SIG_BLOCK, &stop, NULL);
     te_config cfg;
     app_config(&cfg, o->provider);
     if (o->gpu >= 0) cfg.groups[0].cuda_device = o->gpu;
@@ -98,11 +137,18 @@ static int run_prefiller(const opts *o, int child)
     char hex[TE_ADDR_TEXT_MAX];
     kv_prefiller_address(pf, &a);
     te_addr_format(&a, hex, sizeof hex);
-    if (child) app_reply("ready %s %u", hex, kv_prefiller_nics(pf));
-    else printf("prefiller ready: --peer %s --peer-nics %u\n", hex, kv_prefiller_nics(pf));
-    fflush(stdout);
-    char line[256];
-    while (app_read_line(line, sizeof line, -1) == 0 && strcmp(line, "quit")) {
+    if (child) {
+        app_reply("ready %s %u", hex, kv_prefiller_nics(pf));
+        char line[256];
+        while (app_read_line(line, sizeof line, -1) == 0 && strcmp(line, "quit")) {
+        }
+    } else {
+        printf("prefiller ready: --peer %s --peer-nics %u\n"
+               "serving until Ctrl-C (SIGINT) or SIGTERM\n", hex, kv_prefiller_nics(pf));
+        fflush(stdout);
+        int sig = 0;
+        sigwait(&stop, &sig);
+        printf("prefiller: signal %d, stopping\n", sig);
     }
     kv_prefiller_destroy(pf);
     return 0;
@@ -160,15 +206,14 @@ static int run_decoder(const opts *o, const te_addr *peer, uint32_t peer_nics)
 int main(int argc, char **argv)
 {
     opts o;
-    if (parse(argc, argv, &o)) return 2;
+    parse(argc, argv, &o);
     if (!strcmp(o.role, "prefiller")) return run_prefiller(&o, 0);
     if (!strcmp(o.role, "prefiller-child")) return run_prefiller(&o, 1);
     te_addr peer;
     if (!strcmp(o.role, "decoder")) {
-        if (!o.peer || te_addr_parse(o.peer, &peer)) {
-            fprintf(stderr, "--role decoder needs --peer ADDRESS\n");
-            return 2;
-        }
+        if (!o.peer) cli_fail(&T, "--role decoder needs --peer ADDRESS (printed by the prefiller)");
+        if (te_addr_parse(o.peer, &peer))
+            cli_fail(&T, "option '--peer': %s", te_last_error());
         return run_decoder(&o, &peer, o.peer_nics);
     }
     /* both: the prefiller runs in a child process with the same options */

@@ -1,14 +1,30 @@
 /* rl_weight_transfer: N trainer processes -> M inference processes, static schedule,
  * pipelined one-sided writes, barrier, per-parameter verification.
- *
- *   rl_weight_transfer [--provider P] [--trainers N] [--inference M] [--params P]
- *                      [--mib TOTAL] [--chunk-kb K] [--steps S] [--window W]
- *                      [--write-imms 0|1]   (1: immediates on data writes; forced on shm) */
+ * Usage in the T.usage text below. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "rl_weight_transfer/rl_weights.h"
+
+static const cli_tool T = {
+    "rl_weight_transfer",
+    "usage: rl_weight_transfer [opts]\n"
+    "RL weight update: N trainer processes write their shards into M inference processes (default 2)\n"
+    "with a static schedule, pipelined one-sided writes and a barrier; every parameter is\n"
+    "verified on the receivers (docs/applications.md).\n"
+    "options:\n"
+    "  --provider P       tcp, shm, efa, verbs, ... (default $TENDRIL_PROVIDER or tcp)\n"
+    "  --trainers N       trainer processes (default 4)\n"
+    "  --inference M      inference processes (default 2)\n"
+    "  --params P         parameters (tensors) in the model (default 48)\n"
+    "  --mib TOTAL        model size in MiB (default 128)\n"
+    "  --chunk-kb K       largest write in KiB (default 1024)\n"
+    "  --steps S          updates to run and verify (default 5)\n"
+    "  --window W         writes in flight per trainer (default 16)\n"
+    "  --write-imms 0|1   1: an immediate on every data write (forced on shm)\n"
+    "  --help, --version\n"};
 
 int main(int argc, char **argv)
 {
@@ -16,21 +32,23 @@ int main(int argc, char **argv)
     rl_opts o;
     rl_opts_default(&o);
     o.verbose = true;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const char *a = argv[i], *v = argv[i + 1];
+    cli_common(&T, argc, argv);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--provider") && strcmp(a, "--trainers") && strcmp(a, "--inference") &&
+            strcmp(a, "--params") && strcmp(a, "--mib") && strcmp(a, "--chunk-kb") &&
+            strcmp(a, "--steps") && strcmp(a, "--window") && strcmp(a, "--write-imms"))
+            cli_fail(&T, "unknown option '%s'", a);
+        const char *v = cli_value(&T, argc, argv, &i);
         if (!strcmp(a, "--provider")) o.provider = v;
-        else if (!strcmp(a, "--trainers")) o.trainers = (uint32_t)atoi(v);
-        else if (!strcmp(a, "--inference")) o.inference = (uint32_t)atoi(v);
-        else if (!strcmp(a, "--params")) o.params = (uint32_t)atoi(v);
-        else if (!strcmp(a, "--mib")) o.total_bytes = (uint64_t)atoll(v) << 20;
-        else if (!strcmp(a, "--chunk-kb")) o.chunk_max = (uint64_t)atoll(v) << 10;
-        else if (!strcmp(a, "--steps")) o.steps = (uint32_t)atoi(v);
-        else if (!strcmp(a, "--window")) o.window = (uint32_t)atoi(v);
-        else if (!strcmp(a, "--write-imms")) o.write_imms = atoi(v) != 0;
-        else {
-            fprintf(stderr, "unknown option %s\n", a);
-            return 2;
-        }
+        else if (!strcmp(a, "--trainers")) o.trainers = (uint32_t)cli_u64(&T, a, v, 1, 64);
+        else if (!strcmp(a, "--inference")) o.inference = (uint32_t)cli_u64(&T, a, v, 1, 64);
+        else if (!strcmp(a, "--params")) o.params = (uint32_t)cli_u64(&T, a, v, 1, 1u << 20);
+        else if (!strcmp(a, "--mib")) o.total_bytes = cli_u64(&T, a, v, 1, 1u << 20) << 20;
+        else if (!strcmp(a, "--chunk-kb")) o.chunk_max = cli_u64(&T, a, v, 1, 1u << 20) << 10;
+        else if (!strcmp(a, "--steps")) o.steps = (uint32_t)cli_u64(&T, a, v, 1, 1u << 20);
+        else if (!strcmp(a, "--window")) o.window = (uint32_t)cli_u64(&T, a, v, 1, 1u << 16);
+        else o.write_imms = cli_u64(&T, a, v, 0, 1) != 0;
     }
     printf("rl_weight_transfer: %u trainers -> %u inference, %u parameters, %.1f MiB per update\n",
            o.trainers, o.inference, o.params, (double)o.total_bytes / 1048576.0);

@@ -255,7 +255,7 @@ static int trainer_main(const rl_opts *o, const rl_layout *l, uint32_t me)
         uint64_t x, y, z;
         char hex[4096];
         if (sscanf(line, "dst %u %4095s", &a, hex) == 2 && a < l->inference) {
-            if (app_desc_from_hex(hex, &dsts[a])) app_reply("error bad descriptor");
+            if (te_mr_desc_parse(hex, &dsts[a])) app_reply("error bad descriptor");
         } else if (sscanf(line, "task %u %u %" SCNu64 " %" SCNu64 " %" SCNu64, &a, &b, &x, &y, &z) == 5) {
             if (n == cap) {
                 cap = cap ? 2 * cap : 256;
@@ -344,8 +344,8 @@ static int inference_main(const rl_opts *o, const rl_layout *l, uint32_t me)
     te_imm_counter *dc = NULL;
     if (!r) r = te_imm_counter_create(e, RL_IMM, &ic);
     if (!r) r = te_imm_counter_create(e, RL_DATA_IMM, &dc);
-    char hex[2 * TE_MR_DESC_ENCODED_MAX + 1];
-    if (!r) r = app_desc_to_hex(&d, hex, sizeof hex);
+    char hex[TE_MR_DESC_TEXT_MAX];
+    if (!r) r = te_mr_desc_format(&d, hex, sizeof hex);
     if (r) {
         app_reply("error %s", te_last_error());
         te_engine_destroy(e);
@@ -497,8 +497,8 @@ int rl_run(const rl_opts *o, rl_result *res)
     /* 1. processes come up and publish their metadata */
     for (uint32_t m = 0; m < M && !res->status; m++) {
         r = start_child(&inf[m], "inference", m, optstr, line, sizeof line);
-        dhex[m] = calloc(1, 2 * TE_MR_DESC_ENCODED_MAX + 1);
-        if (r || sscanf(line, "ready %1000s", dhex[m]) != 1 || app_desc_from_hex(dhex[m], &descs[m]))
+        dhex[m] = calloc(1, TE_MR_DESC_TEXT_MAX);
+        if (r || sscanf(line, "ready %1000s", dhex[m]) != 1 || te_mr_desc_parse(dhex[m], &descs[m]))
             fail(res, r ? r : -EPROTO, "inference %u did not start: %s", m, r ? te_strerror(r) : line);
     }
     uint32_t *nics = calloc(T, 4);

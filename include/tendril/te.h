@@ -60,6 +60,7 @@ extern "C" {
 #define TE_ADDR_ENCODED_MAX (3 + TE_ADDR_MAX)
 #define TE_ADDR_TEXT_MAX (2 * TE_ADDR_ENCODED_MAX + 1)
 #define TE_MR_DESC_ENCODED_MAX (1 + 10 + 10 + 1 + TE_MAX_NICS * (TE_ADDR_ENCODED_MAX + 10))
+#define TE_MR_DESC_TEXT_MAX (2 * TE_MR_DESC_ENCODED_MAX + 1)
 #define TE_DEVICE_HOST (-1)
 
 typedef struct te_engine te_engine;
@@ -77,6 +78,47 @@ const char *te_strerror(int err);
 /* Message of the last failed te_ call made by this thread ("" if none). The pointer is
  * valid until the thread's next te_ call. */
 const char *te_last_error(void);
+
+/* ----------------------------------------------- version, configuration ---- */
+
+/* The library's version, "MAJOR.MINOR.PATCH" (the project version in CMakeLists.txt). */
+const char *te_version(void);
+
+/* One TENDRIL_* environment variable the library reads: its name, the values it accepts,
+ * its default and what it does. te_env_vars() returns the complete list (static storage,
+ * *n set to its length); docs/configuration.md documents the same list. A malformed value
+ * is reported, never ignored silently: the engine settings (TENDRIL_PROVIDER, _NICS,
+ * _OP_TIMEOUT_MS, _BUSY_POLL, _MAX_QUEUED_OPS) make te_engine_create fail with -EINVAL naming the variable
+ * and the accepted values; the others log a warning saying so and use the default. Where
+ * an engine setting overrides a value the caller set explicitly in te_config, a warning
+ * names both. Thread-safe. */
+typedef struct te_env_var {
+    const char *name;
+    const char *values;  /* accepted values, e.g. "0|1" or "1..255" */
+    const char *dflt;    /* the default, as text */
+    const char *what;    /* one line */
+} te_env_var;
+const te_env_var *te_env_vars(size_t *n);
+
+/* ------------------------------------------------------------- logging ---- */
+
+/* The library logs at TENDRIL_LOG=error|warn|info|debug (default warn). Each line goes to
+ * stderr, or appended to the file TENDRIL_LOG_FILE names, as
+ *   2026-12-07T04:15:25.123456Z tendril[PID:TID] LEVEL: message
+ * (UTC time, process id, kernel thread id). */
+enum te_log_level { TE_LOG_ERROR = 0, TE_LOG_WARN = 1, TE_LOG_INFO = 2, TE_LOG_DEBUG = 3 };
+
+/* Receives each message at or above the TENDRIL_LOG level instead of the default sink:
+ * level is an enum te_log_level, msg the text without the time/pid/level prefix (valid
+ * during the call only). It runs on the thread that logs (an application thread, an
+ * engine worker or callback thread), possibly on several threads at once; it must not
+ * block for long, and a message it logs itself goes to the default sink. */
+typedef void (*te_log_handler)(void *arg, int level, const char *msg);
+
+/* Installs fn (NULL restores the default sink). When it returns, the previous handler is
+ * no longer running on any thread and will not be called again, so its arg may be freed.
+ * Any thread; -EDEADLK when called from inside a handler (that wait could not end). */
+int te_log_set_handler(te_log_handler fn, void *arg);
 
 /* ------------------------------------------------- addresses (NetAddr) ---- */
 
@@ -122,6 +164,16 @@ typedef struct te_mr_desc {
  * n x (encoded te_addr | varint rkey). Same error rules as te_addr_*. */
 int te_mr_desc_encode(const te_mr_desc *d, uint8_t *buf, size_t cap, size_t *out_len);
 int te_mr_desc_decode(const uint8_t *buf, size_t len, te_mr_desc *out);
+/* Text form, for passing a descriptor through a command line, an environment variable,
+ * a key-value store or a log: lowercase hex of the wire form, no prefix, one token
+ * without spaces. format writes a NUL-terminated string; a buffer of TE_MR_DESC_TEXT_MAX
+ * bytes always fits (-ENOSPC otherwise, with an empty string written when cap > 0) and
+ * it rejects what te_mr_desc_encode rejects. parse accepts upper- and lowercase digits
+ * and rejects with -EBADMSG (message in te_last_error(), *out untouched): empty text, an
+ * odd digit count, any non-hex character (whitespace and "0x" included), more digits than
+ * the largest descriptor, and anything te_mr_desc_decode rejects. Thread-safe. */
+int te_mr_desc_format(const te_mr_desc *d, char *buf, size_t cap);
+int te_mr_desc_parse(const char *text, te_mr_desc *out);
 
 /* -------------------------------------------------------------- config ---- */
 
@@ -157,7 +209,8 @@ typedef struct te_config {
  *                          default a waiting thread polls the NICs itself (see below)
  *   TENDRIL_WAIT_SPIN_NS   how long te_*_wait spin before sleeping (default 50000 with
  *                          4+ CPUs in the process's affinity set, else 0)
- *   TENDRIL_LOG            error|warn|info|debug (stderr)
+ *   TENDRIL_LOG            error|warn|info|debug (stderr, or TENDRIL_LOG_FILE)
+ * The complete list, with accepted values: te_env_vars() below, docs/configuration.md.
  * libfabric's own variables apply too; docs/engine.md ("Memory per engine") names the one
  * that cuts a tcp engine's memory from 68 to 18 MB with libfabric 1.17. */
 void te_config_init(te_config *cfg);

@@ -24,6 +24,9 @@ static PyMethodDef module_methods[] = {
     {"strerror", (PyCFunction)(void (*)(void))py_strerror, METH_VARARGS | METH_KEYWORDS,
      "strerror(errno) -> str: the engine's text for an error code."},
     {"_stop_all", tpy_stop_all, METH_NOARGS, "Stops every live engine (registered with atexit)."},
+    {"_set_log_bridge", tpy_set_log_bridge, METH_O,
+     "_set_log_bridge(logger or None) -> bool: the library's messages go to logger.log() "
+     "(False: not installed because TENDRIL_LOG_FILE is set)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -122,6 +122,7 @@ PyObject *tpy_raise_wait_timeout(const char *what, uint64_t done, uint64_t n, co
 
 PyObject *tpy_detect_topology(PyObject *self, PyObject *args, PyObject *kw); /* py_topology.c */
 PyObject *tpy_stop_all(PyObject *self, PyObject *unused);                   /* py_engine.c */
+PyObject *tpy_set_log_bridge(PyObject *self, PyObject *logger);             /* py_log.c */
 
 /* Builds a MemoryRegionDescriptor / DomainAddress object from a value. */
 PyObject *tpy_desc_new(const te_mr_desc *d);

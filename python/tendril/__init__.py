@@ -4,6 +4,7 @@ The names follow pplx-garden's ``pplx_garden.fabric_lib`` so that switching is a
 of import (``tendril.fabric_lib`` re-exports the same names). See docs/python.md.
 """
 import atexit as _atexit
+import logging as _logging
 import pkgutil as _pkgutil
 
 # The package spans python/ (pure Python) and <build>/python/ (compiled extensions).
@@ -39,6 +40,10 @@ __version__: str = _tendril.__version__
 # Stop every engine before the interpreter finalizes: callback threads must not ask for
 # the GIL of a dying interpreter.
 _atexit.register(_tendril._stop_all)
+# The library's log messages go to Python's logging, logger "tendril" (unless
+# TENDRIL_LOG_FILE names a file); at exit the bridge delivers what is queued and goes.
+if _tendril._set_log_bridge(_logging.getLogger("tendril")):
+    _atexit.register(_tendril._set_log_bridge, None)
 
 __all__ = [
     "Counter",

@@ -172,24 +172,17 @@ int te_addr_decode(const uint8_t *buf, size_t len, te_addr *out)
 
 static const char hex_digits[] = "0123456789abcdef";
 
-int te_addr_format(const te_addr *addr, char *buf, size_t cap)
+/* Writes the lowercase hex of wire[0..n) and a NUL into buf. `fn` names the caller and
+ * `max_name` the constant that always fits, for the -ENOSPC message. */
+static int hex_write(const uint8_t *wire, size_t n, char *buf, size_t cap, const char *fn,
+                     const char *max_name)
 {
-    tn_err_clear();
-    if (!addr)
-        return tn_err(-EINVAL, "te_addr_format: addr is NULL");
-    if (!buf)
-        return tn_err(-EINVAL, "te_addr_format: buf is NULL");
-    int rc = addr_validate(addr, "te_addr_format: addr");
-    if (rc)
-        return rc;
-    uint8_t wire[TE_ADDR_ENCODED_MAX];
-    size_t n = addr_write(addr, wire);
     size_t need = 2 * n + 1;
     if (cap < need) {
         if (cap)
             buf[0] = '\0';
-        return tn_err(-ENOSPC, "te_addr_format: cap %zu too small, %zu bytes needed "
-                      "(TE_ADDR_TEXT_MAX always fits)", cap, need);
+        return tn_err(-ENOSPC, "%s: cap %zu too small, %zu bytes needed (%s always fits)", fn,
+                      cap, need, max_name);
     }
     for (size_t i = 0; i < n; i++) {
         buf[2 * i] = hex_digits[wire[i] >> 4];
@@ -210,6 +203,56 @@ static int hex_value(char c)
     return -1;
 }
 
+/* Reads the hex text into wire (at most cap bytes); *n gets the byte count. Rejects with
+ * -EBADMSG: empty text, odd digit count, a non-hex character, more than cap bytes.
+ * `fn` names the caller and `what` the value, for the messages. */
+static int hex_read(const char *text, uint8_t *wire, size_t cap, size_t *n, const char *fn,
+                    const char *what)
+{
+    if (!text[0])
+        return tn_err(-EBADMSG, "%s: empty text", fn);
+    size_t got = 0;
+    for (size_t i = 0;; i += 2) {
+        char hi = text[i];
+        if (!hi)
+            break;
+        char lo = text[i + 1];
+        if (!lo)
+            return tn_err(-EBADMSG, "%s: odd number of hex digits (%zu)", fn, i + 1);
+        int h = hex_value(hi), l = hex_value(lo);
+        if (h < 0 || l < 0) {
+            size_t at = h < 0 ? i : i + 1;
+            unsigned char c = (unsigned char)text[at];
+            if (c >= 0x20 && c < 0x7f)
+                return tn_err(-EBADMSG, "%s: '%c' at offset %zu is not a hex digit", fn,
+                              (char)c, at);
+            return tn_err(-EBADMSG, "%s: byte 0x%02x at offset %zu is not a hex digit", fn,
+                          (unsigned)c, at);
+        }
+        if (got == cap)
+            return tn_err(-EBADMSG, "%s: text longer than %zu hex digits (the largest encoded "
+                          "%s)", fn, 2 * cap, what);
+        wire[got++] = (uint8_t)(h << 4 | l);
+    }
+    *n = got;
+    return 0;
+}
+
+int te_addr_format(const te_addr *addr, char *buf, size_t cap)
+{
+    tn_err_clear();
+    if (!addr)
+        return tn_err(-EINVAL, "te_addr_format: addr is NULL");
+    if (!buf)
+        return tn_err(-EINVAL, "te_addr_format: buf is NULL");
+    int rc = addr_validate(addr, "te_addr_format: addr");
+    if (rc)
+        return rc;
+    uint8_t wire[TE_ADDR_ENCODED_MAX];
+    size_t n = addr_write(addr, wire);
+    return hex_write(wire, n, buf, cap, "te_addr_format", "TE_ADDR_TEXT_MAX");
+}
+
 int te_addr_parse(const char *text, te_addr *out)
 {
     tn_err_clear();
@@ -217,37 +260,15 @@ int te_addr_parse(const char *text, te_addr *out)
         return tn_err(-EINVAL, "te_addr_parse: text is NULL");
     if (!out)
         return tn_err(-EINVAL, "te_addr_parse: out is NULL");
-    if (!text[0])
-        return tn_err(-EBADMSG, "te_addr_parse: empty text");
 
     uint8_t wire[TE_ADDR_ENCODED_MAX];
-    size_t n = 0, i = 0;
-    for (;; i += 2) {
-        char hi = text[i];
-        if (!hi)
-            break;
-        char lo = text[i + 1];
-        if (!lo)
-            return tn_err(-EBADMSG, "te_addr_parse: odd number of hex digits (%zu)", i + 1);
-        int h = hex_value(hi), l = hex_value(lo);
-        if (h < 0 || l < 0) {
-            size_t at = h < 0 ? i : i + 1;
-            unsigned char c = (unsigned char)text[at];
-            if (c >= 0x20 && c < 0x7f)
-                return tn_err(-EBADMSG, "te_addr_parse: '%c' at offset %zu is not a hex digit",
-                              (char)c, at);
-            return tn_err(-EBADMSG, "te_addr_parse: byte 0x%02x at offset %zu is not a hex "
-                          "digit", (unsigned)c, at);
-        }
-        if (n == sizeof wire)
-            return tn_err(-EBADMSG, "te_addr_parse: text longer than %d hex digits (the "
-                          "largest encoded address)", 2 * TE_ADDR_ENCODED_MAX);
-        wire[n++] = (uint8_t)(h << 4 | l);
-    }
-
+    size_t n = 0;
+    int rc = hex_read(text, wire, sizeof wire, &n, "te_addr_parse", "address");
+    if (rc)
+        return rc;
     reader r = { wire, n, 0 };
     te_addr tmp;
-    int rc = rd_addr(&r, &tmp, "te_addr_parse: address");
+    rc = rd_addr(&r, &tmp, "te_addr_parse: address");
     if (!rc)
         rc = rd_end(&r, "address");
     if (rc)
@@ -352,4 +373,36 @@ int te_mr_desc_decode(const uint8_t *buf, size_t len, te_mr_desc *out)
         return rc;
     *out = tmp;
     return 0;
+}
+
+int te_mr_desc_format(const te_mr_desc *d, char *buf, size_t cap)
+{
+    tn_err_clear();
+    if (!buf)
+        return tn_err(-EINVAL, "te_mr_desc_format: buf is NULL");
+    uint8_t wire[TE_MR_DESC_ENCODED_MAX];
+    size_t n = 0;
+    int rc = te_mr_desc_encode(d, wire, sizeof wire, &n);
+    if (rc) {
+        if (cap)
+            buf[0] = '\0';
+        return rc;
+    }
+    return hex_write(wire, n, buf, cap, "te_mr_desc_format", "TE_MR_DESC_TEXT_MAX");
+}
+
+int te_mr_desc_parse(const char *text, te_mr_desc *out)
+{
+    tn_err_clear();
+    if (!text)
+        return tn_err(-EINVAL, "te_mr_desc_parse: text is NULL");
+    if (!out)
+        return tn_err(-EINVAL, "te_mr_desc_parse: out is NULL");
+    uint8_t wire[TE_MR_DESC_ENCODED_MAX];
+    size_t n = 0;
+    int rc = hex_read(text, wire, sizeof wire, &n, "te_mr_desc_parse", "descriptor");
+    if (rc)
+        return rc;
+    /* te_mr_desc_decode leaves *out untouched on a rejection. */
+    return te_mr_desc_decode(wire, n, out);
 }

@@ -6,6 +6,7 @@
 #include <sched.h>
 #include <stdlib.h>
 
+#include "core/env.h"
 #include "core/clock.h"
 
 #define SLEEP_SLICE_NS 10000000ull /* re-check at least this often while asleep */
@@ -16,18 +17,13 @@ static pthread_once_t spin_once = PTHREAD_ONCE_INIT;
 
 /* A waiter spins 50 us before sleeping only when the process has CPUs to spare (4 or
  * more in its affinity set): on two CPUs the spinning waiter takes the core the worker
- * and the peer need, which measured slower (fabric-debug, docs/performance.md).
+ * and the peer need, which measured slower (fabric-debug, docs/history/performance-log.md).
  * TENDRIL_WAIT_SPIN_NS overrides. */
 static void pick_spin(void)
 {
-    const char *env = getenv("TENDRIL_WAIT_SPIN_NS");
-    if (env && *env) {
-        spin_ns = strtoull(env, NULL, 10);
-        return;
-    }
     cpu_set_t set;
     int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
-    spin_ns = cpus >= 4 ? 50000ull : 0;
+    spin_ns = tn_env_u64_warn("TENDRIL_WAIT_SPIN_NS", 0, 10000000000ull, cpus >= 4 ? 50000ull : 0);
 }
 
 int tn_wait_until(const tn_wait_spec *w)

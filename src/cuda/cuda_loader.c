@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -22,8 +23,7 @@ static int g_ndev;
 
 static void load_once(void)
 {
-    const char *off = getenv("TENDRIL_CUDA");
-    if (off && !strcmp(off, "0")) {
+    if (!tn_env_flag_warn("TENDRIL_CUDA", true)) {
         g_status = -ENOSYS;
         snprintf(g_why, sizeof g_why, "CUDA disabled by TENDRIL_CUDA=0");
         return;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "cuda/cuda_loader.h"
@@ -35,8 +36,7 @@ static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER; /* gdr handle calls *
 
 static void load_once(void)
 {
-    const char *off = getenv("TENDRIL_GDRCOPY");
-    if (off && !strcmp(off, "0")) {
+    if (!tn_env_flag_warn("TENDRIL_GDRCOPY", true)) {
         g_status = -ENOSYS;
         snprintf(g_why, sizeof g_why, "GDRCopy disabled by TENDRIL_GDRCOPY=0");
         return;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "cuda/cuda_loader.h"
@@ -34,22 +35,28 @@ typedef struct cfg_strings {
     char nics[TE_MAX_GROUPS][TE_MAX_NICS][64];
 } cfg_strings;
 
-static int env_u32(const char *name, uint32_t *out)
-{
-    const char *s = getenv(name);
-    if (!s || !*s) return 0;
-    char *end;
-    unsigned long v = strtoul(s, &end, 10);
-    if (*end || v > UINT32_MAX) return tn_err(-EINVAL, "%s=%s is not a number", name, s);
-    *out = (uint32_t)v;
-    return 1;
-}
-
+/* Environment settings override the config (they are how a deployment changes an
+ * application it cannot rebuild). Where the caller had set the field explicitly, a
+ * warning names both; a malformed value fails engine creation, naming the variable and
+ * what it accepts (core/env.c holds the list). */
 static int apply_env(te_config *c, cfg_strings *st)
 {
-    const char *s = getenv("TENDRIL_PROVIDER");
-    if (s && *s) c->provider = s;
-    if ((s = getenv("TENDRIL_NICS")) && *s) {
+    const char *s = tn_env_get("TENDRIL_PROVIDER");
+    if (s) {
+        if (c->provider && *c->provider && strcmp(c->provider, "auto") && strcmp(c->provider, s))
+            TN_LOGW("TENDRIL_PROVIDER=%s overrides the provider \"%s\" set by the caller "
+                    "(te_config.provider, a tool's --provider)", s, c->provider);
+        c->provider = s;
+    }
+    if ((s = tn_env_get("TENDRIL_NICS"))) {
+        char given[TE_MAX_NICS * 65] = "";
+        for (uint32_t k = 0; k < TE_MAX_NICS && c->groups[0].nics[k]; k++) {
+            size_t l = strlen(given);
+            snprintf(given + l, sizeof given - l, "%s%s", k ? "," : "", c->groups[0].nics[k]);
+        }
+        if (given[0] && strcmp(given, s))
+            TN_LOGW("TENDRIL_NICS=%s overrides the NICs \"%s\" set by the caller "
+                    "(te_config.groups[0].nics, a tool's --nic-names)", s, given);
         if (c->n_groups == 0) c->n_groups = 1;
         uint32_t n = 0;
         const char *p = s;
@@ -57,24 +64,41 @@ static int apply_env(te_config *c, cfg_strings *st)
             const char *comma = strchr(p, ',');
             size_t len = comma ? (size_t)(comma - p) : strlen(p);
             if (n == TE_MAX_NICS || len == 0 || len >= 64)
-                return tn_err(-EINVAL, "TENDRIL_NICS=%s: give 1..%d comma-separated NIC names", s,
-                              TE_MAX_NICS);
+                return tn_err(-EINVAL, "TENDRIL_NICS=%s is not valid (accepted: 1..%d "
+                              "comma-separated NIC names)", s, TE_MAX_NICS);
             memcpy(st->nics[0][n], p, len);
             st->nics[0][n][len] = '\0';
             c->groups[0].nics[n] = st->nics[0][n];
             n++;
             p = comma ? comma + 1 : p + len;
         }
+        for (uint32_t k = n; k < TE_MAX_NICS; k++) c->groups[0].nics[k] = NULL;
         c->groups[0].n_nics = n;
     }
-    uint32_t v = 0;
+    uint64_t v = 0;
     int r;
-    if ((r = env_u32("TENDRIL_OP_TIMEOUT_MS", &v)) < 0) return r;
-    if (r) c->op_timeout_ms = v;
-    if ((r = env_u32("TENDRIL_BUSY_POLL", &v)) < 0) return r;
-    if (r) c->busy_poll = v != 0;
-    if ((r = env_u32("TENDRIL_MAX_QUEUED_OPS", &v)) < 0) return r;
-    if (r) c->max_queued_ops = v;
+    if ((r = tn_env_u64_strict("TENDRIL_OP_TIMEOUT_MS", 0, UINT32_MAX, &v)) < 0) return r;
+    if (r) {
+        if (c->op_timeout_ms && c->op_timeout_ms != v)
+            TN_LOGW("TENDRIL_OP_TIMEOUT_MS=%llu overrides op_timeout_ms %u set by the caller "
+                    "(te_config.op_timeout_ms)", (unsigned long long)v, c->op_timeout_ms);
+        c->op_timeout_ms = (uint32_t)v;
+    }
+    bool busy = false;
+    if ((r = tn_env_flag_strict("TENDRIL_BUSY_POLL", &busy)) < 0) return r;
+    if (r) {
+        if (c->busy_poll && !busy)
+            TN_LOGW("TENDRIL_BUSY_POLL=0 overrides busy_poll set by the caller "
+                    "(te_config.busy_poll)");
+        c->busy_poll = busy;
+    }
+    if ((r = tn_env_u64_strict("TENDRIL_MAX_QUEUED_OPS", 0, UINT32_MAX, &v)) < 0) return r;
+    if (r) {
+        if (c->max_queued_ops && c->max_queued_ops != v)
+            TN_LOGW("TENDRIL_MAX_QUEUED_OPS=%llu overrides max_queued_ops %u set by the caller "
+                    "(te_config.max_queued_ops)", (unsigned long long)v, c->max_queued_ops);
+        c->max_queued_ops = (uint32_t)v;
+    }
     return 0;
 }
 
@@ -269,8 +293,7 @@ int te_engine_create(const te_config *user_cfg, te_engine **out)
     e->max_msg_size = cfg.max_msg_size ? cfg.max_msg_size : DEFAULT_MAX_MSG;
     e->busy_poll = cfg.busy_poll;
     e->max_queued_ops = cfg.max_queued_ops ? cfg.max_queued_ops : DEFAULT_MAX_QUEUED_OPS;
-    const char *drive = getenv("TENDRIL_WAIT_DRIVE");
-    e->wait_drive = !(drive && !strcmp(drive, "0"));
+    e->wait_drive = tn_env_flag_warn("TENDRIL_WAIT_DRIVE", true);
     e->n_groups = cfg.n_groups;
 
     /* The backend table (src/transport/backends.c) resolves the provider name. */

@@ -4,7 +4,7 @@
  * atomics; arming, removal and the callback thread's decisions take the write lock.
  * An expectation that reached its target is marked `pending` until its callback has
  * decided keep-or-release; while pending, arrivals accumulate but cannot fire a second
- * reach, so no arrival is lost or counted twice (the original's race, ref §2.7). */
+ * reach, so no arrival is lost or counted twice (the original has that race). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -5,7 +5,7 @@
  * sides modified: wait() subtracted the target and the worker, on reaching zero, set the
  * GPU flag and then stored 0 into the counter, which could erase a concurrent wait()'s
  * subtraction (lost wake-up), and its flag store into write-combined memory had no
- * fence (ref. §12 B5). Here the worker is the only writer of the word, arrivals are
+ * fence. Here the worker is the only writer of the word, arrivals are
  * only ever added, and the kernel compares against the round it waits for: there is no
  * reset and nothing for two parties to race on.
  *

@@ -1,6 +1,6 @@
 /* Test harness for integration tests: provider selection, child processes (the test
- * binary re-executes itself with "--child ROLE"), line-based pipes with timeouts, and
- * the hex helpers that carry addresses and descriptors between processes. */
+ * binary re-executes itself with "--child ROLE"), line-based pipes with timeouts;
+ * addresses and descriptors travel between processes in their text forms. */
 #ifndef TENDRIL_TEST_HARNESS_H
 #define TENDRIL_TEST_HARNESS_H
 
@@ -38,10 +38,6 @@ int th_ask(th_proc *p, char *reply, size_t cap, int timeout_ms, const char *fmt,
 /* Child side: read a command line from stdin / write a reply line to stdout. */
 #define th_child_read app_read_line
 #define th_child_reply app_reply
-
-/* Hex forms of descriptors (addresses use te_addr_format/parse). */
-#define th_desc_to_hex app_desc_to_hex
-#define th_desc_from_hex app_desc_from_hex
 
 /* Deterministic content: byte at absolute position i of stream `seed`. */
 static inline uint8_t th_pattern(uint64_t seed, uint64_t i)

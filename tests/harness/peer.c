@@ -106,10 +106,10 @@ int th_peer_main(const char *arg)
     }
     te_mr_desc d;
     te_addr a;
-    char dhex[2 * TE_MR_DESC_ENCODED_MAX + 1], ahex[TE_ADDR_TEXT_MAX];
+    char dhex[TE_MR_DESC_TEXT_MAX], ahex[TE_ADDR_TEXT_MAX];
     te_mr_desc_get(P.mr, &d);
     te_main_address(P.e, &a);
-    th_desc_to_hex(&d, dhex, sizeof dhex);
+    te_mr_desc_format(&d, dhex, sizeof dhex);
     te_addr_format(&a, ahex, sizeof ahex);
     th_child_reply("ready %s %s", ahex, dhex);
 
@@ -218,12 +218,12 @@ int th_peer_start(th_proc *p, const char *arg, te_addr *addr, te_mr_desc *desc, 
 int th_peer_start_as(th_proc *p, const char *role, const char *arg, te_addr *addr, te_mr_desc *desc,
                      int timeout_ms, char *why, size_t why_cap)
 {
-    char line[4096], ahex[TE_ADDR_TEXT_MAX], dhex[2 * TE_MR_DESC_ENCODED_MAX + 1];
+    char line[4096], ahex[TE_ADDR_TEXT_MAX], dhex[TE_MR_DESC_TEXT_MAX];
     int r = th_spawn(p, role, arg);
     if (!r) r = th_recv(p, line, sizeof line, timeout_ms);
     if (!r && sscanf(line, "ready %511s %2047s", ahex, dhex) != 2) r = -EPROTO;
     if (!r) r = te_addr_parse(ahex, addr);
-    if (!r) r = th_desc_from_hex(dhex, desc);
+    if (!r) r = te_mr_desc_parse(dhex, desc);
     if (r && why) snprintf(why, why_cap, "peer failed to start (%d): %s", r, r == -EPROTO ? line : "");
     return r;
 }

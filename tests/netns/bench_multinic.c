@@ -17,6 +17,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "core/clock.h"
 #include "harness.h"
 #include "netns_util.h"
@@ -76,6 +77,19 @@ static int parse_list(const char *s, unsigned *out, int max)
     return n;
 }
 
+static const cli_tool T = {
+    "bench_multinic",
+    "usage: bench_multinic [--nics 1,2,4] [--sizes 1,16,64] [--seconds S] [--window W]\n"
+    "                      [--repeat R]\n"
+    "Throughput of single writes sharded over k NICs between two engine processes in two\n"
+    "network namespaces joined by k veth pairs (needs root; docs/performance.md).\n"
+    "  --nics LIST     NIC counts to measure (each 1..4; default 1,2,4)\n"
+    "  --sizes LIST    write sizes in MiB (default 1,16,64)\n"
+    "  --seconds S     seconds per point (default 3)\n"
+    "  --window W      writes in flight (default 4)\n"
+    "  --repeat R      runs per point, median reported (default 1)\n"
+    "  --help, --version\n"};
+
 int main(int argc, char **argv)
 {
     if (argc >= 3 && !strcmp(argv[1], "--child")) return nt_peer_child(argc > 3 ? argv[3] : NULL);
@@ -84,18 +98,22 @@ int main(int argc, char **argv)
     double seconds = 3;
     unsigned window = 4;
     int repeat = 1;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--nics")) n_nics = parse_list(argv[i + 1], nics, 4);
-        else if (!strcmp(argv[i], "--sizes")) n_sizes = parse_list(argv[i + 1], sizes, 8);
-        else if (!strcmp(argv[i], "--seconds")) seconds = atof(argv[i + 1]);
-        else if (!strcmp(argv[i], "--window")) window = (unsigned)atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--repeat")) repeat = atoi(argv[i + 1]);
-        else n_nics = -1;
-    }
-    if (n_nics <= 0 || n_sizes <= 0 || window < 1 || repeat < 1) {
-        fprintf(stderr, "usage: %s [--nics 1,2,4] [--sizes 1,16,64] [--seconds S] [--window W] "
-                        "[--repeat R]\n", argv[0]);
-        return 2;
+    cli_common(&T, argc, argv);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--nics") && strcmp(a, "--sizes") && strcmp(a, "--seconds") &&
+            strcmp(a, "--window") && strcmp(a, "--repeat"))
+            cli_fail(&T, "unknown option '%s'", a);
+        const char *v = cli_value(&T, argc, argv, &i);
+        if (!strcmp(a, "--nics")) {
+            if ((n_nics = parse_list(v, nics, 4)) <= 0)
+                cli_fail(&T, "option '--nics' takes a comma list such as 1,2,4");
+        } else if (!strcmp(a, "--sizes")) {
+            if ((n_sizes = parse_list(v, sizes, 8)) <= 0)
+                cli_fail(&T, "option '--sizes' takes a comma list of MiB such as 1,16,64");
+        } else if (!strcmp(a, "--seconds")) seconds = cli_double(&T, a, v, 0.1, 3600);
+        else if (!strcmp(a, "--window")) window = (unsigned)cli_u64(&T, a, v, 1, 1024);
+        else repeat = (int)cli_u64(&T, a, v, 1, 100);
     }
     int skip = nt_can_run();
     if (skip) return skip;

@@ -224,6 +224,23 @@ static void test_desc_layout(void **state)
     assert_memory_equal(buf, want, sizeof want);
     assert_int_equal(te_mr_desc_decode(want, sizeof want, &e), 0);
     assert_memory_equal(&d, &e, sizeof d);
+
+    /* Text form: the hex of the same bytes (docs/wire-format.md's example). */
+    static const char want_text[] = "018020ac0202010103aabbcc00010201ffffffffffffffffffff01";
+    char text[TE_MR_DESC_TEXT_MAX];
+    assert_int_equal(te_mr_desc_format(&d, text, sizeof text), 0);
+    assert_string_equal(text, want_text);
+    memset(&e, 0xee, sizeof e);
+    assert_int_equal(te_mr_desc_parse(want_text, &e), 0);
+    assert_memory_equal(&d, &e, sizeof d);
+    memset(&e, 0xee, sizeof e);
+    assert_int_equal(te_mr_desc_parse("018020AC0202010103AABBCC00010201FFFFFFFFFFFFFFFFFFFF01", &e), 0);
+    assert_memory_equal(&d, &e, sizeof d);
+    /* One byte short: -ENOSPC with an empty string, exact size fits. */
+    assert_int_equal(te_mr_desc_format(&d, text, sizeof want_text - 1), -ENOSPC);
+    assert_string_equal(text, "");
+    assert_msg("TE_MR_DESC_TEXT_MAX");
+    assert_int_equal(te_mr_desc_format(&d, text, sizeof want_text), 0);
 }
 
 /* ---------------------------------------------------------- round trips ---- */
@@ -267,6 +284,14 @@ static void test_desc_roundtrip_random(void **state)
         assert_int_equal(te_mr_desc_encode(&e, buf2, sizeof buf2, &n2), 0);
         assert_int_equal(n, n2);
         assert_memory_equal(buf, buf2, n);
+
+        char text[TE_MR_DESC_TEXT_MAX];
+        te_mr_desc f;
+        assert_int_equal(te_mr_desc_format(&d, text, sizeof text), 0);
+        assert_int_equal(strlen(text), 2 * n);
+        memset(&f, 0xee, sizeof f);
+        assert_int_equal(te_mr_desc_parse(text, &f), 0);
+        assert_memory_equal(&d, &f, sizeof d);
     }
 }
 
@@ -502,6 +527,52 @@ static void test_parse_rejects(void **state)
     assert_msg("out");
 }
 
+static void test_desc_parse_rejects(void **state)
+{
+    static const char good[] = "018020ac0202010103aabbcc00010201ffffffffffffffffffff01";
+    te_mr_desc d, before;
+    memset(&d, 0x5a, sizeof d);
+    before = d;
+    static const struct {
+        const char *text, *needle;
+    } bad[] = {
+        { "", "empty" },
+        { "018020ac0", "odd" },
+        { "0x8020ac02", "'x'" },
+        { " 18020ac02", "offset 0" },
+        { "018020ac0202010103aabbcc00010201ffffffffffffffffffff01\n", "odd" },
+        { "018020ac0202010103aabbcc00010201ffffffffffffffffffff0100", "trailing" },
+        { "028020ac0202010103aabbcc00010201ffffffffffffffffffff01", "version" },
+        { "018020ac0200", "NIC count 0" },
+        { "018020ac0201010103aabbcc", "rkey" },
+        { "0180", "truncated" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(te_mr_desc_parse(bad[i].text, &d), -EBADMSG);
+        assert_msg(bad[i].needle);
+        assert_memory_equal(&d, &before, sizeof d); /* untouched */
+    }
+    char big[2 * TE_MR_DESC_ENCODED_MAX + 3];
+    memset(big, 'a', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    assert_int_equal(te_mr_desc_parse(big, &d), -EBADMSG);
+    assert_msg("longer");
+    assert_int_equal(te_mr_desc_parse(NULL, &d), -EINVAL);
+    assert_msg("text");
+    assert_int_equal(te_mr_desc_parse(good, NULL), -EINVAL);
+    assert_msg("out");
+
+    /* format rejects what encode rejects, and a NULL buffer. */
+    te_mr_desc z;
+    memset(&z, 0, sizeof z);
+    char text[TE_MR_DESC_TEXT_MAX] = "x";
+    assert_int_equal(te_mr_desc_format(&z, text, sizeof text), -EINVAL);
+    assert_msg("n_nics");
+    assert_string_equal(text, "");
+    assert_int_equal(te_mr_desc_format(&z, NULL, 10), -EINVAL);
+    assert_msg("buf");
+}
+
 static void test_encode_invalid(void **state)
 {
     uint8_t buf[TE_MR_DESC_ENCODED_MAX];
@@ -665,6 +736,7 @@ int main(void)
         cmocka_unit_test(test_addr_decode_rejects),
         cmocka_unit_test(test_desc_decode_rejects),
         cmocka_unit_test(test_parse_rejects),
+        cmocka_unit_test(test_desc_parse_rejects),
         cmocka_unit_test(test_encode_invalid),
         cmocka_unit_test(test_enospc),
         cmocka_unit_test(test_addr_equal),

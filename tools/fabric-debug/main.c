@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "devbuf.h"
 #include "raw.h"
 #include "tendril/te.h"
@@ -108,21 +109,24 @@ static int mem_device(const opts *o) { return o->gpu >= 0 ? o->gpu : TE_DEVICE_H
 /* Text of a raw (libfabric) return code. */
 static const char *fi_msg(int r) { return r ? strerror(r < 0 ? -r : r) : "ok"; }
 
-static void hex(const uint8_t *b, size_t n, char *out)
+/* The raw endpoint's libfabric name travels in the token as a te_addr text form (it is
+ * what a te_addr of a libfabric NIC holds), so the token needs no hex code of its own. */
+static int raw_name_format(const uint8_t *name, size_t n, char *out, size_t cap)
 {
-    for (size_t k = 0; k < n; k++) sprintf(out + 2 * k, "%02x", b[k]);
-    out[2 * n] = '\0';
+    if (n == 0 || n > TE_ADDR_MAX) return -EINVAL;
+    te_addr a = {.transport = TE_TRANSPORT_FABRIC, .len = (uint8_t)n};
+    memcpy(a.bytes, name, n);
+    return te_addr_format(&a, out, cap);
 }
 
-static size_t unhex(const char *s, uint8_t *b, size_t cap)
+static int raw_name_parse(const char *text, uint8_t *name, size_t *n)
 {
-    size_t n = 0;
-    unsigned v;
-    while (s[0] && s[1] && n < cap && sscanf(s, "%2x", &v) == 1) {
-        b[n++] = (uint8_t)v;
-        s += 2;
-    }
-    return n;
+    te_addr a;
+    int r = te_addr_parse(text, &a);
+    if (r) return r;
+    memcpy(name, a.bytes, a.len);
+    *n = a.len;
+    return 0;
 }
 
 static uint64_t fnv(const uint8_t *p, size_t n)
@@ -199,15 +203,13 @@ static void server_on_msg(void *arg, const void *data, size_t len)
         char a[600], d[2400], ra[600];
         unsigned long long key, base;
         if (sscanf(m, "hello %599s %2399s %599s %llx %llx", a, d, ra, &key, &base) != 5) return;
-        uint8_t db[TE_MR_DESC_ENCODED_MAX];
-        size_t dn = unhex(d, db, sizeof db);
-        if (te_addr_parse(a, &S.client) || te_mr_desc_decode(db, dn, &S.client_pong)) {
-            fprintf(stderr, "server: bad hello\n");
+        if (te_addr_parse(a, &S.client) || te_mr_desc_parse(d, &S.client_pong) ||
+            raw_name_parse(ra, S.client_raw, &S.client_raw_len)) {
+            fprintf(stderr, "server: bad hello: %s\n", te_last_error());
             return;
         }
         S.have_client = true;
         atomic_store(&S.client_ready, true);
-        S.client_raw_len = unhex(ra, S.client_raw, sizeof S.client_raw);
         S.client_raw_key = key;
         S.client_raw_base = base;
         if (raw_connect(S.raw, S.client_raw, S.client_raw_len) == 0) atomic_store(&S.raw_connected, true);
@@ -290,13 +292,9 @@ static int run_server(const opts *o)
     size_t rawlen = sizeof rawname;
     raw_name(S.raw, rawname, &rawlen);
     te_mr_desc d;
-    te_mr_desc_get(S.mr, &d);
-    uint8_t db[TE_MR_DESC_ENCODED_MAX];
-    size_t dn;
-    te_mr_desc_encode(&d, db, sizeof db, &dn);
-    char dh[2 * TE_MR_DESC_ENCODED_MAX + 1], rh[600];
-    hex(db, dn, dh);
-    hex(rawname, rawlen, rh);
+    char dh[TE_MR_DESC_TEXT_MAX], rh[TE_ADDR_TEXT_MAX];
+    if ((r = te_mr_desc_get(S.mr, &d)) || (r = te_mr_desc_format(&d, dh, sizeof dh))) die("descriptor", r);
+    if ((r = raw_name_format(rawname, rawlen, rh, sizeof rh))) die("raw endpoint name", r);
     printf("fabric-debug server: provider %s, %u NIC(s)\n", te_provider_name(S.e), te_group_nics(S.e, 0));
     printf("token %s:%s:%" PRIx64 ":%" PRIx64 "\n", dh, rh, S.rr.key, (uint64_t)(uintptr_t)S.raw_mem);
     fflush(stdout);
@@ -645,21 +643,22 @@ static void print_per_nic(const char *kind, uint64_t size, const uint64_t *befor
 
 static int run_client(const char *token, const opts *o)
 {
-    char d[2400], ra[600];
+    char d[TE_MR_DESC_TEXT_MAX], ra[TE_ADDR_TEXT_MAX];
     unsigned long long key, base;
     char *tok = strdup(token);
     for (char *p = tok; *p; p++)
         if (*p == ':') *p = ' ';
-    if (sscanf(tok, "%2399s %599s %llx %llx", d, ra, &key, &base) != 4) {
+    if (sscanf(tok, "%2188s %516s %llx %llx", d, ra, &key, &base) != 4) {
         fprintf(stderr, "fabric-debug: malformed token\n");
         return 2;
     }
     free(tok);
-    uint8_t db[TE_MR_DESC_ENCODED_MAX], rab[256];
-    size_t dn = unhex(d, db, sizeof db), ran = unhex(ra, rab, sizeof rab);
+    uint8_t rab[TE_ADDR_MAX];
+    size_t ran = 0;
     int r;
+    if ((r = te_mr_desc_parse(d, &C.dst))) die("server token (descriptor)", r);
+    if ((r = raw_name_parse(ra, rab, &ran))) die("server token (raw endpoint name)", r);
     C.e = make_engine(o, false);
-    if ((r = te_mr_desc_decode(db, dn, &C.dst))) die("server token (descriptor)", r);
     C.raw_key = key;
     C.raw_base = base;
     C.src_host = aligned_alloc(4096, REGION);
@@ -686,18 +685,15 @@ static int run_client(const char *token, const opts *o)
     }
     te_addr srv = C.dst.nic[0].addr, me;
     te_main_address(C.e, &me);
-    char mh[TE_ADDR_TEXT_MAX], ph[2 * TE_MR_DESC_ENCODED_MAX + 1], rh[600], reply_buf[MSG];
-    te_addr_format(&me, mh, sizeof mh);
+    char mh[TE_ADDR_TEXT_MAX], ph[TE_MR_DESC_TEXT_MAX], rh[TE_ADDR_TEXT_MAX], reply_buf[MSG];
     te_mr_desc pd;
-    te_mr_desc_get(C.pong_mr, &pd);
-    uint8_t pb[TE_MR_DESC_ENCODED_MAX];
-    size_t pn;
-    te_mr_desc_encode(&pd, pb, sizeof pb, &pn);
-    hex(pb, pn, ph);
+    if ((r = te_addr_format(&me, mh, sizeof mh)) || (r = te_mr_desc_get(C.pong_mr, &pd)) ||
+        (r = te_mr_desc_format(&pd, ph, sizeof ph)))
+        die("own address", r);
     uint8_t myraw[256];
     size_t myrawlen = sizeof myraw;
     raw_name(C.raw, myraw, &myrawlen);
-    hex(myraw, myrawlen, rh);
+    if ((r = raw_name_format(myraw, myrawlen, rh, sizeof rh))) die("raw endpoint name", r);
     if ((r = ask(&srv, reply_buf, sizeof reply_buf, "hello %s %s %s %" PRIx64 " %" PRIx64, mh, ph, rh,
                  C.rpong.key, (uint64_t)(uintptr_t)C.pong_mem)) || strcmp(reply_buf, "hello-ok")) {
         fprintf(stderr, "fabric-debug: server did not answer hello (%d, '%s')\n", r, reply_buf);
@@ -884,45 +880,45 @@ static int run_local(int argc, char **argv, const opts *o)
     return rc;
 }
 
-static void usage(void)
-{
-    puts("usage: fabric-debug server [opts]\n"
-         "       fabric-debug client TOKEN [opts]\n"
-         "       fabric-debug local [opts]      (server and client on this machine)\n"
-         "options:\n"
-         "  --provider P     auto (default), tcp, shm, efa, verbs, or any libfabric provider\n"
-         "  --nics N         NICs per group (1..4, default 1)\n"
-         "  --nic-names A,B  NIC (domain) names; default: the provider's first N (tcp in local mode: lo)\n"
-         "  --mode M         engine, raw or both (default both)\n"
-         "  --quick          fewer sizes and iterations (about a minute)\n"
-         "  --verify         check the written bytes through the server\n"
-         "  --json FILE      also write the results as JSON\n"
-         "  --reps N         throughput rows: N engine and N raw runs, alternated, median of\n"
-         "                   each (default 1; 5 or more on a noisy machine)\n"
-         "  --only LIST      only these workloads: single, paged, latency (comma list)\n"
-         "  --sizes LIST     only these write sizes / page sizes, e.g. 64K,1M\n"
-         "  --gpu N          buffers (source and target, engine and raw) in device memory of\n"
-         "                   CUDA device N; needs a provider with FI_HMEM (libfabric built with\n"
-         "                   CUDA); --verify then checks the device bytes\n"
-         "environment: TENDRIL_PROVIDER, TENDRIL_NICS, TENDRIL_LOG (see te.h)");
-}
+static const cli_tool T = {
+    "fabric-debug",
+    "usage: fabric-debug server [opts]\n"
+    "       fabric-debug client TOKEN [opts]\n"
+    "       fabric-debug local [opts]      (server and client on this machine)\n"
+    "Point-to-point benchmark: every workload through the engine and through plain\n"
+    "libfabric calls, and their ratio (docs/performance.md).\n"
+    "options:\n"
+    "  --provider P     auto (default), tcp, shm, efa, verbs, or any libfabric provider\n"
+    "  --nics N         NICs per group (1..4, default 1)\n"
+    "  --nic-names A,B  NIC (domain) names; default: the provider's first N (tcp in local mode: lo)\n"
+    "  --mode M         engine, raw or both (default both)\n"
+    "  --quick          fewer sizes and iterations (2-vCPU VM: 15 s over tcp, 62 s with\n"
+    "                   --reps 3; 9 s over shm with --reps 3)\n"
+    "  --verify         check the written bytes through the server\n"
+    "  --json FILE      also write the results as JSON\n"
+    "  --reps N         throughput rows: N engine and N raw runs, alternated, median of\n"
+    "                   each (1..15, default 1; 5 or more on a noisy machine)\n"
+    "  --only LIST      only these workloads: single, paged, latency (comma list)\n"
+    "  --sizes LIST     only these write sizes / page sizes, e.g. 64K,1M\n"
+    "  --gpu N          buffers (source and target, engine and raw) in device memory of\n"
+    "                   CUDA device N; needs a provider with FI_HMEM (libfabric built with\n"
+    "                   CUDA); --verify then checks the device bytes\n"
+    "  --help, --version\n"
+    "environment: TENDRIL_* (docs/configuration.md); tendril-info prints the effective values\n"};
 
 int main(int argc, char **argv)
 {
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        usage();
-        return argc < 2 ? 2 : 0;
-    }
+    cli_common(&T, argc, argv);
+    if (argc < 2) cli_fail(&T, "missing command: server, client TOKEN or local");
     signal(SIGPIPE, SIG_IGN);
     opts o = {.provider = "auto", .nics = 1, .modes = 3, .reps = 1, .gpu = -1};
     const char *cmd = argv[1];
     const char *token = NULL;
     int first = 2;
+    if (strcmp(cmd, "server") && strcmp(cmd, "client") && strcmp(cmd, "local"))
+        cli_fail(&T, "unknown command '%s' (server, client TOKEN or local)", cmd);
     if (!strcmp(cmd, "client")) {
-        if (argc < 3) {
-            usage();
-            return 2;
-        }
+        if (argc < 3 || argv[2][0] == '-') cli_fail(&T, "client needs the server's TOKEN");
         token = argv[2];
         first = 3;
     }
@@ -931,53 +927,37 @@ int main(int argc, char **argv)
                                  {"json", 1, 0, 'j'},     {"reps", 1, 0, 'r'},    {"only", 1, 0, 'o'},
                                  {"sizes", 1, 0, 's'},    {"gpu", 1, 0, 'g'},      {0, 0, 0, 0}};
     optind = first;
+    opterr = 0; /* cli_fail names the option */
     int c;
-    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":", lo, NULL)) != -1) {
         switch (c) {
         case 'p': o.provider = optarg; break;
-        case 'n': o.nics = (uint32_t)atoi(optarg); break;
+        case 'n': o.nics = (uint32_t)cli_u64(&T, "--nics", optarg, 1, TE_MAX_NICS); break;
         case 'N': o.nic_names = optarg; break;
-        case 'm': o.modes = !strcmp(optarg, "engine") ? 1 : !strcmp(optarg, "raw") ? 2 : 3; break;
+        case 'm':
+            o.modes = !strcmp(optarg, "engine") ? 1 : !strcmp(optarg, "raw") ? 2
+                    : !strcmp(optarg, "both") ? 3 : 0;
+            if (!o.modes) cli_fail(&T, "option '--mode': '%s' is not engine, raw or both", optarg);
+            break;
         case 'q': o.quick = true; break;
         case 'v': o.verify = true; break;
         case 'j': o.json = optarg; break;
-        case 'r':
-            o.reps = atoi(optarg);
-            if (o.reps < 1 || o.reps > MAX_REPS) {
-                fprintf(stderr, "fabric-debug: --reps must be 1..%d\n", MAX_REPS);
-                return 2;
-            }
-            break;
+        case 'r': o.reps = (int)cli_u64(&T, "--reps", optarg, 1, MAX_REPS); break;
         case 'o':
             o.only = optarg;
-            if (!selected(&o, "single") && !selected(&o, "paged") && !selected(&o, "latency")) {
-                fprintf(stderr, "fabric-debug: --only takes a comma list of single, paged, latency\n");
-                return 2;
-            }
+            if (!selected(&o, "single") && !selected(&o, "paged") && !selected(&o, "latency"))
+                cli_fail(&T, "option '--only' takes a comma list of single, paged, latency");
             break;
         case 's':
-            if ((o.n_sizes = parse_sizes(optarg, o.sizes, 16)) <= 0) {
-                fprintf(stderr, "fabric-debug: --sizes takes a comma list such as 4K,64K,1M\n");
-                return 2;
-            }
+            if ((o.n_sizes = parse_sizes(optarg, o.sizes, 16)) <= 0)
+                cli_fail(&T, "option '--sizes' takes a comma list such as 4K,64K,1M");
             break;
-        case 'g': {
-            char *end = NULL;
-            long g = strtol(optarg, &end, 10);
-            if (!*optarg || *end || g < 0 || g > 1024) {
-                fprintf(stderr, "fabric-debug: --gpu takes a CUDA device ordinal\n");
-                return 2;
-            }
-            o.gpu = (int)g;
-            break;
-        }
-        default: usage(); return 2;
+        case 'g': o.gpu = (int)cli_u64(&T, "--gpu", optarg, 0, 1024); break;
+        case ':': cli_fail(&T, "option '%s' needs a value", argv[optind - 1]);
+        default: cli_fail(&T, "unknown option '%s'", argv[optind - 1]);
         }
     }
-    if (o.nics < 1 || o.nics > TE_MAX_NICS) {
-        fprintf(stderr, "fabric-debug: --nics must be 1..%d\n", TE_MAX_NICS);
-        return 2;
-    }
+    if (optind < argc) cli_fail(&T, "unexpected argument '%s'", argv[optind]);
     if (o.gpu >= 0) {
         char err[300];
         if (devbuf_check_gpu(o.gpu, err, sizeof err)) {
@@ -985,7 +965,8 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    /* In local mode over tcp the loopback interface is the fast path (DESIGN.md §5). */
+    /* In local mode over tcp the loopback interface is the fast path (the server is on this
+     * machine; eth0 would take the same kernel path with more overhead). */
     if (!strcmp(cmd, "local") && !o.nic_names && o.nics == 1 && !getenv("TENDRIL_NICS")) {
         char picked[64] = "";
         te_engine *probe;
@@ -1000,7 +981,5 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "server")) return run_server(&o);
     if (!strcmp(cmd, "client")) return run_client(token, &o);
-    if (!strcmp(cmd, "local")) return run_local(argc, argv, &o);
-    usage();
-    return 2;
+    return run_local(argc, argv, &o);
 }

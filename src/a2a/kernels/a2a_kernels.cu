@@ -18,7 +18,7 @@
  * before the releasing thread's operation at CTA scope, and a release is cumulative
  * (PTX memory model: causality order is transitive through the barrier's
  * synchronisation), so it covers the whole block's stores. A fence.sys in every thread
- * is not needed (it cost 2.3 µs of the decode dispatch send, docs/performance.md); the
+ * is not needed (it cost 2.3 µs of the decode dispatch send, docs/history/performance-log.md); the
  * same pattern is what cooperative groups' grid sync relies on at gpu scope.
  */
 #include <cuda_bf16.h>
@@ -371,7 +371,7 @@ static __host__ __device__ __forceinline__ size_t send_smem_ints(const P &p) {
 /* Whether this context raises and uses CNT (the counts-complete counter): decided from
  * the context's configuration alone (max tokens), so that every rank agrees whatever
  * batch it brings to a launch. Decode-sized contexts do without: the extra release cost
- * 1.3 µs of the decode dispatch send and 3.6 µs back to back (docs/performance.md), and
+ * 1.3 µs of the decode dispatch send and 3.6 µs back to back (docs/history/performance-log.md), and
  * the direct path it enables only pays at prefill sizes. */
 static __device__ __forceinline__ bool cnt_on(const P &p) { return p.Tmax > A2A_CNT_MIN_TOKENS; }
 
@@ -422,7 +422,7 @@ static __device__ __forceinline__ int out_row(const P &p, const int *s_base, int
  * straight to its expert-major output (prefill sizes): more tokens than blocks (the
  * chunked routing), every block routes at most one chunk, and the receive tables fit
  * one warp's registers. At decode sizes the wait for every source's counts in the
- * middle of the send costs more than the copies it saves (docs/performance.md). */
+ * middle of the send costs more than the copies it saves (docs/history/performance-log.md). */
 static __device__ __forceinline__ bool fused_direct_fits(const P &p) {
     const int per = ((int)p.L + 31) / 32;
     return cnt_on(p) && p.world <= 32 && p.world * per <= 16 && p.T > gridDim.x &&
@@ -782,7 +782,7 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int 
 
 /* Each form of a phase is a kernel of its own, picked by the host (a2a_kernel_launch):
  * the decode form of the fused dispatch measured 5 µs faster alone than as a branch of
- * one kernel that also held the chunked send (docs/performance.md). */
+ * one kernel that also held the chunked send (docs/history/performance-log.md). */
 __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send(P p) {
     extern __shared__ int smem[];
     TR_BEGIN();
@@ -1072,7 +1072,7 @@ static __device__ void warp_recv_tables(const P &p, int *s_base) {
 /* Dispatch recv, slot form (decode: W x Tmax <= warps). Task = (source s, staging slot j,
  * segment), so a warp needs no table to find its row: once the block has acquired every
  * source's counter (W threads poll, as in the row form: one poller per warp instead put
- * 16x more strong loads on the flag lines and cost 4.6 µs, docs/performance.md), each
+ * 16x more strong loads on the flag lines and cost 4.6 µs, docs/history/performance-log.md), each
  * warp requests its segment, the row's metadata and the source's row count while the
  * last warp builds the receive tables. One barrier joins the two; tasks past the
  * source's row count store nothing. Used by the split recv launch. */

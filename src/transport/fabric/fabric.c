@@ -18,6 +18,7 @@
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "cuda/cuda_loader.h"
@@ -276,7 +277,7 @@ static int fab_open(const tp_open_args *a, tp_nic **out)
      * incoming write moves only while the target polls, so a blind sleep would stall it. */
     n->wait_fd = -1;
     struct fi_cq_attr cq_attr = {.format = FI_CQ_FORMAT_DATA, .wait_obj = FI_WAIT_FD, .size = 0};
-    if (getenv("TENDRIL_NO_WAIT_FD") || fi_cq_open(n->domain, &cq_attr, &n->cq, NULL)) {
+    if (tn_env_flag_warn("TENDRIL_NO_WAIT_FD", false) || fi_cq_open(n->domain, &cq_attr, &n->cq, NULL)) {
         cq_attr.wait_obj = FI_WAIT_NONE;
         if ((ret = fi_cq_open(n->domain, &cq_attr, &n->cq, NULL))) goto fail_cq;
     } else if (fi_control(&n->cq->fid, FI_GETWAIT, &n->wait_fd)) {

@@ -15,6 +15,7 @@
 
 #include <infiniband/verbs.h>
 
+#include "core/env.h"
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -313,7 +314,8 @@ static int vb_open(const tp_open_args *a, tp_nic **out)
     } while (0)
     if (!n->ctx) FAIL(-errno ? -errno : -EIO, "verbs %s: ibv_open_device: %s", nm, strerror(errno));
     n->port = (uint8_t)env_int("TENDRIL_VERBS_PORT", 1, 1, 255);
-    n->compat = getenv("TENDRIL_VERBS_COMPAT") && !strcmp(getenv("TENDRIL_VERBS_COMPAT"), "pplx");
+    static const char *const compat[] = {"tendril", "pplx"};
+    n->compat = tn_env_choice_warn("TENDRIL_VERBS_COMPAT", compat, 2, 0) == 1;
     struct ibv_device_attr da;
     if ((r = ibv_query_device(n->ctx, &da))) FAIL(-r, "verbs %s: ibv_query_device: %s", nm, strerror(r));
     struct ibv_port_attr pa;
@@ -344,7 +346,7 @@ static int vb_open(const tp_open_args *a, tp_nic **out)
     if (!n->syn) FAIL(-ENOMEM, "out of memory");
 
     if (!(n->pd = ibv_alloc_pd(n->ctx))) FAIL(-EIO, "verbs %s: ibv_alloc_pd failed", nm);
-    if (!getenv("TENDRIL_NO_WAIT_FD")) {
+    if (!tn_env_flag_warn("TENDRIL_NO_WAIT_FD", false)) {
         n->ch = ibv_create_comp_channel(n->ctx);
         if (n->ch) {
             int fl = fcntl(n->ch->fd, F_GETFL);

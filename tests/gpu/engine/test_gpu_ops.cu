@@ -166,10 +166,10 @@ static int child_main(void)
     REQUIRE(te_recv_pool_create(c.e, 65536, 8, on_msg, NULL, &c, &pool) == 0, "%s", te_last_error());
     te_addr self;
     REQUIRE(te_main_address(c.e, &self) == 0, "address");
-    char a[TE_ADDR_TEXT_MAX], hd[2 * TE_MR_DESC_ENCODED_MAX + 1], hh[2 * TE_MR_DESC_ENCODED_MAX + 1];
+    char a[TE_ADDR_TEXT_MAX], hd[TE_MR_DESC_TEXT_MAX], hh[TE_MR_DESC_TEXT_MAX];
     te_addr_format(&self, a, sizeof a);
-    th_desc_to_hex(&ddev, hd, sizeof hd);
-    th_desc_to_hex(&dhost, hh, sizeof hh);
+    te_mr_desc_format(&ddev, hd, sizeof hd);
+    te_mr_desc_format(&dhost, hh, sizeof hh);
     th_child_reply("ready %s %s %s", a, hd, hh);
 
     char line[512], where[8];
@@ -533,8 +533,8 @@ static int parent_main(void)
     }
     REQUIRE(sscanf(line, "ready %517s %2189s %2189s", a, hd, hh) == 3, "child: %s", line);
     te_addr peer;
-    REQUIRE(te_addr_parse(a, &peer) == 0 && th_desc_from_hex(hd, &g_ddev) == 0 &&
-                th_desc_from_hex(hh, &g_dhost) == 0, "child's address/descriptors");
+    REQUIRE(te_addr_parse(a, &peer) == 0 && te_mr_desc_parse(hd, &g_ddev) == 0 &&
+                te_mr_desc_parse(hh, &g_dhost) == 0, "child's address/descriptors");
 
     te_config cfg;
     engine_config(&cfg, prov, 0);
