@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -266,7 +267,8 @@ static void test_use_after_stop(void **state)
 }
 
 typedef struct tally {
-    int ok, canceled, other, calls;
+    int ok, canceled, other;
+    atomic_int calls; /* also read by the test thread before stop */
 } tally;
 
 static void on_done(void *arg, int status, const char *msg)
@@ -292,6 +294,24 @@ static void test_stop_with_pending(void **state)
     te_addr pa;
     te_mr_desc pd;
     start_peer(&p, &pa, &pd);
+    /* One write first, so that the stop below meets operations in flight on an established
+     * connection (a connection request the stopped peer never answered would be another
+     * case, and libfabric 1.17's rxm leaks its info in the peer). */
+    te_counter *warm;
+    assert_int_equal(te_counter_create(&warm), 0);
+    te_write_args wa = {.src = f->mr, .len = 4096, .dst = &pd, .route = {TE_ROUTE_SHARDED, 0}};
+    te_completion wc = {.counter = warm};
+    assert_int_equal(te_write(f->e, &wa, &wc), 0);
+    assert_int_equal(te_counter_wait(warm, 1, TMO), 0);
+    assert_int_equal(te_counter_errors(warm), 0);
+    te_counter_destroy(warm);
+    /* Then, over tcp, the peer is stopped, so its provider makes no progress: the writes
+     * cannot complete (200 x 4 MiB fit in no socket buffer), and they are still pending
+     * when te_engine_stop begins however fast this thread submits and posts them. Not over
+     * shm: with the peer stopped the test hung there (te_engine_stop or the peer's exit,
+     * not yet understood), seen before issue 16 changed how the engine opens shm. */
+    bool stop_peer = strcmp(th_provider(), "shm") != 0;
+    if (stop_peer) th_kill(&p, SIGSTOP);
     tally t = {0};
     const int n = 200;
     for (int k = 0; k < n; k++) {
@@ -300,12 +320,22 @@ static void test_stop_with_pending(void **state)
         te_completion c = {.fn = on_done, .arg = &t};
         assert_int_equal(te_write(f->e, &a, &c), 0);
     }
+    int done_before_stop = atomic_load(&t.calls);
+    if (done_before_stop >= n) {
+        th_kill(&p, SIGKILL);
+        th_wait(&p, TMO);
+        fail_msg("all %d writes completed with the peer stopped: nothing was pending at stop", n);
+    }
     assert_int_equal(te_engine_stop(f->e), 0);
-    /* Every callback has run before stop returned, exactly once each. */
-    assert_int_equal(t.calls, n);
+    /* Every callback has run before stop returned, exactly once each; the pending ones
+     * with -ECANCELED. */
+    assert_int_equal(atomic_load(&t.calls), n);
     assert_int_equal(t.ok + t.canceled, n);
     assert_int_equal(t.other, 0);
     assert_true(t.canceled > 0);
+    print_message("stop with pending: %d of %d writes done before stop, %d canceled\n",
+                  done_before_stop, n, t.canceled);
+    if (stop_peer) th_kill(&p, SIGCONT);
     th_send(&p, "quit");
     int rc = th_wait(&p, TMO);
     /* libfabric 1.17's shm provider sometimes crashes the *receiving* process inside
