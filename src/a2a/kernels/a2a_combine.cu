@@ -92,7 +92,7 @@ template <int DT, int PT> static __device__ __forceinline__ bool combine_send(co
                     const uint32_t e = (uint32_t)p.indices[i];
                     if (e < (uint32_t)E) wgt_ptr(p, e / L, me)[i] = p.weights[i];
                 }
-                if (p.dev_flags & A2A_DEV_FENCE_ALL) fence_acq_rel_sys();
+                if (A2A_DEV(A2A_DEV_FENCE_ALL)) fence_acq_rel_sys();
                 __syncthreads(); /* the stores precede the cumulative release */
                 if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_WGT, me), ep);
             }

@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "../a2a_kernels.h"
+#include "a2a_dev.cuh"
 
 typedef a2a_kparams P;
 
@@ -160,7 +161,7 @@ __device__ inline bool arrive_last(const P &p, uint32_t *counter, bool sys = tru
     /* the block's stores (NVLink included) before the arrival: bar.sync, then one
      * cumulative fence in the arriving thread (see the header comment); gpu scope where
      * the block stored nothing a peer reads */
-    if (p.dev_flags & A2A_DEV_FENCE_ALL) {
+    if (A2A_DEV(A2A_DEV_FENCE_ALL)) {
         if (sys) fence_acq_rel_sys();
         else fence_acq_rel_gpu();
     }
@@ -195,7 +196,7 @@ __device__ __forceinline__ uint32_t arrive_target(uint32_t ep) { return ep * A2A
 /* Every block calls it once at its end: its stores (NVLink included) are released to
  * every destination's counter `kind` for this source. Whole block. */
 __device__ inline void arrive_count(const P &p, int kind) {
-    if (p.dev_flags & A2A_DEV_FENCE_ALL) fence_acq_rel_sys();
+    if (A2A_DEV(A2A_DEV_FENCE_ALL)) fence_acq_rel_sys();
     __syncthreads(); /* every thread's stores precede the cumulative releases below */
     if ((int)threadIdx.x < p.world) {
         const uint32_t add = blockIdx.x == 0 ? A2A_ARRIVE_SPAN - (gridDim.x - 1) : 1u;

@@ -5,7 +5,6 @@
  */
 #include "a2a_device.cuh"
 #include "a2a_forms.cuh"
-#include "a2a_trace.cuh"
 
 /* ------------------------------------------------------------ dispatch send ---- */
 
@@ -92,7 +91,7 @@ static __device__ __forceinline__ int out_row(const P &p, const int *s_base, int
 static __device__ __forceinline__ bool fused_direct_fits(const P &p) {
     const int per = ((int)p.L + 31) / 32;
     return cnt_on(p) && p.world <= 32 && p.world * per <= 16 && p.T > gridDim.x &&
-           p.T <= (uint32_t)A2A_CHUNK * gridDim.x && !(p.dev_flags & A2A_DEV_NO_DIRECT_SELF);
+           p.T <= (uint32_t)A2A_CHUNK * gridDim.x && !A2A_DEV(A2A_DEV_NO_DIRECT_SELF);
 }
 
 
@@ -564,7 +563,7 @@ static __device__ __forceinline__ void dispatch_recv_rows(const P &p, int *s_bas
     const int nseg = pick_nseg(nrows, nvec, 32);
     const int vps = (nvec + nseg - 1) / nseg;
     const int nwarps = gridDim.x * A2A_WARPS;
-    const bool pipe = !(p.dev_flags & A2A_DEV_OLD_RECV);
+    const bool pipe = !A2A_DEV(A2A_DEV_OLD_RECV);
     for (int task = blockIdx.x * A2A_WARPS + (threadIdx.x >> 5); task < nrows * nseg; task += nwarps) {
         const int r = task / nseg, seg = task % nseg;
         int s, j;

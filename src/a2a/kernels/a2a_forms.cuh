@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "../a2a_kernels.h"
+#include "a2a_dev.cuh"
 
 typedef void (*a2a_kfn)(a2a_kparams);
 
@@ -43,7 +44,7 @@ __host__ __device__ __forceinline__ size_t send_smem_ints(const a2a_kparams &p) 
  * registers of the block (two 16-byte vectors and one scale per thread). */
 __host__ __device__ __forceinline__ bool send_one_fits(const a2a_kparams &p, unsigned nblocks) {
     return p.T <= nblocks && p.payload_bytes / 16 <= 2 * A2A_THREADS && p.S <= A2A_THREADS &&
-           !(p.dev_flags & A2A_DEV_NO_WARP_ROUTE);
+           !A2A_DEV(A2A_DEV_NO_WARP_ROUTE);
 }
 
 /* Whether dispatch recv may take the slot path: one round of tasks over every staging
@@ -52,7 +53,7 @@ __host__ __device__ __forceinline__ bool send_one_fits(const a2a_kparams &p, uns
 __host__ __device__ __forceinline__ bool recv_slots_fit(const a2a_kparams &p, int nblocks) {
     const int per = ((int)p.L + 31) / 32;
     return p.world <= 32 && p.world * (int)p.Tmax <= nblocks * A2A_WARPS && p.world * per <= 16 &&
-           !(p.dev_flags & A2A_DEV_OLD_RECV);
+           !A2A_DEV(A2A_DEV_OLD_RECV);
 }
 
 #endif

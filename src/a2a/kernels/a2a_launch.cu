@@ -41,7 +41,7 @@ static a2a_kfn pick_form(int phase, const a2a_kparams *p, int nblocks) {
         return recv_slots_fit(*p, nblocks) ? a2a_dispatch_kernel(A2A_K_DRECV_SLOTS) : nullptr;
     case A2A_PH_DBOTH:
         if (!send_one_fits(*p, (unsigned)nblocks)) return nullptr;
-        return a2a_dispatch_kernel(recv_slots_fit(*p, nblocks) && (p->dev_flags & A2A_DEV_FUSED_SLOTS)
+        return a2a_dispatch_kernel(recv_slots_fit(*p, nblocks) && A2A_DEV(A2A_DEV_FUSED_SLOTS)
                                        ? A2A_K_DBOTH_ONE_SLOTS
                                        : A2A_K_DBOTH_ONE);
     default: return nullptr;

@@ -1,15 +1,35 @@
 /*
- * Development aid of the all-to-all kernels: per-block timestamps (see docs/a2a.md,
- * "Development aids"). Included by the kernel files; empty unless A2A_TRACE is defined.
+ * Development aids of the all-to-all kernels (docs/a2a.md, "Development aids"), both
+ * chosen when the library is built, so that production builds carry neither: A/B
+ * switches that bring back an earlier form of a step, and per-block timestamps.
  */
-#ifndef TENDRIL_A2A_TRACE_CUH
-#define TENDRIL_A2A_TRACE_CUH
+#ifndef TENDRIL_A2A_DEV_CUH
+#define TENDRIL_A2A_DEV_CUH
 
 #include <stdint.h>
-/* Development aid (cmake -DTENDRIL_A2A_TRACE=ON): thread 0 of every block records
- * %globaltimer and clock64 at numbered points of a kernel and prints them for a few
- * epochs (A2A_TRACE_EP0 .. +2), so a latency breakdown per phase can be read without a
- * profiler (ncu's replay serialises the ranks and deadlocks on the cross-GPU waits). */
+
+/* A/B switches (cmake -DTENDRIL_A2A_DEV_FLAGS=N defines A2A_DEV_FLAGS): each brings back
+ * an earlier form of a step, so that a benchmark can measure both forms with builds of
+ * the same tree. 0 (the default) compiles every test below away. */
+#ifndef A2A_DEV_FLAGS
+#define A2A_DEV_FLAGS 0
+#endif
+enum {
+    A2A_DEV_FENCE_ALL = 1,      /* every thread runs fence.sys before a block's arrival */
+    A2A_DEV_NO_WARP_ROUTE = 2,  /* decode dispatch send routes with the block-wide path */
+    A2A_DEV_OLD_RECV = 4,       /* dispatch recv: every block builds its tables before any
+                                   row load, and the copy loop does not prefetch */
+    A2A_DEV_NO_DIRECT_SELF = 8, /* fused dispatch stages the rows a rank sends itself
+                                   instead of storing them straight to the output */
+    A2A_DEV_FUSED_SLOTS = 16    /* fused decode dispatch: slot-form recv (A/B) */
+};
+#define A2A_DEV(bit) ((A2A_DEV_FLAGS & (bit)) != 0)
+
+/* Per-block timestamps (cmake -DTENDRIL_A2A_TRACE=ON defines A2A_TRACE): thread 0 of
+ * every block records %globaltimer and clock64 at numbered points of a kernel and prints
+ * them for a few epochs (A2A_TRACE_EP0 .. +2), so a latency breakdown per phase can be
+ * read without a profiler (ncu's replay serialises the ranks and deadlocks on the
+ * cross-GPU waits). */
 #ifdef A2A_TRACE
 #include <cstdio>
 #ifndef A2A_TRACE_EP0
