@@ -341,19 +341,6 @@ int a2a_create(const a2a_config *cfg, a2a_ctx **out) {
     kp->host_err = hw_dev;
     kp->host_abort = hw_dev + 1;
     kp->timeout_ns = (uint64_t)(cfg->timeout_ms ? cfg->timeout_ms : 10000) * 1000000ull;
-    {
-        /* development A/B switches (a2a_kernels.h); unset = 0, malformed = 0 and a
-         * warning (this library does not link the engine's core/env.c) */
-        const char *df = getenv("TENDRIL_A2A_DEV_FLAGS");
-        char *end = NULL;
-        unsigned long long v = df && *df ? strtoull(df, &end, 0) : 0;
-        if (df && *df && (*end || v > 0xffffffffull)) {
-            fprintf(stderr, "tendril a2a: TENDRIL_A2A_DEV_FLAGS=%s is not valid (accepted: "
-                            "0..0xffffffff); using 0\n", df);
-            v = 0;
-        }
-        kp->dev_flags = (uint32_t)v;
-    }
     kp->rank = c->rank;
     kp->world = c->W;
     kp->E = cfg->num_experts;

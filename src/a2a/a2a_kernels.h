@@ -46,17 +46,6 @@ enum { A2A_PH_DSEND = 0, A2A_PH_DRECV = 1, A2A_PH_CSEND = 2, A2A_PH_CRECV = 3,
        A2A_PH_DBOTH = 4, A2A_PH_CBOTH = 5, A2A_PH_N = 6 }; /* BOTH: send+recv in one launch */
 /* error word: code << 24 | phase << 16 | peer */
 enum { A2A_ERR_TIMEOUT = 1, A2A_ERR_OVERFLOW = 2, A2A_ERR_ABORT = 3 };
-/* Development switches (env TENDRIL_A2A_DEV_FLAGS, read at context creation) that bring
- * back an earlier form of a step, so that a benchmark can A/B it in one build. */
-enum {
-    A2A_DEV_FENCE_ALL = 1,     /* every thread runs fence.sys before a block's arrival */
-    A2A_DEV_NO_WARP_ROUTE = 2, /* decode dispatch send routes with the block-wide path */
-    A2A_DEV_OLD_RECV = 4,      /* dispatch recv: every block builds its tables before any
-                                  row load, and the copy loop does not prefetch */
-    A2A_DEV_NO_DIRECT_SELF = 8, /* fused dispatch stages the rows a rank sends itself
-                                   instead of storing them straight to the output */
-    A2A_DEV_FUSED_SLOTS = 16    /* fused decode dispatch: slot-form recv (A/B) */
-};
 /* arrival counters in the workspace */
 enum { A2A_ARR_DSEND = 0, A2A_ARR_WGT = 1, A2A_ARR_CSEND = 2, A2A_ARR_CRECV = 3, A2A_ARR_N = 8 };
 
@@ -73,7 +62,6 @@ typedef struct a2a_kparams {
     uint32_t *host_err;        /* host-mapped: first error */
     const uint32_t *host_abort;/* host-mapped: abort request */
     uint64_t timeout_ns;
-    uint32_t dev_flags;        /* A2A_DEV_* */
     int32_t rank, world;
     uint32_t E, L, K, H, S, Tmax, pad;
     uint32_t payload_bytes;    /* H * in_elem_size (multiple of 16) */
