@@ -25,6 +25,8 @@
 #include <stdint.h>
 #include <tendril/a2a.h>
 
+#include "proxy/a2a_proxy.h" /* A2A_PX_*: the phases the RDMA proxy carries */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -50,7 +52,17 @@ enum { A2A_ERR_TIMEOUT = 1, A2A_ERR_OVERFLOW = 2, A2A_ERR_ABORT = 3 };
 enum { A2A_ARR_DSEND = 0, A2A_ARR_WGT = 1, A2A_ARR_CSEND = 2, A2A_ARR_CRECV = 3, A2A_ARR_N = 8 };
 
 typedef struct a2a_kparams {
-    char *peer[A2A_MAX_RANKS]; /* base of each rank's shared block, mapped here */
+    char *peer[A2A_MAX_RANKS]; /* base of each slice peer's shared block, mapped here
+                                  (NULL for RDMA peers) */
+    /* RDMA peers (docs/a2a-internode.md); all 0 / NULL when every peer shares the node */
+    uint64_t rdma_mask;        /* bit q: slice peer q is reached over RDMA */
+    char *stage;               /* what we send to RDMA peers (slot = peer), or NULL */
+    char *rblock;              /* where RDMA sources' data lands (slot = source), or NULL */
+    int32_t *px_tx;            /* host-mapped [A2A_PX_N][A2A_MAX_RANKS] lengths for the proxy */
+    uint64_t *px_doorbell[A2A_PX_N];   /* watcher words the proxy polls */
+    const uint64_t *const *px_flag;    /* device [A2A_PX_N][A2A_MAX_RANKS] epoch-word pointers */
+    int32_t *ws_rslot;         /* [Tmax][A2A_MAX_RANKS]: dispatch row j our token t got at RDMA
+                                  peer q (-1: none); combine recv reads its compact part row */
     uint64_t off_flags, off_cnt, off_meta, off_rows, off_wgt, off_part;
     uint32_t *ws_iter;         /* completed iterations (epoch of the next = +1) */
     uint32_t *ws_err;          /* first error (device copy) */
