@@ -19,7 +19,8 @@
  *   A2A_PX_DSP: rows n sent to q, 0..Tmax. Writes: cnt slot ((L+1)*4 bytes), meta
  *               [0, n) (n*(K+1)*4 bytes), rows [0, n) (n*row_bytes bytes).
  *   A2A_PX_WGT: weights (floats, T*K), 0..Tmax*K. Write: wgt slot [0, tx) (tx*4 bytes).
- *   A2A_PX_CMB: part rows m, 0..Tmax. Write: part slot [0, m) (m*H*4 bytes).
+ *   A2A_PX_CMB: compact part rows n (rows received from q), 0..Tmax. Write: part slot
+ *               [0, n) (n*H*4 bytes).
  * Every write is posted even when its length is 0 (the receiver's count is fixed).
  *
  * Ranks are slice ranks (docs/a2a-internode.md, "Ranks"): rank, world, rdma_mask and the
