@@ -51,18 +51,32 @@ enum { A2A_ERR_TIMEOUT = 1, A2A_ERR_OVERFLOW = 2, A2A_ERR_ABORT = 3 };
 /* arrival counters in the workspace */
 enum { A2A_ARR_DSEND = 0, A2A_ARR_WGT = 1, A2A_ARR_CSEND = 2, A2A_ARR_CRECV = 3, A2A_ARR_N = 8 };
 
+/* The RDMA arrays below (px_tx, px_flag, ws_rslot) have rows of A2A_PX_MAX_RANKS (64)
+ * entries whatever the world size: the proxy's tx rows have that length. */
+#if A2A_MAX_RANKS > A2A_PX_MAX_RANKS
+#error "A2A_MAX_RANKS exceeds the proxy's A2A_PX_MAX_RANKS"
+#endif
+
 typedef struct a2a_kparams {
     char *peer[A2A_MAX_RANKS]; /* base of each slice peer's shared block, mapped here
                                   (NULL for RDMA peers) */
-    /* RDMA peers (docs/a2a-internode.md); all 0 / NULL when every peer shares the node */
-    uint64_t rdma_mask;        /* bit q: slice peer q is reached over RDMA */
-    char *stage;               /* what we send to RDMA peers (slot = peer), or NULL */
-    char *rblock;              /* where RDMA sources' data lands (slot = source), or NULL */
-    int32_t *px_tx;            /* host-mapped [A2A_PX_N][A2A_MAX_RANKS] lengths for the proxy */
-    uint64_t *px_doorbell[A2A_PX_N];   /* watcher words the proxy polls */
-    const uint64_t *const *px_flag;    /* device [A2A_PX_N][A2A_MAX_RANKS] epoch-word pointers */
-    int32_t *ws_rslot;         /* [Tmax][A2A_MAX_RANKS]: dispatch row j our token t got at RDMA
-                                  peer q (-1: none); combine recv reads its compact part row */
+    /* RDMA peers (docs/a2a-internode.md); all 0 / NULL when every peer shares the node.
+     * rdma_mask != 0 selects the kernels' RDMA instantiations (a2a_launch.cu). */
+    uint64_t rdma_mask;        /* bit q: slice peer q is reached over RDMA (bit of self 0) */
+    char *stage;               /* what we send to RDMA peers (slot = peer), or NULL; same
+                                  layout and offsets as the shared block */
+    char *rblock;              /* where RDMA sources' data lands (slot = source), or NULL;
+                                  same layout and offsets (may be the shared block itself) */
+    int32_t *px_tx;            /* host-mapped [A2A_PX_N][A2A_PX_MAX_RANKS] lengths for the
+                                  proxy (units: a2a_proxy.h), written before each doorbell */
+    uint64_t *px_doorbell[A2A_PX_N];   /* watcher words the proxy polls (te_watcher) */
+    const uint64_t *const *px_flag;    /* device [A2A_PX_N][A2A_PX_MAX_RANKS] epoch-word
+                                          pointers (te_imm_flag); non-NULL for every RDMA
+                                          source, NULL elsewhere */
+    int32_t *ws_rslot;         /* workspace [Tmax][A2A_PX_MAX_RANKS]: dispatch row j our token t
+                                  got at RDMA peer q (-1: none), rewritten by every dispatch
+                                  send for t < T; combine recv reads its compact part row.
+                                  Any initial content in [-1, Tmax) (zeroed is fine) */
     uint64_t off_flags, off_cnt, off_meta, off_rows, off_wgt, off_part;
     uint32_t *ws_iter;         /* completed iterations (epoch of the next = +1) */
     uint32_t *ws_err;          /* first error (device copy) */

@@ -1,8 +1,9 @@
 /*
  * Combine kernels: send (publish the combine weights, weighted partial sums of the
  * local experts' rows to each token's rank) and recv (sum of the partials), and both in
- * one launch; one instantiation per (out dtype, partial dtype). See docs/a2a.md,
- * "Protocol" 3-4 and "Combine numerics".
+ * one launch; one instantiation per (out dtype, partial dtype) and per R (RDMA peers or
+ * not: a2a_device.cuh). See docs/a2a.md, "Protocol" 3-4 and "Combine numerics", and
+ * docs/a2a-internode.md for the RDMA path.
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -77,12 +78,14 @@ template <int DT> static __device__ __forceinline__ void store8(char *p, const f
 
 /* ------------------------------------------------------------ combine send ---- */
 
-template <int DT, int PT> static __device__ __forceinline__ bool combine_send(const P &p, int *smem) {
+template <int DT, int PT, bool R> static __device__ __forceinline__ bool combine_send(const P &p, int *smem) {
     uint32_t ep;
     if (!start(p, &ep)) return false;
     const int W = p.world, L = p.L, K = p.K, E = p.E, me = p.rank;
     const int tid = threadIdx.x, lane = tid & 31;
-    /* A: publish this rank's weights to the ranks that own the experts */
+    /* A: publish this rank's weights to the ranks that own the experts (RDMA owners: into
+     * their stage slot, then the WGT doorbell with T*K weights, from the block that holds
+     * every weight store) */
     {
         const int T = tokens_now(p);
         if (T * K <= 8 * A2A_THREADS) {
@@ -90,27 +93,30 @@ template <int DT, int PT> static __device__ __forceinline__ bool combine_send(co
             if (blockIdx.x == 0) {
                 for (int i = tid; i < T * K; i += A2A_THREADS) {
                     const uint32_t e = (uint32_t)p.indices[i];
-                    if (e < (uint32_t)E) wgt_ptr(p, e / L, me)[i] = p.weights[i];
+                    if (e < (uint32_t)E) wgt_ptr<R>(p, e / L, me)[i] = p.weights[i];
                 }
                 if (A2A_DEV(A2A_DEV_FENCE_ALL)) fence_acq_rel_sys();
                 __syncthreads(); /* the stores precede the cumulative release */
-                if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_WGT, me), ep);
+                if (tid < W && !(R && rdma_peer(p, tid))) st_release_sys(flag_ptr(p, tid, A2A_FLAG_WGT, me), ep);
+                if (R) ring_doorbell(p, A2A_PX_WGT, ep, [&](int) { return T * K; });
             }
         } else {
             for (int i = blockIdx.x * A2A_THREADS + tid; i < T * K; i += gridDim.x * A2A_THREADS) {
                 const uint32_t e = (uint32_t)p.indices[i];
-                if (e < (uint32_t)E) wgt_ptr(p, e / L, me)[i] = p.weights[i];
+                if (e < (uint32_t)E) wgt_ptr<R>(p, e / L, me)[i] = p.weights[i];
             }
-            if (arrive_last(p, &p.ws_arrive[A2A_ARR_WGT]))
-                if (tid < W) st_release_sys(flag_ptr(p, tid, A2A_FLAG_WGT, me), ep);
+            if (arrive_last(p, &p.ws_arrive[A2A_ARR_WGT])) {
+                if (tid < W && !(R && rdma_peer(p, tid))) st_release_sys(flag_ptr(p, tid, A2A_FLAG_WGT, me), ep);
+                if (R) ring_doorbell(p, A2A_PX_WGT, ep, [&](int) { return T * K; });
+            }
         }
     }
     /* the receive tables are local (saved by dispatch recv): loaded while the weights
      * travel */
     int *s_base = smem, *s_rowoff = smem + W * L;
-    const int nrows = load_recv_tables(p, s_base, s_rowoff, false);
+    const int nrows = load_recv_tables<R>(p, s_base, s_rowoff, false);
     /* B: every source's weights (co-resident grid: our own last block publishes too) */
-    if (!block_wait_all(p, A2A_FLAG_WGT, ep, A2A_PH_CSEND)) return false;
+    if (!block_wait_all<R>(p, A2A_FLAG_WGT, ep, A2A_PH_CSEND)) return false;
     /* C: weighted partial sum of the local experts' rows of each received token */
     const int nchunk = p.H / 8;
     const int nseg = pick_nseg(nrows, nchunk, 32);
@@ -122,7 +128,7 @@ template <int DT, int PT> static __device__ __forceinline__ bool combine_send(co
         const int r = task / nseg, seg = task % nseg;
         int s, j;
         row_to_src(s_rowoff, W, r, &s, &j);
-        const int32_t *m = meta_ptr(p, me, s, j);
+        const int32_t *m = meta_ptr<R>(p, me, s, j);
         const int t = ld_vol_i(m);
         int my = -1;
         float myw = 0.f;
@@ -134,7 +140,7 @@ template <int DT, int PT> static __device__ __forceinline__ bool combine_send(co
                     set_error(p, A2A_ERR_OVERFLOW, A2A_PH_CSEND, s);
                     my = -1;
                 }
-                myw = *(const volatile float *)&wgt_ptr(p, me, s)[(size_t)t * K + lane];
+                myw = *(const volatile float *)&wgt_ptr<R>(p, me, s)[(size_t)t * K + lane];
             }
         }
         const char *yr[8];
@@ -145,7 +151,9 @@ template <int DT, int PT> static __device__ __forceinline__ bool combine_send(co
             w[q] = __shfl_sync(FULL, myw, q);
             yr[q] = row >= 0 ? (const char *)p.y + (size_t)row * p.y_stride : nullptr;
         }
-        char *dstp = (char *)part_ptr(p, s, me, t);
+        /* NVLink: part row t of s's block; RDMA: compact row j of s's stage slot (s reads it
+         * back through ws_rslot) */
+        char *dstp = (char *)part_ptr<R>(p, s, me, R && rdma_peer(p, s) ? j : t);
         const int c0 = seg * cps, c1 = min(nchunk, c0 + cps);
         for (int c = c0 + lane; c < c1; c += 32) {
             float acc[8];
@@ -166,25 +174,29 @@ template <int DT, int PT> static __device__ __forceinline__ bool combine_send(co
     }
     /* the count region was consumed by dispatch recv (tables are in the workspace): clear
      * it for the senders' reductions of the next iteration, which start after they see
-     * our CMB flag */
+     * our CMB flag. Our own block, every slot: RDMA sources' cnt rows (in rblock) are
+     * overwritten whole by their next DSP write instead, so they need no clearing. */
     if (blockIdx.x == 0)
-        for (int i = tid; i < W * (L + 1); i += A2A_THREADS) cnt_ptr(p, me, 0)[i] = 0;
-    /* D: partials delivered and our reads of cnt/meta/rows/wgt done (per block) */
-    arrive_count(p, A2A_FLAG_CMB);
+        for (int i = tid; i < W * (L + 1); i += A2A_THREADS) cnt_ptr<false>(p, me, 0)[i] = 0;
+    /* D: partials delivered and our reads of cnt/meta/rows/wgt done (per block); RDMA:
+     * the last block rings the CMB doorbell with the compact rows of each source */
+    arrive_count<R>(p, A2A_FLAG_CMB);
+    if (R && arrive_last(p, &p.ws_arrive[A2A_ARR_CSEND]))
+        ring_doorbell(p, A2A_PX_CMB, ep, [&](int q) { return p.ws_nsrc[q]; });
     return true;
 }
 
-template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_send(P p) {
+template <int DT, int PT, bool R> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_send(P p) {
     extern __shared__ int smem[];
-    combine_send<DT, PT>(p, smem);
+    combine_send<DT, PT, R>(p, smem);
 }
 
 /* ------------------------------------------------------------ combine recv ---- */
 
-template <int DT, int PT> static __device__ __forceinline__ void combine_recv(const P &p) {
+template <int DT, int PT, bool R> static __device__ __forceinline__ void combine_recv(const P &p) {
     uint32_t ep;
     if (!start(p, &ep)) return;
-    if (!block_wait_all(p, A2A_FLAG_CMB, arrive_target(ep), A2A_PH_CRECV)) return;
+    if (!block_wait_all<R>(p, A2A_FLAG_CMB, ep, A2A_PH_CRECV)) return;
     const int K = p.K, E = p.E, L = p.L, me = p.rank;
     const int lane = threadIdx.x & 31;
     const int T = tokens_now(p);
@@ -195,20 +207,31 @@ template <int DT, int PT> static __device__ __forceinline__ void combine_recv(co
     constexpr int EB = Elt<DT>::bytes;
     for (int task = blockIdx.x * A2A_WARPS + (threadIdx.x >> 5); task < T * nseg; task += nwarps) {
         const int t = task / nseg, seg = task % nseg;
-        uint32_t bit = 0;
+        /* the token's expert ranks, ascending (up to 64: two 32-bit halves) */
+        uint32_t blo = 0, bhi = 0;
         if (lane < K) {
             const uint32_t e = (uint32_t)p.indices[(size_t)t * K + lane];
-            if (e < (uint32_t)E) bit = 1u << (e / L);
+            if (e < (uint32_t)E) {
+                const uint32_t r = e / L;
+                if (r < 32) blo = 1u << r;
+                else bhi = 1u << (r - 32);
+            }
         }
-        uint32_t mask = __reduce_or_sync(FULL, bit);
+        uint64_t mask = __reduce_or_sync(FULL, blo) | (uint64_t)__reduce_or_sync(FULL, bhi) << 32;
         const float *src[8];
 #pragma unroll
         for (int q = 0; q < 8; q++) {
             src[q] = nullptr;
             if (mask) {
-                const int r = __ffs(mask) - 1;
+                const int r = __ffsll((long long)mask) - 1;
                 mask &= mask - 1;
-                src[q] = part_ptr(p, me, r, t);
+                if (R && rdma_peer(p, r)) {
+                    /* compact row: the dispatch row this token got at r (-1: none) */
+                    const int j = p.ws_rslot[(size_t)t * A2A_PX_MAX_RANKS + r];
+                    if ((uint32_t)j < p.Tmax) src[q] = part_ptr<R>(p, me, r, j);
+                } else {
+                    src[q] = part_ptr<false>(p, me, r, t);
+                }
             }
         }
         char *outp = (char *)p.out + (size_t)t * p.out_stride;
@@ -242,34 +265,39 @@ template <int DT, int PT> static __device__ __forceinline__ void combine_recv(co
         }
 }
 
-template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_recv(P p) {
-    combine_recv<DT, PT>(p);
+template <int DT, int PT, bool R> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_recv(P p) {
+    combine_recv<DT, PT, R>(p);
 }
 
-template <int DT, int PT> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_both(P p) {
+template <int DT, int PT, bool R> __global__ void __launch_bounds__(A2A_THREADS, 1) k_combine_both(P p) {
     extern __shared__ int smem[];
-    if (!combine_send<DT, PT>(p, smem)) return;
-    combine_recv<DT, PT>(p);
+    if (!combine_send<DT, PT, R>(p, smem)) return;
+    combine_recv<DT, PT, R>(p);
 }
 
 #define A2A_BF A2A_DTYPE_BF16
 #define A2A_HF A2A_DTYPE_F16
 #define A2A_FF A2A_DTYPE_F32
 
-a2a_kfn a2a_combine_kernel(int phase, int dt, int pf32) {
+/* The kernel K of (out dtype, partial dtype, R) */
+#define A2A_PICK(K, R)                                                                    \
+    do {                                                                                  \
+        if (dt == A2A_BF) return pf32 ? K<A2A_BF, A2A_FF, R> : K<A2A_BF, A2A_BF, R>;      \
+        if (dt == A2A_HF) return pf32 ? K<A2A_HF, A2A_FF, R> : K<A2A_HF, A2A_HF, R>;      \
+        return K<A2A_FF, A2A_FF, R>;                                                      \
+    } while (0)
+
+a2a_kfn a2a_combine_kernel(int phase, int dt, int pf32, bool rdma) {
     switch (phase) {
     case A2A_PH_CBOTH:
-        if (dt == A2A_BF) return pf32 ? k_combine_both<A2A_BF, A2A_FF> : k_combine_both<A2A_BF, A2A_BF>;
-        if (dt == A2A_HF) return pf32 ? k_combine_both<A2A_HF, A2A_FF> : k_combine_both<A2A_HF, A2A_HF>;
-        return k_combine_both<A2A_FF, A2A_FF>;
+        if (rdma) A2A_PICK(k_combine_both, true);
+        A2A_PICK(k_combine_both, false);
     case A2A_PH_CSEND:
-        if (dt == A2A_BF) return pf32 ? k_combine_send<A2A_BF, A2A_FF> : k_combine_send<A2A_BF, A2A_BF>;
-        if (dt == A2A_HF) return pf32 ? k_combine_send<A2A_HF, A2A_FF> : k_combine_send<A2A_HF, A2A_HF>;
-        return k_combine_send<A2A_FF, A2A_FF>;
+        if (rdma) A2A_PICK(k_combine_send, true);
+        A2A_PICK(k_combine_send, false);
     case A2A_PH_CRECV:
-        if (dt == A2A_BF) return pf32 ? k_combine_recv<A2A_BF, A2A_FF> : k_combine_recv<A2A_BF, A2A_BF>;
-        if (dt == A2A_HF) return pf32 ? k_combine_recv<A2A_HF, A2A_FF> : k_combine_recv<A2A_HF, A2A_HF>;
-        return k_combine_recv<A2A_FF, A2A_FF>;
+        if (rdma) A2A_PICK(k_combine_recv, true);
+        A2A_PICK(k_combine_recv, false);
     default:
         return nullptr;
     }

@@ -22,6 +22,34 @@
  * synchronisation), so it covers the whole block's stores. A fence.sys in every thread
  * is not needed (it cost 2.3 µs of the decode dispatch send, docs/history/performance-log.md); the
  * same pattern is what cooperative groups' grid sync relies on at gpu scope.
+ *
+ * RDMA peers (docs/a2a-internode.md). Every function that touches a peer's memory or
+ * flags takes a template argument R: whether the context has any RDMA peer
+ * (p.rdma_mask != 0, the same on every rank of a slice). With R = false the RDMA tests
+ * fold away and the code is the NVLink code; with R = true the address helpers apply the
+ * address rule (slot_base), sends skip RDMA destinations' counters, and the last block
+ * of a proxied phase rings the proxy's doorbell (ring_doorbell):
+ *
+ *   every block:  its stores (stage included) -> bar.sync -> thread 0: fence.acq_rel.sys,
+ *                 atomicAdd(arrival counter)                          (arrive_last)
+ *   last block:   thread 0: fence.acq_rel.sys (acquire: the counter's RMW chain reads
+ *                 every block's release) -> bar.sync -> lengths into px_tx (and, for
+ *                 DSP, the stage cnt rows) -> bar.sync -> thread 0: fence.sc.sys
+ *                 (__threadfence_system) -> st.release.sys.u64 epoch into the doorbell
+ *   proxy:        reads the doorbell (acquire), reads px_tx, posts the writes; the NIC
+ *                 reads stage by DMA
+ *
+ * Each block's release (bar.sync, then a fence by the arriving thread: cumulative, as
+ * above) is acquired by the last block through the counter, and the last block's fence
+ * then releases everything at system scope to the doorbell, so a host thread that sees
+ * the epoch also sees every block's stage stores and the lengths. The NIC is not a PTX
+ * thread: we rely on what GPUDirect RDMA (and NVSHMEM/DeepEP's proxies) rely on, that
+ * stores visible at system scope are at the point of coherence (the GPU's L2 for GPU
+ * memory, host memory for pinned host memory) where a later PCIe read by the NIC,
+ * issued after the host thread observed the doorbell, finds them. Arrival flags: the
+ * engine raises the epoch word with a release store after the provider reported the
+ * write placed; one thread per source acquires it (ld.acquire.sys) and bar.sync hands
+ * that on to the block, as for the NVLink counters.
  */
 #ifndef TENDRIL_A2A_DEVICE_CUH
 #define TENDRIL_A2A_DEVICE_CUH
@@ -50,6 +78,9 @@ __device__ __forceinline__ uint32_t ld_acquire_sys(const uint32_t *p) {
 }
 __device__ __forceinline__ void st_release_sys(uint32_t *p, uint32_t v) {
     asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ void st_release_sys_u64(uint64_t *p, uint64_t v) {
+    asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 __device__ __forceinline__ void fence_acq_rel_sys(void) {
     asm volatile("fence.acq_rel.sys;" ::: "memory");
@@ -87,23 +118,59 @@ __device__ __forceinline__ void st_v4(void *p, uint4 v) {
                  : "memory");
 }
 
+/* An NVLink flag line (RDMA peers have none: src_flag, ring_doorbell). */
 __device__ __forceinline__ uint32_t *flag_ptr(const P &p, int owner, int kind, int src) {
     return (uint32_t *)(p.peer[owner] + p.off_flags) + ((size_t)kind * p.world + src) * 32;
 }
-__device__ __forceinline__ int32_t *cnt_ptr(const P &p, int owner, int src) {
-    return (int32_t *)(p.peer[owner] + p.off_cnt) + (size_t)src * (p.L + 1);
+/* Whether slice peer q is reached over RDMA. */
+__device__ __forceinline__ bool rdma_peer(const P &p, int q) { return ((p.rdma_mask >> q) & 1) != 0; }
+
+/* The address rule (docs/a2a-internode.md, "Memory"): the block and slot where what
+ * `src` sends `owner` lives, as seen from this rank. Data of an RDMA source for us is in
+ * rblock (slot = source); data for an RDMA owner is staged locally (slot = owner, src is
+ * then always us); everything else is in the owner's shared block (slot = source). */
+template <bool R> __device__ __forceinline__ char *slot_base(const P &p, int owner, int src, int *slot) {
+    if (R) {
+        if (owner == p.rank) {
+            if (rdma_peer(p, src)) {
+                *slot = src;
+                return p.rblock;
+            }
+        } else if (rdma_peer(p, owner)) {
+            *slot = owner;
+            return p.stage;
+        }
+    }
+    *slot = src;
+    return p.peer[owner];
 }
-__device__ __forceinline__ int32_t *meta_ptr(const P &p, int owner, int src, int j) {
-    return (int32_t *)(p.peer[owner] + p.off_meta) + ((size_t)src * p.Tmax + j) * (p.K + 1);
+
+template <bool R> __device__ __forceinline__ int32_t *cnt_ptr(const P &p, int owner, int src) {
+    int s;
+    char *b = slot_base<R>(p, owner, src, &s);
+    return (int32_t *)(b + p.off_cnt) + (size_t)s * (p.L + 1);
 }
-__device__ __forceinline__ char *row_ptr(const P &p, int owner, int src, int j) {
-    return p.peer[owner] + p.off_rows + ((size_t)src * p.Tmax + j) * p.row_bytes;
+template <bool R> __device__ __forceinline__ int32_t *meta_ptr(const P &p, int owner, int src, int j) {
+    int s;
+    char *b = slot_base<R>(p, owner, src, &s);
+    return (int32_t *)(b + p.off_meta) + ((size_t)s * p.Tmax + j) * (p.K + 1);
 }
-__device__ __forceinline__ float *wgt_ptr(const P &p, int owner, int src) {
-    return (float *)(p.peer[owner] + p.off_wgt) + (size_t)src * p.Tmax * p.K;
+template <bool R> __device__ __forceinline__ char *row_ptr(const P &p, int owner, int src, int j) {
+    int s;
+    char *b = slot_base<R>(p, owner, src, &s);
+    return b + p.off_rows + ((size_t)s * p.Tmax + j) * p.row_bytes;
 }
-__device__ __forceinline__ float *part_ptr(const P &p, int owner, int src, int t) {
-    return (float *)(p.peer[owner] + p.off_part) + ((size_t)src * p.Tmax + t) * p.H;
+template <bool R> __device__ __forceinline__ float *wgt_ptr(const P &p, int owner, int src) {
+    int s;
+    char *b = slot_base<R>(p, owner, src, &s);
+    return (float *)(b + p.off_wgt) + (size_t)s * p.Tmax * p.K;
+}
+/* Row `row` of a part slot: the token id over NVLink, the compact row (the source's
+ * dispatch row) over RDMA; the caller picks (docs/a2a-internode.md, "Signals", CMB). */
+template <bool R> __device__ __forceinline__ float *part_ptr(const P &p, int owner, int src, int row) {
+    int s;
+    char *b = slot_base<R>(p, owner, src, &s);
+    return (float *)(b + p.off_part) + ((size_t)s * p.Tmax + row) * p.H;
 }
 
 __device__ __forceinline__ bool failed(const P &p) { return ld_vol(p.ws_err) != 0; }
@@ -138,14 +205,41 @@ __device__ inline bool wait_flag(const P &p, const uint32_t *flag, uint32_t targ
     }
 }
 
-/* Whole block: wait for flag `kind` of every source in the own block. Uniform result. */
-__device__ inline bool block_wait_all(const P &p, int kind, uint32_t target, uint32_t phase) {
+/* Target of a DSP/CMB/CNT counter for epoch ep (see the header comment); WGT holds the
+ * epoch itself. */
+__device__ __forceinline__ uint32_t arrive_target(uint32_t ep) { return ep * A2A_ARRIVE_SPAN; }
+
+/* The word that says source s's flag `kind` of epoch ep is complete here, and the value
+ * it must reach (wrap-safe >=): our own block's flag line and nvl_target (the NVLink
+ * value, see below) for NVLink sources and self; for an RDMA source the low 32 bits of
+ * the proxy's arrival epoch word of the phase that carries `kind` (DSP and CNT: DSP),
+ * which reaches ep when every write of that phase has landed. */
+template <bool R>
+__device__ __forceinline__ const uint32_t *src_flag(const P &p, int kind, int s, uint32_t ep, uint32_t nvl_target,
+                                                    uint32_t *target) {
+    if (R && rdma_peer(p, s)) {
+        const int ph = kind == A2A_FLAG_WGT ? A2A_PX_WGT : kind == A2A_FLAG_CMB ? A2A_PX_CMB : A2A_PX_DSP;
+        *target = ep;
+        return (const uint32_t *)p.px_flag[ph * A2A_PX_MAX_RANKS + s];
+    }
+    *target = nvl_target;
+    return flag_ptr(p, p.rank, kind, s);
+}
+/* What an NVLink flag `kind` holds once epoch ep is complete. */
+__device__ __forceinline__ uint32_t nvl_target(int kind, uint32_t ep) {
+    return kind == A2A_FLAG_WGT ? ep : arrive_target(ep);
+}
+
+/* Whole block: wait for flag `kind` of epoch ep from every source. Uniform result. */
+template <bool R> __device__ inline bool block_wait_all(const P &p, int kind, uint32_t ep, uint32_t phase) {
+    const uint32_t nvl = nvl_target(kind, ep);
     __shared__ int s_fail;
     if (threadIdx.x == 0) s_fail = 0;
     __syncthreads();
     if ((int)threadIdx.x < p.world) {
-        if (!wait_flag(p, flag_ptr(p, p.rank, kind, threadIdx.x), target, phase, threadIdx.x))
-            s_fail = 1;
+        uint32_t target;
+        const uint32_t *f = src_flag<R>(p, kind, threadIdx.x, ep, nvl, &target);
+        if (!wait_flag(p, f, target, phase, threadIdx.x)) s_fail = 1;
     }
     __syncthreads();
     const int f = s_fail;
@@ -190,17 +284,31 @@ __device__ __forceinline__ bool start(const P &p, uint32_t *ep) {
     return err == 0;
 }
 
-/* Target of a DSP/CMB counter for epoch ep (see the header comment). */
-__device__ __forceinline__ uint32_t arrive_target(uint32_t ep) { return ep * A2A_ARRIVE_SPAN; }
-
 /* Every block calls it once at its end: its stores (NVLink included) are released to
- * every destination's counter `kind` for this source. Whole block. */
-__device__ inline void arrive_count(const P &p, int kind) {
+ * every NVLink destination's counter `kind` for this source (RDMA destinations learn of
+ * the phase from the doorbell, ring_doorbell). Whole block. */
+template <bool R> __device__ inline void arrive_count(const P &p, int kind) {
     if (A2A_DEV(A2A_DEV_FENCE_ALL)) fence_acq_rel_sys();
     __syncthreads(); /* every thread's stores precede the cumulative releases below */
-    if ((int)threadIdx.x < p.world) {
+    if ((int)threadIdx.x < p.world && !(R && rdma_peer(p, threadIdx.x))) {
         const uint32_t add = blockIdx.x == 0 ? A2A_ARRIVE_SPAN - (gridDim.x - 1) : 1u;
         red_release_sys_add(flag_ptr(p, threadIdx.x, kind, p.rank), add);
+    }
+}
+
+/* Rings the proxy's doorbell of `phase` (A2A_PX_*) for epoch ep: len(q) into
+ * px_tx[phase][q] for every RDMA peer q, then fence.sys, then the epoch into the
+ * doorbell (64-bit; the proxy wants exactly the previous epoch + 1, and ep rises by one
+ * per iteration from 1). Whole block, once per launch and phase, by a block that every
+ * store of the phase happens-before: the last block to arrive (arrive_last) or the only
+ * block that stored; see the header comment for why that covers the NIC's reads. */
+template <class LenFn> __device__ inline void ring_doorbell(const P &p, int phase, uint32_t ep, LenFn len) {
+    for (int q = threadIdx.x; q < p.world; q += A2A_THREADS)
+        if (rdma_peer(p, q)) *(volatile int32_t *)&p.px_tx[phase * A2A_PX_MAX_RANKS + q] = len(q);
+    __syncthreads(); /* every thread's lengths (and the caller's stores) before the fence */
+    if (threadIdx.x == 0) {
+        __threadfence_system();
+        st_release_sys_u64(p.px_doorbell[phase], (uint64_t)ep);
     }
 }
 
@@ -268,15 +376,15 @@ __device__ __forceinline__ int local_experts(const P &p) {
  * s_rowoff[W+1] (prefix of rows per source). from_counts: computed from the cnt region
  * (dispatch recv; block 0 also writes out_num_tokens and saves the tables for combine);
  * otherwise loaded from the workspace (combine send). Returns the rows received. */
-__device__ inline int load_recv_tables(const P &p, int *s_base, int *s_rowoff, bool from_counts) {
+template <bool R> __device__ inline int load_recv_tables(const P &p, int *s_base, int *s_rowoff, bool from_counts) {
     const int W = p.world, L = p.L, me = p.rank, tid = threadIdx.x;
     const int nloc = local_experts(p);
     if (from_counts) {
         for (int i = tid; i < W * L; i += A2A_THREADS) {
             const int s = i / L, l = i % L;
-            s_base[i] = l < nloc ? ld_vol_i(cnt_ptr(p, me, s) + l) : 0;
+            s_base[i] = l < nloc ? ld_vol_i(cnt_ptr<R>(p, me, s) + l) : 0;
         }
-        if (tid < W) s_rowoff[tid] = ld_vol_i(cnt_ptr(p, me, tid) + L);
+        if (tid < W) s_rowoff[tid] = ld_vol_i(cnt_ptr<R>(p, me, tid) + L);
     } else {
         for (int i = tid; i < W * L; i += A2A_THREADS) s_base[i] = p.ws_src_base[i];
         if (tid < W) s_rowoff[tid] = p.ws_nsrc[tid];

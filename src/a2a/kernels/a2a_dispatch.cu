@@ -1,7 +1,8 @@
 /*
  * Dispatch kernels: send (route tokens, store rows, metadata and counts at the
  * destinations), recv (expert-major output) and both in one launch. See docs/a2a.md,
- * "Protocol" 1-2.
+ * "Protocol" 1-2. Each kernel has an NVLink (R = false) and an RDMA (R = true)
+ * instantiation (a2a_device.cuh, docs/a2a-internode.md).
  */
 #include "a2a_device.cuh"
 #include "a2a_forms.cuh"
@@ -10,6 +11,7 @@
 
 /* One token held in registers (two 16-byte vectors and one scale per thread) stored to
  * its nd destination rows (s_dl: rank << 24 | slot). Whole block. */
+template <bool R>
 static __device__ __forceinline__ void store_token_rows(const P &p, const int *s_dl, int nd, uint4 pv0,
                                                         uint4 pv1, float psc) {
     const int tid = threadIdx.x;
@@ -20,7 +22,7 @@ static __device__ __forceinline__ void store_token_rows(const P &p, const int *s
         dst[q] = nullptr;
         if (q < nd) {
             const int d = s_dl[q];
-            dst[q] = row_ptr(p, d >> 24, p.rank, d & 0xffffff);
+            dst[q] = row_ptr<R>(p, d >> 24, p.rank, d & 0xffffff);
         }
     }
 #pragma unroll
@@ -42,9 +44,12 @@ static __device__ __forceinline__ bool cnt_on(const P &p) { return p.Tmax > A2A_
 
 /* A block's arrival on CNT at every destination: its count reductions (made before the
  * caller's bar.sync) are released. Issued by the last warp, which has no payload vector
- * at the common shapes, so the release's wait does not hold up data stores. */
-static __device__ __forceinline__ void arrive_cnt(const P &p) {
-    if (!cnt_on(p)) return;
+ * at the common shapes, so the release's wait does not hold up data stores. Only the
+ * fused direct path reads CNT (fused_tables), and only where world <= 32
+ * (fused_direct_fits); the RDMA instantiation never takes that path on any rank of the
+ * slice (rdma_mask != 0 on all of them or none), so it raises nothing. */
+template <bool R> static __device__ __forceinline__ void arrive_cnt(const P &p) {
+    if (R || !cnt_on(p)) return;
     const int lane = threadIdx.x & 31;
     if ((int)(threadIdx.x >> 5) == A2A_WARPS - 1 && lane < p.world) {
         const uint32_t add = blockIdx.x == 0 ? A2A_ARRIVE_SPAN - (gridDim.x - 1) : 1u;
@@ -52,19 +57,22 @@ static __device__ __forceinline__ void arrive_cnt(const P &p) {
     }
 }
 
-static __device__ void warp_recv_tables(const P &p, int *s_base);
+template <bool R> static __device__ void warp_recv_tables(const P &p, int *s_base);
 
 /* Fused dispatch: waits for every source's CNT counter and builds the receive tables in
  * s_base (last warp), then joins the block. Returns false (uniform) on timeout/abort. */
-static __device__ bool fused_tables(const P &p, int *s_base, uint32_t ep) {
+template <bool R> static __device__ bool fused_tables(const P &p, int *s_base, uint32_t ep) {
     __shared__ int s_ok;
     const int lane = threadIdx.x & 31;
     if ((int)(threadIdx.x >> 5) == A2A_WARPS - 1) {
         int ok = 1;
-        if (lane < p.world)
-            ok = wait_flag(p, flag_ptr(p, p.rank, A2A_FLAG_CNT, lane), arrive_target(ep), A2A_PH_DRECV, lane);
+        if (lane < p.world) {
+            uint32_t target;
+            const uint32_t *f = src_flag<R>(p, A2A_FLAG_CNT, lane, ep, arrive_target(ep), &target);
+            ok = wait_flag(p, f, target, A2A_PH_DRECV, lane);
+        }
         ok = __all_sync(FULL, ok);
-        if (ok) warp_recv_tables(p, s_base);
+        if (ok) warp_recv_tables<R>(p, s_base);
         if (lane == 0) s_ok = ok;
     }
     __syncthreads();
@@ -87,13 +95,43 @@ static __device__ __forceinline__ int out_row(const P &p, const int *s_base, int
  * straight to its expert-major output (prefill sizes): more tokens than blocks (the
  * chunked routing), every block routes at most one chunk, and the receive tables fit
  * one warp's registers. At decode sizes the wait for every source's counts in the
- * middle of the send costs more than the copies it saves (docs/history/performance-log.md). */
-static __device__ __forceinline__ bool fused_direct_fits(const P &p) {
+ * middle of the send costs more than the copies it saves (docs/history/performance-log.md).
+ * Never with RDMA peers: an RDMA source's counts come with its DSP writes, which its
+ * proxy posts only after every block of its send has arrived, and those blocks would be
+ * waiting here for ours (a deadlock across the two launches). */
+template <bool R> static __device__ __forceinline__ bool fused_direct_fits(const P &p) {
     const int per = ((int)p.L + 31) / 32;
-    return cnt_on(p) && p.world <= 32 && p.world * per <= 16 && p.T > gridDim.x &&
+    return !R && cnt_on(p) && p.world <= 32 && p.world * per <= 16 && p.T > gridDim.x &&
            p.T <= (uint32_t)A2A_CHUNK * gridDim.x && !A2A_DEV(A2A_DEV_NO_DIRECT_SELF);
 }
 
+/* RDMA, the last block of dispatch send: each RDMA peer's cnt row is written into its
+ * stage slot from the launch's totals (every block's reservations are in them, acquired
+ * through arrive_last), so the sends make no reductions into stage and nothing needs
+ * clearing; then the DSP doorbell with the rows sent to each peer. The stage slot of
+ * epoch e+1 is written only after the NIC finished reading epoch e's: this rank's
+ * dispatch send (e+1) follows its combine recv (e), which waited for q's CMB (e), which
+ * q sent after its dispatch recv (e) had counted every DSP write of ours. */
+static __device__ void dispatch_ring(const P &p, uint32_t ep) {
+    const int W = p.world, L = p.L, E = p.E, me = p.rank;
+    const int32_t *tot_cnt = p.ws_total_cnt + (size_t)(ep & 1) * E;
+    const int32_t *tot_rcnt = p.ws_total_rcnt + (size_t)(ep & 1) * W;
+    for (int i = threadIdx.x; i < W * (L + 1); i += A2A_THREADS) {
+        const int q = i / (L + 1), l = i - q * (L + 1);
+        if (!rdma_peer(p, q)) continue;
+        const int e = q * L + l;
+        cnt_ptr<true>(p, q, me)[l] = l == L ? ld_vol_i(tot_rcnt + q) : e < E ? ld_vol_i(tot_cnt + e) : 0;
+    }
+    ring_doorbell(p, A2A_PX_DSP, ep, [&](int q) { return ld_vol_i(tot_rcnt + q); });
+}
+
+/* End of dispatch send, every block: its data released to the NVLink destinations;
+ * with RDMA peers also the arrival whose last block rings the DSP doorbell (after the
+ * NVLink releases, so those do not wait for it). Whole block. */
+template <bool R> static __device__ __forceinline__ void dispatch_arrive(const P &p, uint32_t ep) {
+    arrive_count<R>(p, A2A_FLAG_DSP);
+    if (R && arrive_last(p, &p.ws_arrive[A2A_ARR_DSEND])) dispatch_ring(p, ep);
+}
 
 /* Dispatch send, one token per block (the decode case). Everything the block needs from
  * memory is requested at once at kernel start (error word, epoch, bound_m, the token's K
@@ -102,8 +140,9 @@ static __device__ __forceinline__ bool fused_direct_fits(const P &p) {
  * expert) pair each; the first lane of each expert reserves the positions of its group
  * in (me, expert) and the first lane of each destination rank the token's slot there,
  * both with one returning atomic in the same round trip. One barrier hands the
- * destination list to the other warps, which store the prefetched token. */
-static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem) {
+ * destination list to the other warps, which store the prefetched token. With RDMA
+ * peers warp 0 also records, for every RDMA peer, the token's slot there (ws_rslot). */
+template <bool R> static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem) {
     TR_DECL;
     TR_MARK();
     const int W = p.world, K = p.K, E = p.E, L = p.L, me = p.rank;
@@ -150,12 +189,13 @@ static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem) 
             int ebase = 0, slot = 0;
             if (lead_e) {
                 ebase = atomicAdd(p.ws_total_cnt + (size_t)par * E + e, __popc(same_e));
-                /* the destination's count of (me, expert): a fire-and-forget reduction */
-                atomicAdd(cnt_ptr(p, r, me) + (e - r * L), __popc(same_e));
+                /* the destination's count of (me, expert): a fire-and-forget reduction
+                 * (RDMA destinations: written from the totals, dispatch_ring) */
+                if (!(R && rdma_peer(p, r))) atomicAdd(cnt_ptr<false>(p, r, me) + (e - r * L), __popc(same_e));
             }
             if (lead_r) {
                 slot = atomicAdd(p.ws_total_rcnt + (size_t)par * W + r, 1);
-                atomicAdd(cnt_ptr(p, r, me) + L, 1);
+                if (!(R && rdma_peer(p, r))) atomicAdd(cnt_ptr<false>(p, r, me) + L, 1);
             }
             const int src_e = valid ? __ffs(same_e) - 1 : lane;
             const int src_r = valid ? __ffs(same_r) - 1 : lane;
@@ -167,26 +207,36 @@ static __device__ __forceinline__ bool dispatch_send_one(const P &p, int *smem) 
             /* the slot's metadata at each destination: token id, then per k the local
              * expert and index, or -1 where the pair goes elsewhere */
             uint32_t lm = leaders;
+            int jlo = -1, jhi = -1; /* R: the slot at RDMA peers lane and lane + 32 */
             for (int q = 0; q < nd; q++) {
                 const int ld = __ffs(lm) - 1;
                 lm &= lm - 1;
                 const int rq = __shfl_sync(FULL, r, ld);
                 const int jq = __shfl_sync(FULL, slot, ld);
-                int32_t *m = meta_ptr(p, rq, me, jq);
+                int32_t *m = meta_ptr<R>(p, rq, me, jq);
                 if (lane < K)
                     m[1 + lane] = r == rq ? (int)(((e - (uint32_t)(rq * L)) << A2A_IDX_BITS) | (uint32_t)pos)
                                           : -1;
                 if (lane == K) m[0] = t;
+                if (R) {
+                    if (rq == lane) jlo = jq;
+                    if (rq == lane + 32) jhi = jq;
+                }
+            }
+            if (R) { /* every RDMA peer's entry of this token, -1 where it does not go */
+                int32_t *rs = p.ws_rslot + (size_t)t * A2A_PX_MAX_RANKS;
+                if (lane < W && rdma_peer(p, lane)) rs[lane] = jlo;
+                if (lane + 32 < W && rdma_peer(p, lane + 32)) rs[lane + 32] = jhi;
             }
         }
         if (lane == 0) *s_nd = nd;
     }
     __syncthreads();
-    arrive_cnt(p);
+    arrive_cnt<R>(p);
     TR_MARK(); /* 1: routed */
-    store_token_rows(p, s_dl, *s_nd, pv0, pv1, psc);
+    store_token_rows<R>(p, s_dl, *s_nd, pv0, pv1, psc);
     TR_MARK(); /* 2: data stores issued */
-    arrive_count(p, A2A_FLAG_DSP);
+    dispatch_arrive<R>(p, ep);
     TR_MARK(); /* 3: released */
     TR_PRINT("dsend1", ep);
     return true;
@@ -230,6 +280,7 @@ static __device__ __forceinline__ void copy_token_seg(const P &p, int t, int seg
     }
 }
 
+template <bool R>
 static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int *s_tab, bool direct) {
     TR_DECL;
     TR_MARK();
@@ -312,19 +363,20 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int 
             if (s_pos[i] == 0) {
                 const int e = p.indices[(size_t)(t0 + i / K) * K + i % K];
                 s_ebase[e] = atomicAdd(&tot_cnt[e], s_ecnt[e]);
-                /* the destination's count of (me, expert): a fire-and-forget reduction */
+                /* the destination's count of (me, expert): a fire-and-forget reduction
+                 * (RDMA destinations: written from the totals, dispatch_ring) */
                 const int r = e / L;
-                atomicAdd(cnt_ptr(p, r, me) + (e - r * L), s_ecnt[e]);
+                if (!(R && rdma_peer(p, r))) atomicAdd(cnt_ptr<false>(p, r, me) + (e - r * L), s_ecnt[e]);
             }
         }
         for (int r = tid; r < W; r += A2A_THREADS)
             if (s_rcnt[r] > 0) {
                 s_rbase[r] = atomicAdd(&tot_rcnt[r], s_rcnt[r]);
-                atomicAdd(cnt_ptr(p, r, me) + L, s_rcnt[r]);
+                if (!(R && rdma_peer(p, r))) atomicAdd(cnt_ptr<false>(p, r, me) + L, s_rcnt[r]);
             }
         __syncthreads();
         if (c + (int)gridDim.x >= nchunks) {
-            arrive_cnt(p);
+            arrive_cnt<R>(p);
             cnt_done = true;
         }
         TR_MARK(); /* 3: global ranges reserved */
@@ -343,7 +395,8 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int 
             if (e < (uint32_t)E) s_ecnt[e] = 0;
         }
         for (int r = tid; r < W; r += A2A_THREADS) s_rcnt[r] = 0;
-        /* destination list per token, and the slot metadata at each destination */
+        /* destination list per token, the slot metadata at each destination, and (R) the
+         * token's slot at every RDMA peer, -1 where it does not go (ws_rslot) */
         for (int ti = tid; ti < nt; ti += A2A_THREADS) {
             int nd = 0;
             for (int r = 0; r < W; r++) {
@@ -354,8 +407,9 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int 
         }
         for (int i = tid; i < nt * W; i += A2A_THREADS) {
             const int ti = i / W, r = i % W, j = s_slot[i];
+            if (R && rdma_peer(p, r)) p.ws_rslot[(size_t)(t0 + ti) * A2A_PX_MAX_RANKS + r] = j;
             if (j < 0) continue;
-            int32_t *m = meta_ptr(p, r, me, j);
+            int32_t *m = meta_ptr<R>(p, r, me, j);
             const int t = t0 + ti;
             m[0] = t;
             for (int k = 0; k < K; k++) {
@@ -372,14 +426,14 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int 
             /* the block's only chunk (fused_direct_fits): once every source's counts are
              * in, the tokens for our own experts go from the input straight to the
              * output rows, in the same pass as the stores to the peers */
-            if (!fused_tables(p, s_tab, ep)) return false;
+            if (!fused_tables<R>(p, s_tab, ep)) return false;
             tables_done = true;
             TR_MARK(); /* 5: every source's counts in, tables built */
         }
         if (pre) {
             /* 4 (one token, prefetched): each thread stores its vectors to every
              * destination row */
-            store_token_rows(p, s_dl, s_nd[0], pv0, pv1, psc);
+            store_token_rows<R>(p, s_dl, s_nd[0], pv0, pv1, psc);
             continue; /* T <= blocks: this was the block's only chunk */
         }
         /* 4: data. task = (token, segment); one warp per task */
@@ -397,7 +451,7 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int 
                 dst[q] = nullptr;
                 if (q < nd) {
                     const int d = s_dl[ti * 8 + q];
-                    if (!direct || (d >> 24) != me) dst[q] = row_ptr(p, d >> 24, me, d & 0xffffff);
+                    if (!direct || (d >> 24) != me) dst[q] = row_ptr<R>(p, d >> 24, me, d & 0xffffff);
                 }
             }
             if (!direct) {
@@ -424,32 +478,32 @@ static __device__ __forceinline__ bool dispatch_send(const P &p, int *smem, int 
     }
     if (!cnt_done) { /* no chunk: nothing counted, arrive all the same */
         __syncthreads();
-        arrive_cnt(p);
+        arrive_cnt<R>(p);
     }
 
     TR_MARK(); /* 5: data stores issued */
     /* this block's data, metadata and count reductions, released to every destination */
-    arrive_count(p, A2A_FLAG_DSP);
+    dispatch_arrive<R>(p, ep);
     TR_MARK(); /* 6: fenced and released */
     if (direct && !tables_done) { /* no chunk: the recv half needs the tables all the same */
-        if (!fused_tables(p, s_tab, ep)) return false;
+        if (!fused_tables<R>(p, s_tab, ep)) return false;
     }
     TR_PRINT("dsend", ep);
     return true;
 }
 
-__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send(P p) {
+template <bool R> __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send(P p) {
     extern __shared__ int smem[];
     TR_BEGIN();
-    dispatch_send(p, smem, nullptr, false);
+    dispatch_send<R>(p, smem, nullptr, false);
     TR_FLUSH();
 }
 
 /* the decode form (send_one_fits) */
-__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send_one(P p) {
+template <bool R> __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_send_one(P p) {
     extern __shared__ int smem[];
     TR_BEGIN();
-    dispatch_send_one(p, smem);
+    dispatch_send_one<R>(p, smem);
     TR_FLUSH();
 }
 /* ------------------------------------------------------------ dispatch recv ---- */
@@ -463,6 +517,7 @@ struct RowLoad {
     int ent;
 };
 
+template <bool R>
 static __device__ __forceinline__ void row_load_first(const P &p, const char *src, int s, int j, int v0,
                                                       int v1, bool last_seg, RowLoad &rl) {
     const int lane = threadIdx.x & 31;
@@ -475,7 +530,7 @@ static __device__ __forceinline__ void row_load_first(const P &p, const char *sr
         if (lane < (int)p.S) rl.sc0 = *(const volatile float *)&ssrc[lane];
         if (lane + 32 < (int)p.S) rl.sc1 = *(const volatile float *)&ssrc[lane + 32];
     }
-    rl.ent = lane < (int)p.K ? ld_vol_i(meta_ptr(p, p.rank, s, j) + 1 + lane) : -1;
+    rl.ent = lane < (int)p.K ? ld_vol_i(meta_ptr<R>(p, p.rank, s, j) + 1 + lane) : -1;
 }
 
 /* Maps the row's entries to output rows (s_base: first output row of (source, local
@@ -538,21 +593,21 @@ static __device__ __forceinline__ void row_store(const P &p, const int *s_base, 
  * tables, then copies rows (row r of the concatenation over sources) in warp tasks.
  * skip >= 0 (fused launch that stored its own rows directly): the tables are already in
  * s_base and source `skip` has no rows to copy. */
-static __device__ __forceinline__ void dispatch_recv_rows(const P &p, int *s_base, int skip) {
+template <bool R> static __device__ __forceinline__ void dispatch_recv_rows(const P &p, int *s_base, int skip) {
     TR_DECL;
     TR_MARK();
     uint32_t ep;
     if (!start(p, &ep)) return;
-    if (!block_wait_all(p, A2A_FLAG_DSP, arrive_target(ep), A2A_PH_DRECV)) return;
+    if (!block_wait_all<R>(p, A2A_FLAG_DSP, ep, A2A_PH_DRECV)) return;
     TR_MARK(); /* 1: every source's data is here */
     const int W = p.world, L = p.L, me = p.rank;
     int *s_rowoff = s_base + W * L;
     int nrows;
     if (skip < 0) {
-        nrows = load_recv_tables(p, s_base, s_rowoff, true);
+        nrows = load_recv_tables<R>(p, s_base, s_rowoff, true);
     } else {
         if ((int)threadIdx.x < W)
-            s_rowoff[threadIdx.x] = (int)threadIdx.x == skip ? 0 : ld_vol_i(cnt_ptr(p, me, threadIdx.x) + L);
+            s_rowoff[threadIdx.x] = (int)threadIdx.x == skip ? 0 : ld_vol_i(cnt_ptr<R>(p, me, threadIdx.x) + L);
         __syncthreads();
         if (threadIdx.x == 0) s_rowoff[W] = excl_prefix_serial(s_rowoff, W);
         __syncthreads();
@@ -568,11 +623,11 @@ static __device__ __forceinline__ void dispatch_recv_rows(const P &p, int *s_bas
         const int r = task / nseg, seg = task % nseg;
         int s, j;
         row_to_src(s_rowoff, W, r, &s, &j);
-        const char *src = row_ptr(p, me, s, j);
+        const char *src = row_ptr<R>(p, me, s, j);
         const int v0 = seg * vps, v1 = min(nvec, v0 + vps);
         const bool last_seg = seg == nseg - 1;
         RowLoad rl;
-        row_load_first(p, src, s, j, v0, v1, last_seg, rl);
+        row_load_first<R>(p, src, s, j, v0, v1, last_seg, rl);
         row_store(p, s_base, src, s, v0, v1, last_seg, rl, pipe);
     }
 #ifdef A2A_TRACE
@@ -588,7 +643,7 @@ static __device__ __forceinline__ void dispatch_recv_rows(const P &p, int *s_bas
  * their W counts in registers; one warp scan gives each lane its experts' offset. Block
  * 0 also publishes out_num_tokens, the tables for combine (ws_src_base, ws_nsrc) and the
  * overflow check. Called after every source's DSP counter was acquired by this warp. */
-static __device__ void warp_recv_tables(const P &p, int *s_base) {
+template <bool R> static __device__ void warp_recv_tables(const P &p, int *s_base) {
     const int W = p.world, L = p.L, me = p.rank, lane = threadIdx.x & 31;
     const int per = (L + 31) / 32, n = W * per, nloc = local_experts(p), pad = (int)p.pad;
     int c[16];
@@ -597,10 +652,10 @@ static __device__ void warp_recv_tables(const P &p, int *s_base) {
         c[i] = 0;
         if (i < n) {
             const int q = i / W, s = i - q * W, l = lane * per + q;
-            if (l < nloc) c[i] = ld_vol_i(cnt_ptr(p, me, s) + l);
+            if (l < nloc) c[i] = ld_vol_i(cnt_ptr<R>(p, me, s) + l);
         }
     }
-    if (blockIdx.x == 0 && lane < W) p.ws_nsrc[lane] = ld_vol_i(cnt_ptr(p, me, lane) + L);
+    if (blockIdx.x == 0 && lane < W) p.ws_nsrc[lane] = ld_vol_i(cnt_ptr<R>(p, me, lane) + L);
     int mysum = 0, run = 0;
 #pragma unroll
     for (int i = 0; i < 16; i++) {
@@ -646,12 +701,11 @@ static __device__ void warp_recv_tables(const P &p, int *s_base) {
  * warp requests its segment, the row's metadata and the source's row count while the
  * last warp builds the receive tables. One barrier joins the two; tasks past the
  * source's row count store nothing. Used by the split recv launch. */
-static __device__ __forceinline__ void dispatch_recv_slots(const P &p, int *s_base) {
+template <bool R> static __device__ __forceinline__ void dispatch_recv_slots(const P &p, int *s_base) {
     TR_DECL;
     TR_MARK();
     uint32_t ep;
     if (!start(p, &ep)) return;
-    const uint32_t target = arrive_target(ep);
     const int W = p.world, me = p.rank, wid = threadIdx.x >> 5;
     const int Tmax = (int)p.Tmax, nvec = p.payload_bytes / 16;
     const int nseg = pick_nseg(W * Tmax, nvec, 32);
@@ -661,17 +715,17 @@ static __device__ __forceinline__ void dispatch_recv_slots(const P &p, int *s_ba
     const int s = r / Tmax, j = r % Tmax;
     const int v0 = seg * vps, v1 = min(nvec, v0 + vps);
     const bool last_seg = seg == nseg - 1;
-    const char *src = row_ptr(p, me, s < W ? s : 0, j);
+    const char *src = row_ptr<R>(p, me, s < W ? s : 0, j);
     const bool mine = r < W * Tmax; /* this warp has a slot */
-    if (!block_wait_all(p, A2A_FLAG_DSP, target, A2A_PH_DRECV)) return;
+    if (!block_wait_all<R>(p, A2A_FLAG_DSP, ep, A2A_PH_DRECV)) return;
     RowLoad rl;
     int nsrc = 0;
     if (mine) {
-        row_load_first(p, src, s, j, v0, v1, last_seg, rl);
-        nsrc = ld_vol_i(cnt_ptr(p, me, s) + p.L);
+        row_load_first<R>(p, src, s, j, v0, v1, last_seg, rl);
+        nsrc = ld_vol_i(cnt_ptr<R>(p, me, s) + p.L);
     }
     TR_MARK(); /* 1: every source acquired, row loads issued */
-    if (wid == A2A_WARPS - 1) warp_recv_tables(p, s_base);
+    if (wid == A2A_WARPS - 1) warp_recv_tables<R>(p, s_base);
     __syncthreads();
     TR_MARK(); /* 2: tables built */
     if (mine && j < nsrc) row_store(p, s_base, src, s, v0, v1, last_seg, rl, true);
@@ -684,67 +738,67 @@ static __device__ __forceinline__ void dispatch_recv_slots(const P &p, int *s_ba
 
 /* Split recv launch: the row form, and the slot form where it fits (recv_slots_fit,
  * picked by the host). */
-__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv(P p) {
+template <bool R> __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv(P p) {
     extern __shared__ int smem[];
     TR_BEGIN();
-    dispatch_recv_rows(p, smem, -1);
+    dispatch_recv_rows<R>(p, smem, -1);
     TR_FLUSH();
 }
 
-__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv_slots(P p) {
+template <bool R> __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_recv_slots(P p) {
     extern __shared__ int smem[];
     TR_BEGIN();
-    dispatch_recv_slots(p, smem);
+    dispatch_recv_slots<R>(p, smem);
     TR_FLUSH();
 }
 
 /* send and recv in one launch (co-resident grid: our own counter is raised by our own
  * blocks, each before it starts waiting) */
-__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both(P p) {
+template <bool R> __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both(P p) {
     extern __shared__ int smem[];
     TR_BEGIN();
     /* receive tables after the send's shared memory: with `direct` the send half builds
      * them (to store the rows for our own experts straight to the output) and the recv
      * half reuses them and copies only the peers' rows */
     int *s_tab = smem + send_smem_ints(p);
-    const bool direct = fused_direct_fits(p);
-    if (!dispatch_send(p, smem, s_tab, direct)) return;
+    const bool direct = fused_direct_fits<R>(p);
+    if (!dispatch_send<R>(p, smem, s_tab, direct)) return;
     __syncthreads();
     /* the row form: decode sizes, where the slot form could pay, launch
      * k_dispatch_both_one instead */
-    dispatch_recv_rows(p, s_tab, direct ? p.rank : -1);
+    dispatch_recv_rows<R>(p, s_tab, direct ? p.rank : -1);
     TR_FLUSH();
 }
 
 /* send and recv in one launch at decode sizes (send_one_fits): the one-token send and
  * the row-form recv. */
-__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both_one(P p) {
+template <bool R> __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both_one(P p) {
     extern __shared__ int smem[];
     TR_BEGIN();
-    if (!dispatch_send_one(p, smem)) return;
+    if (!dispatch_send_one<R>(p, smem)) return;
     __syncthreads();
-    dispatch_recv_rows(p, smem, -1); /* the send's few shared ints are dead by now */
+    dispatch_recv_rows<R>(p, smem, -1); /* the send's few shared ints are dead by now */
     TR_FLUSH();
 }
 
 /* the same with the slot-form recv (where recv_slots_fit) */
-__global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both_one_slots(P p) {
+template <bool R> __global__ void __launch_bounds__(A2A_THREADS, 1) k_dispatch_both_one_slots(P p) {
     extern __shared__ int smem[];
     TR_BEGIN();
-    if (!dispatch_send_one(p, smem)) return;
+    if (!dispatch_send_one<R>(p, smem)) return;
     __syncthreads();
-    dispatch_recv_slots(p, smem);
+    dispatch_recv_slots<R>(p, smem);
     TR_FLUSH();
 }
-a2a_kfn a2a_dispatch_kernel(int form) {
+a2a_kfn a2a_dispatch_kernel(int form, bool rdma) {
     switch (form) {
-    case A2A_K_DSEND: return k_dispatch_send;
-    case A2A_K_DSEND_ONE: return k_dispatch_send_one;
-    case A2A_K_DRECV: return k_dispatch_recv;
-    case A2A_K_DRECV_SLOTS: return k_dispatch_recv_slots;
-    case A2A_K_DBOTH: return k_dispatch_both;
-    case A2A_K_DBOTH_ONE: return k_dispatch_both_one;
-    case A2A_K_DBOTH_ONE_SLOTS: return k_dispatch_both_one_slots;
+    case A2A_K_DSEND: return rdma ? k_dispatch_send<true> : k_dispatch_send<false>;
+    case A2A_K_DSEND_ONE: return rdma ? k_dispatch_send_one<true> : k_dispatch_send_one<false>;
+    case A2A_K_DRECV: return rdma ? k_dispatch_recv<true> : k_dispatch_recv<false>;
+    case A2A_K_DRECV_SLOTS: return rdma ? k_dispatch_recv_slots<true> : k_dispatch_recv_slots<false>;
+    case A2A_K_DBOTH: return rdma ? k_dispatch_both<true> : k_dispatch_both<false>;
+    case A2A_K_DBOTH_ONE: return rdma ? k_dispatch_both_one<true> : k_dispatch_both_one<false>;
+    case A2A_K_DBOTH_ONE_SLOTS: return rdma ? k_dispatch_both_one_slots<true> : k_dispatch_both_one_slots<false>;
     default: return nullptr;
     }
 }

@@ -27,10 +27,12 @@ enum {
     A2A_K_DBOTH_ONE_SLOTS,   /* k_dispatch_both_one_slots: one-token send, slot-form recv */
     A2A_K_N
 };
-a2a_kfn a2a_dispatch_kernel(int form);
+/* Every kernel has two instantiations: rdma selects the one for contexts with RDMA peers
+ * (kparams.rdma_mask != 0; a2a_device.cuh, docs/a2a-internode.md). */
+a2a_kfn a2a_dispatch_kernel(int form, bool rdma);
 /* the combine kernel of phase A2A_PH_CSEND / CRECV / CBOTH for out dtype dt (partials
  * as fp32 when pf32) */
-a2a_kfn a2a_combine_kernel(int phase, int dt, int pf32);
+a2a_kfn a2a_combine_kernel(int phase, int dt, int pf32, bool rdma);
 
 /* Shared-memory ints a dispatch send uses (the chunked path's tables; the one-token path
  * needs fewer). A fused launch keeps its receive tables after them. */
