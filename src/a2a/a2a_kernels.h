@@ -18,6 +18,10 @@
  *   part   [W][Tmax][H] (row stride H*4): per expert rank, its weighted partial sum for our
  *          token t, as fp32 or as out_dtype.
  * See docs/a2a.md for the protocol and why no write-after-read hazard exists.
+ *
+ * RDMA peers (docs/a2a-internode.md): `stage` (what we send them, slot = peer) and
+ * `rblock` (what they sent us, slot = source) have the same layout and offsets; flags
+ * are replaced by the proxy's doorbells (send) and arrival epochs (receive).
  */
 #ifndef TENDRIL_A2A_KERNELS_H
 #define TENDRIL_A2A_KERNELS_H
