@@ -7,6 +7,12 @@ pplx-garden means RDMA between every pair (N = 1); here the ranks launched on on
 machine form one NVLink domain (N = ranks per machine), which on one machine is the
 NVLink all-to-all this benchmark has always measured. Pass --nvlink 1 for pplx-garden's
 RDMA-only setting. The plan says which it used (`nvlink_from`).
+
+The engine of the RDMA peers: by default P2PAllToAll creates one for the GPU from its
+topology group with --nets-per-gpu NICs (pplx-garden's way, needs RDMA NICs). --provider
+(and --nic-names) makes each rank create its own engine on that libfabric provider and
+pass it as P2PAllToAll(engine=...): shm or tcp (on lo) let several "nodes" of ranks run
+on one machine, even on one GPU, without any RDMA NIC.
 """
 from __future__ import annotations
 
@@ -37,6 +43,11 @@ def build_parser(description: str, version: str) -> argparse.ArgumentParser:
                         "--init-method one per GPU); more ranks than GPUs share GPUs and split the SMs")
     g.add_argument("--rdma-buffers", choices=("auto", "gpu", "host"), default="auto",
                    help="where RDMA data lands (P2PAllToAll rdma_buffers)")
+    g.add_argument("--provider", default="",
+                   help="libfabric provider of an engine each rank creates for its RDMA peers (shm, tcp, "
+                        "efa, verbs, ...; default: P2PAllToAll's own engine from the GPU's topology group)")
+    g.add_argument("--nic-names", default="",
+                   help="with --provider: comma list of --nets-per-gpu NIC names for that engine (tcp: lo)")
     s = ap.add_argument_group("shape (DeepSeek-V3 by default)")
     s.add_argument("--modes", default="decode,prefill")
     s.add_argument("--decode-tokens", type=int, default=128)
@@ -67,8 +78,8 @@ def build_parser(description: str, version: str) -> argparse.ArgumentParser:
     o = ap.add_argument_group("output")
     o.add_argument("--json", default="", help="results as JSON (rank 0)")
     o.add_argument("--write-pattern", default="",
-                   help="per-iteration routing counts (rows and combine span per rank pair) as JSON, "
-                        "the input a raw-provider replay needs")
+                   help="per-iteration routing counts (rows per rank pair, which also give each CMB "
+                        "write's length) as JSON, the input a raw-provider replay needs")
     o.add_argument("--version", action="version", version=version)
     return ap
 
@@ -91,6 +102,8 @@ class Launch:
     nccl_note: str       # why not, when not
     init_method: str     # "" = pick a local port
     modes: Tuple[str, ...]
+    provider: str = ""   # "" = P2PAllToAll's own engine (topology)
+    nic_names: Tuple[str, ...] = ()
 
     def device_of(self, local_rank: int) -> int:
         return local_rank % self.gpus
@@ -146,6 +159,11 @@ def plan_launch(a: argparse.Namespace, gpus: int) -> Launch:
                          f"{local} ranks per machine is not a multiple of it")
     if world % a.dp_size:
         raise ValueError(f"--dp-size {a.dp_size}: the world size {world} must be a multiple of it")
+    nic_names = tuple(n for n in a.nic_names.split(",") if n)
+    if nic_names and not a.provider:
+        raise ValueError("--nic-names needs --provider (P2PAllToAll's own engine takes its NICs from the topology)")
+    if nic_names and len(nic_names) != a.nets_per_gpu:
+        raise ValueError(f"--nic-names lists {len(nic_names)} NIC(s), --nets-per-gpu is {a.nets_per_gpu}")
     rpg = -(-local // gpus)
     backend, nccl, note = "nccl", not a.no_nccl, ("off (--no-nccl)" if a.no_nccl else "")
     if rpg > 1:
@@ -154,7 +172,8 @@ def plan_launch(a: argparse.Namespace, gpus: int) -> Launch:
     return Launch(world=world, local_ranks=local, machines=machines, node_rank=a.node_rank,
                   first_rank=a.node_rank * local, nvlink=nvlink, nvlink_from=src, dp=a.dp_size,
                   nets=a.nets_per_gpu, gpus=gpus, ranks_per_gpu=rpg, backend=backend, nccl_baseline=nccl,
-                  nccl_note=note, init_method=a.init_method, modes=modes)
+                  nccl_note=note, init_method=a.init_method, modes=modes, provider=a.provider,
+                  nic_names=nic_names)
 
 
 def node_groups(world: int, nvlink: int) -> List[List[int]]:
@@ -190,6 +209,9 @@ def describe(p: Launch) -> str:
     s = (f"EP{p.world} ({kind}): {p.machines} machine(s) x {p.local_ranks} ranks, NVLink domain "
          f"{p.nvlink} ranks ({p.nvlink_from}), dp {p.dp}, {p.nets} NIC(s)/GPU, {p.ranks_per_gpu} rank(s)/GPU, "
          f"backend {p.backend}")
+    if p.rdma_pairs:
+        s += (f"; engine: provider {p.provider} ({','.join(p.nic_names) or 'its first NICs'})" if p.provider
+              else "; engine: P2PAllToAll's own (GPU topology group)")
     if not p.nccl_baseline:
         s += f"; NCCL baseline {p.nccl_note}"
     return s

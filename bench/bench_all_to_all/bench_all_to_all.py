@@ -39,6 +39,10 @@ off and the ranks align on the host). Several machines as with pplx-garden:
   python3 bench/bench_all_to_all/bench_all_to_all.py --world-size $((NODES*8)) --nets-per-gpu 2 \
       --init-method tcp://$MASTER_IP:29500 --node-rank $NODE_RANK --nvlink 8
 Without --nvlink the ranks of one machine form one NVLink domain (pplx-garden: --nvlink 1).
+Without RDMA NICs, "nodes" on one machine (even on one GPU) talk through an engine on
+libfabric's shm or tcp (a CUDA IPC or socket copy, not a NIC: exercises the protocol, not
+RDMA performance):
+  python3 bench/bench_all_to_all/bench_all_to_all.py --world-size 2 --nvlink 1 --provider shm
 
   python3 bench/bench_all_to_all/bench_all_to_all.py [--modes decode,prefill] [--json out.json]
 """
@@ -119,10 +123,11 @@ class Ctx:
         self.gen = torch.Generator(device=dev)
         self.gen.manual_seed(args.seed * 100003 + rank // plan.dp)
         self.nccl = plan.nccl_baseline
+        self.engine = make_engine(plan, dev.index)
 
     def routing(self, T):
         """Fresh routing: (indices int32 [T,K], weights [T,K], rows per physical rank
-        (int64 [W], self included), span per physical rank = 1 + largest token id)."""
+        (int64 [W], self included: one per (token, destination rank)))."""
         E, K = self.args.experts, self.args.topk
         idx = torch.rand(T, E, device=self.dev, generator=self.gen).topk(K, dim=1).indices.to(torch.int32)
         w = torch.rand(T, K, device=self.dev, generator=self.gen)
@@ -130,9 +135,18 @@ class Ctx:
         dst = (idx // self.L).long() * self.dp + self.rank % self.dp
         dest = torch.zeros(T, self.world, dtype=torch.bool, device=self.dev)
         dest.scatter_(1, dst, True)
-        ids = torch.arange(1, T + 1, device=self.dev, dtype=torch.int64).unsqueeze(1)
-        span = (dest.long() * ids).amax(0) if T else torch.zeros(self.world, dtype=torch.int64, device=self.dev)
-        return idx, w, dest.sum(0), span
+        return idx, w, dest.sum(0)
+
+
+def make_engine(plan, device_index):
+    """--provider: this rank's engine for its RDMA peers, one group on its GPU (NICs named
+    by --nic-names, else the provider's first --nets-per-gpu); None otherwise, and when no
+    peer is over RDMA."""
+    if not plan.provider or not plan.rdma_pairs:
+        return None
+    from tendril import TransferEngine
+    nics = list(plan.nic_names) if plan.nic_names else plan.nets
+    return TransferEngine(provider=plan.provider, groups=[(device_index, nics, -1)])
 
 
 SERIES = ["dispatch", "combine", "dispatch_send", "gemm_in_dispatch", "dispatch_recv", "combine_send",
@@ -140,16 +154,25 @@ SERIES = ["dispatch", "combine", "dispatch_send", "gemm_in_dispatch", "dispatch_
 
 
 def make_a2a(ctx, T, groups):
+    """pplx-garden's constructor (docs/a2a-internode.md, Bootstrap): global_group is
+    passed explicitly (P2PAllToAll takes node_group for the world when it is None),
+    node_group sets the NVLink domain, dp_group the TP replicas. engine=: the worker's
+    engine when --provider is given, else P2PAllToAll creates one from the GPU's
+    topology group with nets_per_gpu NICs (pplx-garden's way)."""
     from tendril.p2p_all_to_all import P2PAllToAll
     args, plan = ctx.args, ctx.plan
     kw = dict(max_num_tokens=T, num_experts=args.experts, expert_padding=1, hidden_dim=args.hidden,
               hidden_dim_scale=args.scales, in_dtype=torch.float8_e4m3fn, out_dtype=torch.bfloat16,
               scale_dtype=torch.float32, num_experts_per_token=args.topk, device=ctx.dev,
-              nets_per_gpu=plan.nets, global_group=None, node_group=groups["node"], dp_group=groups["dp"],
-              num_sms=ctx.num_sms, timeout_ms=20000,
+              nets_per_gpu=plan.nets, global_group=dist.group.WORLD, node_group=groups["node"],
+              dp_group=groups["dp"], num_sms=ctx.num_sms, timeout_ms=20000,
               combine_partial_dtype=torch.float32 if args.partial_f32 else None)
     if plan.rdma_pairs or args.rdma_buffers != "auto":
-        kw["rdma_buffers"] = args.rdma_buffers  # an argument of the build with the RDMA path
+        # only when it matters, so that the NVLink-only P2PAllToAll (no rdma_buffers
+        # argument) still runs this benchmark on one NVLink domain
+        kw["rdma_buffers"] = args.rdma_buffers
+    if ctx.engine is not None:
+        kw["engine"] = ctx.engine
     return P2PAllToAll(**kw)
 
 
@@ -200,8 +223,8 @@ def run_mode(ctx, groups, T, mode):
 
     def step():
         """One iteration: fresh routing, every series once, each between two events."""
-        idx, w, send_counts, span = ctx.routing(T)
-        sc, sp = send_counts.tolist(), span.tolist()
+        idx, w, send_counts = ctx.routing(T)
+        sc = send_counts.tolist()
         rc = None
         if ctx.nccl:
             recv_counts = torch.empty_like(send_counts)
@@ -244,18 +267,18 @@ def run_mode(ctx, groups, T, mode):
                 dist.all_to_all_single(nout_c[:sum(sc)], nin_c[:sum(rc)], sc, rc)
         torch.cuda.synchronize()
         a2a.poll_error()
-        return sc, sp
+        return sc
 
     res = {n: [] for n in SERIES}
     moved, pattern = [], []
     iters = args.warmup + (args.iters if T <= 128 else args.prefill_iters)
     for it in range(iters):
-        sc, sp = step()
+        sc = step()
         times = t.read()
         if it < args.warmup:
             continue
         moved.append(sum(sc))
-        pattern.append((sc, sp))
+        pattern.append(sc)
         for n, v in times.items():
             res[n].append(v)
     # Kernel durations as the profiler records them (CUPTI activity records: the time the
@@ -300,8 +323,7 @@ def run_mode(ctx, groups, T, mode):
     shape = Shape(tokens=T, hidden=H, scales=S, experts=E, topk=K, in_bytes=1,
                   partial_bytes=4 if args.partial_f32 else 2)
     topo = Topology(world=world, nvlink=plan.nvlink, dp=plan.dp, nets=plan.nets)
-    iters_pat = [iteration_pattern([g["pattern"][i][0] for g in gathered], [g["pattern"][i][1] for g in gathered],
-                                   [T] * world, shape, topo)
+    iters_pat = [iteration_pattern([g["pattern"][i] for g in gathered], [T] * world, shape, topo)
                  for i in range(min(len(g["pattern"]) for g in gathered))]
     kinds = sorted({str(g["buffer_kind"]) for g in gathered if g["buffer_kind"] is not None})
     result = {"mode": mode, "tokens": T, "world": world, "hidden": H, "scales": S, "experts": E, "topk": K,
@@ -323,8 +345,7 @@ def run_mode(ctx, groups, T, mode):
     counts = {"mode": mode, "tokens": T, "world": world, "nvlink": plan.nvlink, "dp": plan.dp,
               "nets_per_gpu": plan.nets, "shape": {"hidden": H, "scales": S, "experts": E, "topk": K,
                                                    "row_bytes": shape.row_bytes},
-              "iterations": [{"rows": [g["pattern"][i][0] for g in gathered],
-                              "span": [g["pattern"][i][1] for g in gathered]} for i in range(len(iters_pat))]}
+              "iterations": [{"rows": [g["pattern"][i] for g in gathered]} for i in range(len(iters_pat))]}
     return result, counts
 
 
@@ -345,7 +366,7 @@ def pipelined(ctx, a2a, n, rounds, T, align, bufs, nccl_bufs):
         rs = []
         sends = torch.zeros(n, world, dtype=torch.int64, device=ctx.dev)
         for i in range(n):
-            idx, w, sends[i], _ = ctx.routing(T)
+            idx, w, sends[i] = ctx.routing(T)
             rs.append((idx, w))
         sc = sends.tolist()
         rc = None
@@ -511,6 +532,8 @@ def worker(local_rank, plan, args):
     if rank == 0 and args.write_pattern:
         with open(args.write_pattern, "w") as f:
             json.dump(counts, f)
+    if ctx.engine is not None:
+        ctx.engine.stop()  # after every P2PAllToAll of it was destroyed (run_mode)
     dist.barrier()
     dist.destroy_process_group()
 

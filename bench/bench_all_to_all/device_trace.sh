@@ -4,6 +4,9 @@
 # per-phase timestamps for three epochs, and summarises them (trace_summary.py).
 #   bench/bench_all_to_all/device_trace.sh OUTDIR [bench args...]
 set -o pipefail
+# the all-to-all's Python module: its own target _a2a, or (since the host's RDMA work)
+# a part of _tendril
+py_targets() { if grep -q '^build _a2a:' "$1/build.ninja"; then echo "_a2a _tendril"; else echo _tendril; fi; }
 out=${1:-/tmp/a2a-trace}; shift || true
 mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 PYTHONUNBUFFERED=1
@@ -12,7 +15,7 @@ if [ ! -f build-trace/build.ninja ]; then
   cmake -S . -B build-trace -G Ninja -DCMAKE_PREFIX_PATH=$PWD/.deps/usr -DTENDRIL_TESTS=OFF \
     -DTENDRIL_A2A_TRACE=ON >"$out/trace-configure.log" 2>&1 || { tail -30 "$out/trace-configure.log"; exit 1; }
 fi
-cmake --build build-trace --target _a2a _tendril -j16 >"$out/trace-build.log" 2>&1 \
+cmake --build build-trace --target $(py_targets build-trace) -j16 >"$out/trace-build.log" 2>&1 \
   || { tail -40 "$out/trace-build.log"; exit 1; }
 A2A_TRACE_OUT=$out/trace PYTHONPATH=$PWD/python:$PWD/build-trace/python timeout ${TRACE_TIMEOUT:-120} \
   python3 bench/bench_all_to_all/bench_all_to_all.py --modes decode --warmup 20 --iters 10 --profile-iters 0 "$@" \

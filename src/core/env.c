@@ -48,8 +48,6 @@ static const te_env_var vars[] = {
      "deadline of the verbs connection handshake"},
     {"TENDRIL_VERBS_COMPAT", "pplx|tendril", "tendril",
      "pplx: use pplx-garden's immediate layout on verbs"},
-    {"TENDRIL_A2A_DEV_FLAGS", "0..0xffffffff", "0",
-     "all-to-all development A/B switches (src/a2a/a2a_kernels.h)"},
 };
 
 const te_env_var *te_env_vars(size_t *n)

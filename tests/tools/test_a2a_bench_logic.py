@@ -63,6 +63,16 @@ def test_several_ranks_per_gpu():
     assert plan(["--world-size", "16"]).machines == 1
 
 
+def test_engine_flags():
+    p = plan(["--world-size", "4", "--nvlink", "1", "--provider", "tcp", "--nic-names", "lo"], gpus=1)
+    assert (p.provider, p.nic_names, p.ranks_per_gpu, p.nccl_baseline) == ("tcp", ("lo",), 4, False)
+    assert "engine: provider tcp (lo)" in A.describe(p)
+    q = plan(["--world-size", "2", "--nvlink", "1", "--provider", "shm"], gpus=1)
+    assert q.provider == "shm" and q.nic_names == () and "engine: provider shm" in A.describe(q)
+    assert "P2PAllToAll's own" in A.describe(plan(["--world-size", "16", "--init-method", "tcp://h:1"]))
+    assert "engine" not in A.describe(plan([]))  # one NVLink domain: no RDMA peer, no engine
+
+
 def test_dp_groups():
     p = plan(["--world-size", "8", "--dp-size", "2"])
     assert p.dp == 2
@@ -82,6 +92,8 @@ def test_dp_groups():
     (["--topk", "9", "--experts", "8"], "exceeds"),
     (["--nets-per-gpu", "0"], "--nets-per-gpu must be >= 1"),
     (["--iters", "0"], "--iters must be >= 1"),
+    (["--nic-names", "lo"], "--nic-names needs --provider"),
+    (["--provider", "tcp", "--nic-names", "lo,lo", "--nets-per-gpu", "1"], "lists 2 NIC"),
 ])
 def test_bad_combinations(argv, message):
     with pytest.raises(ValueError, match=message):
@@ -176,14 +188,15 @@ def test_series_rows_bandwidth_definitions():
 def test_pattern_summary():
     shape = B.Shape(tokens=4, hidden=16, scales=0, experts=4, topk=2)
     topo = B.Topology(world=2, nvlink=1, nets=2)
-    pats = [B.iteration_pattern([[1, 3], [2, 1]], [[1, 4], [3, 2]], [4, 4], shape, topo)] * 3
+    pats = [B.iteration_pattern([[1, 3], [2, 1]], [4, 4], shape, topo)] * 3
     s = R.pattern_summary(pats)
     assert s["dsp"]["writes_per_rank_p50"] == 6
-    assert s["cmb"]["write_bytes_max"] == 4 * 16 * 4
+    # rank 1 returns the 3 rows rank 0 sent it: compact rows at stride H*4
+    assert s["cmb"]["write_bytes_max"] == 3 * 16 * 4
+    assert s["cmb"]["writes_per_rank_p50"] == 2  # one write, 2 shards
     assert s["wgt"]["bytes_per_rank_p50"] == 4 * 2 * 4
     one_domain = B.Topology(world=2, nvlink=2)
-    assert R.pattern_summary([B.iteration_pattern([[1, 3], [2, 1]], [[1, 4], [3, 2]], [4, 4], shape,
-                                                  one_domain)]) is None
+    assert R.pattern_summary([B.iteration_pattern([[1, 3], [2, 1]], [4, 4], shape, one_domain)]) is None
 
 
 def test_format_mode_has_every_section():
@@ -214,5 +227,5 @@ def test_help_lists_pplx_garden_flags():
     p = run_bench("--help")
     assert p.returncode == 0
     for flag in ("--world-size", "--nvlink", "--nets-per-gpu", "--dp-size", "--init-method", "--node-rank",
-                 "--gemm", "--write-pattern", "--rdma-buffers"):
+                 "--gemm", "--write-pattern", "--rdma-buffers", "--provider", "--nic-names"):
         assert flag in p.stdout, flag

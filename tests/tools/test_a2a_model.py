@@ -33,8 +33,10 @@ def test_row_bytes_deepseek():
 def test_contract_writes_exact():
     assert B.dsp_writes(3, 2, SMALL) == [12, 36, 48]  # cnt (L+1)*4, meta n*(K+1)*4, rows n*16
     assert B.wgt_writes(5, SMALL) == [40]              # T*K fp32
-    assert B.cmb_writes(4, SMALL) == [4 * 16 * 4]      # span rows at stride H*4
-    assert B.cmb_compact_bytes(3, SMALL) == 3 * 16 * 2
+    assert B.cmb_writes(3, SMALL) == [3 * 16 * 4]      # the 3 rows received, compact, stride H*4
+    assert B.cmb_writes(0, SMALL) == [0]               # posted even when empty
+    assert B.cmb_variant_bytes(3, SMALL) == 3 * 16 * 2  # the same rows packed as bf16
+    assert B.cmb_rejected_bytes(4, SMALL) == 4 * 16 * 4  # first rule: rows [0, span) by token id
 
 
 def test_hit_probability_hand_case():
@@ -70,16 +72,17 @@ def test_rank_bytes_hand_case_rdma_only():
     assert rb.rows_out == pytest.approx(5.0)  # 2.5 to the peer, 2.5 to itself
     assert rb.dsp_rdma_bytes == pytest.approx(12 + 2.5 * (12 + 16))
     assert rb.wgt_rdma_bytes == 3 * 2 * 4
+    assert rb.cmb_rdma_bytes == pytest.approx(2.5 * 16 * 4)  # n rows at stride H*4
+    assert rb.cmb_rdma_variant_bytes == pytest.approx(2.5 * 16 * 2)
     span = 3 - sum((1 / 6) ** i for i in (1, 2, 3))
-    assert rb.cmb_rdma_bytes == pytest.approx(span * 16 * 4)
-    assert rb.cmb_rdma_compact_bytes == pytest.approx(2.5 * 16 * 2)
+    assert rb.cmb_rdma_rejected_bytes == pytest.approx(span * 16 * 4)
     assert rb.rdma_writes == {"dsp": 6, "wgt": 2, "cmb": 2}  # 3/1/1 writes x 2 shards
 
 
 def test_rank_bytes_hand_case_one_nvlink_domain():
     rb = B.rank_bytes(SMALL, B.Topology(world=2, nvlink=2))
     assert (rb.rdma_peers, rb.nvlink_peers) == (0, 1)
-    assert rb.dsp_rdma_bytes == rb.wgt_rdma_bytes == rb.cmb_rdma_bytes == 0
+    assert rb.dsp_rdma_bytes == rb.wgt_rdma_bytes == rb.cmb_rdma_bytes == rb.cmb_rdma_rejected_bytes == 0
     assert rb.dsp_nvlink_bytes == pytest.approx(2.5 * (12 + 16))
     assert rb.rdma_writes == {"dsp": 0, "wgt": 0, "cmb": 0}
 
@@ -109,7 +112,9 @@ def test_monotonic():
         # RDMA-only moves at least what hybrid moves over RDMA; rows are the same
         assert ro.dsp_rdma_bytes >= hy.dsp_rdma_bytes
         assert ro.rows_out == pytest.approx(hy.rows_out)
-        assert hy.cmb_rdma_compact_bytes <= hy.cmb_rdma_bytes
+        # bf16 packed <= contract (fp32 stride) = 2 x packed <= by token id (span >= rows)
+        assert hy.cmb_rdma_bytes == pytest.approx(2 * hy.cmb_rdma_variant_bytes)
+        assert hy.cmb_rdma_bytes <= hy.cmb_rdma_rejected_bytes
         if prev is not None:
             assert ro.rows_out > prev.rows_out          # more ranks, more distinct destinations
             assert ro.dsp_rdma_bytes > prev.dsp_rdma_bytes
@@ -136,25 +141,33 @@ def routed(shape, topo, rng):
 
 def test_iteration_pattern_exact():
     topo = B.Topology(world=2, nvlink=1)
-    pat = B.iteration_pattern([[0, 3], [2, 0]], [[0, 4], [5, 0]], [4, 5], SMALL, topo)
+    pat = B.iteration_pattern([[0, 3], [2, 0]], [4, 5], SMALL, topo)
     assert pat["dsp"]["bytes"] == [12 + 36 + 48, 12 + 24 + 32]
     assert pat["dsp"]["writes"] == [3, 3]
     assert pat["wgt"]["bytes"] == [4 * 2 * 4, 5 * 2 * 4]
-    # rank 1 returns rank 0's 4-row span, rank 0 returns rank 1's 5-row span
-    assert pat["cmb"]["bytes"] == [5 * 16 * 4, 4 * 16 * 4]
-    assert sorted(pat["cmb"]["sizes"]) == [256, 320]
+    # rank 1 returns the 3 rows rank 0 sent it, rank 0 the 2 rows rank 1 sent it
+    assert pat["cmb"]["bytes"] == [2 * 16 * 4, 3 * 16 * 4]
+    assert pat["cmb"]["writes"] == [1, 1]
+    assert sorted(pat["cmb"]["sizes"]) == [128, 192]
     with pytest.raises(ValueError):
-        B.iteration_pattern([[0, 1]], [[0, 1]], [1], SMALL, topo)
+        B.iteration_pattern([[0, 1]], [1], SMALL, topo)
+    with pytest.raises(ValueError):
+        B.iteration_pattern([[0, 1], [1]], [1, 1], SMALL, topo)
 
 
 def test_iteration_pattern_nvlink_pairs_post_nothing():
     topo = B.Topology(world=4, nvlink=2)
-    rows, span = routed(SMALL, topo, random.Random(3))
-    pat = B.iteration_pattern(rows, span, [SMALL.tokens] * 4, SMALL, topo)
+    rows, _ = routed(SMALL, topo, random.Random(3))
+    pat = B.iteration_pattern(rows, [SMALL.tokens] * 4, SMALL, topo)
     for s in range(4):
         assert pat["dsp"]["writes"][s] == 3 * 2  # 2 peers on the other node
+        assert pat["cmb"]["writes"][s] == 2
+    # what s sends over CMB is what its RDMA peers sent it in dispatch, at stride H*4
+    for s in range(4):
+        got = sum(rows[p][s] for p in range(4) if topo.is_rdma(s, p))
+        assert pat["cmb"]["bytes"][s] == got * SMALL.hidden * 4
     topo1 = B.Topology(world=4, nvlink=4)
-    assert sum(B.iteration_pattern(rows, span, [3] * 4, SMALL, topo1)["dsp"]["writes"]) == 0
+    assert sum(B.iteration_pattern(rows, [3] * 4, SMALL, topo1)["dsp"]["writes"]) == 0
 
 
 def test_expected_bytes_match_sampled_iterations():
@@ -165,15 +178,19 @@ def test_expected_bytes_match_sampled_iterations():
     rng = random.Random(7)
     n = 400
     tot = {"dsp": 0.0, "wgt": 0.0, "cmb": 0.0}
+    rejected = 0.0
     for _ in range(n):
         rows, span = routed(shape, topo, rng)
-        pat = B.iteration_pattern(rows, span, [shape.tokens] * 4, shape, topo)
+        pat = B.iteration_pattern(rows, [shape.tokens] * 4, shape, topo)
         for ph in tot:
             tot[ph] += sum(pat[ph]["bytes"]) / 4 / n
+        rejected += sum(B.cmb_rejected_bytes(span[s][p], shape) for s in range(4) for p in range(4)
+                        if topo.is_rdma(s, p)) / 4 / n
     rb = B.rank_bytes(shape, topo)
     assert tot["wgt"] == pytest.approx(rb.wgt_rdma_bytes)
     assert tot["dsp"] == pytest.approx(rb.dsp_rdma_bytes, rel=0.02)
     assert tot["cmb"] == pytest.approx(rb.cmb_rdma_bytes, rel=0.02)
+    assert rejected == pytest.approx(rb.cmb_rdma_rejected_bytes, rel=0.02)
 
 
 # ---- the model ------------------------------------------------------------------------
@@ -222,7 +239,8 @@ def test_predictions(doc):
             assert ro["dispatch_us"] >= hy["dispatch_us"]
             if mode == "decode":
                 assert hy["dispatch_us"] > one_node["dispatch_us"]
-            assert hy["variant"]["combine_us"] <= hy["combine_us"]
+            assert hy["variant"]["combine_us"] <= hy["combine_us"] <= hy["rejected"]["combine_us"]
+            assert hy["rdma_mb"]["cmb"] == pytest.approx(2 * hy["rdma_mb"]["cmb_variant"])
             if prev is not None:
                 assert ro["dispatch_us"] > prev["dispatch_us"]
             prev = ro
@@ -239,6 +257,7 @@ def test_cli_prints_model_table_and_json(tmp_path, capsys):
     assert {r["ep"] for r in rows} == {8, 16, 32, 64}
     hy64 = [r for r in rows if r["ep"] == 64 and r["nvlink"] == 8 and r["mode"] == "decode" and r["nic_key"] == "cx7"]
     assert hy64[0]["published"]["pplx_cx7"] == "188 / 309"
+    assert "rej comb" in text and "rejected" in hy64[0] and "cmb_variant" in hy64[0]["rdma_mb"]
 
 
 def test_cli_rejects_bad_arguments(capsys):

@@ -12,8 +12,15 @@ The rules follow the design (docs/a2a.md, docs/a2a-internode.md):
   sum over its local experts;
 - over RDMA every phase is a fixed set of writes per peer (contract, "Signals"):
   DSP = cnt slot, meta [0, n), rows [0, n) (3 writes); WGT = T*K fp32 weights (1 write);
-  CMB = part rows [0, m) at row stride H*4, m = 1 + largest token id received from the
-  peer (1 write). Each write is sharded over the NICs (s shards => s fabric writes).
+  CMB = the n rows the expert rank received from that source in dispatch, compact
+  (part row j = the source's dispatch row j) at the part block's row stride H*4
+  (1 write of n*H*4 bytes, whatever the partial dtype). Each write is sharded over the
+  NICs (s shards => s fabric writes).
+
+Two other CMB rules are kept for comparison, by name: the *variant* (the same compact
+rows packed at the partial dtype's stride, H*pb: n*H*2 for bf16; the recommendation of
+docs/a2a-model.md) and the *rejected* rule the contract had first (part rows [0, m) by
+token id, m = 1 + largest token id sent to the peer: about T rows per peer).
 """
 from __future__ import annotations
 
@@ -142,14 +149,22 @@ def wgt_writes(tokens: int, shape: Shape) -> List[int]:
     return [tokens * shape.topk * 4]
 
 
-def cmb_writes(span: int, shape: Shape) -> List[int]:
-    """The CMB write as the contract specifies: part rows [0, span) at stride H*4."""
-    return [span * shape.hidden * CMB_ROW_STRIDE_ELEM]
+def cmb_writes(rows: int, shape: Shape) -> List[int]:
+    """The CMB write as the contract specifies: the `rows` rows the expert rank received
+    from this source in dispatch, compact, at the part block's row stride H*4."""
+    return [rows * shape.hidden * CMB_ROW_STRIDE_ELEM]
 
 
-def cmb_compact_bytes(rows: int, shape: Shape) -> int:
-    """What combine must return at least: one partial row per (token, expert rank)."""
+def cmb_variant_bytes(rows: int, shape: Shape) -> int:
+    """The variant: the same compact rows packed at the partial dtype's stride (H*pb),
+    the least combine can return (one partial per (token, expert rank))."""
     return rows * shape.hidden * shape.partial_bytes
+
+
+def cmb_rejected_bytes(span: int, shape: Shape) -> int:
+    """The rule the contract had first (rejected): part rows [0, span) by token id at
+    stride H*4, span = 1 + the largest token id the source sent to this expert rank."""
+    return span * shape.hidden * CMB_ROW_STRIDE_ELEM
 
 
 # ---- expected bytes per rank for uniform random routing (the model's input) ---------
@@ -165,8 +180,9 @@ class RankBytes:
     dsp_rdma_bytes: float
     dsp_nvlink_bytes: float
     wgt_rdma_bytes: float
-    cmb_rdma_bytes: float          # as the contract writes them (span rows at H*4)
-    cmb_rdma_compact_bytes: float  # one partial per (token, rank) at the partial dtype
+    cmb_rdma_bytes: float          # as the contract writes them (n compact rows at H*4)
+    cmb_rdma_variant_bytes: float  # the same rows packed at the partial dtype (H*pb)
+    cmb_rdma_rejected_bytes: float  # the first contract's rule (span rows by token id at H*4)
     cmb_nvlink_bytes: float
     rdma_writes: Dict[str, int]    # fabric writes posted per phase (shards included)
     per_peer_write_bytes: Dict[str, List[float]]  # mean length of each write of a phase
@@ -183,7 +199,7 @@ def rank_bytes(shape: Shape, topo: Topology, rank: int = 0) -> RankBytes:
     L = experts_per_rank(shape.experts, s)  # every cnt slot holds L+1 counts
     rdma = nvl = 0
     rows_out = rows_self = 0.0
-    dsp_r = dsp_n = cmb_r = cmb_c = cmb_n = 0.0
+    dsp_r = dsp_n = cmb_r = cmb_v = cmb_x = cmb_n = 0.0
     n_sum = 0.0
     for q_slice, q in enumerate(peers):
         owned = owned_experts(shape.experts, s, q_slice)
@@ -197,13 +213,15 @@ def rank_bytes(shape: Shape, topo: Topology, rank: int = 0) -> RankBytes:
         if topo.is_rdma(rank, q):
             rdma += 1
             dsp_r += sum(dsp_writes(0, L, shape)) + n * (shape.meta_bytes + shape.row_bytes)
-            # the peer's CMB to us covers our tokens routed to it: the same p
-            cmb_r += expected_span(shape.tokens, p) * shape.hidden * CMB_ROW_STRIDE_ELEM
-            cmb_c += cmb_compact_bytes(1, shape) * n
+            # what q sends back = what we sent q (n rows); by symmetry the same as what we
+            # send back to q
+            cmb_r += cmb_writes(1, shape)[0] * n
+            cmb_v += cmb_variant_bytes(1, shape) * n
+            cmb_x += cmb_rejected_bytes(1, shape) * expected_span(shape.tokens, p)
         else:
             nvl += 1
             dsp_n += n * (shape.meta_bytes + shape.row_bytes)
-            cmb_n += cmb_compact_bytes(1, shape) * n
+            cmb_n += cmb_variant_bytes(1, shape) * n
     others = max(1, len(peers) - 1)
     n_mean = n_sum / others if len(peers) > 1 else 0.0
     per_peer = {
@@ -215,25 +233,26 @@ def rank_bytes(shape: Shape, topo: Topology, rank: int = 0) -> RankBytes:
     return RankBytes(rdma_peers=rdma, nvlink_peers=nvl, rows_per_peer=n_mean, rows_out=rows_out,
                      rows_self=rows_self, dsp_rdma_bytes=dsp_r, dsp_nvlink_bytes=dsp_n,
                      wgt_rdma_bytes=rdma * wgt_writes(shape.tokens, shape)[0],
-                     cmb_rdma_bytes=cmb_r, cmb_rdma_compact_bytes=cmb_c, cmb_nvlink_bytes=cmb_n,
+                     cmb_rdma_bytes=cmb_r, cmb_rdma_variant_bytes=cmb_v, cmb_rdma_rejected_bytes=cmb_x,
+                     cmb_nvlink_bytes=cmb_n,
                      rdma_writes=writes, per_peer_write_bytes=per_peer)
 
 
 # ---- exact pattern of one measured iteration (the benchmark's input) ----------------
 
-def iteration_pattern(rows: Sequence[Sequence[int]], span: Sequence[Sequence[int]],
-                      tokens: Sequence[int], shape: Shape, topo: Topology) -> Dict[str, Dict[str, List[int]]]:
+def iteration_pattern(rows: Sequence[Sequence[int]], tokens: Sequence[int], shape: Shape,
+                      topo: Topology) -> Dict[str, Dict[str, List[int]]]:
     """RDMA writes of one iteration, per phase, from what every rank routed.
 
-    rows[s][p]: rows rank s sent to rank p (0 where p is not in s's slice);
-    span[s][p]: 1 + the largest token id s sent to p (0 if none) = the length in rows of
-    p's CMB write back to s; tokens[s]: s's T of this launch (after bound_m).
+    rows[s][p]: rows rank s sent to rank p (0 where p is not in s's slice), which is
+    also the length in rows of p's CMB write back to s; tokens[s]: s's T of this launch
+    (after bound_m).
     Returns {phase: {"bytes": [per sending rank], "writes": [per sending rank],
     "sizes": [every write's length]}}; writes count fabric writes (shards included)."""
     W = topo.world
-    if len(rows) != W or len(span) != W or len(tokens) != W:
-        raise ValueError(f"iteration_pattern: expected {W} rows of counts, got "
-                         f"{len(rows)}/{len(span)}/{len(tokens)}")
+    if len(rows) != W or len(tokens) != W:
+        raise ValueError(f"iteration_pattern: expected {W} rows of counts and {W} token counts, got "
+                         f"{len(rows)}/{len(tokens)}")
     L = experts_per_rank(shape.experts, topo.slice_world)
     out = {ph: {"bytes": [0] * W, "writes": [0] * W, "sizes": []} for ph in ("dsp", "wgt", "cmb")}
 
@@ -244,13 +263,13 @@ def iteration_pattern(rows: Sequence[Sequence[int]], span: Sequence[Sequence[int
             out[ph]["sizes"].append(ln)
 
     for s in range(W):
-        if len(rows[s]) != W or len(span[s]) != W:
+        if len(rows[s]) != W:
             raise ValueError(f"iteration_pattern: rank {s} has {len(rows[s])} counts, expected {W}")
         for p in topo.slice_peers(s):
             if not topo.is_rdma(s, p):
                 continue
             post("dsp", s, dsp_writes(int(rows[s][p]), L, shape))
             post("wgt", s, wgt_writes(int(tokens[s]), shape))
-            # p's CMB to s: one write from p, whose length s's routing decides
-            post("cmb", p, cmb_writes(int(span[s][p]), shape))
+            # p's CMB to s: one write from p of the rows s sent it
+            post("cmb", p, cmb_writes(int(rows[s][p]), shape))
     return out
