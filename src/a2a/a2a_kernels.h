@@ -57,11 +57,20 @@ enum {
                                    instead of storing them straight to the output */
     A2A_DEV_FUSED_SLOTS = 16    /* fused decode dispatch: slot-form recv (A/B) */
 };
+/* phases the RDMA proxy carries (docs/a2a-internode.md, "Signals") */
+enum { A2A_PX_DSP = 0, A2A_PX_WGT = 1, A2A_PX_CMB = 2, A2A_PX_N = 3 };
 /* arrival counters in the workspace */
 enum { A2A_ARR_DSEND = 0, A2A_ARR_WGT = 1, A2A_ARR_CSEND = 2, A2A_ARR_CRECV = 3, A2A_ARR_N = 8 };
 
 typedef struct a2a_kparams {
-    char *peer[A2A_MAX_RANKS]; /* base of each rank's shared block, mapped here */
+    char *peer[A2A_MAX_RANKS]; /* base of each slice peer's shared block, mapped here
+                                  (NULL for RDMA peers) */
+    uint64_t rdma_mask;        /* bit q: slice peer q is reached over RDMA */
+    char *stage;               /* what we send to RDMA peers (slot = peer), or NULL */
+    char *rblock;              /* where RDMA sources' data lands (slot = source), or NULL */
+    int32_t *px_tx;            /* host-mapped [A2A_PX_N][A2A_MAX_RANKS] lengths for the proxy */
+    uint64_t *px_doorbell[A2A_PX_N];   /* watcher words the proxy polls */
+    const uint64_t *const *px_flag;    /* device [A2A_PX_N][A2A_MAX_RANKS] epoch-word pointers */
     uint64_t off_flags, off_cnt, off_meta, off_rows, off_wgt, off_part;
     uint32_t *ws_iter;         /* completed iterations (epoch of the next = +1) */
     uint32_t *ws_err;          /* first error (device copy) */
