@@ -1,0 +1,94 @@
+"""CPU checks of the all-to-all's binding (python/ext/py_a2a.c, tendril.p2p_all_to_all):
+what holds without a GPU. The GPU runs are tests/gpu/ (test_a2a.py, test_a2a_rdma.py)."""
+import pytest
+
+import tendril
+from tendril import _tendril
+from tendril.p2p_all_to_all import _Group, _has_rdma_peers
+
+a2a = getattr(_tendril, "_a2a", None)
+needs_a2a = pytest.mark.skipif(a2a is None, reason="extension built without CUDA: no _a2a")
+
+
+def test_slice_peers_on_other_nodes():
+    # 2 nodes of 2, no TP: rank 0's slice is every rank, 2 and 3 are on node 1
+    assert _has_rdma_peers(0, 4, 2, 1)
+    # one node: never
+    assert not _has_rdma_peers(3, 4, 4, 1)
+    # dp_size 2, 2 ranks per node: the slice of rank 0 is {0, 2}, rank 2 on node 1
+    assert _has_rdma_peers(0, 4, 2, 2)
+    # dp_size 2, 4 ranks per node, 8 ranks: slice {1, 3, 5, 7} spans both nodes
+    assert _has_rdma_peers(1, 8, 4, 2)
+    # dp_size 2, 2 ranks per node, 2 ranks: slice {r} alone
+    assert not _has_rdma_peers(1, 2, 2, 2)
+
+
+def test_all_gather_of_a_pplx_group():
+    class ParallelGroupLike:  # pplx_garden.distributed.ParallelGroup's part in use
+        rank, size = 0, 2
+
+        def broadcast_object(self, obj, root):
+            return obj
+
+        def barrier(self):
+            pass
+
+        def all_gather_object(self, obj):
+            return [obj, b"other"]
+
+    g = _Group(ParallelGroupLike())
+    assert g.can_all_gather
+    assert g.all_gather(b"mine") == [b"mine", b"other"]
+
+    class NoAllGather:
+        rank, size = 0, 2
+
+        def broadcast_object(self, obj, root):
+            return obj
+
+    assert not _Group(NoAllGather()).can_all_gather
+
+
+@needs_a2a
+def test_constants():
+    assert (a2a.RDMA_AUTO, a2a.RDMA_GPU, a2a.RDMA_HOST) == (0, 1, 2)
+    assert a2a.MAX_RANKS == 64
+
+
+def _create(**over):
+    kw = dict(rank=0, world_size=4, device=0, max_num_tokens=16, num_experts=8, experts_per_token=2,
+              expert_padding=1, hidden_dim=128, hidden_dim_scale=0, in_elem_size=2, out_dtype=a2a.DTYPE_BF16,
+              num_sms=0, timeout_ms=1000, rendezvous="unit-a2a-py")
+    kw.update(over)
+    return a2a.create(**kw)
+
+
+@needs_a2a
+@pytest.mark.parametrize("over, what", [
+    (dict(ranks_per_node=3), "ranks_per_node"),
+    (dict(dp_size=3), "dp_size"),
+    (dict(rdma_buffers=7), "rdma_buffers"),
+    (dict(ranks_per_node=2), "cfg->engine is NULL"),
+    (dict(ranks_per_node=2, imm_base=0xFFFFFFF0), "imm_base"),
+])
+def test_config_errors_name_the_field(over, what):
+    """Checked before any GPU use: the same message with or without a GPU."""
+    with pytest.raises(ValueError, match=what):
+        _create(**over)
+
+
+@needs_a2a
+def test_argument_types():
+    with pytest.raises(TypeError, match="allgather"):
+        _create(allgather=42)
+    with pytest.raises(TypeError, match="TransferEngine"):
+        _create(ranks_per_node=2, engine=object())
+    with pytest.raises(OverflowError):
+        _create(imm_base=-1)
+
+
+def test_p2p_all_to_all_keywords():
+    import inspect
+    init = inspect.signature(tendril.P2PAllToAll.__init__).parameters
+    for name in ("engine", "rdma_buffers", "imm_base", "nets_per_gpu", "dp_group", "node_group"):
+        assert init[name].kind == inspect.Parameter.KEYWORD_ONLY, name
