@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""bench_all_to_all: MoE dispatch/combine over NVLink (tendril.P2PAllToAll) against NCCL
-all-to-all (torch.distributed.all_to_all_single) on the same data, in the same run.
+"""bench_all_to_all: MoE dispatch/combine (tendril.P2PAllToAll) against NCCL all-to-all
+(torch.distributed.all_to_all_single) on the same data, in the same run: over NVLink
+inside one domain, and across domains over RDMA (docs/a2a-internode.md).
 
 Default shape: DeepSeek-V3 (hidden 7168, fp8 e4m3 payload + 56 fp32 scales per token,
 bf16 combine, 256 experts, top-8), decode (128 tokens/rank) and prefill (4096 tokens/rank),
-one process per GPU. Every iteration draws fresh random routing. Before each timed
+one process per rank. Every iteration draws fresh random routing (seeded; the TP replicas
+of a DP group draw the same). Before each timed
 region a GEMM is queued (so that launch overhead is not what is measured) and the ranks
 are then aligned on the GPU (NCCL all-reduce).
 
@@ -23,21 +25,46 @@ kernel duration is taken from the profiler's activity records: no launch or even
 overhead, the way DeepEP's bench_kineto times its kernels (its published figures are
 kernel durations), so these are the figures to compare with DeepEP's.
 
+Slowest rank: per iteration the largest total over ranks (dispatch+combine back to back,
+the four split phases, NCCL's two all-to-alls), then p50/p99 over iterations: the metric
+of AWS's EP backend comparison. GEMM check: the GEMM between dispatch send and dispatch
+recv against the same GEMM alone (ratio of medians; the issue asks for <= 1.05).
+RDMA writes: the bytes and writes each rank's proxy posts per phase, computed from the
+drawn routing by the contract's rules (tools/a2a_model/a2a_bytes.py); --write-pattern
+saves the counts a raw-provider replay needs.
+
+Ranks: one machine by default (--world-size ranks, as many per GPU as needed, each with
+its share of the SMs; NCCL needs one rank per GPU, so with shared GPUs the baseline is
+off and the ranks align on the host). Several machines as with pplx-garden:
+  python3 bench/bench_all_to_all/bench_all_to_all.py --world-size $((NODES*8)) --nets-per-gpu 2 \
+      --init-method tcp://$MASTER_IP:29500 --node-rank $NODE_RANK --nvlink 8
+Without --nvlink the ranks of one machine form one NVLink domain (pplx-garden: --nvlink 1).
+
   python3 bench/bench_all_to_all/bench_all_to_all.py [--modes decode,prefill] [--json out.json]
 """
-import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import socket
 import statistics
 import sys
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "..", "tools", "a2a_model"))
+
+from a2a_bench_args import build_parser, describe, dp_groups, node_groups, parse_gemm, plan_launch  # noqa: E402
+from a2a_bench_report import (RAW_BASELINE_TODO, format_mode, gemm_check, pattern_summary,  # noqa: E402
+                              series_rows, slowest_rank_section)
+from a2a_bytes import Shape, Topology, iteration_pattern  # noqa: E402
+
 # torch is imported after the arguments are parsed (import_torch), so that --help and
 # --version work on a machine without it; the spawned workers import it themselves.
 torch = None
 dist = None
 
-VERSION_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "CMakeLists.txt")
+VERSION_FILE = os.path.join(HERE, "..", "..", "CMakeLists.txt")
 
 
 def import_torch():
@@ -58,24 +85,80 @@ def project_version():
         return "unknown"
 
 
-def pct(xs, q):
-    xs = sorted(xs)
-    if not xs:
-        return float("nan")
-    i = min(len(xs) - 1, max(0, int(round(q / 100.0 * (len(xs) - 1)))))
-    return xs[i]
+class Timer:
+    """CUDA event pairs by series name; `with t("name"): ...` times what it queues."""
+
+    def __init__(self, names):
+        self.ev = {n: (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                   for n in names}
+        self.used = set()
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        a, b = self.ev[name]
+        a.record()
+        yield
+        b.record()
+        self.used.add(name)
+
+    def read(self):
+        """µs of every pair recorded since the last read (call after a synchronize)."""
+        out = {n: a.elapsed_time(b) * 1000.0 for n, (a, b) in self.ev.items() if n in self.used}
+        self.used = set()
+        return out
 
 
-def run_mode(args, rank, world, dev, T):
+class Ctx:
+    """What every series of one rank shares: topology, groups, routing generator."""
+
+    def __init__(self, args, plan, rank, dev, num_sms):
+        self.args, self.plan, self.rank, self.dev, self.num_sms = args, plan, rank, dev, num_sms
+        self.world, self.dp = plan.world, plan.dp
+        self.L = -(-args.experts // (plan.world // plan.dp))  # experts per slice rank
+        # the replicas of a DP group (same rank // dp) draw the same routing
+        self.gen = torch.Generator(device=dev)
+        self.gen.manual_seed(args.seed * 100003 + rank // plan.dp)
+        self.nccl = plan.nccl_baseline
+
+    def routing(self, T):
+        """Fresh routing: (indices int32 [T,K], weights [T,K], rows per physical rank
+        (int64 [W], self included), span per physical rank = 1 + largest token id)."""
+        E, K = self.args.experts, self.args.topk
+        idx = torch.rand(T, E, device=self.dev, generator=self.gen).topk(K, dim=1).indices.to(torch.int32)
+        w = torch.rand(T, K, device=self.dev, generator=self.gen)
+        # a token of rank r whose expert is e goes to rank (e // L) * dp + r % dp
+        dst = (idx // self.L).long() * self.dp + self.rank % self.dp
+        dest = torch.zeros(T, self.world, dtype=torch.bool, device=self.dev)
+        dest.scatter_(1, dst, True)
+        ids = torch.arange(1, T + 1, device=self.dev, dtype=torch.int64).unsqueeze(1)
+        span = (dest.long() * ids).amax(0) if T else torch.zeros(self.world, dtype=torch.int64, device=self.dev)
+        return idx, w, dest.sum(0), span
+
+
+SERIES = ["dispatch", "combine", "dispatch_send", "gemm_in_dispatch", "dispatch_recv", "combine_send",
+          "gemm_in_combine", "combine_recv", "gemm_alone", "nccl_dispatch", "nccl_combine"]
+
+
+def make_a2a(ctx, T, groups):
     from tendril.p2p_all_to_all import P2PAllToAll
+    args, plan = ctx.args, ctx.plan
+    kw = dict(max_num_tokens=T, num_experts=args.experts, expert_padding=1, hidden_dim=args.hidden,
+              hidden_dim_scale=args.scales, in_dtype=torch.float8_e4m3fn, out_dtype=torch.bfloat16,
+              scale_dtype=torch.float32, num_experts_per_token=args.topk, device=ctx.dev,
+              nets_per_gpu=plan.nets, global_group=None, node_group=groups["node"], dp_group=groups["dp"],
+              num_sms=ctx.num_sms, timeout_ms=20000,
+              combine_partial_dtype=torch.float32 if args.partial_f32 else None)
+    if plan.rdma_pairs or args.rdma_buffers != "auto":
+        kw["rdma_buffers"] = args.rdma_buffers  # an argument of the build with the RDMA path
+    return P2PAllToAll(**kw)
+
+
+def run_mode(ctx, groups, T, mode):
+    args, plan, dev, rank, world = ctx.args, ctx.plan, ctx.dev, ctx.rank, ctx.world
     H, S, E, K = args.hidden, args.scales, args.experts, args.topk
-    a2a = P2PAllToAll(max_num_tokens=T, num_experts=E, expert_padding=1, hidden_dim=H,
-                      hidden_dim_scale=S, in_dtype=torch.float8_e4m3fn, out_dtype=torch.bfloat16,
-                      scale_dtype=torch.float32, num_experts_per_token=K, device=dev,
-                      num_sms=args.num_sms, timeout_ms=20000,
-                      combine_partial_dtype=torch.float32 if args.partial_f32 else None)
+    a2a = make_a2a(ctx, T, groups)
+    buffer_kind = getattr(a2a, "rdma_buffer_kind", None)
     cap = a2a.max_recv_tokens
-    L = (E + world - 1) // world
     x = torch.randn(T, H, device=dev).to(torch.float8_e4m3fn)
     xs = torch.rand(T, S, device=dev)
     out_num = torch.empty(a2a.num_local_experts, dtype=torch.int32, device=dev)
@@ -85,106 +168,117 @@ def run_mode(args, rank, world, dev, T):
     out = torch.empty(T, H, dtype=torch.bfloat16, device=dev)
     gsz = 2048 if T <= 128 else 8192
     ga = torch.randn(gsz, gsz, device=dev)
+    gm, gk, gn = parse_gemm(args.gemm, T)
+    gdt = torch.bfloat16 if args.gemm_dtype == "bf16" else torch.float32
+    gA, gB = torch.randn(gm, gk, device=dev, dtype=gdt), torch.randn(gk, gn, device=dev, dtype=gdt)
     one = torch.ones(1, device=dev)
     drow = H + 4 * S  # dispatch row bytes (fp8 payload + scales)
     crow = 2 * H      # combine row bytes (bf16)
-    nccl_in_d = torch.empty(T * world, drow, dtype=torch.uint8, device=dev)
-    nccl_out_d = torch.empty(T * world, drow, dtype=torch.uint8, device=dev)
-    nccl_in_c = torch.empty(T * world, crow, dtype=torch.uint8, device=dev)
-    nccl_out_c = torch.empty(T * world, crow, dtype=torch.uint8, device=dev)
+    nccl_bufs = None
+    if ctx.nccl:
+        nccl_bufs = tuple(torch.empty(T * world, n, dtype=torch.uint8, device=dev) for n in (drow, drow, crow, crow))
 
     def align():
-        # the GEMM first, so that the host has queued what follows before the GPUs get
-        # there; the all-reduce last, so that the ranks leave it within one NVLink flag
-        # latency of each other (with the GEMM last, any difference in its duration
-        # between the two GPUs became skew in the timed call)
-        torch.mm(ga, ga)
-        dist.all_reduce(one)
+        if ctx.nccl:
+            # the GEMM first, so that the host has queued what follows before the GPUs get
+            # there; the all-reduce last, so that the ranks leave it within one NVLink flag
+            # latency of each other (with the GEMM last, any difference in its duration
+            # between the two GPUs became skew in the timed call)
+            torch.mm(ga, ga)
+            dist.all_reduce(one)
+        else:
+            # ranks share GPUs (gloo): align on the host, then queue a GEMM so that the
+            # timed call is queued before the GPU gets to it
+            torch.cuda.synchronize()
+            dist.barrier()
+            torch.mm(ga, ga)
 
-    names = ["dispatch", "combine", "dispatch_send", "dispatch_recv", "combine_send", "combine_recv",
-             "nccl_dispatch", "nccl_combine"]
-    res = {n: [] for n in names}
-    moved = []
-    ev = [torch.cuda.Event(enable_timing=True) for _ in range(16)]
+    def gemm():
+        torch.mm(gA, gB)
+
+    t = Timer(SERIES)
 
     def step():
         """One iteration: fresh routing, every series once, each between two events."""
-        idx = torch.rand(T, E, device=dev).topk(K, dim=1).indices.to(torch.int32)
-        w = torch.rand(T, K, device=dev)
-        # NCCL baseline inputs: one row per (token, destination rank)
-        dest = torch.zeros(T, world, dtype=torch.bool, device=dev)
-        dest.scatter_(1, (idx // L).long(), True)
-        send_counts = dest.sum(0)
-        recv_counts = torch.empty_like(send_counts)
-        dist.all_to_all_single(recv_counts, send_counts)
-        sc, rc = send_counts.tolist(), recv_counts.tolist()
+        idx, w, send_counts, span = ctx.routing(T)
+        sc, sp = send_counts.tolist(), span.tolist()
+        rc = None
+        if ctx.nccl:
+            recv_counts = torch.empty_like(send_counts)
+            dist.all_to_all_single(recv_counts, send_counts)
+            rc = recv_counts.tolist()
         # --- back to back
         align()
-        ev[0].record()
-        a2a.dispatch(out_num, out_x, out_s, x, xs, idx, w)
-        ev[1].record()
+        with t("dispatch"):
+            a2a.dispatch(out_num, out_x, out_s, x, xs, idx, w)
         align()
-        ev[2].record()
-        a2a.combine(out, idx, w, y)
-        ev[3].record()
-        # --- split, unrelated work between the halves
+        with t("combine"):
+            a2a.combine(out, idx, w, y)
+        # --- split; the GEMM between dispatch send and recv is the SM-free check
         align()
-        ev[4].record()
-        a2a.dispatch(out_num, out_x, out_s, x, xs, idx, w, do_recv=False)
-        ev[5].record()
-        torch.mm(ga, ga)
-        ev[6].record()
-        a2a.dispatch(out_num, out_x, out_s, x, xs, idx, w, do_send=False)
-        ev[7].record()
+        with t("dispatch_send"):
+            a2a.dispatch(out_num, out_x, out_s, x, xs, idx, w, do_recv=False)
+        with t("gemm_in_dispatch"):
+            gemm()
+        with t("dispatch_recv"):
+            a2a.dispatch(out_num, out_x, out_s, x, xs, idx, w, do_send=False)
         align()
-        ev[8].record()
-        a2a.combine(out, idx, w, y, do_recv=False)
-        ev[9].record()
-        torch.mm(ga, ga)
-        ev[10].record()
-        a2a.combine(out, idx, w, y, do_send=False)
-        ev[11].record()
+        with t("combine_send"):
+            a2a.combine(out, idx, w, y, do_recv=False)
+        with t("gemm_in_combine"):
+            gemm()
+        with t("combine_recv"):
+            a2a.combine(out, idx, w, y, do_send=False)
+        # --- the same GEMM with nothing in flight
+        align()
+        with t("gemm_alone"):
+            gemm()
         # --- NCCL all-to-all of the same rows
-        align()
-        ev[12].record()
-        dist.all_to_all_single(nccl_out_d[:sum(rc)], nccl_in_d[:sum(sc)], rc, sc)
-        ev[13].record()
-        align()
-        ev[14].record()
-        dist.all_to_all_single(nccl_out_c[:sum(sc)], nccl_in_c[:sum(rc)], sc, rc)
-        ev[15].record()
+        if ctx.nccl:
+            nin_d, nout_d, nin_c, nout_c = nccl_bufs
+            align()
+            with t("nccl_dispatch"):
+                dist.all_to_all_single(nout_d[:sum(rc)], nin_d[:sum(sc)], rc, sc)
+            align()
+            with t("nccl_combine"):
+                dist.all_to_all_single(nout_c[:sum(sc)], nin_c[:sum(rc)], sc, rc)
         torch.cuda.synchronize()
         a2a.poll_error()
-        return sum(sc)
+        return sc, sp
 
+    res = {n: [] for n in SERIES}
+    moved, pattern = [], []
     iters = args.warmup + (args.iters if T <= 128 else args.prefill_iters)
     for it in range(iters):
-        mv_it = step()
+        sc, sp = step()
+        times = t.read()
         if it < args.warmup:
             continue
-        moved.append(mv_it)
-        pairs = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11), (12, 13), (14, 15)]
-        for n, (a, b) in zip(names, pairs):
-            res[n].append(ev[a].elapsed_time(ev[b]) * 1000.0)
+        moved.append(sum(sc))
+        pattern.append((sc, sp))
+        for n, v in times.items():
+            res[n].append(v)
     # Kernel durations as the profiler records them (CUPTI activity records: the time the
     # kernel ran on the GPU, without the launch and event overhead that the event pairs
     # include). This is how DeepEP's benchmarks time their kernels (bench_kineto), so these
     # are the figures to put next to DeepEP's.
+    names = list(SERIES)
     kern = {n: [] for n in names}
     nprof = args.profile_iters if T <= 128 else max(1, args.profile_iters // 5)
-    if nprof > 0:
+    if args.profile_iters > 0:
         try:
-            kern = profile_kernels(step, nprof, names)
+            kern = profile_kernels(step, nprof, names, ctx.nccl)
         except Exception as e:  # the event-timed figures above stay valid
             print(f"bench_all_to_all: kernel profiling failed on rank {rank}: {e!r}", file=sys.stderr)
+        t.read()
     # --- pipelined: DeepEP's method (its bench_kineto): one alignment, then a run of
     # dispatch, combine, dispatch, combine... with no alignment in between, so that each
     # call starts when the previous collective released both ranks (no host-made skew).
     # Fresh routing for every call of the run; NCCL's all-to-alls get their own run.
-    rounds = args.pipe_rounds if T <= 128 else max(1, args.pipe_rounds // 5)
+    rounds = args.pipe_rounds if T <= 128 else max(1, args.pipe_rounds // 5) if args.pipe_rounds else 0
     if rounds > 0:
-        pres = pipelined(a2a, args.pipe_len, rounds, T, E, K, L, world, dev, align,
-                         (out_num, out_x, out_s, x, xs, y, out), (nccl_in_d, nccl_out_d, nccl_in_c, nccl_out_c))
+        pres = pipelined(ctx, a2a, args.pipe_len, rounds, T, align, (out_num, out_x, out_s, x, xs, y, out),
+                         nccl_bufs)
         for n, v in pres["events"].items():
             res[n] = v
             names.append(n)
@@ -193,56 +287,72 @@ def run_mode(args, rank, world, dev, T):
         moved.extend(pres["moved"])
     a2a.destroy()
     gathered = [None] * world
-    dist.all_gather_object(gathered, {"res": res, "moved": moved, "kern": kern})
+    dist.all_gather_object(gathered, {"res": res, "moved": moved, "kern": kern, "pattern": pattern,
+                                      "buffer_kind": buffer_kind})
     if rank != 0:
-        return None
-    pooled = {n: [v for g in gathered for v in g["res"][n]] for n in names}
-    kpooled = {n: [v for g in gathered for v in g["kern"][n]] for n in names}
+        return None, None
+    per_rank = [g["res"] for g in gathered]
+    pooled = {n: [v for r in per_rank for v in r.get(n, [])] for n in names}
+    kpooled = {n: [v for g in gathered for v in g["kern"].get(n, [])] for n in names}
     mv = statistics.mean(v for g in gathered for v in g["moved"])
     logical = {"d": T * K * (H + 4 * S), "c": T * K * crow}
     moved_b = {"d": mv * drow, "c": mv * crow}
-    rows = []
-    for n in names:
-        kind = "c" if "combine" in n else "d"
-        p50, p99 = pct(pooled[n], 50), pct(pooled[n], 99)
-        rows.append({"series": n, "p50_us": p50, "p99_us": p99, "mean_us": statistics.mean(pooled[n]),
-                     "gbps_logical": logical[kind] / p50 / 1e3 if "nccl" not in n else None,
-                     "gbps_moved": moved_b[kind] / p50 / 1e3, "samples": len(pooled[n]),
-                     "kernel_p50_us": pct(kpooled[n], 50) if kpooled[n] else None,
-                     "kernel_p99_us": pct(kpooled[n], 99) if kpooled[n] else None,
-                     "kernel_mean_us": statistics.mean(kpooled[n]) if kpooled[n] else None,
-                     "kernel_samples": len(kpooled[n])})
-    return {"tokens": T, "world": world, "hidden": H, "scales": S, "experts": E, "topk": K,
-            "num_sms": args.num_sms or torch.cuda.get_device_properties(dev).multi_processor_count,
-            "partials": "fp32" if args.partial_f32 else "bf16", "rows_moved_per_rank": mv, "series": rows}
+    shape = Shape(tokens=T, hidden=H, scales=S, experts=E, topk=K, in_bytes=1,
+                  partial_bytes=4 if args.partial_f32 else 2)
+    topo = Topology(world=world, nvlink=plan.nvlink, dp=plan.dp, nets=plan.nets)
+    iters_pat = [iteration_pattern([g["pattern"][i][0] for g in gathered], [g["pattern"][i][1] for g in gathered],
+                                   [T] * world, shape, topo)
+                 for i in range(min(len(g["pattern"]) for g in gathered))]
+    kinds = sorted({str(g["buffer_kind"]) for g in gathered if g["buffer_kind"] is not None})
+    result = {"mode": mode, "tokens": T, "world": world, "hidden": H, "scales": S, "experts": E, "topk": K,
+              "num_sms": ctx.num_sms or torch.cuda.get_device_properties(dev).multi_processor_count,
+              "partials": "fp32" if args.partial_f32 else "bf16", "rows_moved_per_rank": mv,
+              "series": series_rows(names, pooled, kpooled, logical, moved_b),
+              "topology": {"world": world, "nvlink": plan.nvlink, "nvlink_from": plan.nvlink_from,
+                           "dp": plan.dp, "nets_per_gpu": plan.nets, "machines": plan.machines,
+                           "ranks_per_gpu": plan.ranks_per_gpu, "backend": plan.backend,
+                           "nccl_baseline": plan.nccl_baseline, "describe": describe(plan)},
+              "rdma_buffer_kind": ",".join(kinds) or None,
+              "gemm": f"{gm}x{gk}x{gn} {args.gemm_dtype}",
+              "slowest_rank": slowest_rank_section(per_rank),
+              "gemm_check": gemm_check(per_rank),
+              "rdma_pattern": pattern_summary(iters_pat),
+              "raw_baseline": None}
+    if result["rdma_pattern"]:
+        result["raw_baseline_note"] = RAW_BASELINE_TODO
+    counts = {"mode": mode, "tokens": T, "world": world, "nvlink": plan.nvlink, "dp": plan.dp,
+              "nets_per_gpu": plan.nets, "shape": {"hidden": H, "scales": S, "experts": E, "topk": K,
+                                                   "row_bytes": shape.row_bytes},
+              "iterations": [{"rows": [g["pattern"][i][0] for g in gathered],
+                              "span": [g["pattern"][i][1] for g in gathered]} for i in range(len(iters_pat))]}
+    return result, counts
 
 
 PIPE_NAMES = ["pipe_dispatch", "pipe_combine", "pipe_nccl_dispatch", "pipe_nccl_combine"]
 
 
-def pipelined(a2a, n, rounds, T, E, K, L, world, dev, align, bufs, nccl_bufs):
+def pipelined(ctx, a2a, n, rounds, T, align, bufs, nccl_bufs):
     """Series pipe_*: `rounds` runs of n (dispatch, combine) pairs queued back to back
-    after one alignment, then the same for NCCL. Event times per call, and kernel
-    durations from one more profiled run. Returns {"events", "kernels", "moved"}."""
+    after one alignment, then the same for NCCL (when it runs). Event times per call, and
+    kernel durations from one more profiled run. Returns {"events", "kernels", "moved"}."""
     out_num, out_x, out_s, x, xs, y, out = bufs
-    nin_d, nout_d, nin_c, nout_c = nccl_bufs
+    world = ctx.world
     ev = [[torch.cuda.Event(enable_timing=True) for _ in range(6)] for _ in range(n)]
+    names = PIPE_NAMES if ctx.nccl else PIPE_NAMES[:2]
 
     def routes():
         """n fresh routings, and the NCCL row counts of each (one all-gather for all)."""
         rs = []
-        sends = torch.zeros(n, world, dtype=torch.int64, device=dev)
+        sends = torch.zeros(n, world, dtype=torch.int64, device=ctx.dev)
         for i in range(n):
-            idx = torch.rand(T, E, device=dev).topk(K, dim=1).indices.to(torch.int32)
-            rs.append((idx, torch.rand(T, K, device=dev)))
-            dest = torch.zeros(T, world, dtype=torch.bool, device=dev)
-            dest.scatter_(1, (idx // L).long(), True)
-            sends[i] = dest.sum(0)
-        allsend = [torch.empty_like(sends) for _ in range(world)]
-        dist.all_gather(allsend, sends)
-        me = dist.get_rank()
+            idx, w, sends[i], _ = ctx.routing(T)
+            rs.append((idx, w))
         sc = sends.tolist()
-        rc = torch.stack([a[:, me] for a in allsend], 1).tolist()
+        rc = None
+        if ctx.nccl:
+            allsend = [torch.empty_like(sends) for _ in range(world)]
+            dist.all_gather(allsend, sends)
+            rc = torch.stack([a[:, ctx.rank] for a in allsend], 1).tolist()
         return rs, sc, rc
 
     def run(rs, sc, rc):
@@ -253,27 +363,29 @@ def pipelined(a2a, n, rounds, T, E, K, L, world, dev, align, bufs, nccl_bufs):
             ev[i][1].record()
             a2a.combine(out, idx, w, y)
             ev[i][2].record()
-        align()
-        for i in range(n):
-            ev[i][3].record()
-            dist.all_to_all_single(nout_d[:sum(rc[i])], nin_d[:sum(sc[i])], rc[i], sc[i])
-            ev[i][4].record()
-            dist.all_to_all_single(nout_c[:sum(sc[i])], nin_c[:sum(rc[i])], sc[i], rc[i])
-            ev[i][5].record()
+        if ctx.nccl:
+            nin_d, nout_d, nin_c, nout_c = nccl_bufs
+            align()
+            for i in range(n):
+                ev[i][3].record()
+                dist.all_to_all_single(nout_d[:sum(rc[i])], nin_d[:sum(sc[i])], rc[i], sc[i])
+                ev[i][4].record()
+                dist.all_to_all_single(nout_c[:sum(sc[i])], nin_c[:sum(rc[i])], sc[i], rc[i])
+                ev[i][5].record()
         torch.cuda.synchronize()
         a2a.poll_error()
 
-    evs = {k: [] for k in PIPE_NAMES}
+    evs = {k: [] for k in names}
     moved = []
     for _ in range(rounds):
         rs, sc, rc = routes()
         run(rs, sc, rc)
         # the first call of a run starts from the alignment, not from a previous call
         for i in range(1, n):
-            for k, (a, b) in zip(PIPE_NAMES, ((0, 1), (1, 2), (3, 4), (4, 5))):
+            for k, (a, b) in zip(names, ((0, 1), (1, 2), (3, 4), (4, 5))):
                 evs[k].append(ev[i][a].elapsed_time(ev[i][b]) * 1000.0)
             moved.append(sum(sc[i]))
-    kerns = {k: [] for k in PIPE_NAMES}
+    kerns = {k: [] for k in names}
     try:
         from torch.profiler import ProfilerActivity, profile
         rs, sc, rc = routes()
@@ -287,7 +399,7 @@ def pipelined(a2a, n, rounds, T, E, K, L, world, dev, align, bufs, nccl_bufs):
                 kerns["pipe_combine"].append(dur / 1e3)
             elif "nccl" in name.lower() and "allreduce" not in name.lower() and "allgather" not in name.lower():
                 nccl.append(dur / 1e3)
-        if len(nccl) == 2 * n:
+        if ctx.nccl and len(nccl) == 2 * n:
             kerns["pipe_nccl_dispatch"] = nccl[0::2]
             kerns["pipe_nccl_combine"] = nccl[1::2]
         for k in kerns:  # drop the first call of the run, as for the events
@@ -318,7 +430,7 @@ def kernel_records(prof):
     return out
 
 
-def profile_kernels(step, n, names):
+def profile_kernels(step, n, names, nccl_runs):
     """Runs `step` n times under torch.profiler and returns {series: [kernel µs]}."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -336,97 +448,95 @@ def profile_kernels(step, n, names):
                 nccl.append(dur / 1e3)
     # per step, NCCL runs three all-to-alls besides the alignment all-reduces: the count
     # exchange, then the dispatch rows, then the combine rows
-    if len(nccl) == 3 * n:
+    if nccl_runs and len(nccl) == 3 * n:
         kern["nccl_dispatch"] = nccl[1::3]
         kern["nccl_combine"] = nccl[2::3]
     return kern
 
 
-def worker(rank, world, port, args):
+def make_groups(plan, rank):
+    """This rank's NVLink-domain group and DP group (every rank creates every group, in
+    the same order, as torch.distributed requires). None where the group is the world
+    or a single rank."""
+    mine = {"node": None, "dp": None}
+    if plan.nvlink < plan.world:
+        for ranks in node_groups(plan.world, plan.nvlink):
+            g = dist.new_group(ranks)
+            if rank in ranks:
+                mine["node"] = g
+    else:
+        mine["node"] = dist.group.WORLD
+    if plan.dp > 1:
+        for ranks in dp_groups(plan.world, plan.dp):
+            g = dist.new_group(ranks)
+            if rank in ranks:
+                mine["dp"] = g
+    return mine
+
+
+def worker(local_rank, plan, args):
     import_torch()
+    rank = plan.first_rank + local_rank
     if os.environ.get("A2A_TRACE_OUT"):
         # kernels built with TENDRIL_A2A_TRACE print from the GPU to fd 1: one file per
-        # rank keeps the two processes' lines apart (device_trace.sh)
+        # rank keeps the processes' lines apart (device_trace.sh)
         fd = os.open(f"{os.environ['A2A_TRACE_OUT']}.r{rank}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
         os.close(fd)
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-    torch.cuda.set_device(rank)
-    dev = torch.device("cuda", rank)
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            device_id=dev)
-    out = []
-    for m in args.modes.split(","):
+    devi = plan.device_of(local_rank)
+    torch.cuda.set_device(devi)
+    dev = torch.device("cuda", devi)
+    kw = {"init_method": plan.init_method, "rank": rank, "world_size": plan.world}
+    if plan.backend == "nccl":
+        kw["device_id"] = dev
+    dist.init_process_group(plan.backend, **kw)
+    ctx = Ctx(args, plan, rank, dev,
+              plan.sms_per_rank(torch.cuda.get_device_properties(dev).multi_processor_count, args.num_sms))
+    groups = make_groups(plan, rank)
+    if rank == 0:
+        print(describe(plan), flush=True)
+    out, counts = [], []
+    for m in plan.modes:
         T = {"decode": args.decode_tokens, "prefill": args.prefill_tokens}[m]
-        r = run_mode(args, rank, world, dev, T)
+        r, c = run_mode(ctx, groups, T, m)
         if rank == 0:
-            r["mode"] = m
             out.append(r)
-            print_table(r)
+            counts.append(c)
+            print(format_mode(r), flush=True)
     if rank == 0 and args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
+    if rank == 0 and args.write_pattern:
+        with open(args.write_pattern, "w") as f:
+            json.dump(counts, f)
     dist.barrier()
     dist.destroy_process_group()
 
 
-def print_table(r):
-    print(f"\n{r['mode']}: EP{r['world']} T={r['tokens']}/rank H={r['hidden']} S={r['scales']} "
-          f"E={r['experts']} top-{r['topk']} fp8->bf16, {r['partials']} partials, {r['num_sms']} SMs, "
-          f"{r['rows_moved_per_rank']:.0f} rows moved/rank/direction")
-    print(f"{'series':<19}{'p50 us':>10}{'p99 us':>10}{'GB/s logical':>14}{'GB/s moved':>12}"
-          f"{'kernel p50':>12}{'kernel p99':>12}{'kernel mean':>13}")
-    for s in r["series"]:
-        gl = f"{s['gbps_logical']:.0f}" if s["gbps_logical"] is not None else "-"
-        k50 = f"{s['kernel_p50_us']:.1f}" if s["kernel_p50_us"] is not None else "-"
-        k99 = f"{s['kernel_p99_us']:.1f}" if s["kernel_p99_us"] is not None else "-"
-        kmn = f"{s['kernel_mean_us']:.1f}" if s["kernel_mean_us"] is not None else "-"
-        print(f"{s['series']:<19}{s['p50_us']:>10.1f}{s['p99_us']:>10.1f}{gl:>14}{s['gbps_moved']:>12.0f}"
-              f"{k50:>12}{k99:>12}{kmn:>13}")
-    sys.stdout.flush()
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--world", type=int, default=0, help="ranks (default: one per GPU)")
-    ap.add_argument("--modes", default="decode,prefill")
-    ap.add_argument("--decode-tokens", type=int, default=128)
-    ap.add_argument("--prefill-tokens", type=int, default=4096)
-    ap.add_argument("--hidden", type=int, default=7168)
-    ap.add_argument("--scales", type=int, default=56)
-    ap.add_argument("--experts", type=int, default=256)
-    ap.add_argument("--topk", type=int, default=8)
-    ap.add_argument("--num-sms", type=int, default=0, help="blocks per kernel (0 = every SM)")
-    ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--iters", type=int, default=300, help="timed decode iterations")
-    ap.add_argument("--prefill-iters", type=int, default=50, help="timed prefill iterations")
-    ap.add_argument("--profile-iters", type=int, default=100,
-                    help="decode iterations run again under torch.profiler for kernel durations "
-                         "(prefill: a fifth of it; 0 = off)")
-    ap.add_argument("--pipe-len", type=int, default=30,
-                    help="calls per pipelined run (DeepEP's bench_kineto: 30)")
-    ap.add_argument("--pipe-rounds", type=int, default=10,
-                    help="pipelined runs, each with fresh routing per call (prefill: a fifth; 0 = off)")
-    ap.add_argument("--partial-f32", action="store_true",
-                    help="combine partial sums travel as fp32 (default: as bf16, the out dtype)")
-    ap.add_argument("--json", default="")
-    ap.add_argument("--version", action="version",
-                    version=f"bench_all_to_all (tendril {project_version()})")
-    args = ap.parse_args()
+def main(argv=None):
+    ap = build_parser(__doc__, f"bench_all_to_all (tendril {project_version()})")
+    args = ap.parse_args(argv)
     try:
         import_torch()
     except ImportError as e:
         print(f"bench_all_to_all: needs PyTorch with CUDA ({e})", file=sys.stderr)
         return 1
-    world = args.world or torch.cuda.device_count()
-    if world < 1:
+    gpus = torch.cuda.device_count()
+    if gpus < 1:
         print("bench_all_to_all: no CUDA device")
         return 77
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(worker, args=(world, port, args), nprocs=world, join=True)
+    try:
+        plan = plan_launch(args, gpus)
+    except ValueError as e:
+        ap.error(str(e))
+    if not plan.init_method:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        plan = dataclasses.replace(plan, init_method=f"tcp://127.0.0.1:{port}")
+    torch.multiprocessing.spawn(worker, args=(plan, args), nprocs=plan.local_ranks, join=True)
     return 0
 
 

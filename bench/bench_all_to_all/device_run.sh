@@ -13,7 +13,7 @@ if [ ! -f build/build.ninja ]; then
   cmake -S . -B build -G Ninja -DCMAKE_PREFIX_PATH=$PWD/.deps/usr -DTENDRIL_TESTS=OFF >"$out/configure.log" 2>&1 \
     || { tail -30 "$out/configure.log"; exit 1; }
 fi
-cmake --build build --target tendril_a2a_py _tendril -j16 >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+cmake --build build --target _tendril -j16 >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
 echo "build ok in $(( $(date +%s) - t0 )) s"
 if [ "$what" = all ] || [ "$what" = tests ]; then
   timeout ${TEST_TIMEOUT:-330} python3 tests/gpu/run_gpu_tests.py >"$out/tests.log" 2>&1

@@ -12,7 +12,7 @@ if [ ! -f build-trace/build.ninja ]; then
   cmake -S . -B build-trace -G Ninja -DCMAKE_PREFIX_PATH=$PWD/.deps/usr -DTENDRIL_TESTS=OFF \
     -DTENDRIL_A2A_TRACE=ON >"$out/trace-configure.log" 2>&1 || { tail -30 "$out/trace-configure.log"; exit 1; }
 fi
-cmake --build build-trace --target tendril_a2a_py _tendril -j16 >"$out/trace-build.log" 2>&1 \
+cmake --build build-trace --target _tendril -j16 >"$out/trace-build.log" 2>&1 \
   || { tail -40 "$out/trace-build.log"; exit 1; }
 A2A_TRACE_OUT=$out/trace PYTHONPATH=$PWD/python:$PWD/build-trace/python timeout ${TRACE_TIMEOUT:-120} \
   python3 bench/bench_all_to_all/bench_all_to_all.py --modes decode --warmup 20 --iters 10 --profile-iters 0 "$@" \

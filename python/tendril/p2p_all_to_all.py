@@ -63,9 +63,13 @@ class _Group:
     ``rank``, ``size``, ``broadcast_object(obj, root)``, ``barrier()`` and, for the
     all-gather, ``all_gather_object(obj)``)."""
 
+    @staticmethod
+    def is_pplx(group: Any) -> bool:
+        return group is not None and hasattr(group, "broadcast_object") and hasattr(group, "size")
+
     def __init__(self, group: Any) -> None:
         self.pg = group
-        self.pplx = group is not None and hasattr(group, "broadcast_object") and hasattr(group, "size")
+        self.pplx = _Group.is_pplx(group)
         if self.pplx:
             self.rank, self.size = int(group.rank), int(group.size)
         else:
@@ -105,9 +109,9 @@ def _size(group: Any) -> Optional[int]:
 class P2PAllToAll:
     """Expert-parallel all-to-all: NVLink between the ranks of a node, RDMA between nodes.
 
-    Groups, as in pplx-garden: ``global_group`` holds every rank (rank r is on node
-    ``r // node_group size``: ranks are numbered node by node), ``node_group`` the ranks of
-    this node (its size is the NVLink domain; default: all of global_group), ``dp_group``
+    Groups, as in pplx-garden: ``global_group`` holds every rank (default: torch.distributed's
+    default group; rank r is on node ``r // node_group size``: ranks are numbered node by
+    node), ``node_group`` the ranks of this node (its size is the NVLink domain; default: all of global_group), ``dp_group``
     the TP replicas of this rank (size D: experts are split over ``world / D`` groups and
     rank r talks only to the ranks with the same ``r % D``). Experts are placed in
     contiguous blocks: slice rank s = r // D owns experts [s * L, min((s+1) * L, E)),
@@ -162,7 +166,10 @@ class P2PAllToAll:
             torch.float16: _a2a.DTYPE_F16,
             torch.float32: _a2a.DTYPE_F32,
         }
-        grp = _Group(global_group if global_group is not None else node_group)
+        if global_group is None:
+            # pplx-garden's groups without one: a single node; else torch's default group
+            global_group = node_group if _Group.is_pplx(node_group) else None
+        grp = _Group(global_group)
         world, rank = grp.size, grp.rank
         per_node = _size(node_group) or world
         dp = _size(dp_group) or 1

@@ -62,12 +62,6 @@ static void free_all(a2a_ctx *c)
     c->host_words = NULL;
 }
 
-/* Development A/B switches (a2a_kernels.h, TENDRIL_A2A_DEV_FLAGS). */
-static void read_dev_flags(a2a_kparams *kp)
-{
-    kp->dev_flags = (uint32_t)tn_env_u64_warn("TENDRIL_A2A_DEV_FLAGS", 0, 0xffffffffu, 0);
-}
-
 int a2a_create(const a2a_config *cfg_in, a2a_ctx **out)
 {
     tn_err_clear();
@@ -139,10 +133,29 @@ int a2a_create(const a2a_config *cfg_in, a2a_ctx **out)
     ws += W * c->L * 4;
     size_t o_nsrc = ws;
     ws += W * 4;
+    ws = up(ws, 16);
+    /* dispatch row of each (token, RDMA peer), read back by combine recv (compact CMB
+     * rows over RDMA, docs/a2a-internode.md "Signals"); -1 = none */
+    size_t o_rslot = ws;
+    const size_t rslot_bytes = T * A2A_MAX_RANKS * 4;
+    ws += rslot_bytes;
     c->ws_bytes = up(ws, 256);
     rc = a2a_mem_dev_alloc(c, c->ws_bytes, &c->ws, "workspace");
     if (!rc) rc = a2a_mem_host_alloc(c, 64, (void **)&c->host_words, &c->host_words_dev, "error words");
     if (rc) goto fail;
+    {
+        const tcu_api *cu;
+        tcu_result r = 1;
+        if (tcu_load(&cu) == 0) {
+            r = cu->cuMemsetD8((tcu_deviceptr)(uintptr_t)((char *)c->ws + o_rslot), 0xff, rslot_bytes);
+            if (!r) r = cu->cuCtxSynchronize();
+        }
+        if (r) {
+            rc = tn_err(-EIO, "a2a_create: initialising the workspace on device %d failed (CUDA error %d)",
+                        c->dev, (int)r);
+            goto fail;
+        }
+    }
 
     char *w8 = c->ws;
     uint32_t *hw_dev = (uint32_t *)(uintptr_t)c->host_words_dev;
@@ -153,10 +166,10 @@ int a2a_create(const a2a_config *cfg_in, a2a_ctx **out)
     kp->ws_total_rcnt = (int32_t *)(w8 + o_trc);
     kp->ws_src_base = (int32_t *)(w8 + o_base);
     kp->ws_nsrc = (int32_t *)(w8 + o_nsrc);
+    kp->ws_rslot = (int32_t *)(w8 + o_rslot);
     kp->host_err = hw_dev;
     kp->host_abort = hw_dev + 1;
     kp->timeout_ns = (uint64_t)(cfg.timeout_ms ? cfg.timeout_ms : 10000) * 1000000ull;
-    read_dev_flags(kp);
     kp->rank = t->srank;
     kp->world = t->sworld;
     kp->E = cfg.num_experts;

@@ -127,7 +127,7 @@ int a2a_boot_finish(a2a_ctx *c, int rc);
  * (c->rblock_desc) and the proxy's tables. Nothing to do (0) without RDMA peers. */
 int a2a_rdma_prepare(a2a_ctx *c, int timeout_ms);
 /* Starts the proxy for the peers' rblocks and fills the kernels' RDMA fields. */
-int a2a_rdma_start(a2a_ctx *c, const te_addr *addr, const te_mr_desc *desc);
+int a2a_rdma_start(a2a_ctx *c, te_addr *addr, te_mr_desc *desc);
 /* Stops the proxy and frees stage, rblock and the tables (idempotent). */
 void a2a_rdma_teardown(a2a_ctx *c);
 /* The proxy's first error (0 if none); a2a_poll_error reports it. */

@@ -25,6 +25,8 @@
 #include <stdint.h>
 #include <tendril/a2a.h>
 
+#include "proxy/a2a_proxy.h" /* A2A_PX_*: the phases the RDMA proxy carries */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -46,31 +48,21 @@ enum { A2A_PH_DSEND = 0, A2A_PH_DRECV = 1, A2A_PH_CSEND = 2, A2A_PH_CRECV = 3,
        A2A_PH_DBOTH = 4, A2A_PH_CBOTH = 5, A2A_PH_N = 6 }; /* BOTH: send+recv in one launch */
 /* error word: code << 24 | phase << 16 | peer */
 enum { A2A_ERR_TIMEOUT = 1, A2A_ERR_OVERFLOW = 2, A2A_ERR_ABORT = 3 };
-/* Development switches (env TENDRIL_A2A_DEV_FLAGS, read at context creation) that bring
- * back an earlier form of a step, so that a benchmark can A/B it in one build. */
-enum {
-    A2A_DEV_FENCE_ALL = 1,     /* every thread runs fence.sys before a block's arrival */
-    A2A_DEV_NO_WARP_ROUTE = 2, /* decode dispatch send routes with the block-wide path */
-    A2A_DEV_OLD_RECV = 4,      /* dispatch recv: every block builds its tables before any
-                                  row load, and the copy loop does not prefetch */
-    A2A_DEV_NO_DIRECT_SELF = 8, /* fused dispatch stages the rows a rank sends itself
-                                   instead of storing them straight to the output */
-    A2A_DEV_FUSED_SLOTS = 16    /* fused decode dispatch: slot-form recv (A/B) */
-};
-/* phases the RDMA proxy carries (docs/a2a-internode.md, "Signals") */
-enum { A2A_PX_DSP = 0, A2A_PX_WGT = 1, A2A_PX_CMB = 2, A2A_PX_N = 3 };
 /* arrival counters in the workspace */
 enum { A2A_ARR_DSEND = 0, A2A_ARR_WGT = 1, A2A_ARR_CSEND = 2, A2A_ARR_CRECV = 3, A2A_ARR_N = 8 };
 
 typedef struct a2a_kparams {
     char *peer[A2A_MAX_RANKS]; /* base of each slice peer's shared block, mapped here
                                   (NULL for RDMA peers) */
+    /* RDMA peers (docs/a2a-internode.md); all 0 / NULL when every peer shares the node */
     uint64_t rdma_mask;        /* bit q: slice peer q is reached over RDMA */
     char *stage;               /* what we send to RDMA peers (slot = peer), or NULL */
     char *rblock;              /* where RDMA sources' data lands (slot = source), or NULL */
     int32_t *px_tx;            /* host-mapped [A2A_PX_N][A2A_MAX_RANKS] lengths for the proxy */
     uint64_t *px_doorbell[A2A_PX_N];   /* watcher words the proxy polls */
     const uint64_t *const *px_flag;    /* device [A2A_PX_N][A2A_MAX_RANKS] epoch-word pointers */
+    int32_t *ws_rslot;         /* [Tmax][A2A_MAX_RANKS]: dispatch row j our token t got at RDMA
+                                  peer q (-1: none); combine recv reads its compact part row */
     uint64_t off_flags, off_cnt, off_meta, off_rows, off_wgt, off_part;
     uint32_t *ws_iter;         /* completed iterations (epoch of the next = +1) */
     uint32_t *ws_err;          /* first error (device copy) */
@@ -82,7 +74,6 @@ typedef struct a2a_kparams {
     uint32_t *host_err;        /* host-mapped: first error */
     const uint32_t *host_abort;/* host-mapped: abort request */
     uint64_t timeout_ns;
-    uint32_t dev_flags;        /* A2A_DEV_* */
     int32_t rank, world;
     uint32_t E, L, K, H, S, Tmax, pad;
     uint32_t payload_bytes;    /* H * in_elem_size (multiple of 16) */

@@ -197,9 +197,15 @@ int a2a_rdma_error(a2a_ctx *c)
     return err ? tn_err(err, "%s", c->px_msg) : 0;
 }
 
-int a2a_rdma_start(a2a_ctx *c, const te_addr *addr, const te_mr_desc *desc)
+_Static_assert(A2A_PX_MAX_RANKS == A2A_MAX_RANKS, "px_tx and px_flag rows are A2A_MAX_RANKS long");
+
+int a2a_rdma_start(a2a_ctx *c, te_addr *addr, te_mr_desc *desc)
 {
     if (c->rdma_kind == A2A_KIND_NONE) return 0;
+    /* the proxy reads our own entry too: its NIC count is what the sources shard over */
+    desc[c->t.srank] = c->rblock_desc;
+    if (te_main_address(c->cfg.engine, &addr[c->t.srank]) != 0)
+        memset(&addr[c->t.srank], 0, sizeof addr[c->t.srank]);
     a2a_px_config pc;
     memset(&pc, 0, sizeof pc);
     pc.engine = c->cfg.engine;
@@ -220,7 +226,7 @@ int a2a_rdma_start(a2a_ctx *c, const te_addr *addr, const te_mr_desc *desc)
     pc.layout.Tmax = c->kp.Tmax;
     pc.layout.row_bytes = c->kp.row_bytes;
     pc.imm_base = c->cfg.imm_base;
-    pc.timeout_ms = (uint32_t)(c->kp.timeout_ns / 1000000u);
+    pc.timeout_ms = (int)(c->kp.timeout_ns / 1000000u);
     pc.tx = c->px_tx_host;
     pc.on_error = on_px_error;
     pc.err_arg = c;

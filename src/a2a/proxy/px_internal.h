@@ -1,0 +1,83 @@
+/* The proxy's state, shared by its files: a2a_proxy.c (create, accessors, destroy),
+ * px_post.c (doorbell -> writes, completions), px_report.c (errors), px_peers.c (peer
+ * down events). */
+#ifndef TENDRIL_A2A_PX_INTERNAL_H
+#define TENDRIL_A2A_PX_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "a2a_proxy.h"
+
+#define PX_MSG_MAX 512
+
+/* Completion argument of one write: which proxy, phase, peer and part (DSP has 3). */
+typedef struct px_wctx {
+    struct a2a_px *px;
+    uint8_t phase, part;
+    uint16_t peer;
+} px_wctx;
+
+/* Watcher argument of one phase's doorbell. */
+typedef struct px_bell {
+    struct a2a_px *px;
+    int phase;
+    te_watcher *w;
+    uint64_t epoch; /* last epoch acted on (watcher thread only) */
+} px_bell;
+
+struct a2a_px {
+    te_engine *e;
+    int rank, world;
+    uint64_t rdma_mask;
+    te_mr *stage;
+    a2a_px_layout lay;
+    uint64_t slot[5]; /* slot strides: cnt, meta, rows, wgt, part */
+    uint32_t imm_base;
+    uint32_t nics;    /* shards per write = NICs of the rblock group */
+    int timeout_ms;
+    const int32_t *tx;
+    a2a_px_error_fn on_error;
+    void *err_arg;
+    te_mr_desc rblock[A2A_PX_MAX_RANKS];
+    te_addr addr[A2A_PX_MAX_RANKS];
+    bool have_addr;
+
+    px_bell bell[A2A_PX_N];
+    te_imm_flag *flag[A2A_PX_N][A2A_PX_MAX_RANKS];
+    px_wctx wctx[A2A_PX_N][A2A_PX_MAX_RANKS][3];
+
+    _Atomic bool closing;       /* destroy has begun: report nothing, post nothing */
+    _Atomic bool err_claimed;   /* the first error has taken err_msg */
+    _Atomic int err;            /* first error (sticky), 0 if none; set after err_msg */
+    char err_msg[PX_MSG_MAX];
+    pthread_mutex_t err_lock;   /* reports: serialises on_error */
+    int reports;
+
+    _Atomic uint64_t inflight;  /* writes accepted and not completed */
+    struct {
+        _Atomic uint64_t doorbells, writes, bytes;
+    } st[A2A_PX_N];
+    _Atomic uint64_t write_errors, eagain_retries, ignored;
+
+    /* px_peers.c registry (its lock) */
+    struct a2a_px *next;
+    bool wants_peer_cb, owns_peer_cb;
+    int refs;
+};
+
+extern const char *const px_phase_name[A2A_PX_N];
+
+/* Records err as the proxy's error if it is the first, and reports msg through on_error
+ * (unless destroy has begun or the report budget is spent). */
+void px_fail(struct a2a_px *px, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* te_watch_fn of a phase's doorbell (arg: px_bell). */
+bool px_on_doorbell(void *arg, uint64_t old_value, uint64_t new_value);
+
+/* Peer-down registry: add installs the engine's peer callback when needed; remove waits
+ * until no peer event is being delivered to px. */
+int px_peers_add(struct a2a_px *px, bool wants_cb);
+void px_peers_remove(struct a2a_px *px);
+
+#endif
