@@ -140,7 +140,7 @@ int a2a_boot_exchange(a2a_ctx *c, int status, te_addr *addr, te_mr_desc *desc, i
                         q, o->world, o->rpn, o->dp, t->rank, t->world, t->rpn, t->dp);
         else if (o->layout != me.layout)
             rc = tn_err(-EPROTO, "a2a_connect: rank %d has a different configuration (tokens, "
-                                 "experts, hidden size, dtypes or padding differ)", q);
+                                 "experts, hidden size, dtypes, padding or imm_base differ)", q);
         else if (q / t->rpn == t->node && o->node_id != me.node_id)
             rc = tn_err(-EPROTO, "a2a_connect: ranks_per_node %d puts ranks %d and %d on node %d, but "
                                  "they run on different hosts (%s, %s): check ranks_per_node and "

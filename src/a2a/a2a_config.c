@@ -132,3 +132,32 @@ void a2a_topo_of(const a2a_config *cfg, a2a_topo *t)
         }
     }
 }
+
+static uint64_t fnv(uint64_t h, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) {
+        h ^= (v >> (8 * i)) & 0xff;
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+uint64_t a2a_config_hash(const a2a_config *c)
+{
+    /* everything that fixes the shared block's layout and the kernels' behaviour; the
+     * block's size follows from these */
+    uint64_t h = 0xcbf29ce484222325ull;
+    h = fnv(h, (uint64_t)c->world_size);
+    h = fnv(h, (uint64_t)c->ranks_per_node);
+    h = fnv(h, (uint64_t)c->dp_size);
+    h = fnv(h, c->max_num_tokens);
+    h = fnv(h, c->num_experts);
+    h = fnv(h, c->experts_per_token);
+    h = fnv(h, c->expert_padding);
+    h = fnv(h, c->hidden_dim);
+    h = fnv(h, c->hidden_dim_scale);
+    h = fnv(h, c->in_elem_size);
+    h = fnv(h, (uint64_t)c->out_dtype);
+    h = fnv(h, (uint64_t)(c->partial_f32 || c->out_dtype == A2A_DTYPE_F32));
+    return fnv(h, c->imm_base);
+}

@@ -42,15 +42,6 @@ static void leave_dev(const a2a_ctx *c, int prev)
     if (prev >= 0 && prev != c->dev) cudaSetDevice(prev);
 }
 
-static uint64_t fnv(uint64_t h, uint64_t v)
-{
-    for (int i = 0; i < 8; i++) {
-        h ^= (v >> (8 * i)) & 0xff;
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 /* Frees what a2a_create allocated; the device's context is current. */
 static void free_all(a2a_ctx *c)
 {
@@ -205,22 +196,7 @@ int a2a_create(const a2a_config *cfg_in, a2a_ctx **out)
         goto fail;
     }
 
-    uint64_t h = 0xcbf29ce484222325ull;
-    h = fnv(h, (uint64_t)t->world);
-    h = fnv(h, (uint64_t)t->rpn);
-    h = fnv(h, (uint64_t)t->dp);
-    h = fnv(h, cfg.max_num_tokens);
-    h = fnv(h, cfg.num_experts);
-    h = fnv(h, cfg.experts_per_token);
-    h = fnv(h, cfg.expert_padding);
-    h = fnv(h, cfg.hidden_dim);
-    h = fnv(h, cfg.hidden_dim_scale);
-    h = fnv(h, cfg.in_elem_size);
-    h = fnv(h, (uint64_t)cfg.out_dtype);
-    h = fnv(h, kp->partial_f32);
-    h = fnv(h, cfg.imm_base);
-    h = fnv(h, c->shared_bytes);
-    c->layout_hash = h;
+    c->layout_hash = a2a_config_hash(&cfg);
     tcu_ctx_leave(c->dev);
     *out = c;
     return 0;

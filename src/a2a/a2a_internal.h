@@ -85,6 +85,8 @@ struct a2a_ctx {
 /* Copies the caller's config (struct_size growth rules) into *out and checks it: 0 or
  * -EINVAL with a message naming the field. Touches no GPU. */
 int a2a_config_load(const a2a_config *in, a2a_config *out);
+/* Hash of what every rank must agree on (compared at connect). cfg as loaded. */
+uint64_t a2a_config_hash(const a2a_config *cfg);
 /* Topology of cfg->rank (cfg already checked). */
 void a2a_topo_of(const a2a_config *cfg, a2a_topo *t);
 /* Physical rank of slice peer q. */

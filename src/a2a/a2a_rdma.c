@@ -150,6 +150,13 @@ static int setup_host(a2a_ctx *c)
 int a2a_rdma_prepare(a2a_ctx *c, int timeout_ms)
 {
     if (c->t.n_rdma == 0) return 0;
+    /* doorbells and arrival flags live in the engine's memory: kernels must see it */
+    const char *wk = te_watcher_memory_kind(c->cfg.engine);
+    if (!wk || strcmp(wk, "host") == 0)
+        return tn_err(-EOPNOTSUPP, "a2a_connect: the engine's doorbells and arrival flags are in "
+                                   "plain host memory (%s), which kernels cannot read: the engine "
+                                   "was built or started without CUDA",
+                      wk ? wk : "unknown");
     int rc;
     if (c->cfg.rdma_buffers != A2A_RDMA_HOST) {
         rc = setup_gpu(c, timeout_ms);
