@@ -36,6 +36,19 @@ _RDMA_BUFFERS = {"auto": 0, "gpu": 1, "host": 2}
 _IMM_BASE = 0x7A2A0000
 _IMM_SPAN = 3 * 64
 _next_imm: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+_next_imm_by_id: dict = {}
+
+
+def _take_imm_range(engine: Any) -> int:
+    """The next free range of immediates on this engine (weakly keyed; an engine type
+    without weak references falls back to its id, which lives as long as it does)."""
+    try:
+        base = _next_imm.get(engine, _IMM_BASE)
+        _next_imm[engine] = base + _IMM_SPAN
+    except TypeError:
+        base = _next_imm_by_id.get(id(engine), _IMM_BASE)
+        _next_imm_by_id[id(engine)] = base + _IMM_SPAN
+    return base
 
 
 def _require() -> None:
@@ -111,11 +124,11 @@ class P2PAllToAll:
 
     Groups, as in pplx-garden: ``global_group`` holds every rank (default: torch.distributed's
     default group; rank r is on node ``r // node_group size``: ranks are numbered node by
-    node), ``node_group`` the ranks of this node (its size is the NVLink domain; default: all of global_group), ``dp_group``
-    the TP replicas of this rank (size D: experts are split over ``world / D`` groups and
-    rank r talks only to the ranks with the same ``r % D``). Experts are placed in
-    contiguous blocks: slice rank s = r // D owns experts [s * L, min((s+1) * L, E)),
-    L = ceil(E / (world / D)).
+    node), ``node_group`` the ranks of this node (its size is the NVLink domain; default:
+    all of global_group), ``dp_group`` the TP replicas of this rank (size D: experts are
+    split over ``world / D`` groups and rank r talks only to the ranks with the same
+    ``r % D``). Experts are placed in contiguous blocks: slice rank s = r // D owns
+    experts [s * L, min((s+1) * L, E)), L = ceil(E / (world / D)).
 
     Ranks on other nodes are reached through a TransferEngine: ``engine=`` (keyword-only;
     a ``tendril.TransferEngine`` or its ``fabric_engine``), else one is created for this
@@ -226,8 +239,7 @@ class P2PAllToAll:
         if not rdma:
             engine = None  # every peer over NVLink: no engine involved
         if imm_base is None and engine is not None:
-            imm_base = _next_imm.get(engine, _IMM_BASE)
-            _next_imm[engine] = imm_base + _IMM_SPAN
+            imm_base = _take_imm_range(engine)
         self._engine = engine
 
         itemsize = torch.empty((), dtype=in_dtype).element_size()

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""ctest entry of the GPU tests (run_gpu_tests.py [test_file.py] [pytest args]): exits 77 (ctest SKIP) with the reason when this machine
-cannot run them (no PyTorch, no CUDA device, extension not built), else runs pytest."""
+"""ctest entry of the GPU tests (run_gpu_tests.py [test_file.py] [pytest args]): exits 77
+(ctest SKIP) with the reason when this machine cannot run them (no PyTorch, no CUDA
+device, extension not built), else runs pytest on the file (default test_a2a.py)."""
 import os
 import sys
 

@@ -92,3 +92,20 @@ def test_p2p_all_to_all_keywords():
     init = inspect.signature(tendril.P2PAllToAll.__init__).parameters
     for name in ("engine", "rdma_buffers", "imm_base", "nets_per_gpu", "dp_group", "node_group"):
         assert init[name].kind == inspect.Parameter.KEYWORD_ONLY, name
+
+
+def test_immediate_ranges_per_engine():
+    """Contexts sharing an engine get consecutive, disjoint ranges of 192 immediates."""
+    from tendril.p2p_all_to_all import _IMM_SPAN, _take_imm_range
+
+    class Eng:  # weak-referenceable
+        pass
+
+    a, b = Eng(), Eng()
+    first = _take_imm_range(a)
+    assert _take_imm_range(a) == first + _IMM_SPAN
+    assert _take_imm_range(b) == first  # another engine starts over
+    assert _IMM_SPAN == 3 * 64
+    slotted = object()  # no weak references: keyed by id
+    s0 = _take_imm_range(slotted)
+    assert _take_imm_range(slotted) == s0 + _IMM_SPAN
