@@ -62,6 +62,7 @@ extern "C" {
 
 typedef struct a2a_ctx a2a_ctx;
 struct te_engine;
+struct te_addr;
 
 /* Where the blocks that RDMA writes read from and land in live (a2a_config.rdma_buffers). */
 typedef enum a2a_rdma_buffers {
@@ -119,6 +120,11 @@ typedef struct a2a_config {
     void *allgather_ctx;
     uint32_t imm_base;           /* immediates imm_base .. imm_base + 3 * A2A_MAX_RANKS - 1
                                     of the engine are the context's */
+    /* The engine has one peer callback (te_peer_set_callback). 0: the context's proxy
+     * installs its own (shared by the engine's contexts, removed with the last one),
+     * replacing the caller's. 1: the caller keeps its callback and calls
+     * a2a_peer_event from it, so the contexts still learn of peers that go down. */
+    int app_forwards_peer_events;
 } a2a_config;
 #define A2A_CONFIG_SIZE_V1 (offsetof(a2a_config, partial_f32) + sizeof(int))
 
@@ -189,6 +195,10 @@ size_t a2a_memory_bytes(const a2a_ctx *ctx);
 const char *a2a_rdma_buffer_kind(const a2a_ctx *ctx);
 /* Peers of this rank's slice reached over RDMA (0 when every peer shares the node). */
 int a2a_num_rdma_peers(const a2a_ctx *ctx);
+/* For callers that own the engine's peer callback (a2a_config.app_forwards_peer_events):
+ * forwards one peer state change (te_peer_fn's arguments) to every context of engine e.
+ * Any thread. */
+void a2a_peer_event(struct te_engine *e, const struct te_addr *addr, int state);
 
 /* Enqueue the send and/or recv half (flags A2A_SEND | A2A_RECV) on `stream` (a
  * cudaStream_t; NULL = legacy default stream). The phase order per iteration is checked

@@ -140,6 +140,13 @@ static PyObject *py_create(PyObject *self, PyObject *args, PyObject *kw) {
             return NULL;
         }
         eng = st->e;
+        if (!st->peer_forward) {
+            /* the engine's one peer callback stays the binding's; it forwards to the
+             * contexts (cfg.app_forwards_peer_events), so set_peer_callback keeps working */
+            int prc = te_peer_set_callback(eng, tpy_peer_tramp, st);
+            if (prc) return tpy_raise(prc, "P2PAllToAll: installing the engine's peer callback");
+            __atomic_store_n(&st->peer_forward, true, __ATOMIC_RELEASE);
+        }
     }
     a2a_py *h = PyMem_Calloc(1, sizeof(*h));
     if (!h) return PyErr_NoMemory();
@@ -177,6 +184,7 @@ static PyObject *py_create(PyObject *self, PyObject *args, PyObject *kw) {
     cfg.allgather = h->allgather ? allgather_tramp : NULL;
     cfg.allgather_ctx = h;
     cfg.imm_base = imm_base;
+    cfg.app_forwards_peer_events = eng != NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS rc = a2a_create(&cfg, &h->c);
     Py_END_ALLOW_THREADS if (rc) {

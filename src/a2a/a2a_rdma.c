@@ -237,6 +237,7 @@ int a2a_rdma_start(a2a_ctx *c, te_addr *addr, te_mr_desc *desc)
     pc.tx = c->px_tx_host;
     pc.on_error = on_px_error;
     pc.err_arg = c;
+    pc.app_forwards_peer_events = c->cfg.app_forwards_peer_events != 0;
     int rc = a2a_px_create(&pc, &c->px);
     if (rc) return tn_err(rc, "a2a_connect: starting the RDMA proxy: %s", te_last_error());
 
@@ -278,4 +279,9 @@ void a2a_rdma_teardown(a2a_ctx *c)
     c->kp.px_tx = NULL;
     c->kp.px_flag = NULL;
     memset(c->kp.px_doorbell, 0, sizeof c->kp.px_doorbell);
+}
+
+void a2a_peer_event(struct te_engine *e, const struct te_addr *addr, int state)
+{
+    if (e && addr) a2a_px_peer_event(e, addr, state);
 }

@@ -109,3 +109,41 @@ def test_immediate_ranges_per_engine():
     slotted = object()  # no weak references: keyed by id
     s0 = _take_imm_range(slotted)
     assert _take_imm_range(slotted) == s0 + _IMM_SPAN
+
+
+@needs_a2a
+def test_engine_keeps_its_peer_callback():
+    """An all-to-all on an engine makes the binding's peer trampoline permanent (it
+    forwards to the contexts' proxies, app_forwards_peer_events): the application's own
+    set_peer_callback still gets every event."""
+    import threading
+
+    import numpy as np
+    from conftest import TMO, Recorder, wait_until
+    from tendril_peer import Peer, make_engine
+
+    e = make_engine(op_timeout_ms=15000)
+    try:
+        ctx = _create(world_size=2, ranks_per_node=1, engine=e, allgather=lambda b: [b, b])
+    except Exception as exc:  # no GPU here: a2a_create stops at the CUDA device
+        print("a2a_create without a GPU:", exc)
+    else:
+        a2a.destroy(ctx)
+    e.set_peer_callback(None)  # the trampoline stays for the contexts: no error
+    peer = Peer()
+    got_down = threading.Event()
+    e.set_peer_callback(lambda addr, state: got_down.set() if state == "down" else None)
+    data = np.ones(1 << 12, dtype=np.uint8)
+    hs, _ = e.register_memory(data, remote=False)
+    rec = Recorder()
+    e.submit_write(hs, 0, len(data), None, peer.desc, 0, rec.done(0), rec.error(0))
+    wait_until(lambda: rec.count() == 1, TMO, "first write")
+    peer.proc.kill()
+    peer.proc.join(TMO)
+    peer.remove_shm_leftovers()
+    for k in range(1, 5):
+        e.submit_write(hs, 0, len(data), None, peer.desc, 0, rec.done(k), rec.error(k))
+    assert got_down.wait(TMO), "the application's peer callback got no 'down'"
+    wait_until(lambda: rec.count() == 5, TMO, "writes to the dead peer")
+    e.set_peer_callback(None)
+    e.stop()
