@@ -1,12 +1,19 @@
 /*
- * Tendril MoE all-to-all (a2a): expert-parallel dispatch and combine between the GPUs
- * of one NVLink domain.
+ * Tendril MoE all-to-all (a2a): expert-parallel dispatch and combine between GPUs, over
+ * NVLink inside a node and over RDMA (the TransferEngine, include/tendril/te.h) between
+ * nodes.
  *
  * Each rank owns one context. A context allocates one block of GPU memory with
- * cuMemCreate (POSIX file-descriptor handle type), hands the descriptor to every peer
- * over a Unix socket (SCM_RIGHTS) and maps every peer's block into its own address
- * space. Counts, flags and data then all travel over NVLink as plain loads/stores from
- * the kernels; nothing waits on the host.
+ * cuMemCreate (POSIX file-descriptor handle type), hands the descriptor to every peer of
+ * its node over a Unix socket (SCM_RIGHTS) and maps every such peer's block into its own
+ * address space. Counts, flags and data between the GPUs of one node then travel over
+ * NVLink as plain loads/stores from the kernels. Peers on other nodes are reached through
+ * a staging block and one-sided RDMA writes that a host proxy posts when a kernel rings
+ * its doorbell (docs/a2a-internode.md).
+ *
+ * Ranks are node-major: rank r is on node r / ranks_per_node. With dp_size D > 1 (TP
+ * replicas) the ranks form D independent all-to-alls ("slices" {g*D + d}): a token of
+ * rank r whose expert is e goes to rank (e / L) * D + r % D.
  *
  * An iteration is four phases, run by every rank exactly once and in this order:
  *   dispatch send -> dispatch recv -> combine send -> combine recv
@@ -15,8 +22,9 @@
  * counters) lives in device memory and the variable batch size may be given as a
  * device-side int32 (`bound_m`).
  *
- * Routing: experts are split in contiguous blocks, rank r owns experts
- * [r*L, min((r+1)*L, E)) with L = ceil(E / world_size).
+ * Routing: experts are split in contiguous blocks over the Ws = world_size / dp_size
+ * ranks of a slice: slice rank s = rank / dp_size owns experts [s*L, min((s+1)*L, E))
+ * with L = ceil(E / Ws).
  *
  * Dispatch output (per rank), "expert-major padded":
  *   out_expert_num_tokens[l] = rows received for local expert l (unpadded)
@@ -29,10 +37,12 @@
  *   with a2a_config.partial_f32.
  *
  * Conventions (as the rest of Tendril): every fallible call returns 0 or a negative errno;
- * a2a_last_error() describes the last failure of the calling thread. A spin-wait on a
- * peer inside a kernel is bounded by a deadline (a2a_config.timeout_ms); when it expires
- * the kernel records the error, every later kernel of the context returns at once, and
- * the next host call (or a2a_poll_error) returns -ETIMEDOUT.
+ * a2a_last_error() describes the last failure of the calling thread (the same per-thread
+ * message as te_last_error()). A spin-wait on a peer inside a kernel is bounded by a
+ * deadline (a2a_config.timeout_ms); when it expires the kernel records the error, every
+ * later kernel of the context returns at once, and the next host call (or
+ * a2a_poll_error) returns -ETIMEDOUT. An RDMA failure the proxy sees (a write that
+ * fails, a peer the engine reports gone) does the same with its own error.
  *
  * Thread-safety: a context is used by one thread at a time (calls on one context must
  * be serialized by the caller); distinct contexts are independent.
@@ -47,10 +57,25 @@
 extern "C" {
 #endif
 
-#define A2A_MAX_RANKS 32 /* ranks of one NVLink domain */
+#define A2A_MAX_RANKS 64 /* ranks of one slice (world_size / dp_size) */
 #define A2A_MAX_TOPK 8   /* experts per token */
 
 typedef struct a2a_ctx a2a_ctx;
+struct te_engine;
+struct te_addr;
+
+/* Where the blocks that RDMA writes read from and land in live (a2a_config.rdma_buffers). */
+typedef enum a2a_rdma_buffers {
+    A2A_RDMA_AUTO = 0, /* GPU memory if the engine can register it, else pinned host memory */
+    A2A_RDMA_GPU = 1,  /* GPU memory or fail (a2a_connect: -EOPNOTSUPP with the reason) */
+    A2A_RDMA_HOST = 2, /* pinned host memory mapped for the GPU */
+} a2a_rdma_buffers;
+
+/* Out-of-band all-gather the caller already has (MPI, torch.distributed, a file): every
+ * rank passes `len` bytes in `in`; on return `out` holds every rank's `len` bytes in rank
+ * order (world_size * len bytes). Called by a2a_connect on the calling thread, the same
+ * number of times on every rank; return 0, or a negative errno to fail the connect. */
+typedef int (*a2a_allgather_fn)(void *ctx, const void *in, void *out, size_t len);
 
 /* Element type of the combine (expert output and combined output). */
 typedef enum a2a_dtype {
@@ -59,10 +84,14 @@ typedef enum a2a_dtype {
     A2A_DTYPE_F32 = 3,
 } a2a_dtype;
 
+/* Growth: a2a_create accepts struct_size from the first layout (up to partial_f32,
+ * A2A_CONFIG_SIZE_V1) to sizeof(a2a_config); fields beyond struct_size read as zero, and
+ * zero is always the previous behaviour. Larger sizes (a newer header) are rejected. */
 typedef struct a2a_config {
     size_t struct_size;          /* sizeof(a2a_config): set it, for ABI growth */
     int rank;                    /* this rank, 0 <= rank < world_size */
-    int world_size;              /* ranks in the NVLink domain (EP size), 1..A2A_MAX_RANKS */
+    int world_size;              /* ranks in all (EP size x dp_size): world_size / dp_size
+                                    in 1..A2A_MAX_RANKS */
     int device;                  /* CUDA device ordinal of this rank */
     uint32_t max_num_tokens;     /* tokens per rank per call (sizes the buffers) */
     uint32_t num_experts;        /* global expert count E */
@@ -74,11 +103,30 @@ typedef struct a2a_config {
     a2a_dtype out_dtype;         /* combine dtype */
     uint32_t num_sms;            /* blocks per kernel (one per SM); 0 = every SM */
     uint32_t timeout_ms;         /* bound of every in-kernel wait on a peer; 0 = 10000 */
-    const char *rendezvous;      /* job-unique name of the socket exchange (<= 80 chars) */
+    const char *rendezvous;      /* job-unique name of the socket exchange (<= 80 chars);
+                                    NULL with an allgather: rank 0 draws one */
     int partial_f32;             /* combine: expert ranks send their partial sums as fp32
                                     (fp32 end to end) instead of out_dtype (half the bytes
                                     for bf16/f16; one rounding of each rank's partial) */
+    /* ---- since issue 14 (across nodes) ---- */
+    int ranks_per_node;          /* ranks of one NVLink domain; 0 = world_size (one node).
+                                    world_size must be a multiple of it */
+    int dp_size;                 /* TP replicas D (0 or 1 = none); world_size must be a
+                                    multiple of it */
+    struct te_engine *engine;    /* engine for the RDMA peers (the caller's; it must outlive
+                                    the context); NULL only when every peer shares the node */
+    a2a_rdma_buffers rdma_buffers;
+    a2a_allgather_fn allgather;  /* required with RDMA peers; optional otherwise */
+    void *allgather_ctx;
+    uint32_t imm_base;           /* immediates imm_base .. imm_base + 3 * A2A_MAX_RANKS - 1
+                                    of the engine are the context's */
+    /* The engine has one peer callback (te_peer_set_callback). 0: the context's proxy
+     * installs its own (shared by the engine's contexts, removed with the last one),
+     * replacing the caller's. 1: the caller keeps its callback and calls
+     * a2a_peer_event from it, so the contexts still learn of peers that go down. */
+    int app_forwards_peer_events;
 } a2a_config;
+#define A2A_CONFIG_SIZE_V1 (offsetof(a2a_config, partial_f32) + sizeof(int))
 
 /* Tensors of one dispatch. Strides are in bytes unless noted. Pointers are device
  * pointers of the context's device. Rows of x and out_x must be 16-byte aligned. */
@@ -123,9 +171,14 @@ const char *a2a_last_error(void);
 
 /* Allocates the shared buffers on cfg->device and exports them. Any thread. */
 int a2a_create(const a2a_config *cfg, a2a_ctx **out);
-/* Exchanges buffers with every peer over Unix sockets named after cfg->rendezvous and
- * maps theirs. Every rank calls it; returns -ETIMEDOUT if a peer does not show up within
- * timeout_ms. */
+/* Connects to every peer. Every rank calls it. With cfg->allgather, the ranks first
+ * exchange (through it) their configuration, node identity, the rendezvous name, engine
+ * addresses and RDMA buffer descriptors (-EPROTO naming the rank that disagrees). Then
+ * the ranks of one node exchange buffers over Unix sockets named after the rendezvous
+ * and map each other's; RDMA buffers are registered and the proxy started. With an
+ * allgather, a last all-gather makes every rank learn whether all connected (a peer's
+ * failure gives -ECONNABORTED naming it). -ETIMEDOUT if a node peer does not show up
+ * within timeout_ms. */
 int a2a_connect(a2a_ctx *ctx, int timeout_ms);
 /* Frees everything. Peers must have finished using this rank (a barrier first). */
 void a2a_destroy(a2a_ctx *ctx);
@@ -135,8 +188,17 @@ uint32_t a2a_max_recv_tokens(const a2a_ctx *ctx);
 /* Local experts of this rank, and the first global expert id it owns. */
 uint32_t a2a_num_local_experts(const a2a_ctx *ctx);
 uint32_t a2a_first_expert(const a2a_ctx *ctx);
-/* Bytes of GPU memory the context allocated (shared + private). */
+/* Bytes of GPU memory the context allocated (shared + private + GPU staging). */
 size_t a2a_memory_bytes(const a2a_ctx *ctx);
+/* Where the RDMA buffers live: "gpu", "host", or "none" (no RDMA peer, or not connected
+ * yet). Never NULL. */
+const char *a2a_rdma_buffer_kind(const a2a_ctx *ctx);
+/* Peers of this rank's slice reached over RDMA (0 when every peer shares the node). */
+int a2a_num_rdma_peers(const a2a_ctx *ctx);
+/* For callers that own the engine's peer callback (a2a_config.app_forwards_peer_events):
+ * forwards one peer state change (te_peer_fn's arguments) to every context of engine e.
+ * Any thread. */
+void a2a_peer_event(struct te_engine *e, const struct te_addr *addr, int state);
 
 /* Enqueue the send and/or recv half (flags A2A_SEND | A2A_RECV) on `stream` (a
  * cudaStream_t; NULL = legacy default stream). The phase order per iteration is checked
@@ -146,8 +208,9 @@ int a2a_dispatch(a2a_ctx *ctx, const a2a_dispatch_args *args, unsigned flags, vo
 int a2a_combine(a2a_ctx *ctx, const a2a_combine_args *args, unsigned flags, void *stream);
 
 /* 0, or the error a kernel recorded (-ETIMEDOUT: a peer did not answer in time;
- * -EOVERFLOW: more rows than out_capacity; -ECANCELED: aborted). Reads host-mapped
- * memory, no synchronization. Any thread. */
+ * -EOVERFLOW: more rows than out_capacity; -ECANCELED: aborted), or the error the RDMA
+ * proxy reported (its code, e.g. -ECONNRESET for a peer gone, with its message). Reads
+ * host memory, no synchronization. Any thread. */
 int a2a_poll_error(a2a_ctx *ctx);
 /* Makes every running and future kernel of this context return at once (kernels poll
  * the flag while they wait). Any thread. */

@@ -1,17 +1,31 @@
 /*
- * tendril._a2a: CPython binding of the NVLink all-to-all (include/tendril/a2a.h).
- * Tensors come in as integers (data_ptr(), byte strides, stream handles) from the
- * pure-Python wrapper tendril.p2p_all_to_all; no torch headers are needed here.
- * Integers go through py_convert.h: out-of-range values raise OverflowError, never wrap.
+ * tendril._a2a: CPython binding of the MoE all-to-all (include/tendril/a2a.h). Part of
+ * the _tendril extension (python/CMakeLists.txt), so that an all-to-all and the
+ * TransferEngine object it is given run on one copy of the engine; PyInit__tendril adds
+ * the submodule (tpy_add_a2a). Tensors come in as integers (data_ptr(), byte strides,
+ * stream handles) from the pure-Python wrapper tendril.p2p_all_to_all; no torch headers
+ * are needed here. Integers go through py_convert.h: out-of-range values raise
+ * OverflowError, never wrap.
  */
-#include "py_convert.h"
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
 
 #include <tendril/a2a.h>
 
+#include "py_engine.h"
+
 #define CAPSULE "tendril.a2a_ctx"
+
+/* What the capsule holds: the context, and the Python objects it uses, which must live
+ * as long as it does (the engine, the all-gather callable). */
+typedef struct a2a_py {
+    a2a_ctx *c;
+    PyObject *engine;     /* TransferEngine, or NULL */
+    PyObject *allgather;  /* callable(bytes) -> sequence of world bytes, or NULL */
+    int world;
+    PyObject *exc[3];     /* exception the all-gather raised during a2a_connect */
+} a2a_py;
 
 static PyObject *raise_rc(int rc) {
     const char *msg = a2a_last_error();
@@ -21,29 +35,130 @@ static PyObject *raise_rc(int rc) {
     return NULL;
 }
 
+static void holder_free(a2a_py *h) {
+    if (h->c) {
+        Py_BEGIN_ALLOW_THREADS a2a_destroy(h->c);
+        Py_END_ALLOW_THREADS h->c = NULL;
+    }
+    Py_CLEAR(h->engine); /* after the context: its proxy used the engine until now */
+    Py_CLEAR(h->allgather);
+    for (int i = 0; i < 3; i++) Py_CLEAR(h->exc[i]);
+    PyMem_Free(h);
+}
+
 static void capsule_free(PyObject *cap) {
-    a2a_ctx *c = PyCapsule_GetPointer(cap, CAPSULE);
-    if (c) a2a_destroy(c);
+    a2a_py *h = PyCapsule_GetPointer(cap, CAPSULE);
+    if (h) holder_free(h);
+    else PyErr_Clear();
+}
+
+static a2a_py *get_holder(PyObject *cap) {
+    a2a_py *h = PyCapsule_GetPointer(cap, CAPSULE); /* wrong name (destroyed): ValueError */
+    if (!h) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "a2a context already destroyed");
+    }
+    return h;
 }
 
 static a2a_ctx *get_ctx(PyObject *cap) {
-    a2a_ctx *c = PyCapsule_GetPointer(cap, CAPSULE);
-    if (!c && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a2a context already destroyed");
-    return c;
+    a2a_py *h = get_holder(cap);
+    return h ? h->c : NULL;
+}
+
+/* cfg.allgather: runs the Python callable on the thread inside a2a_connect (which gave up
+ * the GIL). The callable gets this rank's bytes and returns every rank's, in rank order. */
+static int allgather_tramp(void *arg, const void *in, void *out, size_t len) {
+    a2a_py *h = arg;
+    PyGILState_STATE g = PyGILState_Ensure();
+    int rc = -EIO;
+    PyObject *res = NULL, *b = PyBytes_FromStringAndSize(in, (Py_ssize_t)len);
+    if (b) res = PyObject_CallFunctionObjArgs(h->allgather, b, NULL);
+    if (res) {
+        Py_ssize_t n = PySequence_Size(res);
+        if (n != h->world) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "a2a allgather returned %zd items, expected %d (one per rank)", n,
+                             h->world);
+        } else {
+            rc = 0;
+            for (Py_ssize_t i = 0; i < n && rc == 0; i++) {
+                PyObject *it = PySequence_GetItem(res, i);
+                char *p = NULL;
+                Py_ssize_t l = 0;
+                if (!it || PyBytes_AsStringAndSize(it, &p, &l) < 0) {
+                    rc = -EIO;
+                } else if ((size_t)l != len) {
+                    PyErr_Format(PyExc_ValueError, "a2a allgather item %zd has %zd bytes, expected %zu", i, l, len);
+                    rc = -EIO;
+                } else {
+                    memcpy((char *)out + (size_t)i * len, p, len);
+                }
+                Py_XDECREF(it);
+            }
+        }
+    }
+    if (rc && PyErr_Occurred() && !h->exc[0]) PyErr_Fetch(&h->exc[0], &h->exc[1], &h->exc[2]);
+    PyErr_Clear();
+    Py_XDECREF(b);
+    Py_XDECREF(res);
+    PyGILState_Release(g);
+    return rc;
 }
 
 static PyObject *py_create(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwl[] = {"rank", "world_size", "device", "max_num_tokens", "num_experts",
                           "experts_per_token", "expert_padding", "hidden_dim", "hidden_dim_scale",
-                          "in_elem_size", "out_dtype", "num_sms", "timeout_ms", "rendezvous", "partial_f32", NULL};
-    int rank, world, device, out_dtype, partial_f32 = 0;
-    unsigned int T, E, K, pad, H, S, in_size, num_sms, timeout_ms;
-    const char *rdv;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiO&O&O&O&O&O&O&iO&O&s|i", kwl, &rank, &world, &device,
+                          "in_elem_size", "out_dtype", "num_sms", "timeout_ms", "rendezvous", "partial_f32",
+                          "ranks_per_node", "dp_size", "engine", "rdma_buffers", "allgather", "imm_base", NULL};
+    int rank, world, device, out_dtype, partial_f32 = 0, rpn = 0, dp = 0, rdma_buffers = A2A_RDMA_AUTO;
+    unsigned int T, E, K, pad, H, S, in_size, num_sms, timeout_ms, imm_base = 0;
+    PyObject *rdv_o = Py_None, *engine = Py_None, *allgather = Py_None;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiO&O&O&O&O&O&O&iO&O&|OiiiOiOO&", kwl, &rank, &world, &device,
                                      tpy_conv_u32, &T, tpy_conv_u32, &E, tpy_conv_u32, &K, tpy_conv_u32, &pad,
                                      tpy_conv_u32, &H, tpy_conv_u32, &S, tpy_conv_u32, &in_size, &out_dtype,
-                                     tpy_conv_u32, &num_sms, tpy_conv_u32, &timeout_ms, &rdv, &partial_f32))
+                                     tpy_conv_u32, &num_sms, tpy_conv_u32, &timeout_ms, &rdv_o, &partial_f32,
+                                     &rpn, &dp, &engine, &rdma_buffers, &allgather, tpy_conv_u32, &imm_base))
         return NULL;
+    const char *rdv = NULL;
+    if (rdv_o != Py_None && !(rdv = PyUnicode_AsUTF8AndSize(rdv_o, NULL))) return NULL;
+    if (allgather != Py_None && !PyCallable_Check(allgather)) {
+        PyErr_SetString(PyExc_TypeError, "allgather must be a callable or None");
+        return NULL;
+    }
+    te_engine *eng = NULL;
+    if (engine != Py_None) {
+        if (!PyObject_TypeCheck(engine, (PyTypeObject *)TpEngine)) {
+            PyErr_SetString(PyExc_TypeError, "engine must be a tendril.TransferEngine (or None)");
+            return NULL;
+        }
+        eng_state *st = tpy_engine_state(engine);
+        if (!st) return NULL;
+        if (st->stopped) {
+            PyErr_SetString(ExcStoppedError, "engine: the TransferEngine is stopped");
+            return NULL;
+        }
+        eng = st->e;
+        if (!st->peer_forward) {
+            /* the engine's one peer callback stays the binding's; it forwards to the
+             * contexts (cfg.app_forwards_peer_events), so set_peer_callback keeps working */
+            int prc = te_peer_set_callback(eng, tpy_peer_tramp, st);
+            if (prc) return tpy_raise(prc, "P2PAllToAll: installing the engine's peer callback");
+            __atomic_store_n(&st->peer_forward, true, __ATOMIC_RELEASE);
+        }
+    }
+    a2a_py *h = PyMem_Calloc(1, sizeof(*h));
+    if (!h) return PyErr_NoMemory();
+    h->world = world;
+    if (engine != Py_None) {
+        Py_INCREF(engine);
+        h->engine = engine;
+    }
+    if (allgather != Py_None) {
+        Py_INCREF(allgather);
+        h->allgather = allgather;
+    }
     a2a_config cfg;
     memset(&cfg, 0, sizeof(cfg));
     cfg.struct_size = sizeof(cfg);
@@ -62,36 +177,55 @@ static PyObject *py_create(PyObject *self, PyObject *args, PyObject *kw) {
     cfg.timeout_ms = timeout_ms;
     cfg.rendezvous = rdv;
     cfg.partial_f32 = partial_f32;
-    a2a_ctx *c = NULL;
+    cfg.ranks_per_node = rpn;
+    cfg.dp_size = dp;
+    cfg.engine = eng;
+    cfg.rdma_buffers = (a2a_rdma_buffers)rdma_buffers;
+    cfg.allgather = h->allgather ? allgather_tramp : NULL;
+    cfg.allgather_ctx = h;
+    cfg.imm_base = imm_base;
+    cfg.app_forwards_peer_events = eng != NULL;
     int rc;
-    Py_BEGIN_ALLOW_THREADS rc = a2a_create(&cfg, &c);
-    Py_END_ALLOW_THREADS if (rc) return raise_rc(rc);
-    PyObject *cap = PyCapsule_New(c, CAPSULE, capsule_free);
-    if (!cap) a2a_destroy(c);
+    Py_BEGIN_ALLOW_THREADS rc = a2a_create(&cfg, &h->c);
+    Py_END_ALLOW_THREADS if (rc) {
+        holder_free(h);
+        return raise_rc(rc);
+    }
+    PyObject *cap = PyCapsule_New(h, CAPSULE, capsule_free);
+    if (!cap) holder_free(h);
     return cap;
 }
 
 static PyObject *py_connect(PyObject *self, PyObject *args) {
     PyObject *cap;
     int timeout_ms;
+    (void)self;
     if (!PyArg_ParseTuple(args, "Oi", &cap, &timeout_ms)) return NULL;
-    a2a_ctx *c = get_ctx(cap);
-    if (!c) return NULL;
+    a2a_py *h = get_holder(cap);
+    if (!h) return NULL;
     int rc;
-    Py_BEGIN_ALLOW_THREADS rc = a2a_connect(c, timeout_ms);
-    Py_END_ALLOW_THREADS if (rc) return raise_rc(rc);
+    Py_BEGIN_ALLOW_THREADS rc = a2a_connect(h->c, timeout_ms);
+    Py_END_ALLOW_THREADS if (rc) {
+        if (h->exc[0]) { /* the all-gather raised: that exception is the story */
+            PyErr_Restore(h->exc[0], h->exc[1], h->exc[2]);
+            h->exc[0] = h->exc[1] = h->exc[2] = NULL;
+            return NULL;
+        }
+        return raise_rc(rc);
+    }
     Py_RETURN_NONE;
 }
 
 static PyObject *py_destroy(PyObject *self, PyObject *args) {
     PyObject *cap;
+    (void)self;
     if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-    a2a_ctx *c = PyCapsule_GetPointer(cap, CAPSULE);
-    if (c) {
-        Py_BEGIN_ALLOW_THREADS a2a_destroy(c);
-        Py_END_ALLOW_THREADS PyCapsule_SetDestructor(cap, NULL);
+    a2a_py *h = PyCapsule_GetPointer(cap, CAPSULE);
+    if (h) {
+        PyCapsule_SetDestructor(cap, NULL);
         PyCapsule_SetPointer(cap, (void *)1); /* placeholder: a capsule pointer cannot be NULL */
         PyCapsule_SetName(cap, "tendril.a2a_ctx.destroyed");
+        holder_free(h);
     } else {
         PyErr_Clear();
     }
@@ -103,9 +237,10 @@ static PyObject *py_info(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
     a2a_ctx *c = get_ctx(cap);
     if (!c) return NULL;
-    return Py_BuildValue("{s:I,s:I,s:I,s:n}", "max_recv_tokens", a2a_max_recv_tokens(c), "num_local_experts",
-                         a2a_num_local_experts(c), "first_expert", a2a_first_expert(c), "memory_bytes",
-                         (Py_ssize_t)a2a_memory_bytes(c));
+    return Py_BuildValue("{s:I,s:I,s:I,s:n,s:s,s:i}", "max_recv_tokens", a2a_max_recv_tokens(c),
+                         "num_local_experts", a2a_num_local_experts(c), "first_expert", a2a_first_expert(c),
+                         "memory_bytes", (Py_ssize_t)a2a_memory_bytes(c), "rdma_buffer_kind",
+                         a2a_rdma_buffer_kind(c), "num_rdma_peers", a2a_num_rdma_peers(c));
 }
 
 static PyObject *py_poll_error(PyObject *self, PyObject *args) {
@@ -210,18 +345,24 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_a2a",
-                                    "Tendril MoE all-to-all over NVLink (C extension)", -1, methods,
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "tendril._a2a",
+                                    "Tendril MoE all-to-all (part of the _tendril extension)", -1, methods,
                                     NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__a2a(void);
-PyMODINIT_FUNC PyInit__a2a(void) {
+int tpy_add_a2a(PyObject *parent) {
     PyObject *m = PyModule_Create(&module);
-    if (!m) return NULL;
-    PyModule_AddIntConstant(m, "SEND", A2A_SEND);
-    PyModule_AddIntConstant(m, "RECV", A2A_RECV);
-    PyModule_AddIntConstant(m, "DTYPE_BF16", A2A_DTYPE_BF16);
-    PyModule_AddIntConstant(m, "DTYPE_F16", A2A_DTYPE_F16);
-    PyModule_AddIntConstant(m, "DTYPE_F32", A2A_DTYPE_F32);
-    return m;
+    if (!m) return -1;
+    if (PyModule_AddIntConstant(m, "SEND", A2A_SEND) < 0 || PyModule_AddIntConstant(m, "RECV", A2A_RECV) < 0 ||
+        PyModule_AddIntConstant(m, "DTYPE_BF16", A2A_DTYPE_BF16) < 0 ||
+        PyModule_AddIntConstant(m, "DTYPE_F16", A2A_DTYPE_F16) < 0 ||
+        PyModule_AddIntConstant(m, "DTYPE_F32", A2A_DTYPE_F32) < 0 ||
+        PyModule_AddIntConstant(m, "RDMA_AUTO", A2A_RDMA_AUTO) < 0 ||
+        PyModule_AddIntConstant(m, "RDMA_GPU", A2A_RDMA_GPU) < 0 ||
+        PyModule_AddIntConstant(m, "RDMA_HOST", A2A_RDMA_HOST) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_RANKS", A2A_MAX_RANKS) < 0 ||
+        PyModule_AddObject(parent, "_a2a", m) < 0) {
+        Py_DECREF(m);
+        return -1;
+    }
+    return 0;
 }

@@ -3,6 +3,9 @@
 #include <stdlib.h>
 
 #include "py_engine.h"
+#ifdef TENDRIL_PY_A2A
+#include <tendril/a2a.h>
+#endif
 
 _Thread_local eng_state *tpy_tl_in_callback;
 
@@ -84,6 +87,10 @@ void tpy_imm_plain_tramp(void *arg, uint32_t imm)
 void tpy_peer_tramp(void *arg, const te_addr *addr, int state)
 {
     eng_state *st = arg;
+#ifdef TENDRIL_PY_A2A
+    /* the all-to-all contexts on this engine do not own its peer callback (py_a2a.c) */
+    if (__atomic_load_n(&st->peer_forward, __ATOMIC_ACQUIRE)) a2a_peer_event(st->e, addr, state);
+#endif
     cb_scope g = tpy_cb_enter(st);
     if (st->peer_cb) {
         PyObject *a = tpy_addr_new(addr);

@@ -1,10 +1,9 @@
 /*
- * Argument converters shared by the extensions tendril._tendril and tendril._a2a.
+ * Argument converters of the _tendril extension (its all-to-all part included).
  *
  * PyArg_Parse's unsigned formats ("I", "k", "K") wrap out-of-range values silently; the
  * converters here ("O&") raise OverflowError instead, naming the range, so that every
- * integer argument of the binding is range-checked. No dependency on the engine: the
- * _a2a module links this file too.
+ * integer argument of the binding is range-checked.
  */
 #ifndef TENDRIL_PY_CONVERT_H
 #define TENDRIL_PY_CONVERT_H

@@ -35,6 +35,8 @@ typedef struct eng_state {
     uint64_t unhandled_errors;   /* failed operations that had no on_error */
     PyObject *imm_cb;            /* set_imm_callback target, or NULL */
     PyObject *peer_cb;           /* set_peer_callback target, or NULL */
+    bool peer_forward;           /* the peer trampoline stays installed and forwards every
+                                    event to the all-to-all contexts (py_a2a.c) */
     PyObject *registry;          /* dict: ptr -> list of MemoryRegionHandle */
     struct exp_ctx *exps;        /* expectations (armed, and replaced ones) */
     struct pool_ctx *pools;      /* bouncing receive pools */

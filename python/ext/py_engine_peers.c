@@ -28,7 +28,9 @@ PyObject *tpy_eng_set_peer_callback(PyObject *self, PyObject *args, PyObject *kw
     eng_state *st = tpy_engine_state(self);
     PyObject *cb = st ? tpy_one_arg(args, kw, "set_peer_callback", names) : NULL;
     if (!cb || tpy_check_callable(cb, "callback") < 0) return NULL;
-    int r = te_peer_set_callback(st->e, cb == Py_None ? NULL : tpy_peer_tramp, st);
+    /* with all-to-all contexts on the engine the trampoline stays (it forwards to them) */
+    const bool keep = cb != Py_None || __atomic_load_n(&st->peer_forward, __ATOMIC_ACQUIRE);
+    int r = te_peer_set_callback(st->e, keep ? tpy_peer_tramp : NULL, st);
     if (r) return tpy_raise(r, "set_peer_callback");
     PyObject *old = st->peer_cb;
     if (cb != Py_None) Py_INCREF(cb);

@@ -103,7 +103,11 @@ PyMODINIT_FUNC PyInit__tendril(void)
         PyModule_AddStringConstant(m, "__version__", TENDRIL_VERSION_STRING) < 0 ||
         PyModule_AddIntConstant(m, "DEVICE_HOST", TE_DEVICE_HOST) < 0 ||
         PyModule_AddIntConstant(m, "MAX_NICS", TE_MAX_NICS) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_GROUPS", TE_MAX_GROUPS) < 0) {
+        PyModule_AddIntConstant(m, "MAX_GROUPS", TE_MAX_GROUPS) < 0
+#ifdef TENDRIL_PY_A2A
+        || tpy_add_a2a(m) < 0
+#endif
+    ) {
         Py_DECREF(m);
         return NULL;
     }

@@ -2,12 +2,13 @@
  * Shared declarations of the _tendril CPython extension (python/ext/py_*.c).
  *
  * Files: py_module.c (module, exceptions' setup, strerror), py_errors.c (te_ error codes
- * -> exceptions), py_convert.c (integer/timeout converters, also used by _a2a),
+ * -> exceptions), py_convert.c (integer/timeout converters),
  * py_args.c (object-type checks shared by the methods), one file per type (py_address.c,
  * py_descriptor.c, py_pages.c, py_counter.c, py_handle.c, py_imm_counter.c,
  * py_watcher.c, py_engine.c) with the engine's methods by concern (py_engine_memory.c,
  * py_engine_submit.c, py_engine_imm.c) and the callback trampolines (py_callbacks.c);
- * py_topology.c is detect_topology().
+ * py_topology.c is detect_topology(); py_a2a.c is the all-to-all (submodule _a2a, where
+ * CUDA is built: TENDRIL_PY_A2A).
  *
  * The extension is written against the CPython *limited* API of 3.11 (Py_LIMITED_API is
  * set by python/CMakeLists.txt), so one binary (*.abi3.so) loads in 3.11, 3.12, ...
@@ -123,6 +124,8 @@ PyObject *tpy_raise_wait_timeout(const char *what, uint64_t done, uint64_t n, co
 PyObject *tpy_detect_topology(PyObject *self, PyObject *args, PyObject *kw); /* py_topology.c */
 PyObject *tpy_stop_all(PyObject *self, PyObject *unused);                   /* py_engine.c */
 PyObject *tpy_set_log_bridge(PyObject *self, PyObject *logger);             /* py_log.c */
+/* Adds the submodule _a2a (the all-to-all, py_a2a.c) where CUDA is built. 0 / -1. */
+int tpy_add_a2a(PyObject *parent);
 
 /* Builds a MemoryRegionDescriptor / DomainAddress object from a value. */
 PyObject *tpy_desc_new(const te_mr_desc *d);

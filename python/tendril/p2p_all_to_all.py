@@ -1,19 +1,22 @@
-"""MoE dispatch/combine between the GPUs of one NVLink domain.
+"""MoE dispatch/combine between GPUs: over NVLink inside a node, over RDMA between nodes.
 
 `P2PAllToAll` follows pplx-garden's constructor and `dispatch`/`combine` signatures. The
 kernels live in the C library (include/tendril/a2a.h); this module turns tensors into
-pointers and strides and bootstraps the peers from a torch.distributed process group or
-a pplx-garden ParallelGroup (what pplx-garden users pass):
-rank 0 draws a job-unique name, every rank exports its GPU buffer as a file descriptor
-and the peers fetch it over a Unix socket (SCM_RIGHTS; no ptrace capability needed).
+pointers and strides and bootstraps the peers from torch.distributed process groups or
+pplx-garden ParallelGroups (what pplx-garden users pass): the ranks exchange their
+configuration, node identity, a job-unique rendezvous name and (between nodes) engine
+addresses and buffer descriptors with an all-gather on `global_group`; the GPUs of one
+node then hand each other their buffers as file descriptors over a Unix socket
+(SCM_RIGHTS; no ptrace capability needed). docs/a2a.md, docs/a2a-internode.md.
 """
 from __future__ import annotations
 
 import uuid
-from typing import Any, Optional
+import weakref
+from typing import Any, List, Optional
 
-# torch and the CUDA extension are needed only to construct one: `tendril.P2PAllToAll`
-# resolves without them (a CPU-only install, a build without nvcc).
+# torch and the CUDA part of the extension are needed only to construct one:
+# `tendril.P2PAllToAll` resolves without them (a CPU-only install, a build without nvcc).
 try:
     import torch
     import torch.distributed as dist
@@ -21,21 +24,39 @@ except ImportError:  # pragma: no cover - depends on the environment
     torch = None  # type: ignore[assignment]
     dist = None  # type: ignore[assignment]
 
-try:
-    from . import _a2a
-except ImportError as _e:  # pragma: no cover - depends on the build
-    _a2a = None  # type: ignore[assignment]
-    _A2A_MISSING = str(_e)
+from . import _tendril
+
+_a2a = getattr(_tendril, "_a2a", None)
+_A2A_MISSING = "the extension was built without CUDA (no nvcc)"
+
+_RDMA_BUFFERS = {"auto": 0, "gpu": 1, "host": 2}
+# Immediates of one context: 3 phases x A2A_MAX_RANKS (docs/a2a-internode.md). Contexts
+# that share an engine take consecutive ranges, in creation order (the same on every
+# rank, as the constructor is collective).
+_IMM_BASE = 0x7A2A0000
+_IMM_SPAN = 3 * 64
+_next_imm: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+_next_imm_by_id: dict = {}
+
+
+def _take_imm_range(engine: Any) -> int:
+    """The next free range of immediates on this engine (weakly keyed; an engine type
+    without weak references falls back to its id, which lives as long as it does)."""
+    try:
+        base = _next_imm.get(engine, _IMM_BASE)
+        _next_imm[engine] = base + _IMM_SPAN
+    except TypeError:
+        base = _next_imm_by_id.get(id(engine), _IMM_BASE)
+        _next_imm_by_id[id(engine)] = base + _IMM_SPAN
+    return base
 
 
 def _require() -> None:
     if torch is None:
         raise ImportError("tendril.P2PAllToAll needs PyTorch: pip install torch")
     if _a2a is None:
-        if "libcuda" in _A2A_MISSING:
-            raise ImportError(f"tendril.P2PAllToAll needs the NVIDIA driver (libcuda.so.1): {_A2A_MISSING}")
         raise ImportError(
-            "tendril.P2PAllToAll needs the CUDA build of tendril: this install has no tendril._a2a "
+            "tendril.P2PAllToAll needs the CUDA build of tendril: this install has no all-to-all "
             f"({_A2A_MISSING}). Install the CUDA toolkit (nvcc on PATH) and reinstall: pip install ."
         )
 
@@ -44,14 +65,24 @@ def _ptr(t: Optional["torch.Tensor"]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def _has_rdma_peers(rank: int, world: int, per_node: int, dp: int) -> bool:
+    """Whether some rank of this rank's slice {g*dp + rank % dp} is on another node."""
+    return any((g * dp + rank % dp) // per_node != rank // per_node for g in range(world // dp))
+
+
 class _Group:
     """The operations P2PAllToAll needs from a group, over either a torch.distributed
     ProcessGroup (None: the default group) or a pplx-garden ParallelGroup (an object with
-    ``rank``, ``size``, ``broadcast_object(obj, root)`` and ``barrier()``)."""
+    ``rank``, ``size``, ``broadcast_object(obj, root)``, ``barrier()`` and, for the
+    all-gather, ``all_gather_object(obj)``)."""
+
+    @staticmethod
+    def is_pplx(group: Any) -> bool:
+        return group is not None and hasattr(group, "broadcast_object") and hasattr(group, "size")
 
     def __init__(self, group: Any) -> None:
         self.pg = group
-        self.pplx = group is not None and hasattr(group, "broadcast_object") and hasattr(group, "size")
+        self.pplx = _Group.is_pplx(group)
         if self.pplx:
             self.rank, self.size = int(group.rank), int(group.size)
         else:
@@ -65,6 +96,18 @@ class _Group:
         dist.broadcast_object_list(box, src=src, group=self.pg)
         return box[0]
 
+    @property
+    def can_all_gather(self) -> bool:
+        return not self.pplx or hasattr(self.pg, "all_gather_object")
+
+    def all_gather(self, obj: Any) -> List[Any]:
+        """Every rank's obj in rank order (all_gather_object: CPU/gloo-friendly)."""
+        if self.pplx:
+            return list(self.pg.all_gather_object(obj))
+        out: List[Any] = [None] * self.size
+        dist.all_gather_object(out, obj, group=self.pg)
+        return out
+
     def barrier(self) -> None:
         if self.pplx:
             self.pg.barrier()
@@ -72,17 +115,35 @@ class _Group:
             dist.barrier(group=self.pg)
 
 
-class P2PAllToAll:
-    """Expert-parallel all-to-all over NVLink (every rank of `global_group` on one node).
+def _size(group: Any) -> Optional[int]:
+    return None if group is None else _Group(group).size
 
-    Experts are placed in contiguous blocks: rank r owns experts
-    [r * ceil(E/W), min((r+1) * ceil(E/W), E)).
+
+class P2PAllToAll:
+    """Expert-parallel all-to-all: NVLink between the ranks of a node, RDMA between nodes.
+
+    Groups, as in pplx-garden: ``global_group`` holds every rank (default: torch.distributed's
+    default group; rank r is on node ``r // node_group size``: ranks are numbered node by
+    node), ``node_group`` the ranks of this node (its size is the NVLink domain; default:
+    all of global_group), ``dp_group`` the TP replicas of this rank (size D: experts are
+    split over ``world / D`` groups and rank r talks only to the ranks with the same
+    ``r % D``). Experts are placed in contiguous blocks: slice rank s = r // D owns
+    experts [s * L, min((s+1) * L, E)), L = ceil(E / (world / D)).
+
+    Ranks on other nodes are reached through a TransferEngine: ``engine=`` (keyword-only;
+    a ``tendril.TransferEngine`` or its ``fabric_engine``), else one is created for this
+    GPU with ``nets_per_gpu`` NICs of its topology group, and stopped by ``destroy()``.
+    ``rdma_buffers`` ("auto", "gpu", "host") says where the RDMA staging and receive
+    buffers live; the property ``rdma_buffer_kind`` reports the choice ("gpu", "host", or
+    "none" without RDMA peers).
 
     Extensions beyond pplx-garden's signature (keyword-only): `num_sms` (blocks per
     kernel, default every SM), `timeout_ms` (bound of every in-kernel wait on a peer;
-    a timeout raises TimeoutError at the next call or poll_error()), and
+    a timeout raises TimeoutError at the next call or poll_error()),
     `combine_partial_dtype` (torch.float32: expert ranks send fp32 partial sums; default:
-    partials travel as out_dtype, half the NVLink bytes for bf16/f16).
+    partials travel as out_dtype, half the bytes for bf16/f16), `engine`, `rdma_buffers`,
+    `imm_base` (first of the 192 immediates the context uses on the engine; default: a
+    range per context of the engine, in creation order).
     """
 
     def __init__(
@@ -106,35 +167,51 @@ class P2PAllToAll:
         num_sms: Optional[int] = None,
         timeout_ms: int = 10000,
         combine_partial_dtype: Optional["torch.dtype"] = None,
+        engine: Any = None,
+        rdma_buffers: str = "auto",
+        imm_base: Optional[int] = None,
     ) -> None:
+        self._ctx = None
+        self._own_engine = None
         _require()
         out_dtypes = {
             torch.bfloat16: _a2a.DTYPE_BF16,
             torch.float16: _a2a.DTYPE_F16,
             torch.float32: _a2a.DTYPE_F32,
         }
-        grp = _Group(global_group if global_group is not None else node_group)
+        if global_group is None:
+            # pplx-garden's groups without one: a single node; else torch's default group
+            global_group = node_group if _Group.is_pplx(node_group) else None
+        grp = _Group(global_group)
         world, rank = grp.size, grp.rank
-        if dp_group is not None and _Group(dp_group).size > 1:
-            raise NotImplementedError("P2PAllToAll: dp_group (TP) size > 1 is not supported yet")
-        if node_group is not None and _Group(node_group).size != world:
-            raise NotImplementedError(
-                "P2PAllToAll: ranks on several nodes need the RDMA path, which is not part of this build; "
-                "node_group must span global_group")
+        per_node = _size(node_group) or world
+        dp = _size(dp_group) or 1
+        if world % per_node:
+            raise ValueError(f"P2PAllToAll: global_group has {world} ranks, not a multiple of the node_group "
+                             f"size {per_node} (every node has the same number of ranks)")
+        if world % dp:
+            raise ValueError(f"P2PAllToAll: global_group has {world} ranks, not a multiple of the dp_group "
+                             f"size {dp}")
+        if world // dp > _a2a.MAX_RANKS:
+            raise ValueError(f"P2PAllToAll: {world} ranks / dp_group size {dp} = {world // dp} ranks per "
+                             f"all-to-all, more than {_a2a.MAX_RANKS}")
+        if rdma_buffers not in _RDMA_BUFFERS:
+            raise ValueError(f"P2PAllToAll: rdma_buffers must be one of {sorted(_RDMA_BUFFERS)}, got {rdma_buffers!r}")
         if out_dtype not in out_dtypes:
             raise ValueError(f"P2PAllToAll: out_dtype {out_dtype} must be bfloat16, float16 or float32")
         scales = int(hidden_dim_scale or 0)
         if scales and scale_dtype not in (None, torch.float32):
             raise ValueError("P2PAllToAll: scale_dtype must be torch.float32")
-        # nets_per_gpu and max_private_tokens size the RDMA path of pplx-garden; over
-        # NVLink every token goes straight to its final slot, so they have no effect.
-        del nets_per_gpu, max_private_tokens
+        # max_private_tokens sizes pplx-garden's private RDMA buffers; here every token
+        # goes straight to its slot in the peer's block, so it has no effect.
+        del max_private_tokens
         self.device = torch.device(device)
         if self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self._group = grp
         self.group = grp.pg
         self.rank, self.world_size = rank, world
+        self.ranks_per_node, self.dp_size = per_node, dp
         self.max_num_tokens = max_num_tokens
         self.num_experts = num_experts
         self.hidden_dim = hidden_dim
@@ -143,19 +220,47 @@ class P2PAllToAll:
         self.num_experts_per_token = num_experts_per_token
         self.expert_padding = expert_padding
 
-        name = grp.broadcast_from_0(uuid.uuid4().hex[:24] if rank == 0 else None)
+        rdma = _has_rdma_peers(rank, world, per_node, dp)
+        if rdma and not grp.can_all_gather:
+            raise ValueError("P2PAllToAll: ranks on several nodes need an all-gather on global_group; this "
+                             "group has no all_gather_object")
+        if hasattr(engine, "engine") and not isinstance(engine, _tendril.TransferEngine):
+            engine = engine.engine  # pplx-garden's TransferEngine.fabric_engine
+        if engine is not None and not isinstance(engine, _tendril.TransferEngine):
+            raise TypeError("P2PAllToAll: engine must be a tendril.TransferEngine")
+        if rdma and engine is None:
+            from ._engine import TransferEngine
+            try:
+                engine = self._own_engine = TransferEngine(nets_per_gpu, [self.device.index])
+            except Exception as e:
+                raise RuntimeError(
+                    f"P2PAllToAll: ranks on other nodes need a TransferEngine; creating one for {self.device} "
+                    f"with nets_per_gpu={nets_per_gpu} failed ({e}). Pass engine=TransferEngine(...)") from e
+        if not rdma:
+            engine = None  # every peer over NVLink: no engine involved
+        if imm_base is None and engine is not None:
+            imm_base = _take_imm_range(engine)
+        self._engine = engine
+
         itemsize = torch.empty((), dtype=in_dtype).element_size()
-        self._ctx = _a2a.create(
+        kw = dict(
             rank=rank, world_size=world, device=self.device.index, max_num_tokens=max_num_tokens,
             num_experts=num_experts, experts_per_token=num_experts_per_token,
             expert_padding=expert_padding, hidden_dim=hidden_dim, hidden_dim_scale=scales,
             in_elem_size=itemsize, out_dtype=out_dtypes[out_dtype], num_sms=int(num_sms or 0),
-            timeout_ms=int(timeout_ms), rendezvous=f"{name}",
-            partial_f32=int(combine_partial_dtype == torch.float32))
+            timeout_ms=int(timeout_ms), partial_f32=int(combine_partial_dtype == torch.float32),
+            ranks_per_node=per_node, dp_size=dp, engine=engine, rdma_buffers=_RDMA_BUFFERS[rdma_buffers],
+            imm_base=int(imm_base or 0))
+        if grp.can_all_gather:
+            # rank 0 draws the rendezvous name inside a2a_connect
+            kw.update(rendezvous=None, allgather=grp.all_gather)
+        else:
+            kw.update(rendezvous=grp.broadcast_from_0(uuid.uuid4().hex[:24] if rank == 0 else None))
         try:
+            self._ctx = _a2a.create(**kw)
             _a2a.connect(self._ctx, max(int(timeout_ms), 60000))
-        except Exception:
-            _a2a.destroy(self._ctx)
+        except BaseException:
+            self._release()
             raise
         grp.barrier()
         info = _a2a.info(self._ctx)
@@ -163,6 +268,13 @@ class P2PAllToAll:
         self.num_local_experts = info["num_local_experts"]
         self.first_expert = info["first_expert"]
         self.memory_bytes = info["memory_bytes"]
+        self.num_rdma_peers = info["num_rdma_peers"]
+        self._kind = info["rdma_buffer_kind"]
+
+    @property
+    def rdma_buffer_kind(self) -> str:
+        """Where the RDMA buffers live: "gpu", "host", or "none" (every peer over NVLink)."""
+        return self._kind
 
     # ------------------------------------------------------------------ helpers ----
     def _stream(self) -> int:
@@ -268,11 +380,18 @@ class P2PAllToAll:
     def abort(self) -> None:
         _a2a.abort(self._ctx)
 
+    def _release(self) -> None:
+        if self._ctx is not None:
+            _a2a.destroy(self._ctx)
+            self._ctx = None
+        if self._own_engine is not None:
+            self._own_engine.stop()
+            self._own_engine = None
+
     def destroy(self) -> None:
         if self._ctx is None:
             return
         torch.cuda.synchronize(self.device)
         self._group.barrier()
-        _a2a.destroy(self._ctx)
-        self._ctx = None
+        self._release()
         self._group.barrier()

@@ -1,8 +1,8 @@
 /*
  * File-descriptor exchange over abstract Unix sockets.
  *
- * Rank r listens on "\0tendril-a2a.<rendezvous>.<r>". A server thread accepts one
- * connection per peer, checks that the peer runs as the same user (SO_PEERCRED), reads
+ * Rank r listens on "\0tendril-a2a.<rendezvous>.<r>" (r: the physical rank). A server
+ * thread accepts one connection per peer of the exchange (the node peers of r's slice), checks that the peer runs as the same user (SO_PEERCRED), reads
  * its hello (magic, rank, layout) and answers with its own hello plus the fd
  * (SCM_RIGHTS). The calling thread connects to every peer (retrying while the peer's
  * listener is not there yet) and collects their fds. No ptrace, no pidfd_getfd.
@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "a2a_internal.h"
+#include "core/error.h"
 
 #define HELLO_MAGIC 0x54413241u /* "TA2A" */
 
@@ -69,20 +69,33 @@ static int io_all(int fd, void *buf, size_t len, int writing, int64_t deadline) 
 typedef struct server {
     int lfd;
     const a2a_share_offer *offer;
+    int npeers;
+    const int *peers;
     int64_t deadline;
     int rc;
 } server;
+
+static int is_peer(const server *sv, int r)
+{
+    for (int i = 0; i < sv->npeers; i++)
+        if (sv->peers[i] == r) return 1;
+    return 0;
+}
 
 static int serve_one(server *sv, int cfd) {
     struct ucred cred;
     socklen_t cl = sizeof(cred);
     if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0) return -errno;
-    if (cred.uid != geteuid()) return a2a_err(-EPERM, "a2a connect: peer uid %u is not ours", cred.uid);
+    if (cred.uid != geteuid()) return tn_err(-EPERM, "a2a connect: peer uid %u is not ours", cred.uid);
     hello in;
     int rc = io_all(cfd, &in, sizeof(in), 0, sv->deadline);
     if (rc) return rc;
     if (in.magic != HELLO_MAGIC || in.world != sv->offer->world || in.layout != sv->offer->layout)
-        return a2a_err(-EPROTO, "a2a connect: rank %d has a different configuration", in.rank);
+        return tn_err(-EPROTO, "a2a connect: rank %d has a different configuration", in.rank);
+    if (!is_peer(sv, in.rank))
+        return tn_err(-EPROTO, "a2a connect: rank %d connected, but it is not a node peer of rank "
+                               "%d's all-to-all (ranks_per_node or dp_size differ?)",
+                      in.rank, sv->offer->rank);
     hello out = {HELLO_MAGIC, sv->offer->rank, sv->offer->world, 0, sv->offer->size,
                  sv->offer->layout};
     struct iovec iov = {.iov_base = &out, .iov_len = sizeof(out)};
@@ -115,7 +128,7 @@ static int serve_one(server *sv, int cfd) {
 
 static void *server_main(void *arg) {
     server *sv = arg;
-    int need = sv->offer->world - 1;
+    int need = sv->npeers;
     sv->rc = 0;
     while (need > 0) {
         struct pollfd pf = {.fd = sv->lfd, .events = POLLIN};
@@ -156,7 +169,7 @@ static int fetch_one(const char *rdv, const a2a_share_offer *offer, int q, int64
         close(fd);
         if (e != ECONNREFUSED && e != ENOENT && e != EAGAIN) return -e;
         if (now_ms() >= deadline)
-            return a2a_err(-ETIMEDOUT, "a2a connect: rank %d did not show up", q);
+            return tn_err(-ETIMEDOUT, "a2a connect: rank %d did not show up", q);
         usleep(2000);
     }
     hello out = {HELLO_MAGIC, offer->rank, offer->world, 0, offer->size, offer->layout};
@@ -173,17 +186,17 @@ static int fetch_one(const char *rdv, const a2a_share_offer *offer, int q, int64
     struct pollfd pf = {.fd = fd, .events = POLLIN};
     int64_t left = deadline - now_ms();
     if (left <= 0 || poll(&pf, 1, (int)left) <= 0) {
-        rc = a2a_err(-ETIMEDOUT, "a2a connect: rank %d did not answer", q);
+        rc = tn_err(-ETIMEDOUT, "a2a connect: rank %d did not answer", q);
         goto done;
     }
     ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
     if (n != (ssize_t)sizeof(in)) {
-        rc = a2a_err(-EPROTO, "a2a connect: short answer from rank %d", q);
+        rc = tn_err(-EPROTO, "a2a connect: short answer from rank %d", q);
         goto done;
     }
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
     if (!c || c->cmsg_type != SCM_RIGHTS || in.magic != HELLO_MAGIC || in.rank != q) {
-        rc = a2a_err(-EPROTO, "a2a connect: bad answer from rank %d", q);
+        rc = tn_err(-EPROTO, "a2a connect: bad answer from rank %d", q);
         goto done;
     }
     memcpy(fd_out, CMSG_DATA(c), sizeof(int));
@@ -193,42 +206,46 @@ done:
     return rc;
 }
 
-int a2a_share_exchange(const char *rdv, const a2a_share_offer *offer, int timeout_ms, int *fds,
-                       uint64_t *sizes) {
+int a2a_share_exchange(const char *rdv, const a2a_share_offer *offer, int timeout_ms, int npeers,
+                       const int *peers, int *fds, uint64_t *sizes) {
     const int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 60000);
-    for (int q = 0; q < offer->world; q++) fds[q] = -1;
-    if (offer->world == 1) return 0;
+    for (int i = 0; i < npeers; i++) fds[i] = -1;
+    if (npeers == 0) return 0;
     int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (lfd < 0) return a2a_err(-errno, "a2a connect: socket: %s", strerror(errno));
+    if (lfd < 0) return tn_err(-errno, "a2a connect: socket: %s", strerror(errno));
     struct sockaddr_un a;
     socklen_t al = sock_name(&a, rdv, offer->rank);
-    if (bind(lfd, (struct sockaddr *)&a, al) != 0 || listen(lfd, offer->world) != 0) {
+    if (bind(lfd, (struct sockaddr *)&a, al) != 0 || listen(lfd, npeers) != 0) {
         int e = errno;
         close(lfd);
-        return a2a_err(-e, "a2a connect: cannot listen on tendril-a2a.%s.%d: %s", rdv, offer->rank,
+        return tn_err(-e, "a2a connect: cannot listen on tendril-a2a.%s.%d: %s", rdv, offer->rank,
                        strerror(e));
     }
-    server sv = {.lfd = lfd, .offer = offer, .deadline = deadline, .rc = 0};
+    server sv = {.lfd = lfd, .offer = offer, .npeers = npeers, .peers = peers, .deadline = deadline,
+                 .rc = 0};
     pthread_t th;
     if (pthread_create(&th, NULL, server_main, &sv) != 0) {
         close(lfd);
-        return a2a_err(-EAGAIN, "a2a connect: cannot start the server thread");
+        return tn_err(-EAGAIN, "a2a connect: cannot start the server thread");
     }
     int rc = 0;
-    for (int i = 1; i < offer->world && rc == 0; i++) {
-        int q = (offer->rank + i) % offer->world;
-        rc = fetch_one(rdv, offer, q, deadline, &fds[q], &sizes[q]);
+    /* start after our own position so that the ranks do not all queue on the same peer */
+    int first = 0;
+    while (first < npeers && peers[first] < offer->rank) first++;
+    for (int i = 0; i < npeers && rc == 0; i++) {
+        int k = (first + i) % npeers;
+        rc = fetch_one(rdv, offer, peers[k], deadline, &fds[k], &sizes[k]);
     }
     pthread_join(th, NULL);
     close(lfd);
     if (rc == 0 && sv.rc != 0) rc = sv.rc == -ETIMEDOUT
-                                        ? a2a_err(-ETIMEDOUT, "a2a connect: not every peer fetched our buffer")
+                                        ? tn_err(-ETIMEDOUT, "a2a connect: not every peer fetched our buffer")
                                         : sv.rc;
     if (rc) {
-        for (int q = 0; q < offer->world; q++)
-            if (fds[q] >= 0) {
-                close(fds[q]);
-                fds[q] = -1;
+        for (int i = 0; i < npeers; i++)
+            if (fds[i] >= 0) {
+                close(fds[i]);
+                fds[i] = -1;
             }
     }
     return rc;

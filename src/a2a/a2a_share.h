@@ -8,16 +8,18 @@
 
 /* What a rank offers its peers. */
 typedef struct a2a_share_offer {
-    int rank, world;
+    int rank, world;   /* physical */
     int fd;            /* exported allocation */
     uint64_t size;     /* bytes of the allocation */
     uint64_t layout;   /* hash of the buffer layout: peers must agree */
 } a2a_share_offer;
 
-/* Runs the exchange: serves `offer` to every other rank and fetches theirs. On success
- * fds[q] (q != rank) holds peer q's descriptor (caller closes) and sizes[q] its size.
- * Returns 0, -ETIMEDOUT, -EPROTO (peer disagrees on layout/world), or -errno. */
+/* Runs the exchange with the npeers physical ranks peers[] (not ours; every one of them
+ * runs the exchange with a list that holds us): serves `offer` to each and fetches theirs.
+ * On success fds[i] holds peers[i]'s descriptor (caller closes) and sizes[i] its size.
+ * Returns 0, -ETIMEDOUT, -EPROTO (peer disagrees on layout/world), or -errno, with a
+ * message (core/error.h). */
 int a2a_share_exchange(const char *rendezvous, const a2a_share_offer *offer, int timeout_ms,
-                       int *fds, uint64_t *sizes);
+                       int npeers, const int *peers, int *fds, uint64_t *sizes);
 
 #endif

@@ -59,6 +59,16 @@ static void load_once(void)
         {"cuMemcpyHtoD_v2", (void **)&g_api.cuMemcpyHtoD, 0},
         {"cuMemcpyDtoH_v2", (void **)&g_api.cuMemcpyDtoH, 0},
         {"cuMemGetHandleForAddressRange", (void **)&g_api.cuMemGetHandleForAddressRange, 1},
+        {"cuMemCreate", (void **)&g_api.cuMemCreate, 1},
+        {"cuMemRelease", (void **)&g_api.cuMemRelease, 1},
+        {"cuMemAddressReserve", (void **)&g_api.cuMemAddressReserve, 1},
+        {"cuMemAddressFree", (void **)&g_api.cuMemAddressFree, 1},
+        {"cuMemMap", (void **)&g_api.cuMemMap, 1},
+        {"cuMemUnmap", (void **)&g_api.cuMemUnmap, 1},
+        {"cuMemSetAccess", (void **)&g_api.cuMemSetAccess, 1},
+        {"cuMemGetAllocationGranularity", (void **)&g_api.cuMemGetAllocationGranularity, 1},
+        {"cuMemExportToShareableHandle", (void **)&g_api.cuMemExportToShareableHandle, 1},
+        {"cuMemImportFromShareableHandle", (void **)&g_api.cuMemImportFromShareableHandle, 1},
     };
     for (size_t k = 0; k < sizeof syms / sizeof *syms; k++) {
         *syms[k].slot = dlsym(h, syms[k].name);

@@ -30,7 +30,39 @@ enum {
     TCU_MEMHOSTALLOC_DEVICEMAP = 2,
     TCU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD = 1,
     TCU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED = 124,
+    TCU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16,
+    TCU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED = 110,
+    TCU_ERROR_OUT_OF_MEMORY = 2,
+    /* virtual memory management (cuMemCreate and friends) */
+    TCU_MEM_ALLOCATION_TYPE_PINNED = 1,
+    TCU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR = 1,
+    TCU_MEM_LOCATION_TYPE_DEVICE = 1,
+    TCU_MEM_ACCESS_FLAGS_PROT_READWRITE = 3,
+    TCU_MEM_ALLOC_GRANULARITY_RECOMMENDED = 1,
 };
+
+/* CUmemAllocationProp and CUmemAccessDesc (driver ABI, 32 and 12 bytes). */
+typedef struct tcu_mem_location {
+    int type; /* TCU_MEM_LOCATION_TYPE_* */
+    int id;
+} tcu_mem_location;
+typedef struct tcu_mem_prop {
+    int type;                   /* TCU_MEM_ALLOCATION_TYPE_* */
+    int requested_handle_types; /* TCU_MEM_HANDLE_TYPE_* */
+    tcu_mem_location location;
+    void *win32_handle_meta_data;
+    struct {
+        unsigned char compression_type;
+        unsigned char gpu_direct_rdma_capable;
+        unsigned short usage;
+        unsigned char reserved[4];
+    } alloc_flags;
+} tcu_mem_prop;
+typedef struct tcu_mem_access_desc {
+    tcu_mem_location location;
+    int flags; /* TCU_MEM_ACCESS_FLAGS_* */
+} tcu_mem_access_desc;
+typedef uint64_t tcu_mem_handle; /* CUmemGenericAllocationHandle */
 
 typedef struct tcu_api {
     tcu_result (*cuInit)(unsigned flags);
@@ -57,6 +89,23 @@ typedef struct tcu_api {
     /* Optional (NULL if the driver predates CUDA 11.7): dma-buf export. */
     tcu_result (*cuMemGetHandleForAddressRange)(void *handle, tcu_deviceptr p, size_t len,
                                                 int type, unsigned long long flags);
+    /* Optional (NULL if the driver predates CUDA 10.2): virtual memory management, with
+     * which the all-to-all shares GPU memory between processes (POSIX fd handles). */
+    tcu_result (*cuMemCreate)(tcu_mem_handle *h, size_t len, const tcu_mem_prop *prop,
+                              unsigned long long flags);
+    tcu_result (*cuMemRelease)(tcu_mem_handle h);
+    tcu_result (*cuMemAddressReserve)(tcu_deviceptr *p, size_t len, size_t align,
+                                      tcu_deviceptr addr, unsigned long long flags);
+    tcu_result (*cuMemAddressFree)(tcu_deviceptr p, size_t len);
+    tcu_result (*cuMemMap)(tcu_deviceptr p, size_t len, size_t offset, tcu_mem_handle h,
+                           unsigned long long flags);
+    tcu_result (*cuMemUnmap)(tcu_deviceptr p, size_t len);
+    tcu_result (*cuMemSetAccess)(tcu_deviceptr p, size_t len, const tcu_mem_access_desc *desc,
+                                 size_t count);
+    tcu_result (*cuMemGetAllocationGranularity)(size_t *gran, const tcu_mem_prop *prop, int option);
+    tcu_result (*cuMemExportToShareableHandle)(void *os_handle, tcu_mem_handle h, int type,
+                                               unsigned long long flags);
+    tcu_result (*cuMemImportFromShareableHandle)(tcu_mem_handle *h, void *os_handle, int type);
 } tcu_api;
 
 /* Loads and initialises the driver once. 0 and *out set, or a negative errno with

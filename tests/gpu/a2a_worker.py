@@ -20,6 +20,9 @@ import torch
 import torch.distributed as dist
 
 SENTINEL = 0x5A  # byte written into outputs before each call
+# Extra P2PAllToAll keywords of this process (node_group, dp_group, engine, rdma_buffers),
+# set by worker() from args["topo"] (test_a2a_rdma.py); empty: one NVLink domain.
+TOPO_KW: dict = {}
 
 
 @dataclasses.dataclass
@@ -107,10 +110,10 @@ def y_of(out_x: torch.Tensor, counts: torch.Tensor, pad: int, first: int, out_dt
 
 def check_dispatch(cfg: Cfg, a2a, it: int, out_num, out_x, out_s, world: int):
     me = a2a.rank
-    L = math.ceil(cfg.E / world)
+    D = getattr(a2a, "dp_size", 1)
     first, nloc = a2a.first_expert, a2a.num_local_experts
     exp_rows, exp_e = [], []
-    for s in range(world):
+    for s in range(me % D, world, D):  # the ranks of this rank's slice send to it
         x, sc, idx, _, b = inputs(cfg, s, it)
         x, idx = x[:b], idx[:b].to(torch.int64)
         sc = sc[:b] if sc is not None else None
@@ -174,12 +177,24 @@ def make(cfg: Cfg, world: int, num_sms: int, timeout_ms: int = 20000):
         scale_dtype=torch.float32 if cfg.S else None, num_experts_per_token=cfg.K,
         device=torch.device("cuda", torch.cuda.current_device()),
         num_sms=min(num_sms, cfg.sms) if cfg.sms else num_sms,
-        timeout_ms=timeout_ms, combine_partial_dtype=torch.float32 if cfg.partial_f32 else None), tmax
+        timeout_ms=timeout_ms, combine_partial_dtype=torch.float32 if cfg.partial_f32 else None,
+        **TOPO_KW), tmax
+
+
+def check_topology(a2a, world: int) -> None:
+    """The context's view of the topology (TOPO_KW runs): RDMA peers and buffer kind."""
+    r, D, N = a2a.rank, a2a.dp_size, a2a.ranks_per_node
+    want = sum(1 for q in range(r % D, world, D) if q // N != r // N)
+    assert a2a.num_rdma_peers == want, f"rank {r}: {a2a.num_rdma_peers} RDMA peers, expected {want}"
+    kind = TOPO_KW.get("rdma_buffers", "auto") if want else "none"
+    assert kind == "auto" or a2a.rdma_buffer_kind == kind, f"rank {r}: buffers {a2a.rdma_buffer_kind} != {kind}"
 
 
 def run_cfg(cfg: Cfg, world: int, num_sms: int):
     dev = torch.device("cuda", torch.cuda.current_device())
     a2a, tmax = make(cfg, world, num_sms)
+    if TOPO_KW:
+        check_topology(a2a, world)
     cap = a2a.max_recv_tokens
     mm = torch.randn(512, 512, device=dev)
     for it in range(cfg.iters):
@@ -283,7 +298,7 @@ def run_timeout(cfg: Cfg, world: int, num_sms: int):
     a2a = P2PAllToAll(max_num_tokens=T, num_experts=4, expert_padding=1, hidden_dim=64,
                       hidden_dim_scale=None, in_dtype=torch.bfloat16, out_dtype=torch.bfloat16,
                       scale_dtype=None, num_experts_per_token=1, device=dev, num_sms=num_sms,
-                      timeout_ms=300)
+                      timeout_ms=300, **TOPO_KW)
     if a2a.rank == 0:
         x = torch.randn(T, 64, device=dev).bfloat16()
         idx = torch.zeros(T, 1, dtype=torch.int32, device=dev)
@@ -326,7 +341,7 @@ def run_overflow(cfg: Cfg, world: int, num_sms: int):
     a2a = P2PAllToAll(max_num_tokens=T, num_experts=E, expert_padding=1, hidden_dim=H,
                       hidden_dim_scale=None, in_dtype=torch.bfloat16, out_dtype=torch.bfloat16,
                       scale_dtype=None, num_experts_per_token=1, device=dev, num_sms=num_sms,
-                      timeout_ms=5000)
+                      timeout_ms=5000, **TOPO_KW)
     x = torch.randn(T, H, device=dev).bfloat16()
     idx = (torch.arange(T, device=dev) % E).to(torch.int32).view(T, 1)  # every rank gets T/world rows
     w = torch.ones(T, 1, device=dev)
@@ -361,7 +376,10 @@ def worker(rank: int, world: int, port: int, job: str, args: dict):
     sms = torch.cuda.get_device_properties(rank % ngpu).multi_processor_count
     num_sms = max(1, sms // per_gpu)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    engine = None
     try:
+        if args.get("topo"):
+            engine = set_topology(rank, world, args["topo"])
         from a2a_cases import CASES  # noqa: E402 (same directory)
         for cfg_name in args["cases"]:
             kind, cfg = CASES[cfg_name]
@@ -380,4 +398,31 @@ def worker(rank: int, world: int, port: int, job: str, args: dict):
         traceback.print_exc()
         raise
     finally:
+        TOPO_KW.clear()
+        if engine is not None:
+            engine.stop()
         dist.destroy_process_group()
+
+
+def set_topology(rank: int, world: int, topo: dict):
+    """Fills TOPO_KW for a run across "nodes" on one machine: ranks_per_node (node_group
+    size; 1 = every peer over RDMA), dp_size (dp_group size), and an engine of this
+    process on `provider` with host-memory RDMA buffers (a stock libfabric cannot register
+    GPU memory). Returns the engine."""
+    import tendril
+    rpn, D = topo.get("ranks_per_node", 1), topo.get("dp_size", 1)
+    node_group = dp_group = None
+    for n in range(world // rpn):  # every rank creates every group, in one order
+        g = dist.new_group(list(range(n * rpn, (n + 1) * rpn)))
+        if rank // rpn == n:
+            node_group = g
+    for n in range(world // D):
+        g = dist.new_group(list(range(n * D, (n + 1) * D)))
+        if rank // D == n:
+            dp_group = g
+    p = topo.get("provider", "tcp")
+    engine = tendril.TransferEngine(nets_per_gpu=1, cuda_devices=[], provider=p,
+                                    nics=["lo"] if "tcp" in p else None)
+    TOPO_KW.update(node_group=node_group, dp_group=dp_group, engine=engine,
+                   rdma_buffers=topo.get("rdma_buffers", "host"))
+    return engine

@@ -1,0 +1,287 @@
+/*
+ * RDMA side of a context (docs/a2a-internode.md, "Memory" and "Errors"): which memory
+ * the NICs read from (stage) and write into (rblock), their registration with the
+ * caller's engine, the proxy that posts the writes, and the proxy's error report.
+ *
+ * GPU buffers: rblock is the shared block itself (the NVLink layout, slot = source),
+ * stage is device memory of the same size; both registered with the device. Whether the
+ * engine can really move GPU memory is only known once a write went through (a provider
+ * may accept the registration and fail the transfer), so a loopback write from stage to
+ * our own rblock decides. Host buffers: both in pinned host memory mapped for the GPU.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "a2a_internal.h"
+#include "core/log.h"
+#include "proxy/a2a_proxy.h"
+
+/* ------------------------------------------------------------ loopback probe ---- */
+
+enum { PROBE_PENDING = 0, PROBE_DONE = 1, PROBE_ABANDONED = 2 };
+
+typedef struct probe {
+    int state;   /* atomic PROBE_* */
+    int status;
+    char msg[200];
+} probe;
+
+static void probe_done(void *arg, int status, const char *msg)
+{
+    probe *p = arg;
+    p->status = status;
+    if (status) snprintf(p->msg, sizeof p->msg, "%s", msg ? msg : "no message");
+    if (__atomic_exchange_n(&p->state, PROBE_DONE, __ATOMIC_ACQ_REL) == PROBE_ABANDONED) free(p);
+}
+
+static void sleep_us(long us)
+{
+    struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
+    nanosleep(&ts, NULL);
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Writes our own cnt slot (zeros onto zeros: nothing runs yet) from stage to rblock. */
+static int probe_write(a2a_ctx *c, int timeout_ms)
+{
+    probe *p = calloc(1, sizeof *p);
+    if (!p) return tn_err(-ENOMEM, "a2a_connect: out of host memory");
+    const uint64_t off = c->kp.off_cnt + (uint64_t)c->t.srank * (c->L + 1) * 4;
+    te_write_args a;
+    memset(&a, 0, sizeof a);
+    a.src = c->stage_mr;
+    a.src_offset = off;
+    a.len = (uint64_t)(c->L + 1) * 4;
+    a.dst = &c->rblock_desc;
+    a.dst_offset = off;
+    a.route.kind = TE_ROUTE_SHARDED;
+    te_completion comp = {.fn = probe_done, .arg = p, .counter = NULL};
+    int rc = te_write(c->cfg.engine, &a, &comp);
+    if (rc) {
+        free(p);
+        return tn_err(rc, "a loopback write of GPU memory was refused: %s", te_last_error());
+    }
+    const uint64_t deadline = mono_ms() + (uint64_t)timeout_ms;
+    while (__atomic_load_n(&p->state, __ATOMIC_ACQUIRE) != PROBE_DONE) {
+        if (mono_ms() >= deadline) {
+            if (__atomic_exchange_n(&p->state, PROBE_ABANDONED, __ATOMIC_ACQ_REL) == PROBE_DONE) break;
+            return tn_err(-ETIMEDOUT, "a loopback write of GPU memory did not complete within %d ms",
+                          timeout_ms); /* p is freed by probe_done */
+        }
+        sleep_us(200);
+    }
+    rc = p->status ? tn_err(p->status, "a loopback write of GPU memory failed: %s", p->msg) : 0;
+    free(p);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ buffers ---- */
+
+/* Deregisters, waiting out operations still in flight; 0 if the memory may be freed. */
+static int dereg(a2a_ctx *c, te_mr **mr)
+{
+    if (!*mr) return 0;
+    const uint64_t deadline = mono_ms() + (c->kp.timeout_ns / 1000000u) + 1000u;
+    int rc;
+    while ((rc = te_mr_deregister(*mr)) == -EBUSY && mono_ms() < deadline) sleep_us(1000);
+    if (rc) {
+        TN_LOGW("a2a: cannot deregister an RDMA buffer (%s): keeping its memory", te_last_error());
+        return rc;
+    }
+    *mr = NULL;
+    return 0;
+}
+
+static void free_buffers(a2a_ctx *c)
+{
+    if (dereg(c, &c->stage_mr) == 0) {
+        if (c->stage_dev_alloc) tcu_dev_free(c->dev, c->stage_dev_alloc);
+        if (c->stage_host) tcu_host_free_mapped(c->dev, c->stage_host);
+    }
+    if (dereg(c, &c->rblock_mr) == 0 && c->rblock_host) tcu_host_free_mapped(c->dev, c->rblock_host);
+    c->stage_dev_alloc = c->stage_host = c->rblock_host = NULL;
+    c->stage_dev = c->rblock_dev = 0;
+    memset(&c->rblock_desc, 0, sizeof c->rblock_desc);
+    c->rdma_kind = A2A_KIND_NONE;
+}
+
+static int setup_gpu(a2a_ctx *c, int timeout_ms)
+{
+    const size_t n = c->shared_bytes;
+    int rc = a2a_mem_dev_alloc(c, n, &c->stage_dev_alloc, "RDMA stage");
+    if (rc) return rc;
+    c->stage_dev = (uint64_t)(uintptr_t)c->stage_dev_alloc;
+    c->rblock_dev = c->base;
+    rc = te_mr_register(c->cfg.engine, c->stage_dev_alloc, n, c->dev, TE_MR_LOCAL, &c->stage_mr);
+    if (!rc)
+        rc = te_mr_register(c->cfg.engine, (void *)(uintptr_t)c->base, n, c->dev, TE_MR_REMOTE_WRITE,
+                            &c->rblock_mr);
+    if (!rc) rc = te_mr_desc_get(c->rblock_mr, &c->rblock_desc);
+    if (rc) return tn_err(rc, "registering GPU memory of device %d: %s", c->dev, te_last_error());
+    c->rdma_kind = A2A_KIND_GPU;
+    return probe_write(c, timeout_ms);
+}
+
+static int setup_host(a2a_ctx *c)
+{
+    const size_t n = c->shared_bytes;
+    int rc = a2a_mem_host_alloc(c, n, &c->stage_host, &c->stage_dev, "RDMA stage");
+    if (!rc) rc = a2a_mem_host_alloc(c, n, &c->rblock_host, &c->rblock_dev, "RDMA receive block");
+    if (rc) return rc;
+    rc = te_mr_register(c->cfg.engine, c->stage_host, n, TE_DEVICE_HOST, TE_MR_LOCAL, &c->stage_mr);
+    if (!rc)
+        rc = te_mr_register(c->cfg.engine, c->rblock_host, n, TE_DEVICE_HOST, TE_MR_REMOTE_WRITE,
+                            &c->rblock_mr);
+    if (!rc) rc = te_mr_desc_get(c->rblock_mr, &c->rblock_desc);
+    if (rc) return tn_err(rc, "a2a_connect: registering pinned host memory: %s", te_last_error());
+    c->rdma_kind = A2A_KIND_HOST;
+    return 0;
+}
+
+int a2a_rdma_prepare(a2a_ctx *c, int timeout_ms)
+{
+    if (c->t.n_rdma == 0) return 0;
+    /* doorbells and arrival flags live in the engine's memory: kernels must see it */
+    const char *wk = te_watcher_memory_kind(c->cfg.engine);
+    if (!wk || strcmp(wk, "host") == 0)
+        return tn_err(-EOPNOTSUPP, "a2a_connect: the engine's doorbells and arrival flags are in "
+                                   "plain host memory (%s), which kernels cannot read: the engine "
+                                   "was built or started without CUDA",
+                      wk ? wk : "unknown");
+    int rc;
+    if (c->cfg.rdma_buffers != A2A_RDMA_HOST) {
+        rc = setup_gpu(c, timeout_ms);
+        if (rc == 0) goto tables;
+        char why[300];
+        snprintf(why, sizeof why, "%s", te_last_error());
+        free_buffers(c);
+        if (c->cfg.rdma_buffers == A2A_RDMA_GPU)
+            return tn_err(rc == -ETIMEDOUT ? rc : -EOPNOTSUPP,
+                          "a2a_connect: rdma_buffers is GPU but the engine (provider %s) cannot move "
+                          "GPU memory: %s", te_provider_name(c->cfg.engine), why);
+        TN_LOGI("a2a rank %d: RDMA buffers in pinned host memory: the engine (provider %s) cannot "
+                "move GPU memory: %s", c->t.rank, te_provider_name(c->cfg.engine), why);
+    }
+    rc = setup_host(c);
+    if (rc) {
+        free_buffers(c);
+        return rc;
+    }
+tables:
+    rc = a2a_mem_host_alloc(c, sizeof(int32_t) * A2A_PX_N * A2A_MAX_RANKS, (void **)&c->px_tx_host,
+                            &c->px_tx_dev, "proxy lengths");
+    if (!rc)
+        rc = a2a_mem_dev_alloc(c, sizeof(uint64_t) * A2A_PX_N * A2A_MAX_RANKS, &c->px_flag_table,
+                               "proxy flag table");
+    if (rc) a2a_rdma_teardown(c);
+    return rc;
+}
+
+/* -------------------------------------------------------------------- proxy ---- */
+
+/* The proxy's report (an engine thread): the first one wins; the kernels stop waiting. */
+static void on_px_error(void *arg, int err, const char *msg)
+{
+    a2a_ctx *c = arg;
+    if (__atomic_exchange_n(&c->px_err_claimed, 1, __ATOMIC_ACQ_REL)) return;
+    snprintf(c->px_msg, sizeof c->px_msg, "a2a rank %d: RDMA: %s", c->t.rank, msg ? msg : "error");
+    __atomic_store_n(&c->px_err, err < 0 ? err : -EIO, __ATOMIC_RELEASE);
+    __atomic_store_n(&c->host_words[1], 1u, __ATOMIC_RELEASE); /* the abort word */
+}
+
+int a2a_rdma_error(a2a_ctx *c)
+{
+    const int err = __atomic_load_n(&c->px_err, __ATOMIC_ACQUIRE);
+    return err ? tn_err(err, "%s", c->px_msg) : 0;
+}
+
+_Static_assert(A2A_PX_MAX_RANKS == A2A_MAX_RANKS, "px_tx and px_flag rows are A2A_MAX_RANKS long");
+
+int a2a_rdma_start(a2a_ctx *c, te_addr *addr, te_mr_desc *desc)
+{
+    if (c->rdma_kind == A2A_KIND_NONE) return 0;
+    /* the proxy reads our own entry too: its NIC count is what the sources shard over */
+    desc[c->t.srank] = c->rblock_desc;
+    if (te_main_address(c->cfg.engine, &addr[c->t.srank]) != 0)
+        memset(&addr[c->t.srank], 0, sizeof addr[c->t.srank]);
+    a2a_px_config pc;
+    memset(&pc, 0, sizeof pc);
+    pc.engine = c->cfg.engine;
+    pc.rank = c->t.srank;
+    pc.world = c->t.sworld;
+    pc.rdma_mask = c->t.rdma_mask;
+    pc.stage = c->stage_mr;
+    pc.peer_rblock = desc;
+    pc.peer_addr = addr;
+    pc.layout.off_cnt = c->kp.off_cnt;
+    pc.layout.off_meta = c->kp.off_meta;
+    pc.layout.off_rows = c->kp.off_rows;
+    pc.layout.off_wgt = c->kp.off_wgt;
+    pc.layout.off_part = c->kp.off_part;
+    pc.layout.L = c->L;
+    pc.layout.K = c->kp.K;
+    pc.layout.H = c->kp.H;
+    pc.layout.Tmax = c->kp.Tmax;
+    pc.layout.row_bytes = c->kp.row_bytes;
+    pc.imm_base = c->cfg.imm_base;
+    pc.timeout_ms = (int)(c->kp.timeout_ns / 1000000u);
+    pc.tx = c->px_tx_host;
+    pc.on_error = on_px_error;
+    pc.err_arg = c;
+    pc.app_forwards_peer_events = c->cfg.app_forwards_peer_events != 0;
+    int rc = a2a_px_create(&pc, &c->px);
+    if (rc) return tn_err(rc, "a2a_connect: starting the RDMA proxy: %s", te_last_error());
+
+    uint64_t tbl[A2A_PX_N][A2A_MAX_RANKS];
+    memset(tbl, 0, sizeof tbl);
+    for (int ph = 0; ph < A2A_PX_N; ph++) {
+        c->kp.px_doorbell[ph] = (uint64_t *)(uintptr_t)a2a_px_doorbell_device_ptr(c->px, ph);
+        if (!c->kp.px_doorbell[ph]) return tn_err(-EPROTO, "a2a_connect: the proxy has no doorbell");
+        for (int q = 0; q < c->t.sworld; q++) {
+            if (!a2a_is_rdma(&c->t, q)) continue;
+            tbl[ph][q] = a2a_px_flag_device_ptr(c->px, ph, q);
+            if (!tbl[ph][q]) return tn_err(-EPROTO, "a2a_connect: the proxy has no flag for rank %d", q);
+        }
+    }
+    rc = tcu_copy_to_dev(c->dev, c->px_flag_table, tbl, sizeof tbl);
+    if (rc) return tn_err(rc, "a2a_connect: proxy flag table: %s", te_last_error());
+    c->kp.rdma_mask = c->t.rdma_mask;
+    c->kp.stage = (char *)(uintptr_t)c->stage_dev;
+    c->kp.rblock = (char *)(uintptr_t)c->rblock_dev;
+    c->kp.px_tx = (int32_t *)(uintptr_t)c->px_tx_dev;
+    c->kp.px_flag = (const uint64_t *const *)c->px_flag_table;
+    return 0;
+}
+
+void a2a_rdma_teardown(a2a_ctx *c)
+{
+    if (c->px) {
+        a2a_px_destroy(c->px); /* no write is posted and no report made after this */
+        c->px = NULL;
+    }
+    free_buffers(c);
+    if (c->px_tx_host) tcu_host_free_mapped(c->dev, c->px_tx_host);
+    if (c->px_flag_table) tcu_dev_free(c->dev, c->px_flag_table);
+    c->px_tx_host = NULL;
+    c->px_flag_table = NULL;
+    c->px_tx_dev = 0;
+    c->kp.rdma_mask = 0;
+    c->kp.stage = c->kp.rblock = NULL;
+    c->kp.px_tx = NULL;
+    c->kp.px_flag = NULL;
+    memset(c->kp.px_doorbell, 0, sizeof c->kp.px_doorbell);
+}
+
+void a2a_peer_event(struct te_engine *e, const struct te_addr *addr, int state)
+{
+    if (e && addr) a2a_px_peer_event(e, addr, state);
+}
