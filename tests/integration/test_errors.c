@@ -305,13 +305,19 @@ static void test_stop_with_pending(void **state)
     assert_int_equal(te_counter_wait(warm, 1, TMO), 0);
     assert_int_equal(te_counter_errors(warm), 0);
     te_counter_destroy(warm);
-    /* Then the peer is stopped (SIGSTOP), so its provider makes no progress: the writes
-     * cannot complete (over tcp 200 x 4 MiB fit in no socket buffer; over shm the peer
-     * must take part in every copy), and they are still pending when te_engine_stop
-     * begins however fast this thread submits and posts them. */
-    th_kill(&p, SIGSTOP);
+    /* Then, over tcp, the peer is stopped (SIGSTOP), so its provider makes no progress:
+     * the writes cannot complete (200 x 4 MiB fit in no socket buffer), and they are
+     * still pending when te_engine_stop begins however fast this thread submits and
+     * posts them. Not over shm: libfabric 1.17's shm guards each peer's shared region
+     * with a spin lock that the peer's own fi_cq_read takes, so a peer stopped while it
+     * holds it leaves our fi_writemsg spinning inside the provider forever (seen under
+     * load in CI and here with gdb; docs/engine.md, known limits). Over shm the live
+     * peer copies about as fast as this thread submits under TSan (up to 190 of 200
+     * writes were done before the stop), so it gets 1000 writes (4 GiB of copies). */
+    bool stop_peer = strcmp(th_provider(), "shm") != 0;
+    if (stop_peer) th_kill(&p, SIGSTOP);
     tally t = {0};
-    const int n = 200;
+    const int n = stop_peer ? 200 : 1000;
     for (int k = 0; k < n; k++) {
         te_write_args a = {.src = f->mr, .len = REGION, .dst = &pd, .dst_offset = (uint64_t)(k % 8) * REGION,
                            .route = {TE_ROUTE_SHARDED, 0}};
@@ -333,7 +339,7 @@ static void test_stop_with_pending(void **state)
     assert_true(t.canceled > 0);
     print_message("stop with pending: %d of %d writes done before stop, %d canceled\n",
                   done_before_stop, n, t.canceled);
-    th_kill(&p, SIGCONT);
+    if (stop_peer) th_kill(&p, SIGCONT);
     th_send(&p, "quit");
     int rc = th_wait(&p, TMO);
     /* libfabric 1.17's shm provider sometimes crashes the *receiving* process inside
