@@ -156,7 +156,7 @@ static void expect_fail_line(const char *reply, const char *phase, int src, bool
     unsigned long long ms = 0;
     if (sscanf(reply, "fail %7s %d %d %llu", ph, &s, &rc, &ms) != 4) fail_msg("expected a failed wait: %s", reply);
     if (phase && strcmp(ph, phase)) fail_msg("expected a %s wait to fail: %s", phase, reply);
-    assert_int_equal(s, src);
+    if (src >= 0) assert_int_equal(s, src);
     if (timeout) assert_int_equal(rc, -ETIMEDOUT);
     else if (rc == -ETIMEDOUT || rc >= 0) fail_msg("expected an error before the timeout: %s", reply);
     assert_true(ms <= (unsigned long long)limit_ms + 2000);
@@ -178,8 +178,11 @@ static void test_killed_peer(void **state)
         uint64_t t0 = tn_now_ns();
         ask(&w, r, reply, sizeof reply, "recv 5 %d", wait_ms);
         print_message("rank %d after rank 2 died (%.2f s): %s\n", r, (double)(tn_now_ns() - t0) / 1e9, reply);
-        /* the live peer's data came; the dead one's wait ended with the proxy's error */
-        expect_fail_line(reply, NULL, 2, false, wait_ms);
+        /* A wait ended with the proxy's error, well before the timeout. Which source's
+         * wait that is depends on timing: the failure is sticky (docs/a2a-internode.md),
+         * so if this rank's proxy saw rank 2 die before rank 1's epoch-5 writes landed,
+         * the wait for rank 1 fails too (seen under load). */
+        expect_fail_line(reply, NULL, -1, false, wait_ms);
         int code = 0;
         char msg[1024];
         assert_true(errors_of(&w, r, TMO, &code, msg, sizeof msg) > 0);
@@ -300,6 +303,17 @@ static void pair_run(pair *p, uint64_t from, uint64_t to)
     }
 }
 
+/* Both proxies first (each waits for its writes' completions), then the engines: with
+ * libfabric 1.17's shm, an engine that closes while a peer *in the same process* still
+ * has a transfer with it makes that peer's fi_cq_read touch the closed endpoint's freed
+ * region (SIGSEGV under gdb, about 1 run in 8 under load; docs/engine.md, known limits). */
+static void pair_down(pair *p)
+{
+    for (int k = 0; k < 2; k++) pr_close(&p->r[k]);
+    for (int k = 0; k < 2; k++) assert_int_equal(te_engine_stop(p->r[k].e), 0);
+    for (int k = 0; k < 2; k++) pr_free(&p->r[k]);
+}
+
 static void expect_einval(const a2a_px_config *c, const char *words)
 {
     a2a_px *px = (a2a_px *)1;
@@ -360,7 +374,7 @@ static void test_config_errors(void **state)
     __atomic_store_n(a2a_px_doorbell_host_ptr(idle, A2A_PX_DSP), 1, __ATOMIC_RELEASE);
     a2a_px_destroy(idle);
     pair_run(&p, 1, 6);
-    for (int k = 0; k < 2; k++) pr_free(&p.r[k]);
+    pair_down(&p);
 }
 
 static void test_forwarded_peer_events(void **state)
@@ -389,7 +403,7 @@ static void test_forwarded_peer_events(void **state)
     assert_non_null(strstr(te_last_error(), "rank 1 is down"));
     /* rank 1 is unaffected */
     assert_int_equal(a2a_px_error(p.r[1].px, NULL, 0), 0);
-    for (int k = 0; k < 2; k++) pr_free(&p.r[k]);
+    pair_down(&p);
 }
 
 static void test_destroy_after_stop(void **state)
@@ -400,6 +414,12 @@ static void test_destroy_after_stop(void **state)
     pair_run(&p, 1, 2);
     /* writes in flight when the engine stops complete (-ECANCELED); destroy after stop */
     pr_send(&p.r[0], 3);
+    /* Not over shm: there rank 1 takes epoch 3 first, so that the stop meets no transfer
+     * with a peer in this process (see pair_down). */
+    if (!strcmp(th_provider(), "shm")) {
+        char why[1024];
+        if (pr_recv(&p.r[1], 3, TMO, why, sizeof why)) fail_msg("epoch 3: %s", why);
+    }
     assert_int_equal(te_engine_stop(p.r[0].e), 0);
     pr_close(&p.r[0]);
     assert_int_equal(te_engine_stop(p.r[1].e), 0);
