@@ -48,7 +48,8 @@ PLAIN_CTEST = $(call ctest_run,-j$(JOBS))
 # The three runs, each parameterised by a build-dir suffix and extra cmake arguments, so
 # the libfabric 2.x runs below are the same runs, not copies of them.
 ASAN_CMAKE = -DCMAKE_BUILD_TYPE=Debug -DTENDRIL_CUDA=OFF -DTENDRIL_SANITIZE=address,undefined
-ASAN_CTEST = export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 && \
+ASAN_CTEST = export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp && \
   $(call ctest_run,-j$(JOBS) -LE 'gpu|python')
 TSAN_CMAKE = -DCMAKE_BUILD_TYPE=Debug -DTENDRIL_CUDA=OFF -DTENDRIL_SANITIZE=thread
 # $(call TSAN_CTEST,SUPPRESSIONS-FILE)
