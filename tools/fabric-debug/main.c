@@ -1031,16 +1031,11 @@ static int run_client(const char *token, const opts *o)
         }
     }
 
-    if (o->a2a_pattern && selected(o, "a2a")) {
-        int arc = run_a2a(o, &srv);
-        if (arc) {
-            te_send(C.e, &srv, "bye", 4, NULL);
-            return arc;
-        }
-    }
+    int rc = 0;
+    if (o->a2a_pattern && selected(o, "a2a")) rc = run_a2a(o, &srv);
 
-    printf("\nper-NIC statistics (engine, this process):\n  NIC  name          writes      bytes  errors\n");
-    for (uint32_t k = 0; k < te_group_nics(C.e, 0); k++) {
+    if (!rc) printf("\nper-NIC statistics (engine, this process):\n  NIC  name          writes      bytes  errors\n");
+    for (uint32_t k = 0; k < te_group_nics(C.e, 0) && !rc; k++) {
         te_nic_stats st;
         te_nic_stats_get(C.e, 0, k, &st);
         printf("  %3u  %-10s %9" PRIu64 " %10.3f GB %7" PRIu64 "\n", k, te_nic_name(C.e, 0, k),
@@ -1062,7 +1057,7 @@ static int run_client(const char *token, const opts *o)
     devbuf_free(o->gpu, C.src);
     free(C.src_host);
     free(C.pong_mem);
-    return 0;
+    return rc;
 }
 
 /* ------------------------------------------------------------------- local --- */
@@ -1227,7 +1222,8 @@ int main(int argc, char **argv)
         }
         if (strstr(picked, "tcp")) setenv("TENDRIL_NICS", "lo", 1);
     }
-    if (!strcmp(cmd, "server")) return run_server(&o);
-    if (!strcmp(cmd, "client")) return run_client(token, &o);
-    return run_local(argc, argv, &o);
+    int rc = !strcmp(cmd, "server") ? run_server(&o)
+           : !strcmp(cmd, "client") ? run_client(token, &o) : run_local(argc, argv, &o);
+    a2a_plan_free(&o.plan);
+    return rc;
 }
