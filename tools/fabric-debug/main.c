@@ -185,7 +185,8 @@ typedef struct server {
     size_t client_raw_len;
     uint64_t client_raw_key, client_raw_base;
     _Atomic bool stop;
-    _Atomic bool raw_connected;
+    _Atomic bool raw_pending;   /* hello stored client_raw*: the raw thread connects */
+    _Atomic bool raw_connected; /* ... and has: the raw endpoint is used by that thread only */
     _Atomic bool raw_active; /* the client is running a raw workload: poll without pause */
     _Atomic bool client_ready; /* hello received: client_pong is valid */
     /* a2a workload: immediates expected per phase (0 = not armed), engine and raw side;
@@ -226,7 +227,7 @@ static void server_on_msg(void *arg, const void *data, size_t len)
         atomic_store(&S.client_ready, true);
         S.client_raw_key = key;
         S.client_raw_base = base;
-        if (raw_connect(S.raw, S.client_raw, S.client_raw_len) == 0) atomic_store(&S.raw_connected, true);
+        atomic_store(&S.raw_pending, true); /* before the reply: see server_raw_thread */
         reply("hello-ok");
     } else if (!strncmp(m, "hash ", 5)) {
         char which;
@@ -330,6 +331,16 @@ static void *server_raw_thread(void *arg)
     int idle = 0, a2a_phase = 0;
     while (!atomic_load(&S.stop)) {
         raw_poll(S.raw, &writes, &imms, &last);
+        /* After the poll: a raw immediate from the client comes after hello-ok, which
+         * comes after raw_pending was set, so it is never answered unconnected. */
+        if (!atomic_load(&S.raw_connected) && atomic_load(&S.raw_pending)) {
+            if (raw_connect(S.raw, S.client_raw, S.client_raw_len) == 0) {
+                atomic_store(&S.raw_connected, true);
+            } else {
+                fprintf(stderr, "fabric-debug: server: the client's raw endpoint address was refused\n");
+                atomic_store(&S.raw_pending, false);
+            }
+        }
         uint64_t gen = atomic_load(&S.a2a_gen); /* read after the poll: see a2a-arm */
         if (gen != a2a_gen) a2a_gen = gen, a2a_phase = 0, a2a_got = 0;
         if (imms != seen && raw_a2a_armed()) {
@@ -362,10 +373,6 @@ static int run_server(const opts *o)
         die("buffer", r);
     if ((r = te_mr_register(S.e, S.mem, g_region, mem_device(o), TE_MR_REMOTE_WRITE, &S.mr)))
         die("register", r);
-    te_recv_pool *pool;
-    if ((r = te_recv_pool_create(S.e, MSG, 16, server_on_msg, NULL, NULL, &pool))) die("recv pool", r);
-    /* Inline: the pong leaves from the thread that polled the ping (no callback-thread hop). */
-    te_imm_set_callback_inline(S.e, server_on_imm, NULL);
     char err[256];
     if (raw_open(te_provider_name(S.e), te_nic_name(S.e, 0, 0), o->gpu >= 0, &S.raw, err, sizeof err)) {
         fprintf(stderr, "fabric-debug: raw endpoint: %s\n", err);
@@ -375,6 +382,12 @@ static int run_server(const opts *o)
         fprintf(stderr, "fabric-debug: raw registration of the server buffer: %s\n", fi_msg(r));
         return 1;
     }
+    /* The message and immediate handlers only now, after S.raw and S.rr are set: they
+     * run on engine threads that already exist. */
+    te_recv_pool *pool;
+    if ((r = te_recv_pool_create(S.e, MSG, 16, server_on_msg, NULL, NULL, &pool))) die("recv pool", r);
+    /* Inline: the pong leaves from the thread that polled the ping (no callback-thread hop). */
+    te_imm_set_callback_inline(S.e, server_on_imm, NULL);
     uint8_t rawname[256];
     size_t rawlen = sizeof rawname;
     raw_name(S.raw, rawname, &rawlen);
