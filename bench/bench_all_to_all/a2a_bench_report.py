@@ -130,9 +130,9 @@ def pattern_summary(patterns: Sequence[Dict[str, Dict[str, List[int]]]]) -> Opti
     return out
 
 
-RAW_BASELINE_TODO = ("not measured: needs a raw-provider replay of rdma_pattern (per iteration, every "
-                     "rank posts the same writes with fi_writedata and counts the same immediates); "
-                     "see docs/performance.md, MoE all-to-all across nodes")
+RAW_BASELINE_TODO = ("not measured in this run: fabric-debug --only a2a --a2a-pattern FILE replays one "
+                     "rank's writes through the engine and raw libfabric (FILE from tools/a2a_model/"
+                     "a2a_model.py --pattern); see docs/performance.md, MoE all-to-all across nodes")
 
 
 def _f(v: Optional[float], fmt: str = "{:.1f}") -> str:

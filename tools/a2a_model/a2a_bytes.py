@@ -273,3 +273,47 @@ def iteration_pattern(rows: Sequence[Sequence[int]], tokens: Sequence[int], shap
             # p's CMB to s: one write from p of the rows s sent it
             post("cmb", p, cmb_writes(int(rows[s][p]), shape))
     return out
+
+
+# ---- one rank's writes of one iteration (fabric-debug's a2a replay) -------------------
+
+PHASES = ("dsp", "wgt", "cmb")
+
+
+def rank_writes(rows: Sequence[Sequence[int]], tokens: Sequence[int], shape: Shape, topo: Topology,
+                rank: int) -> List[tuple]:
+    """The writes `rank` posts in one iteration, in posting order: (phase, peer, bytes)
+    per logical write (the engine shards each over its NICs), DSP of every RDMA peer,
+    then WGT, then CMB. rows[s][p] and tokens as for iteration_pattern; the CMB write to
+    q carries the rows q sent `rank` (rows[q][rank])."""
+    W = topo.world
+    if not 0 <= rank < W:
+        raise ValueError(f"rank {rank} is not in the world of {W}")
+    if len(rows) != W or len(tokens) != W or any(len(r) != W for r in rows):
+        raise ValueError(f"rank_writes: expected {W}x{W} row counts and {W} token counts")
+    L = experts_per_rank(shape.experts, topo.slice_world)
+    peers = [q for q in topo.slice_peers(rank) if topo.is_rdma(rank, q)]
+    out: List[tuple] = []
+    for q in peers:
+        out += [("dsp", q, ln) for ln in dsp_writes(int(rows[rank][q]), L, shape)]
+    for q in peers:
+        out += [("wgt", q, ln) for ln in wgt_writes(int(tokens[rank]), shape)]
+    for q in peers:
+        out += [("cmb", q, ln) for ln in cmb_writes(int(rows[q][rank]), shape)]
+    return out
+
+
+def expected_rows(shape: Shape, topo: Topology) -> List[List[int]]:
+    """rows[s][p] for uniform random routing: the expected rows s sends p (T times the
+    chance that a token hits one of p's experts), rounded; 0 outside s's slice and on
+    the diagonal (a rank keeps its own rows)."""
+    W, s_world = topo.world, topo.slice_world
+    rows = [[0] * W for _ in range(W)]
+    for s in range(W):
+        for q_slice, q in enumerate(topo.slice_peers(s)):
+            if q == s:
+                continue
+            p = hit_probability(shape.experts, shape.topk, owned_experts(shape.experts, s_world, q_slice))
+            rows[s][q] = int(round(shape.tokens * p))
+    return rows
+

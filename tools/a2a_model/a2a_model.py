@@ -8,6 +8,13 @@ the limits.
 
   python3 tools/a2a_model/a2a_model.py [--inputs FILE] [--modes decode,prefill]
                                        [--nics cx7,efa] [--eps 8,16,32,64] [--json FILE]
+
+With --pattern decode|prefill it instead writes one rank's RDMA writes of one iteration
+(expected row counts for uniform random routing, rounded, by a2a_bytes' rules) as a
+pattern file for fabric-debug's a2a workload (docs/a2a-model.md, "Write pattern"):
+
+  python3 tools/a2a_model/a2a_model.py --pattern decode --ep 16 --nvlink 8 [--rank R]
+                                       [--dp-size D] --pattern-out FILE
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from typing import Any, Dict, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from a2a_bytes import Shape, Topology, rank_bytes  # noqa: E402
+from a2a_bytes import Shape, Topology, expected_rows, rank_bytes, rank_writes  # noqa: E402
 
 KINDS = ("published", "derived", "measured", "assumption")
 KERNELS = ("dispatch_send", "dispatch_recv", "combine_send", "combine_recv")
@@ -243,6 +250,56 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+# ---- write pattern (fabric-debug --only a2a --a2a-pattern FILE) ------------------------
+
+PATTERN_VERSION = 1
+
+
+def format_pattern(doc: Dict[str, Any], mode: str, ep: int, nvlink: int, rank: int, dp: int = 1,
+                   inputs: str = "inputs.toml") -> str:
+    """The pattern file: '#' comments, then one line per write, `PHASE PEER BYTES`, in
+    posting order (all DSP writes, then WGT, then CMB). Raises ValueError when the
+    topology is invalid or the rank has no RDMA peer."""
+    tokens = int(val(doc, f"shape.{mode}_tokens"))
+    shape = shape_from(doc, tokens)
+    topo = Topology(world=ep, nvlink=nvlink, dp=dp)
+    writes = rank_writes(expected_rows(shape, topo), [tokens] * ep, shape, topo, rank)
+    if not writes:
+        raise ValueError(f"rank {rank} has no RDMA peer at EP{ep} with --nvlink {nvlink}: nothing to write")
+    peers = sorted({q for _, q, _ in writes})
+    total = {ph: sum(b for p, _, b in writes if p == ph) for ph in ("dsp", "wgt", "cmb")}
+    lines = [f"# tendril a2a write pattern v{PATTERN_VERSION} (docs/a2a-model.md, Write pattern)",
+             f"# MODEL (expected rows for uniform random routing, rounded), not a measured routing",
+             f"# {mode}: {tokens} tokens/rank, EP{ep}, --nvlink {nvlink}, --dp-size {dp}, rank {rank}, "
+             f"inputs {os.path.basename(inputs)}",
+             f"# H={shape.hidden} S={shape.scales} E={shape.experts} K={shape.topk} row_bytes={shape.row_bytes}",
+             f"# {len(peers)} RDMA peers: {' '.join(map(str, peers))}",
+             "# bytes per phase: " + ", ".join(f"{ph} {b}" for ph, b in total.items()),
+             "# PHASE PEER BYTES"]
+    lines += [f"{ph} {q} {b}" for ph, q, b in writes]
+    return "\n".join(lines) + "\n"
+
+
+def pattern_main(a: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
+    if a.pattern not in ("decode", "prefill"):
+        ap.error(f"--pattern: {a.pattern!r} is not decode or prefill")
+    if not a.pattern_out:
+        ap.error("--pattern needs --pattern-out FILE ('-' for standard output)")
+    if a.ep is None:
+        ap.error("--pattern needs --ep N (the world size)")
+    doc = load_inputs(a.inputs)
+    try:
+        text = format_pattern(doc, a.pattern, a.ep, a.nvlink, a.rank, a.dp_size, a.inputs)
+    except ValueError as e:
+        ap.error(str(e))
+    if a.pattern_out == "-":
+        sys.stdout.write(text)
+    else:
+        with open(a.pattern_out, "w") as f:
+            f.write(text)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", default=os.path.join(HERE, "inputs.toml"), help="model inputs (TOML)")
@@ -251,7 +308,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--eps", default="8,16,32,64", help="EP sizes (world sizes)")
     ap.add_argument("--json", default="", help="also write the rows as JSON")
     ap.add_argument("--version", action="version", version=f"a2a_model (tendril {project_version()})")
+    p = ap.add_argument_group("write pattern (instead of the table)")
+    p.add_argument("--pattern", default="", metavar="MODE", help="decode or prefill: write a pattern file")
+    p.add_argument("--ep", type=int, default=None, help="world size of the pattern")
+    p.add_argument("--nvlink", type=int, default=8, help="ranks per NVLink domain (1 = RDMA only; default 8)")
+    p.add_argument("--dp-size", type=int, default=1, help="TP replicas (default 1)")
+    p.add_argument("--rank", type=int, default=0, help="the rank whose writes are listed (default 0)")
+    p.add_argument("--pattern-out", default="", metavar="FILE", help="where the pattern goes ('-': stdout)")
     a = ap.parse_args(argv)
+    if a.pattern:
+        return pattern_main(a, ap)
     try:
         eps = [int(x) for x in a.eps.split(",") if x]
     except ValueError:

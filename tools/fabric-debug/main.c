@@ -22,12 +22,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "a2a.h"
 #include "cli.h"
 #include "devbuf.h"
 #include "raw.h"
 #include "tendril/te.h"
 
-#define REGION (80ull << 20)
+#define REGION (80ull << 20) /* at least; more when an a2a pattern needs it (g_region) */
 #define PING 0x50494e47u
 #define PONG 0x504f4e47u
 #define MSG 4096
@@ -45,7 +46,14 @@ typedef struct opts {
     uint64_t sizes[16]; /* --sizes: only rows of these sizes (single) or page sizes (paged) */
     int n_sizes;
     int gpu; /* --gpu N: buffers in device memory of CUDA device N; -1 = host memory */
+    const char *a2a_pattern; /* --a2a-pattern FILE: the a2a workload's writes */
+    a2a_plan plan;           /* ... read at start-up */
+    int a2a_iters;           /* --a2a-iters N: 0 = from the pattern's bytes */
 } opts;
+
+/* Bytes of the measured regions (server targets, client source): REGION, or the a2a
+ * pattern's layout when larger (server and client compute it from the same file). */
+static uint64_t g_region = REGION;
 
 static bool size_selected(const opts *o, uint64_t size)
 {
@@ -177,9 +185,16 @@ typedef struct server {
     size_t client_raw_len;
     uint64_t client_raw_key, client_raw_base;
     _Atomic bool stop;
-    _Atomic bool raw_connected;
+    _Atomic bool raw_pending;   /* hello stored client_raw*: the raw thread connects */
+    _Atomic bool raw_connected; /* ... and has: the raw endpoint is used by that thread only */
     _Atomic bool raw_active; /* the client is running a raw workload: poll without pause */
     _Atomic bool client_ready; /* hello received: client_pong is valid */
+    /* a2a workload: immediates expected per phase (0 = not armed), engine and raw side;
+     * the engine side is counted in server_on_imm, the raw side in server_raw_thread */
+    _Atomic uint64_t a2a_want[A2A_PHASES], a2a_got[A2A_PHASES], a2a_raw_want[A2A_PHASES];
+    _Atomic uint64_t a2a_gen;      /* bumped by every arm: the raw thread restarts its count */
+    _Atomic uint64_t a2a_raw_left; /* raw immediates counted but not yet answered */
+    _Atomic uint64_t a2a_stray;    /* a2a immediates of a phase nobody armed */
 } server;
 
 static server S;
@@ -212,12 +227,12 @@ static void server_on_msg(void *arg, const void *data, size_t len)
         atomic_store(&S.client_ready, true);
         S.client_raw_key = key;
         S.client_raw_base = base;
-        if (raw_connect(S.raw, S.client_raw, S.client_raw_len) == 0) atomic_store(&S.raw_connected, true);
+        atomic_store(&S.raw_pending, true); /* before the reply: see server_raw_thread */
         reply("hello-ok");
     } else if (!strncmp(m, "hash ", 5)) {
         char which;
         unsigned long long off, n;
-        if (sscanf(m, "hash %c %llu %llu", &which, &off, &n) != 3 || off > REGION || n > REGION - off)
+        if (sscanf(m, "hash %c %llu %llu", &which, &off, &n) != 3 || off > g_region || n > g_region - off)
             return reply("hash-err");
         /* GPU buffers: the bytes are copied back from the device and hashed here */
         uint8_t *h = malloc(n ? n : 1);
@@ -231,6 +246,29 @@ static void server_on_msg(void *arg, const void *data, size_t len)
     } else if (!strncmp(m, "mode ", 5)) {
         atomic_store(&S.raw_active, !strcmp(m + 5, "raw"));
         reply("mode-ok");
+    } else if (!strncmp(m, "a2a-arm ", 8)) {
+        unsigned long long v[2 * A2A_PHASES];
+        if (sscanf(m, "a2a-arm %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]) != 6)
+            return reply("a2a-err");
+        for (int p = 0; p < A2A_PHASES; p++) {
+            atomic_store(&S.a2a_got[p], 0);
+            atomic_store(&S.a2a_want[p], v[p]);
+            atomic_store(&S.a2a_raw_want[p], v[A2A_PHASES + p]);
+        }
+        atomic_store(&S.a2a_stray, 0);
+        atomic_store(&S.a2a_raw_left, 0);
+        atomic_fetch_add(&S.a2a_gen, 1);
+        reply("a2a-ok");
+    } else if (!strncmp(m, "a2a-disarm", 10)) {
+        uint64_t left = 0;
+        for (int p = 0; p < A2A_PHASES; p++) {
+            atomic_store(&S.a2a_want[p], 0);
+            atomic_store(&S.a2a_raw_want[p], 0);
+            left += atomic_load(&S.a2a_got[p]);
+        }
+        atomic_fetch_add(&S.a2a_gen, 1);
+        reply("a2a-left %" PRIu64 " %" PRIu64 " %" PRIu64, left, (uint64_t)atomic_load(&S.a2a_raw_left),
+              (uint64_t)atomic_load(&S.a2a_stray));
     } else if (!strncmp(m, "bye", 3)) {
         atomic_store(&S.stop, true);
     }
@@ -240,17 +278,77 @@ static void server_on_imm(void *arg, uint32_t imm)
 {
     if (imm == PING && atomic_load(&S.client_ready))
         te_write_imm(S.e, PONG, &S.client_pong, (te_route){TE_ROUTE_PINNED, 0}, NULL);
+    if (imm >= A2A_IMM && imm < A2A_IMM + A2A_PHASES * 64u) {
+        /* One server stands in for every peer: it counts the phase's immediates from all
+         * of them and answers once the last one is in (where the proxy's te_imm_flag of
+         * each peer would move). Inline, like the raw side's answer from its own thread. */
+        uint32_t p = (imm - A2A_IMM) / 64u;
+        uint64_t want = atomic_load(&S.a2a_want[p]);
+        if (!want || !atomic_load(&S.client_ready)) {
+            atomic_fetch_add(&S.a2a_stray, 1);
+        } else if (atomic_fetch_add(&S.a2a_got[p], 1) + 1 == want) {
+            atomic_fetch_sub(&S.a2a_got[p], want);
+            te_write_imm(S.e, A2A_ACK + p, &S.client_pong, (te_route){TE_ROUTE_PINNED, 0}, NULL);
+        }
+    }
+}
+
+/* The raw side of the a2a count: `fresh` immediates arrived; answers (raw PONG) each phase
+ * whose count is complete. *phase and *got are the raw thread's own state. */
+static void raw_a2a_count(uint64_t fresh, int *phase, uint64_t *got, uint64_t *writes, uint64_t *imms,
+                          uint32_t *last)
+{
+    *got += fresh;
+    for (int guard = 0; guard < A2A_PHASES; guard++) {
+        uint64_t want = atomic_load(&S.a2a_raw_want[*phase]);
+        if (!want) { /* a phase without writes: the client skips it too */
+            *phase = (*phase + 1) % A2A_PHASES;
+            continue;
+        }
+        if (*got < want) break;
+        *got -= want;
+        *phase = (*phase + 1) % A2A_PHASES;
+        guard = -1; /* a full phase answered: look again from the next one */
+        while (raw_write(S.raw, &S.rr, 0, 0, raw_remote_addr(S.raw, S.client_raw_base, 0), S.client_raw_key,
+                         true, PONG, false) == -EAGAIN)
+            raw_poll(S.raw, writes, imms, last);
+    }
+    atomic_store(&S.a2a_raw_left, *got);
+}
+
+static bool raw_a2a_armed(void)
+{
+    for (int p = 0; p < A2A_PHASES; p++)
+        if (atomic_load(&S.a2a_raw_want[p])) return true;
+    return false;
 }
 
 /* Progress for the raw endpoint (tcp needs the target to poll) and raw pongs. */
 static void *server_raw_thread(void *arg)
 {
-    uint64_t writes = 0, imms = 0, seen = 0;
+    uint64_t writes = 0, imms = 0, seen = 0, a2a_gen = 0, a2a_got = 0;
     uint32_t last = 0;
-    int idle = 0;
+    int idle = 0, a2a_phase = 0;
     while (!atomic_load(&S.stop)) {
         raw_poll(S.raw, &writes, &imms, &last);
-        if (imms != seen) {
+        /* After the poll: a raw immediate from the client comes after hello-ok, which
+         * comes after raw_pending was set, so it is never answered unconnected. */
+        if (!atomic_load(&S.raw_connected) && atomic_load(&S.raw_pending)) {
+            if (raw_connect(S.raw, S.client_raw, S.client_raw_len) == 0) {
+                atomic_store(&S.raw_connected, true);
+            } else {
+                fprintf(stderr, "fabric-debug: server: the client's raw endpoint address was refused\n");
+                atomic_store(&S.raw_pending, false);
+            }
+        }
+        uint64_t gen = atomic_load(&S.a2a_gen); /* read after the poll: see a2a-arm */
+        if (gen != a2a_gen) a2a_gen = gen, a2a_phase = 0, a2a_got = 0;
+        if (imms != seen && raw_a2a_armed()) {
+            uint64_t fresh = imms - seen;
+            seen = imms;
+            raw_a2a_count(fresh, &a2a_phase, &a2a_got, &writes, &imms, &last);
+            idle = 0;
+        } else if (imms != seen) {
             for (; seen < imms; seen++)
                 if (atomic_load(&S.raw_connected))
                     while (raw_write(S.raw, &S.rr, 0, 0, raw_remote_addr(S.raw, S.client_raw_base, 0),
@@ -271,23 +369,25 @@ static int run_server(const opts *o)
     S.e = make_engine(o, false);
     S.gpu = o->gpu;
     int r;
-    if ((r = devbuf_alloc(o->gpu, REGION, &S.mem)) || (r = devbuf_alloc(o->gpu, REGION, &S.raw_mem)))
+    if ((r = devbuf_alloc(o->gpu, g_region, &S.mem)) || (r = devbuf_alloc(o->gpu, g_region, &S.raw_mem)))
         die("buffer", r);
-    if ((r = te_mr_register(S.e, S.mem, REGION, mem_device(o), TE_MR_REMOTE_WRITE, &S.mr)))
+    if ((r = te_mr_register(S.e, S.mem, g_region, mem_device(o), TE_MR_REMOTE_WRITE, &S.mr)))
         die("register", r);
-    te_recv_pool *pool;
-    if ((r = te_recv_pool_create(S.e, MSG, 16, server_on_msg, NULL, NULL, &pool))) die("recv pool", r);
-    /* Inline: the pong leaves from the thread that polled the ping (no callback-thread hop). */
-    te_imm_set_callback_inline(S.e, server_on_imm, NULL);
     char err[256];
     if (raw_open(te_provider_name(S.e), te_nic_name(S.e, 0, 0), o->gpu >= 0, &S.raw, err, sizeof err)) {
         fprintf(stderr, "fabric-debug: raw endpoint: %s\n", err);
         return 1;
     }
-    if ((r = raw_register(S.raw, S.raw_mem, REGION, true, o->gpu, &S.rr))) {
+    if ((r = raw_register(S.raw, S.raw_mem, g_region, true, o->gpu, &S.rr))) {
         fprintf(stderr, "fabric-debug: raw registration of the server buffer: %s\n", fi_msg(r));
         return 1;
     }
+    /* The message and immediate handlers only now, after S.raw and S.rr are set: they
+     * run on engine threads that already exist. */
+    te_recv_pool *pool;
+    if ((r = te_recv_pool_create(S.e, MSG, 16, server_on_msg, NULL, NULL, &pool))) die("recv pool", r);
+    /* Inline: the pong leaves from the thread that polled the ping (no callback-thread hop). */
+    te_imm_set_callback_inline(S.e, server_on_imm, NULL);
     uint8_t rawname[256];
     size_t rawlen = sizeof rawname;
     raw_name(S.raw, rawname, &rawlen);
@@ -320,6 +420,7 @@ typedef struct client {
     te_mr *mr, *pong_mr;
     te_mr_desc dst;
     te_imm_counter *pongs;
+    te_imm_counter *a2a_ack[A2A_PHASES];
     te_counter *done;
     raw_ep *raw;
     raw_region rsrc, rpong;
@@ -641,6 +742,136 @@ static void print_per_nic(const char *kind, uint64_t size, const uint64_t *befor
              size, js);
 }
 
+/* Sorted copy's percentile q (0..1) of n samples. */
+static double pct(double *v, int n, double q)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    int k = (int)(q * n);
+    return v[k < n ? k : n - 1];
+}
+
+/* a2a: the pattern's writes, phase by phase, engine and raw (docs/performance.md, "MoE
+ * all-to-all across nodes"). Returns 0, or 1 / 3 (verification) like run_client. */
+static int run_a2a(const opts *o, const te_addr *srv)
+{
+    const a2a_plan *pl = &o->plan;
+    uint64_t total = pl->bytes[0] + pl->bytes[1] + pl->bytes[2];
+    if (C.dst.len < pl->footprint) {
+        fprintf(stderr, "fabric-debug: the server's region is %" PRIu64 " bytes, the a2a pattern needs %" PRIu64
+                ": start the server with the same --a2a-pattern\n", C.dst.len, pl->footprint);
+        return 1;
+    }
+    int iters = o->a2a_iters;
+    if (!iters) {
+        uint64_t budget = o->quick ? (64ull << 20) : (4ull << 30);
+        uint64_t it = total ? budget / total : 1000;
+        iters = it < (o->quick ? 5u : 10u) ? (o->quick ? 5 : 10) : it > 1000 ? 1000 : (int)it;
+    }
+    int warm = o->quick ? 1 : 2, n = iters * o->reps;
+    uint32_t nics = te_group_nics(C.e, 0);
+    uint64_t ew[A2A_PHASES], rw[A2A_PHASES];
+    for (int p = 0; p < A2A_PHASES; p++) {
+        rw[p] = pl->first[p + 1] - pl->first[p];
+        ew[p] = rw[p] * nics; /* a sharded write: one immediate per NIC (docs/multi-nic.md) */
+    }
+    char buf[MSG];
+    if (ask(srv, buf, sizeof buf, "a2a-arm %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64,
+            ew[0], ew[1], ew[2], rw[0], rw[1], rw[2]) || strcmp(buf, "a2a-ok")) {
+        fprintf(stderr, "fabric-debug: the server did not arm the a2a count ('%s')\n", buf);
+        return 1;
+    }
+    a2a_io io = {.e = C.e, .src = C.mr, .dst = &C.dst, .done = C.done, .raw = C.raw, .rsrc = &C.rsrc,
+                 .raw_key = C.raw_key, .raw_base = C.raw_base, .timeout_ms = 60000};
+    memcpy(io.ack, C.a2a_ack, sizeof io.ack);
+    double *es = calloc((size_t)(n + warm) * A2A_PHASES, sizeof *es);
+    double *rs = calloc((size_t)(n + warm) * A2A_PHASES, sizeof *rs);
+    double *tmp = calloc((size_t)n, sizeof *tmp);
+    if (!es || !rs || !tmp) die("a2a samples", -ENOMEM);
+    printf("\na2a pattern %s: %u peer(s), one server process standing in for every peer (each peer a\n"
+           "slot range of its region); per iteration %zu writes (dsp %zu, wgt %zu, cmb %zu), %.3f MB;\n"
+           "phase by phase: all writes of the phase posted with an immediate, then the server's count\n"
+           "of all of them (answered with one immediate) before the next phase. The engine shards\n"
+           "each write over %u NIC(s). %d iterations per side%s (+%d warm-up each run).\n",
+           o->a2a_pattern, pl->peers, pl->n, (size_t)rw[0], (size_t)rw[1], (size_t)rw[2], total / 1e6, nics,
+           n, o->reps > 1 ? ", in alternated runs" : "", warm);
+    int rc = 0;
+    for (int k = 0; k < o->reps && !rc; k++)
+        for (int half = 0; half < 2 && !rc; half++) {
+            bool eng = (half == 0) == (k % 2 == 0);
+            if (!(o->modes & (eng ? 1 : 2))) continue;
+            set_mode(srv, eng ? "engine" : "raw");
+            double *dst = (eng ? es : rs) + (size_t)k * iters * A2A_PHASES;
+            /* warm-up first, into the slots after the measured ones, then the measured run */
+            double *wbuf = (eng ? es : rs) + (size_t)n * A2A_PHASES;
+            int r = eng ? a2a_run_engine(&io, pl, warm, wbuf) : a2a_run_raw(&io, pl, warm, wbuf);
+            if (!r) r = eng ? a2a_run_engine(&io, pl, iters, dst) : a2a_run_raw(&io, pl, iters, dst);
+            if (r) rc = 1;
+        }
+    if (!rc && (ask(srv, buf, sizeof buf, "a2a-disarm") || strncmp(buf, "a2a-left ", 9))) {
+        fprintf(stderr, "fabric-debug: the server did not disarm the a2a count ('%s')\n", buf);
+        rc = 1;
+    }
+    unsigned long long le = 0, lr = 0, ls = 0;
+    if (!rc && (sscanf(buf, "a2a-left %llu %llu %llu", &le, &lr, &ls) != 3 || le || lr || ls)) {
+        fprintf(stderr, "fabric-debug: a2a: the server counted immediates beyond the pattern (%s)\n", buf);
+        rc = 3;
+    }
+    if (!rc) {
+        printf("%-5s %6s %11s | %9s %9s %8s | %9s %9s %8s | %6s\n", "phase", "writes", "bytes", "eng p50us",
+               "p99us", "GB/s", "raw p50us", "p99us", "GB/s", "ratio");
+        printf("------------------------------------------------------------------------------------------\n");
+        for (int p = 0; p <= A2A_PHASES; p++) { /* A2A_PHASES: the whole iteration */
+            double q[2][2] = {{0}};
+            for (int side = 0; side < 2; side++) {
+                if (!(o->modes & (1 << side))) continue;
+                const double *v = side ? rs : es;
+                for (int i = 0; i < n; i++) {
+                    double t = 0;
+                    for (int ph = 0; ph < A2A_PHASES; ph++)
+                        if (ph == p || p == A2A_PHASES) t += v[(size_t)i * A2A_PHASES + ph];
+                    tmp[i] = t * 1e6;
+                }
+                q[side][0] = pct(tmp, n, 0.5);
+                q[side][1] = pct(tmp, n, 0.99);
+            }
+            uint64_t b = p < A2A_PHASES ? pl->bytes[p] : total;
+            size_t wr = p < A2A_PHASES ? (size_t)rw[p] : pl->n;
+            double eg = q[0][0] > 0 ? b / q[0][0] / 1e3 : 0, rg = q[1][0] > 0 ? b / q[1][0] / 1e3 : 0;
+            const char *name = p < A2A_PHASES ? a2a_phase_name[p] : "iter";
+            printf("%-5s %6zu %8.3f MB | %9.1f %9.1f %8.3f | %9.1f %9.1f %8.3f | %6.3f\n", name, wr, b / 1e6,
+                   q[0][0], q[0][1], eg, q[1][0], q[1][1], rg, (o->modes == 3 && rg > 0) ? eg / rg : NAN);
+            json_row("{\"workload\":\"a2a\",\"phase\":\"%s\",\"writes\":%zu,\"bytes\":%" PRIu64
+                     ",\"iterations\":%d,\"peers\":%u,\"engine_p50_us\":%.2f,\"engine_p99_us\":%.2f,"
+                     "\"raw_p50_us\":%.2f,\"raw_p99_us\":%.2f,\"engine_gbps\":%.4f,\"raw_gbps\":%.4f}",
+                     name, wr, b, n, pl->peers, q[0][0], q[0][1], q[1][0], q[1][1], eg, rg);
+        }
+        printf("GB/s = the phase's bytes / its p50 time; ratio = engine GB/s / raw GB/s (1 = no overhead).\n");
+    }
+    if (!rc && o->verify) {
+        for (size_t k = 0; k < pl->n && !rc; k++)
+            for (int side = 0; side < 2 && !rc; side++) {
+                const a2a_write *w = &pl->w[k];
+                if (!w->len || !(o->modes & (1 << side))) continue;
+                char want[64];
+                ask(srv, buf, sizeof buf, "hash %c %" PRIu64 " %" PRIu64, side ? 'r' : 'e', w->off, w->len);
+                snprintf(want, sizeof want, "hash %" PRIu64, fnv(C.src_host + w->off, w->len));
+                if (strcmp(buf, want)) {
+                    fprintf(stderr, "fabric-debug: VERIFY FAILED for the a2a %s write of %" PRIu64
+                            " bytes to peer %u (%s)\n", a2a_phase_name[w->phase], w->len, w->peer,
+                            side ? "raw" : "engine");
+                    rc = 3;
+                }
+            }
+        if (!rc) printf("a2a: every write's bytes verified at the server (%s)\n",
+                        o->modes == 3 ? "engine and raw" : o->modes == 1 ? "engine" : "raw");
+    }
+    fflush(stdout);
+    free(es);
+    free(rs);
+    free(tmp);
+    return rc;
+}
+
 static int run_client(const char *token, const opts *o)
 {
     char d[TE_MR_DESC_TEXT_MAX], ra[TE_ADDR_TEXT_MAX];
@@ -661,16 +892,19 @@ static int run_client(const char *token, const opts *o)
     C.e = make_engine(o, false);
     C.raw_key = key;
     C.raw_base = base;
-    C.src_host = aligned_alloc(4096, REGION);
+    C.src_host = aligned_alloc(4096, g_region);
     C.pong_mem = aligned_alloc(4096, 4096);
-    for (uint64_t k = 0; k < REGION; k++) C.src_host[k] = (uint8_t)(k * 131 + (k >> 12));
-    if ((r = devbuf_alloc(o->gpu, REGION, &C.src)) || (r = devbuf_put(o->gpu, C.src, C.src_host, REGION)))
+    if (!C.src_host || !C.pong_mem) die("source buffer", -ENOMEM);
+    for (uint64_t k = 0; k < g_region; k++) C.src_host[k] = (uint8_t)(k * 131 + (k >> 12));
+    if ((r = devbuf_alloc(o->gpu, g_region, &C.src)) || (r = devbuf_put(o->gpu, C.src, C.src_host, g_region)))
         die("source buffer", r);
-    if ((r = te_mr_register(C.e, C.src, REGION, mem_device(o), 0, &C.mr))) die("register", r);
+    if ((r = te_mr_register(C.e, C.src, g_region, mem_device(o), 0, &C.mr))) die("register", r);
     if ((r = te_mr_register(C.e, C.pong_mem, 4096, TE_DEVICE_HOST, TE_MR_REMOTE_WRITE, &C.pong_mr)))
         die("register", r);
     te_counter_create(&C.done);
     te_imm_counter_create(C.e, PONG, &C.pongs);
+    for (int p = 0; p < A2A_PHASES; p++)
+        if ((r = te_imm_counter_create(C.e, A2A_ACK + (uint32_t)p, &C.a2a_ack[p]))) die("imm counter", r);
     te_recv_pool *pool;
     if ((r = te_recv_pool_create(C.e, MSG, 8, client_on_msg, NULL, NULL, &pool))) die("recv pool", r);
     char err[256];
@@ -678,7 +912,7 @@ static int run_client(const char *token, const opts *o)
         fprintf(stderr, "fabric-debug: raw endpoint: %s\n", err);
         return 1;
     }
-    if ((r = raw_register(C.raw, C.src, REGION, false, o->gpu, &C.rsrc)) ||
+    if ((r = raw_register(C.raw, C.src, g_region, false, o->gpu, &C.rsrc)) ||
         (r = raw_register(C.raw, C.pong_mem, 4096, true, -1, &C.rpong)) || (r = raw_connect(C.raw, rab, ran))) {
         fprintf(stderr, "fabric-debug: raw endpoint setup failed: %s\n", fi_msg(r));
         return 1;
@@ -810,8 +1044,11 @@ static int run_client(const char *token, const opts *o)
         }
     }
 
-    printf("\nper-NIC statistics (engine, this process):\n  NIC  name          writes      bytes  errors\n");
-    for (uint32_t k = 0; k < te_group_nics(C.e, 0); k++) {
+    int rc = 0;
+    if (o->a2a_pattern && selected(o, "a2a")) rc = run_a2a(o, &srv);
+
+    if (!rc) printf("\nper-NIC statistics (engine, this process):\n  NIC  name          writes      bytes  errors\n");
+    for (uint32_t k = 0; k < te_group_nics(C.e, 0) && !rc; k++) {
         te_nic_stats st;
         te_nic_stats_get(C.e, 0, k, &st);
         printf("  %3u  %-10s %9" PRIu64 " %10.3f GB %7" PRIu64 "\n", k, te_nic_name(C.e, 0, k),
@@ -833,7 +1070,7 @@ static int run_client(const char *token, const opts *o)
     devbuf_free(o->gpu, C.src);
     free(C.src_host);
     free(C.pong_mem);
-    return 0;
+    return rc;
 }
 
 /* ------------------------------------------------------------------- local --- */
@@ -897,12 +1134,19 @@ static const cli_tool T = {
     "  --verify         check the written bytes through the server\n"
     "  --json FILE      also write the results as JSON\n"
     "  --reps N         throughput rows: N engine and N raw runs, alternated, median of\n"
-    "                   each (1..15, default 1; 5 or more on a noisy machine)\n"
-    "  --only LIST      only these workloads: single, paged, latency (comma list)\n"
+    "                   each (1..15, default 1; 5 or more on a noisy machine); a2a: N runs\n"
+    "                   per side, alternated, percentiles over all their iterations\n"
+    "  --only LIST      only these workloads: single, paged, latency, a2a (comma list)\n"
     "  --sizes LIST     only these write sizes / page sizes, e.g. 64K,1M\n"
     "  --gpu N          buffers (source and target, engine and raw) in device memory of\n"
     "                   CUDA device N; needs a provider with FI_HMEM (libfabric built with\n"
     "                   CUDA); --verify then checks the device bytes\n"
+    "  --a2a-pattern F  the a2a workload: replay one rank's all-to-all writes of an\n"
+    "                   iteration from F (PHASE PEER BYTES lines; tools/a2a_model/a2a_model.py\n"
+    "                   --pattern writes it); runs unless --only leaves a2a out; a server\n"
+    "                   started apart needs the same option (it sizes its region from F)\n"
+    "  --a2a-iters N    a2a iterations per run (default: from the pattern's bytes, 10..1000;\n"
+    "                   --quick 5..1000)\n"
     "  --help, --version\n"
     "environment: TENDRIL_* (docs/configuration.md); tendril-info prints the effective values\n"};
 
@@ -925,7 +1169,8 @@ int main(int argc, char **argv)
     static struct option lo[] = {{"provider", 1, 0, 'p'}, {"nics", 1, 0, 'n'}, {"nic-names", 1, 0, 'N'},
                                  {"mode", 1, 0, 'm'},     {"quick", 0, 0, 'q'}, {"verify", 0, 0, 'v'},
                                  {"json", 1, 0, 'j'},     {"reps", 1, 0, 'r'},    {"only", 1, 0, 'o'},
-                                 {"sizes", 1, 0, 's'},    {"gpu", 1, 0, 'g'},      {0, 0, 0, 0}};
+                                 {"sizes", 1, 0, 's'},    {"gpu", 1, 0, 'g'},
+                                 {"a2a-pattern", 1, 0, 'A'}, {"a2a-iters", 1, 0, 'I'}, {0, 0, 0, 0}};
     optind = first;
     opterr = 0; /* cli_fail names the option */
     int c;
@@ -945,19 +1190,31 @@ int main(int argc, char **argv)
         case 'r': o.reps = (int)cli_u64(&T, "--reps", optarg, 1, MAX_REPS); break;
         case 'o':
             o.only = optarg;
-            if (!selected(&o, "single") && !selected(&o, "paged") && !selected(&o, "latency"))
-                cli_fail(&T, "option '--only' takes a comma list of single, paged, latency");
+            if (!selected(&o, "single") && !selected(&o, "paged") && !selected(&o, "latency") &&
+                !selected(&o, "a2a"))
+                cli_fail(&T, "option '--only' takes a comma list of single, paged, latency, a2a");
             break;
         case 's':
             if ((o.n_sizes = parse_sizes(optarg, o.sizes, 16)) <= 0)
                 cli_fail(&T, "option '--sizes' takes a comma list such as 4K,64K,1M");
             break;
         case 'g': o.gpu = (int)cli_u64(&T, "--gpu", optarg, 0, 1024); break;
+        case 'A': o.a2a_pattern = optarg; break;
+        case 'I': o.a2a_iters = (int)cli_u64(&T, "--a2a-iters", optarg, 1, 100000); break;
         case ':': cli_fail(&T, "option '%s' needs a value", argv[optind - 1]);
         default: cli_fail(&T, "unknown option '%s'", argv[optind - 1]);
         }
     }
     if (optind < argc) cli_fail(&T, "unexpected argument '%s'", argv[optind]);
+    if (o.only && selected(&o, "a2a") && !o.a2a_pattern)
+        cli_fail(&T, "--only a2a needs --a2a-pattern FILE (tools/a2a_model/a2a_model.py --pattern)");
+    if (o.a2a_pattern) {
+        char err[512];
+        /* the pattern starts past the first 4 KiB, like the paged workload's PAGE_OFF */
+        if (a2a_plan_load(o.a2a_pattern, A2A_ALIGN, &o.plan, err, sizeof err))
+            cli_fail(&T, "--a2a-pattern: %s", err);
+        if (o.plan.footprint > g_region) g_region = (o.plan.footprint + A2A_ALIGN - 1) / A2A_ALIGN * A2A_ALIGN;
+    }
     if (o.gpu >= 0) {
         char err[300];
         if (devbuf_check_gpu(o.gpu, err, sizeof err)) {
@@ -979,7 +1236,8 @@ int main(int argc, char **argv)
         }
         if (strstr(picked, "tcp")) setenv("TENDRIL_NICS", "lo", 1);
     }
-    if (!strcmp(cmd, "server")) return run_server(&o);
-    if (!strcmp(cmd, "client")) return run_client(token, &o);
-    return run_local(argc, argv, &o);
+    int rc = !strcmp(cmd, "server") ? run_server(&o)
+           : !strcmp(cmd, "client") ? run_client(token, &o) : run_local(argc, argv, &o);
+    a2a_plan_free(&o.plan);
+    return rc;
 }
