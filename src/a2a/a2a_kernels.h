@@ -16,7 +16,8 @@
  *   rows   [W][Tmax][row_bytes]: per source slot: payload then fp32 scales.
  *   wgt    [W][Tmax][K] fp32: per source, its combine weights (only entries routed here).
  *   part   [W][Tmax][H] (row stride H*4): per expert rank, its weighted partial sum for our
- *          token t, as fp32 or as out_dtype.
+ *          token t, as fp32 or as out_dtype. Slots of RDMA peers (stage, rblock) hold
+ *          compact rows instead, packed at a2a_part_row_bytes (H*2 for 2-byte partials).
  * See docs/a2a.md for the protocol and why no write-after-read hazard exists.
  *
  * RDMA peers (docs/a2a-internode.md): `stage` (what we send them, slot = peer) and
@@ -120,6 +121,16 @@ typedef struct a2a_kparams {
     uint64_t out_stride;
     int32_t accumulate;
 } a2a_kparams;
+
+/* Row stride of the compact part rows in RDMA peers' part slots, and so the bytes per row
+ * of the CMB write (the proxy's layout.part_row_bytes): H * the partials' element size.
+ * The kernels compute the same from their partial type (part_rdma_ptr<R, PB>, PB the
+ * size of PT, which a2a_combine_kernel picks from partial_f32: fp32, else out_dtype,
+ * a 2-byte type since partial_f32 is set for fp32 output). */
+static inline uint32_t a2a_part_row_bytes(const a2a_kparams *p)
+{
+    return p->H * (p->partial_f32 ? 4u : 2u);
+}
 
 /* Dynamic shared memory a phase needs. */
 size_t a2a_kernel_smem(int phase, const a2a_kparams *p);

@@ -232,6 +232,7 @@ int a2a_rdma_start(a2a_ctx *c, te_addr *addr, te_mr_desc *desc)
     pc.layout.H = c->kp.H;
     pc.layout.Tmax = c->kp.Tmax;
     pc.layout.row_bytes = c->kp.row_bytes;
+    pc.layout.part_row_bytes = a2a_part_row_bytes(&c->kp); /* packed CMB rows */
     pc.imm_base = c->cfg.imm_base;
     pc.timeout_ms = (int)(c->kp.timeout_ns / 1000000u);
     pc.tx = c->px_tx_host;

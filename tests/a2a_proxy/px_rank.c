@@ -50,8 +50,9 @@ static uint64_t off_of(const a2a_px_layout *l, int region)
     return o[region];
 }
 
-/* Regions a phase writes and the bytes of each for length value v. */
-static int phase_regions(int phase, uint64_t v, int reg[3], uint64_t len[3])
+/* Regions a phase writes and the bytes of each for length value v (part_row: bytes per
+ * CMB row, packed from the start of the slot). */
+static int phase_regions(int phase, uint64_t v, uint32_t part_row, int reg[3], uint64_t len[3])
 {
     switch (phase) {
     case A2A_PX_DSP:
@@ -63,7 +64,7 @@ static int phase_regions(int phase, uint64_t v, int reg[3], uint64_t len[3])
         reg[0] = 3, len[0] = v * 4;
         return 1;
     default:
-        reg[0] = 4, len[0] = v * PR_H * 4;
+        reg[0] = 4, len[0] = v * part_row;
         return 1;
     }
 }
@@ -86,7 +87,8 @@ static void on_error(void *arg, int err, const char *msg)
     pthread_mutex_unlock(&r->lock);
 }
 
-int pr_open(px_rank *r, int rank, int world, uint64_t mask, char *why, size_t cap)
+int pr_open(px_rank *r, int rank, int world, uint64_t mask, uint32_t part_row_bytes, char *why,
+            size_t cap)
 {
     memset(r, 0, sizeof *r);
     pthread_mutex_init(&r->lock, NULL);
@@ -102,6 +104,8 @@ int pr_open(px_rank *r, int rank, int world, uint64_t mask, char *why, size_t ca
         off = (off + slot_of(k) * (uint64_t)world + 255) & ~255ull;
     }
     r->lay.L = PR_L, r->lay.K = PR_K, r->lay.H = PR_H, r->lay.Tmax = PR_TMAX, r->lay.row_bytes = PR_ROW;
+    r->lay.part_row_bytes = part_row_bytes;
+    r->part_row = part_row_bytes ? part_row_bytes : PR_H * 4;
     r->bytes = (off + 4095) & ~4095ull;
     te_config cfg;
     th_config(&cfg);
@@ -160,7 +164,7 @@ void pr_send_phase(px_rank *r, int phase, uint64_t e)
         if (!(r->mask >> q & 1)) continue;
         int reg[3];
         uint64_t len[3];
-        int n = phase_regions(phase, 0, reg, len);
+        int n = phase_regions(phase, 0, r->part_row, reg, len);
         /* the whole slot: bytes past the length must not travel */
         for (int k = 0; k < n; k++)
             th_fill(r->stage + off_of(&r->lay, reg[k]) + (uint64_t)q * slot_of(reg[k]), slot_of(reg[k]),
@@ -206,12 +210,27 @@ int pr_recv(px_rank *r, uint64_t e, int timeout_ms, char *why, size_t cap)
             if (!(r->mask >> s & 1)) continue;
             int reg[3];
             uint64_t len[3];
-            int n = phase_regions(p, (uint64_t)pr_len(e, p, s, r->rank), reg, len);
+            int n = phase_regions(p, (uint64_t)pr_len(e, p, s, r->rank), r->part_row, reg, len);
             for (int k = 0; k < n; k++)
                 th_fill(r->mirror + off_of(&r->lay, reg[k]) + (uint64_t)s * slot_of(reg[k]), len[k],
                         seed_of(e, p, s, r->rank, reg[k]), 0);
         }
     return pr_check(r, why, cap);
+}
+
+uint64_t pr_sent_bytes(int rank, int world, uint64_t mask, uint32_t part_row, uint64_t from, uint64_t to)
+{
+    uint64_t sum = 0;
+    for (uint64_t e = from; e <= to; e++)
+        for (int p = 0; p < A2A_PX_N; p++)
+            for (int q = 0; q < world; q++) {
+                if (!(mask >> q & 1)) continue;
+                int reg[3];
+                uint64_t len[3];
+                int n = phase_regions(p, (uint64_t)pr_len(e, p, rank, q), part_row, reg, len);
+                for (int k = 0; k < n; k++) sum += len[k];
+            }
+    return sum;
 }
 
 int pr_errors(px_rank *r, int timeout_ms, int *code, char *msg, size_t cap)
@@ -329,13 +348,14 @@ static int child_loop(px_rank *r)
 int pr_child_main(const char *arg)
 {
     int rank, world, per_node;
-    if (!arg || sscanf(arg, "%d %d %d", &rank, &world, &per_node) != 3) {
+    unsigned part_row = 0;
+    if (!arg || sscanf(arg, "%d %d %d %u", &rank, &world, &per_node, &part_row) < 3) {
         th_child_reply("err bad child argument");
         return 2;
     }
     px_rank *r = malloc(sizeof *r);
     char why[1024];
-    if (!r || pr_open(r, rank, world, pr_mask(rank, world, per_node), why, sizeof why)) {
+    if (!r || pr_open(r, rank, world, pr_mask(rank, world, per_node), part_row, why, sizeof why)) {
         th_child_reply("err %s", r ? why : "out of memory");
         return 1;
     }

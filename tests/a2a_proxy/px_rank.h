@@ -21,12 +21,15 @@
 #define PR_TMAX 48
 #define PR_ROW 208
 #define PR_IMM_BASE 0x40000000u
+/* Packed part rows (2-byte partials: H*2 instead of the fp32 stride H*4). */
+#define PR_PART_PACKED (PR_H * 2)
 
 typedef struct px_rank {
     int rank, world;
     uint64_t mask;
     te_engine *e;
     a2a_px_layout lay;
+    uint32_t part_row; /* bytes per CMB row (lay.part_row_bytes, or H*4 when that is 0) */
     size_t bytes;
     uint8_t *stage, *rblock, *mirror;
     te_mr *ms, *mr;
@@ -42,8 +45,10 @@ typedef struct px_rank {
 uint64_t pr_mask(int r, int world, int per_node);
 /* Length value of (epoch, phase, src -> dst): 0 and the maximum come up regularly. */
 int32_t pr_len(uint64_t e, int phase, int src, int dst);
-/* Engine and regions. 0, or -errno with the reason in why. */
-int pr_open(px_rank *r, int rank, int world, uint64_t mask, char *why, size_t cap);
+/* Engine and regions; part_row_bytes goes into the layout as is (0: the proxy's default,
+ * H*4). 0, or -errno with the reason in why. */
+int pr_open(px_rank *r, int rank, int world, uint64_t mask, uint32_t part_row_bytes, char *why,
+            size_t cap);
 /* The proxy, given every rank's rblock descriptor. */
 int pr_connect(px_rank *r, const te_mr_desc *descs, bool app_forwards, char *why, size_t cap);
 /* Fills the stage slots of `phase` for epoch e, writes tx (pr_len), rings. pr_ring only
@@ -62,7 +67,11 @@ int pr_errors(px_rank *r, int timeout_ms, int *code, char *msg, size_t cap);
 void pr_close(px_rank *r);
 void pr_free(px_rank *r);
 
-/* The child: "--child rank 'R W PER_NODE'" (commands in px_rank.c). */
+/* Payload bytes `rank` sends over epochs [from, to] (what the proxy's stats must count):
+ * every write of every phase to every RDMA peer, at part_row bytes per CMB row. */
+uint64_t pr_sent_bytes(int rank, int world, uint64_t mask, uint32_t part_row, uint64_t from, uint64_t to);
+
+/* The child: "--child rank 'R W PER_NODE [PART_ROW_BYTES]'" (commands in px_rank.c). */
 int pr_child_main(const char *arg);
 
 #endif

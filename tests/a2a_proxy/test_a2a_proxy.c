@@ -2,7 +2,8 @@
  * provider, no GPU): W processes play the kernels (px_rank.c), the proxies move the
  * bytes, and every rank checks that exactly the right bytes arrived in its rblock, and
  * nothing else changed, over many epochs with lengths from 0 to the maximum, for W = 2
- * and 4, every peer RDMA or half of them "NVLink" (skipped). Faults: a killed peer is
+ * and 4, every peer RDMA or half of them "NVLink" (skipped), part rows at the fp32
+ * stride (the layout's default) or packed (2-byte partials). Faults: a killed peer is
  * reported naming it and ends the survivors' waits with an error before their timeout; a
  * stalled peer makes waits time out; lengths out of range, and a doorbell that skips an
  * epoch, are reported and post nothing. In-process: configuration errors, peer events
@@ -56,8 +57,9 @@ static void ask_ok(world *w, int r, const char *fmt, ...)
     if (strcmp(reply, "ok")) fail_msg("rank %d, '%.40s': %s", r, cmd, reply);
 }
 
-/* W ranks, per_node of them per "node" (NVLink among them), proxies connected. */
-static void world_up(world *w, int W, int per_node)
+/* W ranks, per_node of them per "node" (NVLink among them), proxies connected; part_row:
+ * the layout's part_row_bytes (0: default). */
+static void world_up_packed(world *w, int W, int per_node, uint32_t part_row)
 {
     memset(w, 0, sizeof *w);
     w->W = W;
@@ -65,7 +67,7 @@ static void world_up(world *w, int W, int per_node)
     int n = snprintf(peers, sizeof peers, "peers");
     for (int r = 0; r < W; r++) {
         char arg[64], line[4096];
-        snprintf(arg, sizeof arg, "%d %d %d", r, W, per_node);
+        snprintf(arg, sizeof arg, "%d %d %d %u", r, W, per_node, part_row);
         assert_int_equal(th_spawn(&w->p[r], "rank", arg), 0);
         w->alive[r] = true;
         if (th_recv(&w->p[r], line, sizeof line, TMO) || strncmp(line, "ready ", 6))
@@ -75,6 +77,8 @@ static void world_up(world *w, int W, int per_node)
     /* every proxy exists (its flags armed) before any rank rings */
     for (int r = 0; r < W; r++) ask_ok(w, r, "%s", peers);
 }
+
+static void world_up(world *w, int W, int per_node) { world_up_packed(w, W, per_node, 0); }
 
 static void world_down(world *w)
 {
@@ -118,13 +122,14 @@ static void no_errors(world *w)
 
 /* ---------------------------------------------------------- exchanges ---- */
 
-static void exchange(int W, int per_node, uint64_t epochs)
+static void exchange(int W, int per_node, uint64_t epochs, uint32_t part_row)
 {
     world w;
-    world_up(&w, W, per_node);
+    world_up_packed(&w, W, per_node, part_row);
     world_run(&w, 1, epochs);
     no_errors(&w);
-    /* every doorbell posted: 3 phases per epoch, and (3+1+1) writes per RDMA peer */
+    /* every doorbell posted: 3 phases per epoch, and (3+1+1) writes per RDMA peer, each
+     * of exactly its length (CMB: rows at part_row bytes) */
     for (int r = 0; r < W; r++) {
         char reply[256];
         unsigned long long writes, bytes, bells, ignored, errs;
@@ -134,18 +139,23 @@ static void exchange(int W, int per_node, uint64_t epochs)
         int peers = __builtin_popcountll(pr_mask(r, W, per_node));
         assert_int_equal(bells, 3 * epochs);
         assert_int_equal(writes, 5ull * (unsigned long long)peers * epochs);
+        assert_int_equal(bytes, pr_sent_bytes(r, W, pr_mask(r, W, per_node), part_row ? part_row : PR_H * 4,
+                                              1, epochs));
         assert_int_equal(ignored, 0);
         assert_int_equal(errs, 0);
     }
     world_down(&w);
-    print_message("W=%d, %d per node: %llu epochs, every rblock byte checked\n", W, per_node,
-                  (unsigned long long)epochs);
+    print_message("W=%d, %d per node, part rows of %u bytes: %llu epochs, every rblock byte checked\n", W,
+                  per_node, part_row ? part_row : PR_H * 4, (unsigned long long)epochs);
 }
 
-static void test_w2(void **state) { (void)state; exchange(2, 1, 90); }
-static void test_w4(void **state) { (void)state; exchange(4, 1, 36); }
+static void test_w2(void **state) { (void)state; exchange(2, 1, 90, 0); }
+static void test_w4(void **state) { (void)state; exchange(4, 1, 36, 0); }
 /* two "nodes" of two: each rank has one NVLink peer, whose slots must stay untouched */
-static void test_w4_hybrid(void **state) { (void)state; exchange(4, 2, 36); }
+static void test_w4_hybrid(void **state) { (void)state; exchange(4, 2, 36, 0); }
+/* part rows packed at H*2 (bf16/fp16 partials): the CMB write carries n*H*2 bytes, the
+ * rest of each part slot (the fp32-sized stride) stays untouched */
+static void test_w4_packed(void **state) { (void)state; exchange(4, 1, 36, PR_PART_PACKED); }
 
 /* -------------------------------------------------------------- faults ---- */
 
@@ -297,7 +307,7 @@ static void pair_up(pair *p, bool fwd)
 {
     char why[1024];
     for (int k = 0; k < 2; k++) {
-        if (pr_open(&p->r[k], k, 2, 1ull << (1 - k), why, sizeof why)) fail_msg("%s", why);
+        if (pr_open(&p->r[k], k, 2, 1ull << (1 - k), 0, why, sizeof why)) fail_msg("%s", why);
         p->d[k] = p->r[k].desc;
     }
     for (int k = 0; k < 2; k++)
@@ -355,6 +365,8 @@ static void test_config_errors(void **state)
     expect_einval(&c, "bits past world 2");
     c = good, c.layout.Tmax = 0;
     expect_einval(&c, "must be > 0");
+    c = good, c.layout.part_row_bytes = PR_H * 4 + 2;
+    expect_einval(&c, "part_row_bytes=146 exceeds H*4 = 144");
     c = good, c.layout.off_part = r->bytes;
     expect_einval(&c, "does not fit the stage");
     c = good, c.layout.off_wgt = c.layout.off_rows + 16;
@@ -434,9 +446,12 @@ static void test_destroy_after_stop(void **state)
     assert_int_equal(te_engine_stop(p.r[0].e), 0);
     pr_close(&p.r[0]);
     assert_int_equal(te_engine_stop(p.r[1].e), 0);
-    /* -ESHUTDOWN, or the peer-down of rank 0 if it was seen before the stop */
+    /* -ESHUTDOWN; or the peer-down of rank 0 if it was seen before the stop; or
+     * -ECANCELED when rank 1's own epoch-2 writes had not completed at its stop (their
+     * completions are canceled, which fails its proxy first: seen over tcp under load) */
     int rc = a2a_px_flag_wait(p.r[1].px, A2A_PX_WGT, 0, 9, 1000);
-    if (rc != -ESHUTDOWN && rc != -ECONNRESET) fail_msg("wait after stop: %d %s", rc, te_last_error());
+    if (rc != -ESHUTDOWN && rc != -ECONNRESET && rc != -ECANCELED)
+        fail_msg("wait after stop: %d %s", rc, te_last_error());
     for (int k = 0; k < 2; k++) pr_free(&p.r[k]);
 }
 
@@ -451,6 +466,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_w2),
         cmocka_unit_test(test_w4),
         cmocka_unit_test(test_w4_hybrid),
+        cmocka_unit_test(test_w4_packed),
         cmocka_unit_test(test_bad_lengths),
         cmocka_unit_test(test_epoch_skip),
         cmocka_unit_test(test_stalled_peer),

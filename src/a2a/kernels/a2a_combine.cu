@@ -151,9 +151,10 @@ template <int DT, int PT, bool R> static __device__ __forceinline__ bool combine
             w[q] = __shfl_sync(FULL, myw, q);
             yr[q] = row >= 0 ? (const char *)p.y + (size_t)row * p.y_stride : nullptr;
         }
-        /* NVLink: part row t of s's block; RDMA: compact row j of s's stage slot (s reads it
-         * back through ws_rslot) */
-        char *dstp = (char *)part_ptr<R>(p, s, me, R && rdma_peer(p, s) ? j : t);
+        /* NVLink: part row t of s's block; RDMA: compact row j of s's stage slot, packed at
+         * H * sizeof(partial) bytes (s reads it back through ws_rslot) */
+        char *dstp = R && rdma_peer(p, s) ? part_rdma_ptr<R, Elt<PT>::bytes>(p, s, me, j)
+                                          : (char *)part_ptr<R>(p, s, me, t);
         const int c0 = seg * cps, c1 = min(nchunk, c0 + cps);
         for (int c = c0 + lane; c < c1; c += 32) {
             float acc[8];
@@ -226,9 +227,11 @@ template <int DT, int PT, bool R> static __device__ __forceinline__ void combine
                 const int r = __ffsll((long long)mask) - 1;
                 mask &= mask - 1;
                 if (R && rdma_peer(p, r)) {
-                    /* compact row: the dispatch row this token got at r (-1: none) */
+                    /* compact row: the dispatch row this token got at r (-1: none),
+                     * packed at H * sizeof(partial) bytes */
                     const int j = p.ws_rslot[(size_t)t * A2A_PX_MAX_RANKS + r];
-                    if ((uint32_t)j < p.Tmax) src[q] = part_ptr<R>(p, me, r, j);
+                    if ((uint32_t)j < p.Tmax)
+                        src[q] = (const float *)part_rdma_ptr<R, Elt<PT>::bytes>(p, me, r, j);
                 } else {
                     src[q] = part_ptr<false>(p, me, r, t);
                 }

@@ -165,12 +165,21 @@ template <bool R> __device__ __forceinline__ float *wgt_ptr(const P &p, int owne
     char *b = slot_base<R>(p, owner, src, &s);
     return (float *)(b + p.off_wgt) + (size_t)s * p.Tmax * p.K;
 }
-/* Row `row` of a part slot: the token id over NVLink, the compact row (the source's
- * dispatch row) over RDMA; the caller picks (docs/a2a-internode.md, "Signals", CMB). */
+/* Row t (token id) of an NVLink part slot: row stride H*4 whatever the partials' type. */
 template <bool R> __device__ __forceinline__ float *part_ptr(const P &p, int owner, int src, int row) {
     int s;
     char *b = slot_base<R>(p, owner, src, &s);
     return (float *)(b + p.off_part) + ((size_t)s * p.Tmax + row) * p.H;
+}
+/* Compact row j (the source's dispatch row) of a part slot of an RDMA peer (stage slot
+ * of an RDMA owner, rblock slot of an RDMA source): rows packed at H * PB bytes, PB the
+ * partials' element size, so that the CMB write carries n * H * PB bytes (the proxy's
+ * layout.part_row_bytes, filled by the host with the same value); the slot stride stays
+ * Tmax*H*4 (docs/a2a-internode.md, "Signals", CMB). */
+template <bool R, int PB> __device__ __forceinline__ char *part_rdma_ptr(const P &p, int owner, int src, int j) {
+    int s;
+    char *b = slot_base<R>(p, owner, src, &s);
+    return b + p.off_part + (size_t)s * p.Tmax * p.H * 4 + (size_t)j * p.H * PB;
 }
 
 __device__ __forceinline__ bool failed(const P &p) { return ld_vol(p.ws_err) != 0; }

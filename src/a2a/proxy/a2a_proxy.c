@@ -49,6 +49,10 @@ static int check_layout(const a2a_px_layout *l, int world, uint64_t stage_len)
     if (!l->L || !l->K || !l->H || !l->Tmax || !l->row_bytes)
         return tn_err(-EINVAL, "a2a_px_create: layout L=%u K=%u H=%u Tmax=%u row_bytes=%u: all "
                       "must be > 0", l->L, l->K, l->H, l->Tmax, l->row_bytes);
+    /* packed part rows live inside the fp32-sized slot (its stride is Tmax*H*4) */
+    if ((uint64_t)l->part_row_bytes > (uint64_t)l->H * 4)
+        return tn_err(-EINVAL, "a2a_px_create: layout part_row_bytes=%u exceeds H*4 = %" PRIu64
+                      " (the part slot's row stride)", l->part_row_bytes, (uint64_t)l->H * 4);
     uint64_t s[5], o[5];
     slot_strides(l, s);
     region_offsets(l, o);
@@ -135,6 +139,7 @@ int a2a_px_create(const a2a_px_config *cfg, a2a_px **out)
     px->rdma_mask = cfg->rdma_mask;
     px->stage = cfg->stage;
     px->lay = cfg->layout;
+    if (!px->lay.part_row_bytes) px->lay.part_row_bytes = px->lay.H * 4; /* 0: fp32 stride */
     slot_strides(&px->lay, px->slot);
     px->imm_base = cfg->imm_base;
     px->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : A2A_PX_DEFAULT_TIMEOUT_MS;

@@ -20,7 +20,8 @@
  *               [0, n) (n*(K+1)*4 bytes), rows [0, n) (n*row_bytes bytes).
  *   A2A_PX_WGT: weights (floats, T*K), 0..Tmax*K. Write: wgt slot [0, tx) (tx*4 bytes).
  *   A2A_PX_CMB: compact part rows n (rows received from q), 0..Tmax. Write: part slot
- *               [0, n) (n*H*4 bytes).
+ *               [0, n) packed at layout.part_row_bytes (n*part_row_bytes bytes: H*2
+ *               when partials travel as bf16/fp16, H*4 as fp32).
  * Every write is posted even when its length is 0 (the receiver's count is fixed).
  *
  * Ranks are slice ranks (docs/a2a-internode.md, "Ranks"): rank, world, rdma_mask and the
@@ -69,10 +70,16 @@ static inline uint64_t a2a_px_expected_imms(int phase, uint32_t nics)
 
 /* Offsets of the regions in stage and rblock (the same in both, and on every rank; the
  * shared block's, src/a2a/a2a_kernels.h). Slot strides (bytes) follow from the shape:
- *   cnt (L+1)*4, meta Tmax*(K+1)*4, rows Tmax*row_bytes, wgt Tmax*K*4, part Tmax*H*4. */
+ *   cnt (L+1)*4, meta Tmax*(K+1)*4, rows Tmax*row_bytes, wgt Tmax*K*4, part Tmax*H*4.
+ * part_row_bytes: the row stride of the compact part rows inside a part slot, which is
+ * what the CMB write carries per row (n*part_row_bytes bytes from the slot's start):
+ * H * the partials' element size (2 for bf16/fp16, 4 for fp32), so that 2-byte
+ * partials do not travel at the fp32 stride. 0 means H*4; at most H*4 (the slot stride
+ * stays Tmax*H*4 whatever it is). */
 typedef struct a2a_px_layout {
     uint64_t off_cnt, off_meta, off_rows, off_wgt, off_part;
     uint32_t L, K, H, Tmax, row_bytes;
+    uint32_t part_row_bytes;
 } a2a_px_layout;
 
 /* Bytes a region must have to hold `world` slots of every region. */
@@ -117,9 +124,9 @@ typedef struct a2a_px_config {
 typedef struct a2a_px a2a_px;
 
 /* Validates cfg (-EINVAL with the reason in te_last_error(): NULL pointers, world or
- * rank out of range, a mask bit for self or beyond world, a region that does not fit
- * stage or a peer's rblock, overlapping regions, NIC counts that differ, immediates
- * past 2^32), creates the arrival flags and the doorbells. Create the proxy on every
+ * rank out of range, a mask bit for self or beyond world, part_row_bytes above H*4, a
+ * region that does not fit stage or a peer's rblock, overlapping regions, NIC counts
+ * that differ, immediates past 2^32), creates the arrival flags and the doorbells. Create the proxy on every
  * rank before any rank rings a doorbell: immediates that arrive before the flags exist
  * are not counted (the caller's all-gather after create is that barrier). */
 int a2a_px_create(const a2a_px_config *cfg, a2a_px **out);

@@ -42,7 +42,7 @@ static uint32_t phase_spans(const a2a_px *px, int phase, int q, uint64_t v, px_s
         out[0] = span(px, 3, l->off_wgt, q, v * 4);
         return 1;
     default:
-        out[0] = span(px, 4, l->off_part, q, v * l->H * 4);
+        out[0] = span(px, 4, l->off_part, q, v * l->part_row_bytes); /* packed rows */
         return 1;
     }
 }
