@@ -191,8 +191,8 @@ def test_pattern_summary():
     pats = [B.iteration_pattern([[1, 3], [2, 1]], [4, 4], shape, topo)] * 3
     s = R.pattern_summary(pats)
     assert s["dsp"]["writes_per_rank_p50"] == 6
-    # rank 1 returns the 3 rows rank 0 sent it: compact rows at stride H*4
-    assert s["cmb"]["write_bytes_max"] == 3 * 16 * 4
+    # rank 1 returns the 3 rows rank 0 sent it: compact rows packed at H*2 (bf16)
+    assert s["cmb"]["write_bytes_max"] == 3 * 16 * 2
     assert s["cmb"]["writes_per_rank_p50"] == 2  # one write, 2 shards
     assert s["wgt"]["bytes_per_rank_p50"] == 4 * 2 * 4
     one_domain = B.Topology(world=2, nvlink=2)

@@ -33,9 +33,10 @@ def test_row_bytes_deepseek():
 def test_contract_writes_exact():
     assert B.dsp_writes(3, 2, SMALL) == [12, 36, 48]  # cnt (L+1)*4, meta n*(K+1)*4, rows n*16
     assert B.wgt_writes(5, SMALL) == [40]              # T*K fp32
-    assert B.cmb_writes(3, SMALL) == [3 * 16 * 4]      # the 3 rows received, compact, stride H*4
+    assert B.cmb_writes(3, SMALL) == [3 * 16 * 2]      # the 3 rows received, compact, packed bf16
     assert B.cmb_writes(0, SMALL) == [0]               # posted even when empty
-    assert B.cmb_variant_bytes(3, SMALL) == 3 * 16 * 2  # the same rows packed as bf16
+    f32 = B.Shape(tokens=3, hidden=16, scales=0, experts=4, topk=2, in_bytes=1, partial_bytes=4)
+    assert B.cmb_writes(3, f32) == [3 * 16 * 4]        # fp32 partials: H*4 per row
     assert B.cmb_rejected_bytes(4, SMALL) == 4 * 16 * 4  # first rule: rows [0, span) by token id
 
 
@@ -72,8 +73,7 @@ def test_rank_bytes_hand_case_rdma_only():
     assert rb.rows_out == pytest.approx(5.0)  # 2.5 to the peer, 2.5 to itself
     assert rb.dsp_rdma_bytes == pytest.approx(12 + 2.5 * (12 + 16))
     assert rb.wgt_rdma_bytes == 3 * 2 * 4
-    assert rb.cmb_rdma_bytes == pytest.approx(2.5 * 16 * 4)  # n rows at stride H*4
-    assert rb.cmb_rdma_variant_bytes == pytest.approx(2.5 * 16 * 2)
+    assert rb.cmb_rdma_bytes == pytest.approx(2.5 * 16 * 2)  # n rows packed at H*pb (bf16)
     span = 3 - sum((1 / 6) ** i for i in (1, 2, 3))
     assert rb.cmb_rdma_rejected_bytes == pytest.approx(span * 16 * 4)
     assert rb.rdma_writes == {"dsp": 6, "wgt": 2, "cmb": 2}  # 3/1/1 writes x 2 shards
@@ -112,9 +112,11 @@ def test_monotonic():
         # RDMA-only moves at least what hybrid moves over RDMA; rows are the same
         assert ro.dsp_rdma_bytes >= hy.dsp_rdma_bytes
         assert ro.rows_out == pytest.approx(hy.rows_out)
-        # bf16 packed <= contract (fp32 stride) = 2 x packed <= by token id (span >= rows)
-        assert hy.cmb_rdma_bytes == pytest.approx(2 * hy.cmb_rdma_variant_bytes)
-        assert hy.cmb_rdma_bytes <= hy.cmb_rdma_rejected_bytes
+        # contract (packed bf16) = half the same rows at H*4 <= by token id at H*4 (span >= rows)
+        assert 2 * hy.cmb_rdma_bytes <= hy.cmb_rdma_rejected_bytes
+        # per peer, RDMA returns what NVLink stores: exactly the needed partials (E/W even)
+        if hy.rdma_peers:
+            assert hy.cmb_rdma_bytes / hy.rdma_peers == pytest.approx(hy.cmb_nvlink_bytes / hy.nvlink_peers)
         if prev is not None:
             assert ro.rows_out > prev.rows_out          # more ranks, more distinct destinations
             assert ro.dsp_rdma_bytes > prev.dsp_rdma_bytes
@@ -146,9 +148,9 @@ def test_iteration_pattern_exact():
     assert pat["dsp"]["writes"] == [3, 3]
     assert pat["wgt"]["bytes"] == [4 * 2 * 4, 5 * 2 * 4]
     # rank 1 returns the 3 rows rank 0 sent it, rank 0 the 2 rows rank 1 sent it
-    assert pat["cmb"]["bytes"] == [2 * 16 * 4, 3 * 16 * 4]
+    assert pat["cmb"]["bytes"] == [2 * 16 * 2, 3 * 16 * 2]  # packed bf16 rows
     assert pat["cmb"]["writes"] == [1, 1]
-    assert sorted(pat["cmb"]["sizes"]) == [128, 192]
+    assert sorted(pat["cmb"]["sizes"]) == [64, 96]
     with pytest.raises(ValueError):
         B.iteration_pattern([[0, 1]], [1], SMALL, topo)
     with pytest.raises(ValueError):
@@ -162,10 +164,10 @@ def test_iteration_pattern_nvlink_pairs_post_nothing():
     for s in range(4):
         assert pat["dsp"]["writes"][s] == 3 * 2  # 2 peers on the other node
         assert pat["cmb"]["writes"][s] == 2
-    # what s sends over CMB is what its RDMA peers sent it in dispatch, at stride H*4
+    # what s sends over CMB is what its RDMA peers sent it in dispatch, packed at H*pb
     for s in range(4):
         got = sum(rows[p][s] for p in range(4) if topo.is_rdma(s, p))
-        assert pat["cmb"]["bytes"][s] == got * SMALL.hidden * 4
+        assert pat["cmb"]["bytes"][s] == got * SMALL.hidden * SMALL.partial_bytes
     topo1 = B.Topology(world=4, nvlink=4)
     assert sum(B.iteration_pattern(rows, [3] * 4, SMALL, topo1)["dsp"]["writes"]) == 0
 
@@ -240,7 +242,9 @@ def test_predictions(doc):
             if mode == "decode":
                 assert hy["dispatch_us"] > one_node["dispatch_us"]
             assert hy["variant"]["combine_us"] <= hy["combine_us"] <= hy["rejected"]["combine_us"]
-            assert hy["rdma_mb"]["cmb"] == pytest.approx(2 * hy["rdma_mb"]["cmb_variant"])
+            # the variant only drops the WGT phase (and carries the weights in DSP)
+            assert hy["combine_us"] - hy["variant"]["combine_us"] == pytest.approx(hy["rdma_us"]["wgt"])
+            assert hy["variant"]["dispatch_us"] >= hy["dispatch_us"]
             if prev is not None:
                 assert ro["dispatch_us"] > prev["dispatch_us"]
             prev = ro
@@ -257,7 +261,8 @@ def test_cli_prints_model_table_and_json(tmp_path, capsys):
     assert {r["ep"] for r in rows} == {8, 16, 32, 64}
     hy64 = [r for r in rows if r["ep"] == 64 and r["nvlink"] == 8 and r["mode"] == "decode" and r["nic_key"] == "cx7"]
     assert hy64[0]["published"]["pplx_cx7"] == "188 / 309"
-    assert "rej comb" in text and "rejected" in hy64[0] and "cmb_variant" in hy64[0]["rdma_mb"]
+    assert "rej comb" in text and "rejected" in hy64[0] and "cmb_rejected" in hy64[0]["rdma_mb"]
+    assert "cmb var" not in text and "cmb_variant" not in hy64[0]["rdma_mb"]  # CMB is packed: no variant
 
 
 def test_cli_rejects_bad_arguments(capsys):

@@ -38,8 +38,8 @@ def test_rank_writes_exact_rdma_only():
     assert w == [("dsp", 1, (L + 1) * 4), ("dsp", 1, 2 * 12), ("dsp", 1, 2 * 16),
                  ("dsp", 2, (L + 1) * 4), ("dsp", 2, 1 * 12), ("dsp", 2, 1 * 16),
                  ("wgt", 1, 3 * 2 * 4), ("wgt", 2, 3 * 2 * 4),
-                 # CMB to q: the rows q sent rank 0, compact at stride H*4
-                 ("cmb", 1, 3 * 16 * 4), ("cmb", 2, 1 * 16 * 4)]
+                 # CMB to q: the rows q sent rank 0, compact, packed at H*2 (bf16)
+                 ("cmb", 1, 3 * 16 * 2), ("cmb", 2, 1 * 16 * 2)]
 
 
 def test_rank_writes_match_iteration_pattern():

@@ -13,14 +13,13 @@ The rules follow the design (docs/a2a.md, docs/a2a-internode.md):
 - over RDMA every phase is a fixed set of writes per peer (contract, "Signals"):
   DSP = cnt slot, meta [0, n), rows [0, n) (3 writes); WGT = T*K fp32 weights (1 write);
   CMB = the n rows the expert rank received from that source in dispatch, compact
-  (part row j = the source's dispatch row j) at the part block's row stride H*4
-  (1 write of n*H*4 bytes, whatever the partial dtype). Each write is sharded over the
-  NICs (s shards => s fabric writes).
+  (part row j = the source's dispatch row j) and packed at the partial dtype's stride
+  H*pb (1 write of n*H*pb bytes: pb = 2 for bf16/fp16 partials, 4 for fp32). Each write
+  is sharded over the NICs (s shards => s fabric writes).
 
-Two other CMB rules are kept for comparison, by name: the *variant* (the same compact
-rows packed at the partial dtype's stride, H*pb: n*H*2 for bf16; the recommendation of
-docs/a2a-model.md) and the *rejected* rule the contract had first (part rows [0, m) by
-token id, m = 1 + largest token id sent to the peer: about T rows per peer).
+One other CMB rule is kept for comparison, by name: the *rejected* rule the contract
+had first (part rows [0, m) by token id at the part block's row stride H*4, m = 1 +
+largest token id sent to the peer: about T rows per peer).
 """
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ import dataclasses
 import math
 from typing import Dict, List, Sequence
 
-CMB_ROW_STRIDE_ELEM = 4  # the part block's row stride is H*4 bytes whatever the partial dtype
+PART_SLOT_ROW_ELEM = 4  # rows by token id (NVLink slots, the rejected rule) are H*4 bytes apart
 
 
 def roundup(x: int, m: int) -> int:
@@ -151,20 +150,16 @@ def wgt_writes(tokens: int, shape: Shape) -> List[int]:
 
 def cmb_writes(rows: int, shape: Shape) -> List[int]:
     """The CMB write as the contract specifies: the `rows` rows the expert rank received
-    from this source in dispatch, compact, at the part block's row stride H*4."""
-    return [rows * shape.hidden * CMB_ROW_STRIDE_ELEM]
-
-
-def cmb_variant_bytes(rows: int, shape: Shape) -> int:
-    """The variant: the same compact rows packed at the partial dtype's stride (H*pb),
-    the least combine can return (one partial per (token, expert rank))."""
-    return rows * shape.hidden * shape.partial_bytes
+    from this source in dispatch, compact, packed at the partial dtype's stride H*pb (the
+    proxy's layout.part_row_bytes): the least combine can return, one partial per
+    (token, expert rank)."""
+    return [rows * shape.hidden * shape.partial_bytes]
 
 
 def cmb_rejected_bytes(span: int, shape: Shape) -> int:
     """The rule the contract had first (rejected): part rows [0, span) by token id at
     stride H*4, span = 1 + the largest token id the source sent to this expert rank."""
-    return span * shape.hidden * CMB_ROW_STRIDE_ELEM
+    return span * shape.hidden * PART_SLOT_ROW_ELEM
 
 
 # ---- expected bytes per rank for uniform random routing (the model's input) ---------
@@ -180,8 +175,7 @@ class RankBytes:
     dsp_rdma_bytes: float
     dsp_nvlink_bytes: float
     wgt_rdma_bytes: float
-    cmb_rdma_bytes: float          # as the contract writes them (n compact rows at H*4)
-    cmb_rdma_variant_bytes: float  # the same rows packed at the partial dtype (H*pb)
+    cmb_rdma_bytes: float          # as the contract writes them (n compact rows at H*pb)
     cmb_rdma_rejected_bytes: float  # the first contract's rule (span rows by token id at H*4)
     cmb_nvlink_bytes: float
     rdma_writes: Dict[str, int]    # fabric writes posted per phase (shards included)
@@ -199,7 +193,7 @@ def rank_bytes(shape: Shape, topo: Topology, rank: int = 0) -> RankBytes:
     L = experts_per_rank(shape.experts, s)  # every cnt slot holds L+1 counts
     rdma = nvl = 0
     rows_out = rows_self = 0.0
-    dsp_r = dsp_n = cmb_r = cmb_v = cmb_x = cmb_n = 0.0
+    dsp_r = dsp_n = cmb_r = cmb_x = cmb_n = 0.0
     n_sum = 0.0
     for q_slice, q in enumerate(peers):
         owned = owned_experts(shape.experts, s, q_slice)
@@ -216,12 +210,11 @@ def rank_bytes(shape: Shape, topo: Topology, rank: int = 0) -> RankBytes:
             # what q sends back = what we sent q (n rows); by symmetry the same as what we
             # send back to q
             cmb_r += cmb_writes(1, shape)[0] * n
-            cmb_v += cmb_variant_bytes(1, shape) * n
             cmb_x += cmb_rejected_bytes(1, shape) * expected_span(shape.tokens, p)
         else:
             nvl += 1
             dsp_n += n * (shape.meta_bytes + shape.row_bytes)
-            cmb_n += cmb_variant_bytes(1, shape) * n
+            cmb_n += n * shape.hidden * shape.partial_bytes  # stores of the needed rows only
     others = max(1, len(peers) - 1)
     n_mean = n_sum / others if len(peers) > 1 else 0.0
     per_peer = {
@@ -233,7 +226,7 @@ def rank_bytes(shape: Shape, topo: Topology, rank: int = 0) -> RankBytes:
     return RankBytes(rdma_peers=rdma, nvlink_peers=nvl, rows_per_peer=n_mean, rows_out=rows_out,
                      rows_self=rows_self, dsp_rdma_bytes=dsp_r, dsp_nvlink_bytes=dsp_n,
                      wgt_rdma_bytes=rdma * wgt_writes(shape.tokens, shape)[0],
-                     cmb_rdma_bytes=cmb_r, cmb_rdma_variant_bytes=cmb_v, cmb_rdma_rejected_bytes=cmb_x,
+                     cmb_rdma_bytes=cmb_r, cmb_rdma_rejected_bytes=cmb_x,
                      cmb_nvlink_bytes=cmb_n,
                      rdma_writes=writes, per_peer_write_bytes=per_peer)
 

@@ -171,11 +171,10 @@ def predict(doc: Dict[str, Any], mode: str, ep: int, nvlink: int, nic: Nic,
     dsp = rdma_phase_us(rb.dsp_rdma_bytes, rb.rdma_writes["dsp"], nic, db, fl)
     wgt = rdma_phase_us(rb.wgt_rdma_bytes, rb.rdma_writes["wgt"], nic, db, fl)
     cmb = rdma_phase_us(rb.cmb_rdma_bytes, rb.rdma_writes["cmb"], nic, db, fl)
-    # variant: the compact rows packed at the partial dtype (H*pb, not H*4), and the
-    # weights carried with the dispatch metadata (K fp32 per row) instead of a WGT round trip
+    # variant: the contract with the weights carried by the dispatch metadata (K fp32 per
+    # row) instead of a WGT round trip
     extra_w = rb.rdma_peers * rb.rows_per_peer * shape.topk * 4
     dsp_v = rdma_phase_us(rb.dsp_rdma_bytes + extra_w, rb.rdma_writes["dsp"], nic, db, fl)
-    cmb_v = rdma_phase_us(rb.cmb_rdma_variant_bytes, rb.rdma_writes["cmb"], nic, db, fl)
     # rejected: the contract's first CMB rule (rows by token id), everything else as contract
     cmb_x = rdma_phase_us(rb.cmb_rdma_rejected_bytes, rb.rdma_writes["cmb"], nic, db, fl)
     return {
@@ -183,13 +182,12 @@ def predict(doc: Dict[str, Any], mode: str, ep: int, nvlink: int, nic: Nic,
         "rdma_peers": rb.rdma_peers, "nvlink_peers": rb.nvlink_peers,
         "rows_per_peer": rb.rows_per_peer,
         "rdma_mb": {"dsp": rb.dsp_rdma_bytes / 1e6, "wgt": rb.wgt_rdma_bytes / 1e6,
-                    "cmb": rb.cmb_rdma_bytes / 1e6, "cmb_variant": rb.cmb_rdma_variant_bytes / 1e6,
-                    "cmb_rejected": rb.cmb_rdma_rejected_bytes / 1e6},
+                    "cmb": rb.cmb_rdma_bytes / 1e6, "cmb_rejected": rb.cmb_rdma_rejected_bytes / 1e6},
         "kernels_us": k, "rdma_us": {"dsp": dsp, "wgt": wgt, "cmb": cmb},
         "dispatch_us": k["dispatch_send"] + dsp + k["dispatch_recv"],
         "combine_us": wgt + k["combine_send"] + cmb + k["combine_recv"],
         "variant": {"dispatch_us": k["dispatch_send"] + dsp_v + k["dispatch_recv"],
-                    "combine_us": k["combine_send"] + cmb_v + k["combine_recv"]},
+                    "combine_us": k["combine_send"] + cmb + k["combine_recv"]},
         "rejected": {"combine_us": wgt + k["combine_send"] + cmb_x + k["combine_recv"]},
     }
 
@@ -222,10 +220,10 @@ def table(doc: Dict[str, Any], modes: List[str], nics: List[str], eps: List[int]
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
     out = ["MODEL, not a measurement (docs/a2a-model.md). Latency of one call, one rank, no skew, us.",
-           "contract = the writes docs/a2a-internode.md specifies (CMB: compact rows at stride H*4);",
-           "variant = CMB rows packed at the partial dtype (bf16: H*2) and the weights sent with",
-           "dispatch (no WGT round trip); rej comb = combine with the contract's first, rejected CMB",
-           "rule (rows by token id, about T rows per peer). MB/rank: sent over RDMA per call.",
+           "contract = the writes docs/a2a-internode.md specifies (CMB: compact rows packed at the",
+           "partial dtype, bf16: H*2); variant = the contract with the weights sent with dispatch",
+           "(no WGT round trip); rej comb = combine with the contract's first, rejected CMB rule",
+           "(rows by token id at H*4, about T rows per peer). MB/rank: sent over RDMA per call.",
            "Published: median us, dispatch / combine; pplx-garden README (NVLink 8), '?' = omitted cell."]
     key = None
     for r in rows:
@@ -234,13 +232,13 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
             key = k
             topo = "RDMA only (--nvlink 1)" if r["nvlink"] == 1 else "hybrid (--nvlink 8)"
             out.append(f"\n{r['mode']} ({r['tokens']} tokens/rank), {r['nic']}, {topo}")
-            hdr = (f"{'EP':>4} {'RDMA':>5} {'MB/rank dsp':>11} {'cmb':>8} {'cmb var':>8} | {'dispatch':>9} "
+            hdr = (f"{'EP':>4} {'RDMA':>5} {'MB/rank dsp':>11} {'cmb':>8} | {'dispatch':>9} "
                    f"{'combine':>9} | {'disp var':>9} {'comb var':>9} | {'rej comb':>9}")
             if r["nvlink"] != 1:
                 hdr += f" | {'pplx-' + r['nic_key']:>17} {'DeepEP-cx7':>17}"
             out.append(hdr)
         m = r["rdma_mb"]
-        line = (f"{r['ep']:>4} {r['rdma_peers']:>5} {m['dsp']:>11.2f} {m['cmb']:>8.2f} {m['cmb_variant']:>8.2f} | "
+        line = (f"{r['ep']:>4} {r['rdma_peers']:>5} {m['dsp']:>11.2f} {m['cmb']:>8.2f} | "
                 f"{r['dispatch_us']:>9.1f} {r['combine_us']:>9.1f} | {r['variant']['dispatch_us']:>9.1f} "
                 f"{r['variant']['combine_us']:>9.1f} | {r['rejected']['combine_us']:>9.1f}")
         if "published" in r:
