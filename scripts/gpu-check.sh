@@ -5,8 +5,14 @@
 # transfer on the GPU, and print a summary table last. A failing step does not stop the
 # others; each step has a timeout and the whole run stays under ~8.5 minutes.
 #
+# STEPS=a2a (or "engine a2a") runs the all-to-all across nodes on this one GPU instead
+# (issue 14): the NVLink suite against the restructured kernels, the RDMA suite over shm
+# and tcp (every rank a process with its own engine), and fabric-debug's a2a write
+# pattern with device buffers, engine against raw.
+#
 #   usage (repo root, on the GPU machine): bash scripts/gpu-check.sh
-#   env:  LF2_PREFIX   libfabric 2.x + CUDA install prefix   (default $PWD/.lf2)
+#   env:  STEPS        step groups: engine, a2a              (default engine)
+#         LF2_PREFIX   libfabric 2.x + CUDA install prefix   (default $PWD/.lf2)
 #         DEPS_PREFIX  libfabric 1.17 headers + cmocka       (default $PWD/.deps/usr)
 #         OUT          where logs go                         (default $PWD/gpu-out)
 #         RL_GIB       RL model size in GiB of bf16          (default 4)
@@ -19,6 +25,8 @@ LF2=${LF2_PREFIX:-$ROOT/.lf2}
 DEPS=${DEPS_PREFIX:-$ROOT/.deps/usr}
 B=${BUILD_DIR:-/tmp/tendril-gpu-check}
 RL_GIB=${RL_GIB:-4}
+STEPS=${STEPS:-engine}
+want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 BUDGET=${BUDGET_S:-510} # seconds for the whole run
 mkdir -p "$OUT"
 : >"$OUT/summary.tsv"
@@ -66,6 +74,13 @@ step() {
     echo "[$(date -u +%T)] $name: $st ($((SECONDS - t0)) s)"
 }
 
+# The table of every step, last; the exit status says whether all were ok or skipped.
+summary() {
+    echo "=== summary (logs in $OUT)"
+    column -t -s "$(printf '\t')" "$OUT/summary.tsv" 2>/dev/null || cat "$OUT/summary.tsv"
+    ! grep -qv "	ok	\|	SKIP	" "$OUT/summary.tsv"
+}
+
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     uname -r
@@ -89,6 +104,23 @@ step build 300 cmake --build "$B" -j16 --target gpu_fabric_hmem_probe gpu_regist
 # apart: without Python development files there is no _tendril target (RL then skips)
 step build_python 120 cmake --build "$B" -j16 --target _tendril
 X=$B/bin
+
+if want a2a; then
+    A2A_ENV="PYTHONPATH=$ROOT/python:$B/python NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1"
+    step a2a.nvlink 240 env $A2A_ENV python3 "$ROOT/tests/gpu/run_gpu_tests.py"
+    for p in shm tcp; do
+        step a2a_rdma.$p 240 env $A2A_ENV TENDRIL_TEST_PROVIDER=$p python3 "$ROOT/tests/gpu/run_gpu_tests.py" test_a2a_rdma.py
+    done
+    for m in decode prefill; do
+        python3 "$ROOT/tools/a2a_model/a2a_model.py" --pattern $m --ep 8 --nvlink 1 --pattern-out "$OUT/$m-ep8-nvl1.txt"
+        step fabric-debug.a2a.$m 90 "$X/fabric-debug" local --provider shm --gpu 0 --only a2a \
+            --a2a-pattern "$OUT/$m-ep8-nvl1.txt" --reps 3 --verify --json "$OUT/fabric-debug.a2a.$m.json"
+    done
+fi
+if ! want engine; then
+    summary
+    exit
+fi
 
 export TENDRIL_TEST_PROVIDER=shm
 step hmem_probe 30 "$X/gpu_fabric_hmem_probe"
@@ -119,6 +151,4 @@ echo "=== rl_weights.gpu"; grep -a "^model\|^schedule\|^step\|RESULT\|FAIL\|SKIP
 for f in configure build build_python; do
     grep -q "^$f	ok" "$OUT/summary.tsv" || { echo "=== $f log (tail)"; tail -30 "$OUT/$f.log"; }
 done
-echo "=== summary (logs in $OUT)"
-column -t -s "$(printf '\t')" "$OUT/summary.tsv" 2>/dev/null || cat "$OUT/summary.tsv"
-! grep -qv "	ok	\|	SKIP	" "$OUT/summary.tsv"
+summary
