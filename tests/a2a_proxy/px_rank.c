@@ -277,6 +277,9 @@ void pr_free(px_rank *r)
  *   errors MS                 -> errors N CODE MSG (waits up to MS for the first)
  *   check                     -> ok | err ...
  *   stats                     -> stats WRITES BYTES DOORBELLS IGNORED WRITE_ERRORS
+ *   timing PHASE N MS         -> timing COUNT DROPPED then p50 p99 max (ns) of seen_first,
+ *                                first_last, last_done, seen_done (waits up to MS for
+ *                                COUNT >= N: a doorbell is timed once its writes completed)
  *   close                     -> ok               (proxy destroyed)
  *   quit                      -> (exits 0) */
 static int child_loop(px_rank *r)
@@ -334,6 +337,27 @@ static int child_loop(px_rank *r)
                            (unsigned long long)(st.bytes[0] + st.bytes[1] + st.bytes[2]),
                            (unsigned long long)(st.doorbells[0] + st.doorbells[1] + st.doorbells[2]),
                            (unsigned long long)st.ignored_doorbells, (unsigned long long)st.write_errors);
+        } else if (sscanf(line, "timing %d %llu %llu", &p, &e, &ms) == 3) {
+            a2a_px_timing t;
+            uint64_t deadline = tn_now_ns() + ms * 1000000ull;
+            int rc;
+            while ((rc = a2a_px_timing_get(r->px, p, &t)) == 0 && t.count < e && tn_now_ns() < deadline) {
+                struct timespec ts = {0, 1000000};
+                nanosleep(&ts, NULL);
+            }
+            if (rc) {
+                th_child_reply("err %s", te_last_error());
+                continue;
+            }
+            const a2a_px_span *sp[4] = {&t.seen_first, &t.first_last, &t.last_done, &t.seen_done};
+            char text[512];
+            int off = snprintf(text, sizeof text, "timing %llu %llu", (unsigned long long)t.count,
+                               (unsigned long long)t.dropped);
+            for (int k = 0; k < 4; k++)
+                off += snprintf(text + off, sizeof text - (size_t)off, " %llu %llu %llu",
+                                (unsigned long long)sp[k]->p50_ns, (unsigned long long)sp[k]->p99_ns,
+                                (unsigned long long)sp[k]->max_ns);
+            th_child_reply("%s", text);
         } else if (!strcmp(line, "close")) {
             pr_close(r);
             th_child_reply("ok");

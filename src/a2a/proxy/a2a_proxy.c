@@ -153,6 +153,7 @@ int a2a_px_create(const a2a_px_config *cfg, a2a_px **out)
         if (px->have_addr) px->addr[q] = cfg->peer_addr[q];
     }
     px->nics = px->rdma_mask ? px->rblock[px->rank].n_nics : 0;
+    px_timing_init(px);
     for (int p = 0; p < A2A_PX_N; p++)
         for (int q = 0; q < A2A_PX_MAX_RANKS; q++)
             for (int k = 0; k < 3; k++)

@@ -162,6 +162,42 @@ typedef struct a2a_px_stats {
 /* A snapshot of the counters (exact once the writes have completed). Thread-safe. */
 int a2a_px_stats_get(const a2a_px *px, a2a_px_stats *out);
 
+/* Host-side latency of the doorbells, per phase (the host part of issue 14's per-decode
+ * breakdown; the kernel-side parts and the receive side are not measured here: an imm
+ * flag counts its immediates inside the engine, with no per-immediate hook).
+ * Times are CLOCK_MONOTONIC (tn_now_ns), durations in nanoseconds:
+ *   seen_first  the watcher callback entered for the doorbell -> its first te_write was
+ *               accepted (epoch and length checks, the first te_write call with any
+ *               -EAGAIN retries);
+ *   first_last  first -> last te_write accepted (the other writes' te_write calls, their
+ *               retries included; 0 when the doorbell posts one write);
+ *   last_done   last te_write accepted -> the phase's completed-write count reached the
+ *               total posted through this doorbell (its writes' local completions, and
+ *               any earlier doorbell's still pending: they complete in order in practice;
+ *               0 when the last completion ran before te_write returned);
+ *   seen_done   watcher callback -> that completion (the sum of the three, per sample).
+ * Each is over the same doorbells. A doorbell is timed once it posted its writes and
+ * they all completed; doorbells that post nothing (an error, no RDMA peer) are not.
+ * p50/p99 are nearest-rank over the last min(count, A2A_PX_TIMING_WINDOW) samples, max
+ * over the same window. Recording is lock-free and allocation-free: three clock reads
+ * on the watcher thread and one on the completion of a doorbell's last write. */
+#define A2A_PX_TIMING_WINDOW 1024
+typedef struct a2a_px_span {
+    uint64_t p50_ns, p99_ns, max_ns;
+} a2a_px_span;
+typedef struct a2a_px_timing {
+    uint64_t count;   /* doorbells timed since create or a2a_px_timing_reset */
+    uint64_t window;  /* samples the percentiles are over */
+    uint64_t dropped; /* not timed: 64 earlier doorbells of the phase still incomplete */
+    a2a_px_span seen_first, first_last, last_done, seen_done;
+} a2a_px_timing;
+/* A snapshot for phase (exact once the writes have completed). 0, or -EINVAL (NULL,
+ * bad phase). Thread-safe. */
+int a2a_px_timing_get(const a2a_px *px, int phase, a2a_px_timing *out);
+/* Starts every phase's count and window afresh (e.g. after warm-up). Samples recorded
+ * while it runs may land on either side. 0 or -EINVAL. Thread-safe. */
+int a2a_px_timing_reset(a2a_px *px);
+
 /* For applications that own the engine's peer callback (app_forwards_peer_events):
  * forwards one peer state change to every proxy of engine e. Any thread. */
 void a2a_px_peer_event(te_engine *e, const te_addr *addr, int state);

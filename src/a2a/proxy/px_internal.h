@@ -18,6 +18,28 @@ typedef struct px_wctx {
     uint16_t peer;
 } px_wctx;
 
+/* Timing of one doorbell in flight (px_timing.c). t_seen, t_first, t_last: written by
+ * the watcher thread; t_done: by the completion that finishes the doorbell's writes.
+ * ready counts the two sides (the second records the sample); SLOT_FREE once recorded. */
+typedef struct px_tm_slot {
+    _Atomic uint64_t seq; /* doorbell index k this slot times */
+    _Atomic unsigned ready;
+    uint64_t t_seen, t_first, t_last, t_done;
+} px_tm_slot;
+
+/* Doorbells of one phase whose completions may still be pending and be timed. */
+#define PX_TM_SLOTS 64
+enum { PX_TM_N = 4 }; /* seen->first, first->last, last->done, seen->done */
+
+typedef struct px_phase_timing {
+    uint64_t per_bell;         /* writes per doorbell: RDMA peers * a2a_px_writes */
+    uint64_t bells;            /* doorbells that began posting (watcher thread only) */
+    _Atomic uint64_t completed; /* write completions of this phase */
+    _Atomic uint64_t next, recorded, base, dropped;
+    px_tm_slot slot[PX_TM_SLOTS];
+    _Atomic uint64_t win[PX_TM_N][A2A_PX_TIMING_WINDOW]; /* durations, ns */
+} px_phase_timing;
+
 /* Watcher argument of one phase's doorbell. */
 typedef struct px_bell {
     struct a2a_px *px;
@@ -59,6 +81,7 @@ struct a2a_px {
         _Atomic uint64_t doorbells, writes, bytes;
     } st[A2A_PX_N];
     _Atomic uint64_t write_errors, eagain_retries, ignored;
+    px_phase_timing tm[A2A_PX_N];
 
     /* px_peers.c registry (its lock) */
     struct a2a_px *next;
@@ -74,6 +97,14 @@ void px_fail(struct a2a_px *px, int err, const char *fmt, ...) __attribute__((fo
 
 /* te_watch_fn of a phase's doorbell (arg: px_bell). */
 bool px_on_doorbell(void *arg, uint64_t old_value, uint64_t new_value);
+
+/* Timing (px_timing.c). init: at create. begin: the watcher saw a doorbell that will
+ * post its writes (NULL: not timed); posted: its last write was accepted; completed:
+ * one write of the phase completed (any thread). */
+void px_timing_init(struct a2a_px *px);
+px_tm_slot *px_timing_begin(struct a2a_px *px, int phase, uint64_t t_seen);
+void px_timing_posted(struct a2a_px *px, int phase, px_tm_slot *s);
+void px_timing_completed(struct a2a_px *px, int phase);
 
 /* Peer-down registry: add installs the engine's peer callback when needed; remove waits
  * until no peer event is being delivered to px. */

@@ -57,6 +57,7 @@ static void px_write_done(void *arg, int status, const char *msg)
                 px->rank, px_phase_name[w->phase], w->part + 1u, a2a_px_writes(w->phase), w->peer,
                 msg ? msg : "no message", te_strerror(status));
     }
+    px_timing_completed(px, w->phase);
     /* Last touch of px: a2a_px_destroy frees it once no write is in flight. */
     atomic_fetch_sub_explicit(&px->inflight, 1, memory_order_release);
 }
@@ -116,6 +117,7 @@ static int post(a2a_px *px, int phase, int q, uint32_t part, const px_span *s, u
 bool px_on_doorbell(void *arg, uint64_t old_value, uint64_t v)
 {
     (void)old_value; /* the watcher's last value; the proxy keeps its own (b->epoch) */
+    const uint64_t t_seen = tn_now_ns();
     px_bell *b = arg;
     a2a_px *px = b->px;
     const int ph = b->phase;
@@ -151,13 +153,17 @@ bool px_on_doorbell(void *arg, uint64_t old_value, uint64_t v)
         }
     }
     const uint64_t deadline = tn_now_ns() + (uint64_t)px->timeout_ms * 1000000ull;
+    px_tm_slot *tm = px_timing_begin(px, ph, t_seen);
     for (int q = 0; q < px->world; q++) {
         if (!(px->rdma_mask >> q & 1)) continue;
         px_span s[3];
         uint32_t n = phase_spans(px, ph, q, (uint64_t)len[q], s);
-        for (uint32_t k = 0; k < n; k++)
+        for (uint32_t k = 0; k < n; k++) {
             if (post(px, ph, q, k, &s[k], deadline)) return true;
+            if (tm && !tm->t_first) tm->t_first = tn_now_ns();
+        }
     }
+    px_timing_posted(px, ph, tm);
     atomic_fetch_add_explicit(&px->st[ph].doorbells, 1, memory_order_relaxed);
     return true;
 }
