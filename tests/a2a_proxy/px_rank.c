@@ -280,6 +280,7 @@ void pr_free(px_rank *r)
  *   timing PHASE N MS         -> timing COUNT DROPPED then p50 p99 max (ns) of seen_first,
  *                                first_last, last_done, seen_done (waits up to MS for
  *                                COUNT >= N: a doorbell is timed once its writes completed)
+ *   timing-reset              -> ok               (a2a_px_timing_reset)
  *   close                     -> ok               (proxy destroyed)
  *   quit                      -> (exits 0) */
 static int child_loop(px_rank *r)
@@ -358,6 +359,9 @@ static int child_loop(px_rank *r)
                                 (unsigned long long)sp[k]->p50_ns, (unsigned long long)sp[k]->p99_ns,
                                 (unsigned long long)sp[k]->max_ns);
             th_child_reply("%s", text);
+        } else if (!strcmp(line, "timing-reset")) {
+            if (a2a_px_timing_reset(r->px)) th_child_reply("err %s", te_last_error());
+            else th_child_reply("ok");
         } else if (!strcmp(line, "close")) {
             pr_close(r);
             th_child_reply("ok");

@@ -153,6 +153,16 @@ static void check_timing(world *w, int per_node, uint64_t epochs, bool print)
                               v[1][1] / 1e3, v[1][2] / 1e3, v[2][0] / 1e3, v[2][1] / 1e3, v[2][2] / 1e3,
                               v[3][0] / 1e3, v[3][1] / 1e3, v[3][2] / 1e3);
         }
+        /* reset starts every phase's count afresh (no doorbell rings meanwhile) */
+        ask_ok(w, r, "timing-reset");
+        for (int p = 0; p < A2A_PX_N; p++) {
+            char reply[512];
+            unsigned long long count = 1, dropped = 1;
+            ask(w, r, reply, sizeof reply, "timing %d 0 0", p);
+            assert_int_equal(sscanf(reply, "timing %llu %llu", &count, &dropped), 2);
+            assert_int_equal(count, 0);
+            assert_int_equal(dropped, 0);
+        }
     }
 }
 
