@@ -13,9 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "a2a_internal.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "proxy/a2a_proxy.h"
 
@@ -37,18 +37,6 @@ static void probe_done(void *arg, int status, const char *msg)
     if (__atomic_exchange_n(&p->state, PROBE_DONE, __ATOMIC_ACQ_REL) == PROBE_ABANDONED) free(p);
 }
 
-static void sleep_us(long us)
-{
-    struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
-    nanosleep(&ts, NULL);
-}
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* Writes our own cnt slot (zeros onto zeros: nothing runs yet) from stage to rblock. */
 static int probe_write(a2a_ctx *c, int timeout_ms)
@@ -70,14 +58,14 @@ static int probe_write(a2a_ctx *c, int timeout_ms)
         free(p);
         return tn_err(rc, "a loopback write of GPU memory was refused: %s", te_last_error());
     }
-    const uint64_t deadline = mono_ms() + (uint64_t)timeout_ms;
+    const uint64_t deadline = tn_now_ms() + (uint64_t)timeout_ms;
     while (__atomic_load_n(&p->state, __ATOMIC_ACQUIRE) != PROBE_DONE) {
-        if (mono_ms() >= deadline) {
+        if (tn_now_ms() >= deadline) {
             if (__atomic_exchange_n(&p->state, PROBE_ABANDONED, __ATOMIC_ACQ_REL) == PROBE_DONE) break;
             return tn_err(-ETIMEDOUT, "a loopback write of GPU memory did not complete within %d ms",
                           timeout_ms); /* p is freed by probe_done */
         }
-        sleep_us(200);
+        tn_sleep_us(200);
     }
     rc = p->status ? tn_err(p->status, "a loopback write of GPU memory failed: %s", p->msg) : 0;
     free(p);
@@ -90,9 +78,9 @@ static int probe_write(a2a_ctx *c, int timeout_ms)
 static int dereg(a2a_ctx *c, te_mr **mr)
 {
     if (!*mr) return 0;
-    const uint64_t deadline = mono_ms() + (c->kp.timeout_ns / 1000000u) + 1000u;
+    const uint64_t deadline = tn_now_ms() + (c->kp.timeout_ns / 1000000u) + 1000u;
     int rc;
-    while ((rc = te_mr_deregister(*mr)) == -EBUSY && mono_ms() < deadline) sleep_us(1000);
+    while ((rc = te_mr_deregister(*mr)) == -EBUSY && tn_now_ms() < deadline) tn_sleep_us(1000);
     if (rc) {
         TN_LOGW("a2a: cannot deregister an RDMA buffer (%s): keeping its memory", te_last_error());
         return rc;

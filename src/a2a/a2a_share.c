@@ -16,9 +16,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/error.h"
 
 #define HELLO_MAGIC 0x54413241u /* "TA2A" */
@@ -30,12 +30,6 @@ typedef struct hello {
     uint64_t size;
     uint64_t layout;
 } hello;
-
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static socklen_t sock_name(struct sockaddr_un *a, const char *rdv, int rank) {
     memset(a, 0, sizeof(*a));
@@ -50,7 +44,7 @@ static int io_all(int fd, void *buf, size_t len, int writing, int64_t deadline) 
     char *p = buf;
     while (len > 0) {
         struct pollfd pf = {.fd = fd, .events = writing ? POLLOUT : POLLIN};
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - (int64_t)tn_now_ms();
         if (left <= 0) return -ETIMEDOUT;
         int rc = poll(&pf, 1, (int)left);
         if (rc < 0 && errno == EINTR) continue;
@@ -121,7 +115,7 @@ static int serve_one(server *sv, int cfd) {
     /* wait until the peer closes: it has its copy of the fd then */
     char b;
     struct pollfd pf = {.fd = cfd, .events = POLLIN};
-    int64_t left = sv->deadline - now_ms();
+    int64_t left = sv->deadline - (int64_t)tn_now_ms();
     if (left > 0 && poll(&pf, 1, (int)left) > 0) (void)!recv(cfd, &b, 1, 0);
     return 0;
 }
@@ -132,7 +126,7 @@ static void *server_main(void *arg) {
     sv->rc = 0;
     while (need > 0) {
         struct pollfd pf = {.fd = sv->lfd, .events = POLLIN};
-        int64_t left = sv->deadline - now_ms();
+        int64_t left = sv->deadline - (int64_t)tn_now_ms();
         if (left <= 0) {
             sv->rc = -ETIMEDOUT;
             break;
@@ -168,9 +162,9 @@ static int fetch_one(const char *rdv, const a2a_share_offer *offer, int q, int64
         int e = errno;
         close(fd);
         if (e != ECONNREFUSED && e != ENOENT && e != EAGAIN) return -e;
-        if (now_ms() >= deadline)
+        if ((int64_t)tn_now_ms() >= deadline)
             return tn_err(-ETIMEDOUT, "a2a connect: rank %d did not show up", q);
-        usleep(2000);
+        tn_sleep_us(2000);
     }
     hello out = {HELLO_MAGIC, offer->rank, offer->world, 0, offer->size, offer->layout};
     int rc = io_all(fd, &out, sizeof(out), 1, deadline);
@@ -184,7 +178,7 @@ static int fetch_one(const char *rdv, const a2a_share_offer *offer, int q, int64
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
                          .msg_controllen = sizeof(u.buf)};
     struct pollfd pf = {.fd = fd, .events = POLLIN};
-    int64_t left = deadline - now_ms();
+    int64_t left = deadline - (int64_t)tn_now_ms();
     if (left <= 0 || poll(&pf, 1, (int)left) <= 0) {
         rc = tn_err(-ETIMEDOUT, "a2a connect: rank %d did not answer", q);
         goto done;
@@ -208,7 +202,7 @@ done:
 
 int a2a_share_exchange(const char *rdv, const a2a_share_offer *offer, int timeout_ms, int npeers,
                        const int *peers, int *fds, uint64_t *sizes) {
-    const int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 60000);
+    const int64_t deadline = (int64_t)tn_now_ms() + (timeout_ms > 0 ? timeout_ms : 60000);
     for (int i = 0; i < npeers; i++) fds[i] = -1;
     if (npeers == 0) return 0;
     int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -34,4 +34,14 @@ static inline uint64_t tn_deadline_ms(int timeout_ms)
     return timeout_ms < 0 ? UINT64_MAX : tn_now_ns() + (uint64_t)timeout_ms * 1000000ull;
 }
 
+/* Sleeps for about `us` microseconds (the bounded polls that wait for completions). */
+static inline void tn_sleep_us(uint64_t us)
+{
+    struct timespec ts = {(time_t)(us / 1000000u), (long)(us % 1000000u) * 1000};
+    nanosleep(&ts, NULL);
+}
+
+/* Milliseconds on the monotonic clock (deadlines kept in ms). */
+static inline uint64_t tn_now_ms(void) { return tn_now_ns() / 1000000u; }
+
 #endif

@@ -145,8 +145,7 @@ int te_recv_pool_destroy(te_recv_pool *p)
     int r = worker_control(g, CTL_POOL_CANCEL, p, 5000);
     uint64_t deadline = tn_deadline_ms(2000);
     while (!r && atomic_load(&p->posted) > 0 && tn_now_ns() < deadline) {
-        struct timespec ts = {0, 200000};
-        nanosleep(&ts, NULL);
+        tn_sleep_us(200);
     }
     bool drained = !r && atomic_load(&p->posted) == 0;
     cb_fence(e, 5000); /* no callback of this pool runs after we return */

@@ -22,6 +22,7 @@
 #include <tendril/a2a.h>
 
 #include "a2a_internal.h"
+#include "a2a_test_config.h"
 
 #define MAXW 4
 
@@ -63,23 +64,6 @@ static int hub_gather(void *ctx, const void *in, void *out, size_t len)
     return h->fail_all ? -EIO : 0;
 }
 
-static a2a_config cfg_of(int rank, int world, int rpn)
-{
-    a2a_config c;
-    memset(&c, 0, sizeof c);
-    c.struct_size = sizeof c;
-    c.rank = rank;
-    c.world_size = world;
-    c.ranks_per_node = rpn;
-    c.max_num_tokens = 16;
-    c.num_experts = 8;
-    c.experts_per_token = 2;
-    c.expert_padding = 1;
-    c.hidden_dim = 128;
-    c.in_elem_size = 2;
-    c.out_dtype = A2A_DTYPE_BF16;
-    return c;
-}
 
 static void *rank_main(void *p)
 {
@@ -139,7 +123,7 @@ static void setup(int world, int rpn, rank_arg *ra, gather_hub *hub)
 {
     memset(hub, 0, sizeof *hub);
     memset(ra, 0, sizeof(rank_arg) * MAXW);
-    for (int r = 0; r < world; r++) ra[r].cfg = cfg_of(r, world, rpn);
+    for (int r = 0; r < world; r++) ra[r].cfg = a2a_test_config(r, world, rpn);
 }
 
 static void expect(const rank_arg *a, int rc, const char *what)

@@ -14,6 +14,7 @@
 #include <tendril/a2a.h>
 
 #include "a2a_internal.h"
+#include "a2a_test_config.h"
 
 static int fake_allgather(void *ctx, const void *in, void *out, size_t len)
 {
@@ -28,19 +29,7 @@ static char engine_stub; /* a2a_create keeps the pointer; only a2a_connect uses 
 
 static a2a_config base_cfg(void)
 {
-    a2a_config c;
-    memset(&c, 0, sizeof c);
-    c.struct_size = sizeof c;
-    c.rank = 0;
-    c.world_size = 2;
-    c.device = 0;
-    c.max_num_tokens = 16;
-    c.num_experts = 8;
-    c.experts_per_token = 2;
-    c.expert_padding = 1;
-    c.hidden_dim = 128;
-    c.in_elem_size = 2;
-    c.out_dtype = A2A_DTYPE_BF16;
+    a2a_config c = a2a_test_config(0, 2, 0);
     c.rendezvous = "unit-a2a";
     return c;
 }

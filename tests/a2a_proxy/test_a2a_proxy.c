@@ -434,6 +434,15 @@ static void test_config_errors(void **state)
     assert_int_equal(a2a_px_flag_wait(r->px, A2A_PX_CMB, 0, 1, 10), -EINVAL);
     assert_int_equal(a2a_px_flag_wait(r->px, A2A_PX_CMB, 1, 1, 10), -ETIMEDOUT);
     assert_int_equal(a2a_px_error(r->px, NULL, 0), 0);
+    /* timing: bad arguments are refused with a message, nothing is touched */
+    a2a_px_timing tm;
+    assert_int_equal(a2a_px_timing_get(NULL, A2A_PX_DSP, &tm), -EINVAL);
+    assert_int_equal(a2a_px_timing_get(r->px, A2A_PX_DSP, NULL), -EINVAL);
+    assert_int_equal(a2a_px_timing_get(r->px, A2A_PX_N, &tm), -EINVAL);
+    assert_non_null(strstr(te_last_error(), "phase 3 outside"));
+    assert_int_equal(a2a_px_timing_get(r->px, -1, &tm), -EINVAL);
+    assert_int_equal(a2a_px_timing_reset(NULL), -EINVAL);
+    assert_int_equal(a2a_px_timing_get(r->px, A2A_PX_CMB, &tm), 0);
     a2a_px_destroy(NULL);
     /* a proxy without RDMA peers (all NVLink) is valid and idle */
     c = good, c.rdma_mask = 0;

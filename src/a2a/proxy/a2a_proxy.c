@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "core/clock.h"
 #include "core/error.h"
@@ -294,8 +293,7 @@ void a2a_px_destroy(a2a_px *px)
                     A2A_PX_DRAIN_MS);
             return;
         }
-        struct timespec ts = {0, 200000};
-        nanosleep(&ts, NULL);
+        tn_sleep_us(200);
     }
     px_free(px);
 }

@@ -7,7 +7,6 @@
 #include <inttypes.h>
 #include <sched.h>
 #include <stdio.h>
-#include <time.h>
 
 #include "core/clock.h"
 #include "px_internal.h"
@@ -68,8 +67,7 @@ static void pause_after(unsigned tries)
         sched_yield();
         return;
     }
-    struct timespec ts = {0, 50000};
-    nanosleep(&ts, NULL);
+    tn_sleep_us(50);
 }
 
 /* Posts one write; retries -EAGAIN (the group is full) until `deadline_ns`. */
