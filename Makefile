@@ -48,8 +48,9 @@ PLAIN_CTEST = $(call ctest_run,-j$(JOBS))
 # The three runs, each parameterised by a build-dir suffix and extra cmake arguments, so
 # the libfabric 2.x runs below are the same runs, not copies of them.
 ASAN_CMAKE = -DCMAKE_BUILD_TYPE=Debug -DTENDRIL_CUDA=OFF -DTENDRIL_SANITIZE=address,undefined
+# $(call ASAN_CTEST,LSAN-SUPPRESSIONS-FILE)
 ASAN_CTEST = export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp && \
+  LSAN_OPTIONS=suppressions=$(1) && \
   $(call ctest_run,-j$(JOBS) -LE 'gpu|python')
 TSAN_CMAKE = -DCMAKE_BUILD_TYPE=Debug -DTENDRIL_CUDA=OFF -DTENDRIL_SANITIZE=thread
 # $(call TSAN_CTEST,SUPPRESSIONS-FILE)
@@ -59,7 +60,8 @@ TSAN_CTEST = export TSAN_OPTIONS="halt_on_error=1 suppressions=$(1)" && \
 test-asan: deps
 	cmake -S . -B $(BUILD)-asan $(ASAN_CMAKE) $(CMAKE_COMMON)
 	cmake --build $(BUILD)-asan -j$(JOBS)
-	cd $(BUILD)-asan && $(SAY_FABRIC) && $(ASAN_CTEST)
+	cat tests/lsan.supp tests/lsan-system.supp > $(BUILD)-asan/lsan.supp
+	cd $(BUILD)-asan && $(SAY_FABRIC) && $(call ASAN_CTEST,$(abspath $(BUILD)-asan)/lsan.supp)
 
 test-tsan: deps
 	cmake -S . -B $(BUILD)-tsan $(TSAN_CMAKE) $(CMAKE_COMMON)
@@ -86,7 +88,7 @@ test-lf2-plain: deps
 	$(call lf2_run,,-DCMAKE_BUILD_TYPE=RelWithDebInfo -DTENDRIL_CUDA=OFF,$(PLAIN_CTEST))
 
 test-lf2-asan: deps
-	$(call lf2_run,-asan,$(ASAN_CMAKE),$(ASAN_CTEST))
+	$(call lf2_run,-asan,$(ASAN_CMAKE),$(call ASAN_CTEST,$(CURDIR)/tests/lsan.supp))
 
 # TSan against 2.x adds tests/tsan-lf2.supp (why: that file) to the common suppressions.
 test-lf2-tsan: deps
