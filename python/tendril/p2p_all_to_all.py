@@ -388,10 +388,18 @@ class P2PAllToAll:
             self._own_engine.stop()
             self._own_engine = None
 
-    def destroy(self) -> None:
+    def destroy(self, barrier: bool = True) -> None:
+        """Frees the context. By default collectively: the group's barriers make sure no
+        peer still writes into this rank's buffers when they are freed. After a failure
+        that involves a dead or stalled rank (poll_error raised), pass ``barrier=False``:
+        the barrier would wait for a rank that never comes, so this rank frees its own
+        resources at once (its kernels have stopped; a peer that still writes here fails
+        with the engine's error, since the regions are unregistered first)."""
         if self._ctx is None:
             return
         torch.cuda.synchronize(self.device)
-        self._group.barrier()
+        if barrier:
+            self._group.barrier()
         self._release()
-        self._group.barrier()
+        if barrier:
+            self._group.barrier()

@@ -67,7 +67,8 @@ add("run", Cfg("ep_zero_and_bound", E=24, K=3, T=24, pad=4, iters=3, out_dtype=t
                tokens=lambda r, it: 0 if (r + it) % 3 == 0 else 24, bound=lambda r, it: 24 - r, split=True))
 add("run", Cfg("ep_chunked", H=512, E=64, K=8, T=300, sms=5, iters=2))  # fused: direct (T <= 64 x 5)
 add("run", Cfg("ep_mixed_fused_split", H=512, E=64, K=8, T=32, iters=3, split=lambda r, it: (r + it) % 3 == 0))
+add("killed", Cfg("killed"))  # the last rank is SIGKILLed mid-run (run_killed)
 add("graph", Cfg("ep_graph", H=512, E=32, K=4, T=16, bound=lambda r, it: (it * 5 + r) % 17))
 
-EP2 = [n for n in CASES if not n.startswith("ep_")]
+EP2 = [n for n in CASES if not n.startswith("ep_") and CASES[n][0] != "killed"]
 EPN = [n for n in CASES if n.startswith("ep_")]

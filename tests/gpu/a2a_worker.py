@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
+import time
 import traceback
 from typing import Callable, List, Optional, Union
 
@@ -367,6 +369,57 @@ def run_overflow(cfg: Cfg, world: int, num_sms: int):
     a2a.destroy()
 
 
+def run_killed(world: int, num_sms: int):
+    """A rank dies (SIGKILL) after a good iteration: every survivor's next iterations
+    must fail with an error (the engine's peer-gone report through the proxy over RDMA,
+    the in-kernel timeout over NVLink) within seconds, never hang, and destroy(barrier=
+    False) must free the context without the dead rank."""
+    from tendril.p2p_all_to_all import P2PAllToAll
+    dev = torch.device("cuda", torch.cuda.current_device())
+    rank, victim = dist.get_rank(), world - 1
+    T, E, H, K = 16, 2 * world, 64, 2
+    a2a = P2PAllToAll(max_num_tokens=T, num_experts=E, expert_padding=1, hidden_dim=H,
+                      hidden_dim_scale=None, in_dtype=torch.bfloat16, out_dtype=torch.bfloat16,
+                      scale_dtype=None, num_experts_per_token=K, device=dev, num_sms=num_sms,
+                      timeout_ms=3000, **TOPO_KW)
+    g = torch.Generator().manual_seed(rank)
+    x = torch.randn(T, H, generator=g).bfloat16().to(dev)
+    idx = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(T)]).to(torch.int32).to(dev)
+    w = torch.ones(T, K, device=dev)
+    out_num = torch.zeros(a2a.num_local_experts, dtype=torch.int32, device=dev)
+    out_x = torch.zeros(a2a.max_recv_tokens, H, dtype=torch.bfloat16, device=dev)
+    out = torch.zeros(T, H, dtype=torch.bfloat16, device=dev)
+
+    def iteration():
+        a2a.dispatch(out_num, out_x, None, x, None, idx, w)
+        a2a.combine(out, idx, w, out_x)
+        torch.cuda.synchronize()
+        a2a.poll_error()
+
+    iteration()  # all alive: must succeed
+    dist.barrier()
+    if rank == victim:
+        os.kill(os.getpid(), signal.SIGKILL)
+    t0 = time.monotonic()
+    try:
+        for _ in range(3):
+            iteration()
+    except (RuntimeError, TimeoutError, ConnectionError, OSError) as e:
+        took = time.monotonic() - t0
+        print(f"[rank {rank}] rank {victim} killed: {type(e).__name__} after {took:.2f} s: {e}", flush=True)
+        assert took < 30, f"the error took {took:.1f} s"
+    else:
+        raise AssertionError(f"rank {rank}: no error after rank {victim} was killed")
+    # the failed context refuses work at once
+    try:
+        a2a.dispatch(out_num, out_x, None, x, None, idx, w)
+    except (RuntimeError, TimeoutError, ConnectionError, OSError):
+        pass
+    else:
+        raise AssertionError("the failed context accepted a dispatch")
+    a2a.destroy(barrier=False)
+
+
 def worker(rank: int, world: int, port: int, job: str, args: dict):
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
@@ -393,6 +446,9 @@ def worker(rank: int, world: int, port: int, job: str, args: dict):
                 run_timeout(cfg, world, num_sms)
             elif kind == "overflow":
                 run_overflow(cfg, world, num_sms)
+            elif kind == "killed":
+                run_killed(world, num_sms)
+                return  # a rank is dead: no barrier
         dist.barrier()
     except Exception:
         traceback.print_exc()
@@ -407,8 +463,9 @@ def worker(rank: int, world: int, port: int, job: str, args: dict):
 def set_topology(rank: int, world: int, topo: dict):
     """Fills TOPO_KW for a run across "nodes" on one machine: ranks_per_node (node_group
     size; 1 = every peer over RDMA), dp_size (dp_group size), and an engine of this
-    process on `provider` with host-memory RDMA buffers (a stock libfabric cannot register
-    GPU memory). Returns the engine."""
+    process on `provider`: a host-memory group for rdma_buffers "host" (any libfabric),
+    a group of this rank's GPU for "gpu" (needs a provider that registers CUDA memory:
+    shm of libfabric 2.x built with CUDA). Returns the engine."""
     import tendril
     rpn, D = topo.get("ranks_per_node", 1), topo.get("dp_size", 1)
     node_group = dp_group = None
@@ -421,7 +478,8 @@ def set_topology(rank: int, world: int, topo: dict):
         if rank // D == n:
             dp_group = g
     p = topo.get("provider", "tcp")
-    engine = tendril.TransferEngine(nets_per_gpu=1, cuda_devices=[], provider=p,
+    gpus = [torch.cuda.current_device()] if topo.get("rdma_buffers") == "gpu" else []
+    engine = tendril.TransferEngine(nets_per_gpu=1, cuda_devices=gpus, provider=p,
                                     nics=["lo"] if "tcp" in p else None)
     TOPO_KW.update(node_group=node_group, dp_group=dp_group, engine=engine,
                    rdma_buffers=topo.get("rdma_buffers", "host"))
