@@ -6,9 +6,10 @@
 # others; each step has a timeout and the whole run stays under ~8.5 minutes.
 #
 # STEPS=a2a (or "engine a2a") runs the all-to-all across nodes on this one GPU instead
-# (issue 14): the NVLink suite against the restructured kernels, the RDMA suite over shm
-# and tcp (every rank a process with its own engine), and fabric-debug's a2a write
-# pattern with device buffers, engine against raw.
+# (issue 14): the NVLink suite against the restructured kernels (a2a_nvlink), the RDMA
+# suite over shm and tcp, every rank a process with its own engine (a2a_rdma), and
+# fabric-debug's a2a write pattern with device buffers, engine against raw (a2a_fd);
+# each of the three can be named alone.
 #
 #   usage (repo root, on the GPU machine): bash scripts/gpu-check.sh
 #   env:  STEPS        step groups: engine, a2a              (default engine)
@@ -16,6 +17,8 @@
 #         DEPS_PREFIX  libfabric 1.17 headers + cmocka       (default $PWD/.deps/usr)
 #         OUT          where logs go                         (default $PWD/gpu-out)
 #         RL_GIB       RL model size in GiB of bf16          (default 4)
+#         A2A_RDMA_PROVIDERS  providers of the a2a RDMA suite   (default "shm tcp")
+#         A2A_RDMA_ARGS       extra pytest arguments for it, e.g. "-k gpu_buffers"
 # Both prefixes are staged by scripts/stage-device.sh; GPU steps require GPU registration
 # (TENDRIL_GPU_REQUIRE_HMEM=1): a provider without FI_HMEM is a failure here, not a skip.
 set -u
@@ -27,6 +30,7 @@ B=${BUILD_DIR:-/tmp/tendril-gpu-check}
 RL_GIB=${RL_GIB:-4}
 STEPS=${STEPS:-engine}
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
+want a2a && STEPS="$STEPS a2a_nvlink a2a_rdma a2a_fd"
 BUDGET=${BUDGET_S:-510} # seconds for the whole run
 mkdir -p "$OUT"
 : >"$OUT/summary.tsv"
@@ -105,12 +109,20 @@ step build 300 cmake --build "$B" -j16 --target gpu_fabric_hmem_probe gpu_regist
 step build_python 120 cmake --build "$B" -j16 --target _tendril
 X=$B/bin
 
-if want a2a; then
-    A2A_ENV="PYTHONPATH=$ROOT/python:$B/python NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1"
-    step a2a.nvlink 240 env $A2A_ENV python3 "$ROOT/tests/gpu/run_gpu_tests.py"
-    for p in shm tcp; do
-        step a2a_rdma.$p 240 env $A2A_ENV TENDRIL_TEST_PROVIDER=$p python3 "$ROOT/tests/gpu/run_gpu_tests.py" test_a2a_rdma.py
+A2A_ENV="PYTHONPATH=$ROOT/python:$B/python NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1"
+want a2a_nvlink && step a2a.nvlink 240 env $A2A_ENV python3 "$ROOT/tests/gpu/run_gpu_tests.py"
+if want a2a_rdma; then
+    # shm with GPU buffers must work here (libfabric 2.x with CUDA); tcp has no FI_HMEM,
+    # so its GPU-buffer tests skip with that reason
+    for p in ${A2A_RDMA_PROVIDERS:-shm tcp}; do
+        req=0
+        [ "$p" = shm ] && req=1
+        # shellcheck disable=SC2086 # A2A_RDMA_ARGS: extra pytest arguments (-k ...)
+        step a2a_rdma.$p 300 env $A2A_ENV TENDRIL_TEST_PROVIDER=$p TENDRIL_GPU_REQUIRE_HMEM=$req \
+            python3 "$ROOT/tests/gpu/run_gpu_tests.py" test_a2a_rdma.py ${A2A_RDMA_ARGS:-}
     done
+fi
+if want a2a_fd; then
     for m in decode prefill; do
         python3 "$ROOT/tools/a2a_model/a2a_model.py" --pattern $m --ep 8 --nvlink 1 --pattern-out "$OUT/$m-ep8-nvl1.txt"
         step fabric-debug.a2a.$m 90 "$X/fabric-debug" local --provider shm --gpu 0 --only a2a \

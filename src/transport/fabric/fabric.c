@@ -357,7 +357,17 @@ static int fab_mr_reg_cuda(tp_nic *n, void *ptr, size_t len, int device, uint64_
     int ret;
     char dmabuf_why[200] = "libfabric headers older than 1.18 (no FI_MR_DMABUF)";
 #ifdef FI_MR_DMABUF
-    {
+    /* Only where the domain addresses regions by virtual address. With offset addressing
+     * (shm once write ordering turns its unchecked "fast RMA" off) libfabric 2.1's shared
+     * MR map records each region's base from attr->mr_iov, which for a dma-buf
+     * registration is the same union member as attr->dmabuf: the base becomes the file
+     * descriptor, and every write into the region is refused as out of range (measured:
+     * "target region (0x29 - 0x100029) out of registered range" on an H100). The iov form
+     * below registers the same memory with the right base. */
+    if (!(n->mr_mode & FI_MR_VIRT_ADDR))
+        snprintf(dmabuf_why, sizeof dmabuf_why, "not used: the domain uses offset addressing "
+                 "(no FI_MR_VIRT_ADDR)");
+    else {
         int fd = -1;
         uint64_t off = 0;
         r = tcu_dmabuf_export(ptr, len, device, &fd, &off);
@@ -377,11 +387,9 @@ static int fab_mr_reg_cuda(tp_nic *n, void *ptr, size_t len, int device, uint64_
         } else {
             snprintf(dmabuf_why, sizeof dmabuf_why, "%s", te_last_error());
         }
-        attr.mr_iov = &iov;
     }
-#else
-    attr.mr_iov = &iov;
 #endif
+    attr.mr_iov = &iov; /* (replaces attr.dmabuf: the same union member in 1.18+) */
     ret = fi_mr_regattr(n->domain, &attr, 0, mr);
     if (ret)
         return tn_err(fi_to_errno(ret) == -FI_ENOSYS ? -EOPNOTSUPP : fi_to_errno(ret),
