@@ -148,7 +148,6 @@ typedef struct eng_group {
     /* Held by whoever runs a progress step; every field below marked (P) is owned by it. */
     pthread_mutex_t plock;
     _Atomic uint64_t drive_seq; /* steps run by waiting threads: the worker backs off */
-    bool wait_misses_incoming;  /* a NIC's wait object misses peers' work (worker.c) */
     _Atomic bool resume;        /* a waiter stopped driving: the worker takes over now */
     _Atomic uint32_t queued;    /* operations submitted, completion not yet delivered */
     tn_notify backoff;          /* a backed-off worker sleeps here (woken at stop) */

@@ -32,11 +32,6 @@
 #define SLEEP_MAX_NS 1000000ull
 #define STOP_DRAIN_NS 1000000000ull /* posted work may finish this long at stop */
 #define ACTIVE_WINDOW_NS 2000000ull /* keep polling this long after the last progress */
-/* Where a NIC's wait object misses incoming work (shm), the idle sleep stays at its
- * minimum this long after the last progress, so the next burst of a bursty peer (an
- * all-to-all's phases, a KV stream's layers) waits ~20 us for us instead of up to 1 ms;
- * after it the sleep grows as usual, so an idle engine costs nothing. */
-#define WARM_WINDOW_NS 200000000ull
 #define STALL_NS 300000000ull       /* an operation this old makes its peer worth a check */
 #define STALL_CHECK_NS 50000000ull  /* how often stalled operations are looked at */
 #define BACKOFF_MIN_NS 50000ull  /* a worker that saw waiters drive sleeps this long, then looks */
@@ -771,8 +766,7 @@ static void *worker_main(void *arg)
         if (ib == IDLE_NIC_ACTIVITY) { /* a peer is active: stay hot as after progress */
             idle = 0;
             sleep_ns = SLEEP_MIN_NS;
-        } else if (ib != IDLE_RETRY && sleep_ns < SLEEP_MAX_NS &&
-                   !(g->wait_misses_incoming && tn_now_ns() - last_progress < WARM_WINDOW_NS)) {
+        } else if (ib != IDLE_RETRY && sleep_ns < SLEEP_MAX_NS) {
             sleep_ns *= 2;
         }
     }
@@ -782,10 +776,6 @@ static void *worker_main(void *arg)
 
 int worker_start(eng_group *g)
 {
-    g->wait_misses_incoming = false;
-    for (uint32_t k = 0; k < g->n_nics; k++)
-        if (g->nic[k].ops->wait_misses_incoming && g->nic[k].ops->wait_misses_incoming(g->nic[k].tp))
-            g->wait_misses_incoming = true;
     pthread_mutex_init(&g->plock, NULL);
     tn_notify_init(&g->backoff);
     atomic_init(&g->drive_seq, 0);

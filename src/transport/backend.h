@@ -94,11 +94,6 @@ typedef struct tp_ops {
     /* True if blocking on wait_fd is safe now (the provider has nothing pending that only
      * a poll() would progress); false means: poll again instead of sleeping. */
     bool (*can_block)(tp_nic *n);
-    /* Optional (NULL = false). True where wait_fd does not turn readable for work that
-     * peers queue for this NIC and only its own polling moves (shm: a peer's write waits
-     * in our command queue until we poll, and nothing signals the CQ's descriptor). The
-     * worker then wakes often for a while after each burst instead of sleeping long. */
-    bool (*wait_misses_incoming)(tp_nic *n);
     /* Drains up to max events. >= 0 number of events; < 0 the NIC is unusable. */
     int (*poll)(tp_nic *n, tp_event *ev, int max);
     /* Optional. Asked about a peer whose operations have made no progress for a while:

@@ -48,11 +48,6 @@ struct tp_nic {
      * with fabric-debug --gpu on an H100, a sleeping target made every 64 KiB write take
      * about 1.4 ms. Real RDMA NICs (efa, verbs) need no target progress. */
     bool target_copies_device;
-    /* shm/sm2: peers queue their writes in our shared-memory command queue, and the CQ's
-     * wait object fires only for completions, which appear once we poll; host-memory
-     * writes above the inject size (CMA/bounce-buffer copies) and every immediate wait
-     * for that poll (wait_misses_incoming). */
-    bool shm_like;
     _Atomic int remote_dev_mrs; /* device-memory regions registered for remote writes */
     char hmem_why[160];        /* why not, when !hmem and CUDA memory was wanted */
     shm_peers *shm;            /* shm: per-peer transmit endpoints (fabric_shm.c) */
@@ -266,9 +261,8 @@ static int fab_open(const tp_open_args *a, tp_nic **out)
      * there, as everywhere, the immediate seen by the receiver is the arrival signal. */
     n->write_flags = strcmp(n->info->fabric_attr->prov_name, "shm") ? FI_DELIVERY_COMPLETE : 0;
     n->hmem = (n->info->caps & FI_HMEM) != 0;
-    n->shm_like = !strcmp(n->info->fabric_attr->prov_name, "shm") ||
-                  !strcmp(n->info->fabric_attr->prov_name, "sm2");
-    n->target_copies_device = n->hmem && n->shm_like;
+    n->target_copies_device = n->hmem && (!strcmp(n->info->fabric_attr->prov_name, "shm") ||
+                                          !strcmp(n->info->fabric_attr->prov_name, "sm2"));
     if (!n->hmem && !hmem_tried)
         snprintf(n->hmem_why, sizeof n->hmem_why,
                  "the NIC belongs to a host-memory group (cuda_device = TE_DEVICE_HOST), opened "
@@ -547,8 +541,6 @@ static int fab_cancel_recv(tp_nic *n, void *ctx)
 
 static int fab_wait_fd(tp_nic *n) { return n->wait_fd; }
 
-static bool fab_wait_misses_incoming(tp_nic *n) { return n->shm_like; }
-
 static bool fab_can_block(tp_nic *n)
 {
     struct fid *f = &n->cq->fid;
@@ -651,7 +643,6 @@ const tp_ops tp_fabric_ops = {
     .cancel_recv = fab_cancel_recv,
     .wait_fd = fab_wait_fd,
     .can_block = fab_can_block,
-    .wait_misses_incoming = fab_wait_misses_incoming,
     .poll = fab_poll,
     .peer_check = fab_peer_check,
 };
