@@ -17,6 +17,8 @@
 #         DEPS_PREFIX  libfabric 1.17 headers + cmocka       (default $PWD/.deps/usr)
 #         OUT          where logs go                         (default $PWD/gpu-out)
 #         RL_GIB       RL model size in GiB of bf16          (default 4)
+#         SKIP         step names not to run, e.g. "fabric-debug.host kv_cache.host"
+#         PACK         1: pack the logs into $OUT.tgz at the end (one file to fetch)
 #         A2A_RDMA_PROVIDERS  providers of the a2a RDMA suite   (default "shm tcp")
 #         A2A_RDMA_ARGS       extra pytest arguments for it, e.g. "-k gpu_buffers"
 # Both prefixes are staged by scripts/stage-device.sh; GPU steps require GPU registration
@@ -51,6 +53,10 @@ step() {
     local name=$1 t=$2
     shift 2
     local l
+    case " ${SKIP:-} " in *" $name "*)
+        printf '%s\tskipped\t0\tSKIP names it\n' "$name" >>"$OUT/summary.tsv"
+        return ;;
+    esac
     l=$(left)
     [ "$t" -gt $((l - 10)) ] && t=$((l - 10))
     if [ "$t" -lt 5 ]; then
@@ -79,10 +85,17 @@ step() {
 }
 
 # The table of every step, last; the exit status says whether all were ok or skipped.
+# PACK=1: the logs leave as one file, $OUT.tgz (the device tool returns a few files
+# only), and the folder is removed.
 summary() {
     echo "=== summary (logs in $OUT)"
     column -t -s "$(printf '\t')" "$OUT/summary.tsv" 2>/dev/null || cat "$OUT/summary.tsv"
-    ! grep -qv "	ok	\|	SKIP	" "$OUT/summary.tsv"
+    local st=0
+    grep -qv "	ok	\|	SKIP	\|	skipped	" "$OUT/summary.tsv" && st=1
+    if [ "${PACK:-0}" = 1 ]; then
+        tar czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")" && rm -rf "$OUT" && echo "logs packed: $OUT.tgz"
+    fi
+    return $st
 }
 
 {
