@@ -113,6 +113,29 @@ def series_rows(names: Sequence[str], pooled: Dict[str, List[float]], kpooled: D
     return rows
 
 
+PROXY_SPANS = ("seen_first", "first_last", "last_done", "seen_done")
+
+
+def proxy_summary(per_rank: Sequence[Optional[dict]]) -> Optional[Dict[str, dict]]:
+    """The proxies' host timing (P2PAllToAll.proxy_timing, over the timed iterations) per
+    phase: each span's p50 as the range over the ranks with an RDMA proxy, p99 and max as
+    the largest, in us; doorbells timed summed. None where no rank has a proxy."""
+    ranks = [p for p in per_rank if p]
+    if not ranks:
+        return None
+    out = {}
+    for ph in ("dispatch", "weights", "combine"):
+        d = {"ranks": len(ranks), "doorbells": sum(p[ph]["count"] for p in ranks),
+             "dropped": sum(p[ph]["dropped"] for p in ranks)}
+        for sp in PROXY_SPANS:
+            p50 = [p[ph][sp]["p50_ns"] / 1e3 for p in ranks]
+            d[sp] = {"p50_us_min": min(p50), "p50_us_max": max(p50),
+                     "p99_us": max(p[ph][sp]["p99_ns"] for p in ranks) / 1e3,
+                     "max_us": max(p[ph][sp]["max_ns"] for p in ranks) / 1e3}
+        out[ph] = d
+    return out
+
+
 def pattern_summary(patterns: Sequence[Dict[str, Dict[str, List[int]]]]) -> Optional[Dict[str, Dict[str, float]]]:
     """The RDMA writes of the measured iterations (a2a_bytes.iteration_pattern of each),
     per phase: bytes and writes per sending rank (median and max over ranks and
@@ -173,4 +196,12 @@ def format_mode(r: Dict[str, object]) -> str:
                                  f"{v['writes_per_rank_p50']:.0f} writes (largest {v['write_bytes_max'] / 1e3:.0f} KB)"
                                  for ph, v in pat.items()))
         lines.append(f"raw-provider baseline: {r.get('raw_baseline') or RAW_BASELINE_TODO}")
+    px = r.get("proxy_timing")
+    if px:
+        lines.append("proxy host side per doorbell, us (p50 range over ranks / p99 / max): "
+                     "doorbell seen -> first write posted -> last posted -> writes locally complete")
+        for ph, v in px.items():
+            cells = "; ".join(f"{sp} {v[sp]['p50_us_min']:.1f}-{v[sp]['p50_us_max']:.1f} / {v[sp]['p99_us']:.1f} / "
+                              f"{v[sp]['max_us']:.1f}" for sp in PROXY_SPANS)
+            lines.append(f"  {ph:<9}{v['doorbells']:>6} doorbells ({v['ranks']} ranks): {cells}")
     return "\n".join(lines)

@@ -60,7 +60,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "tools", "a2a_model"))
 
 from a2a_bench_args import build_parser, describe, dp_groups, node_groups, parse_gemm, plan_launch  # noqa: E402
 from a2a_bench_report import (RAW_BASELINE_TODO, format_mode, gemm_check, pattern_summary,  # noqa: E402
-                              series_rows, slowest_rank_section)
+                              proxy_summary, series_rows, slowest_rank_section)
 from a2a_bytes import Shape, Topology, iteration_pattern  # noqa: E402
 
 # torch is imported after the arguments are parsed (import_torch), so that --help and
@@ -272,7 +272,10 @@ def run_mode(ctx, groups, T, mode):
     res = {n: [] for n in SERIES}
     moved, pattern = [], []
     iters = args.warmup + (args.iters if T <= 128 else args.prefill_iters)
+    proxy = None  # this rank's proxy timing over the timed iterations (None: no RDMA peer)
     for it in range(iters):
+        if it == args.warmup:
+            a2a.proxy_timing(reset=True)
         sc = step()
         times = t.read()
         if it < args.warmup:
@@ -281,6 +284,7 @@ def run_mode(ctx, groups, T, mode):
         pattern.append(sc)
         for n, v in times.items():
             res[n].append(v)
+    proxy = a2a.proxy_timing()
     # Kernel durations as the profiler records them (CUPTI activity records: the time the
     # kernel ran on the GPU, without the launch and event overhead that the event pairs
     # include). This is how DeepEP's benchmarks time their kernels (bench_kineto), so these
@@ -311,7 +315,7 @@ def run_mode(ctx, groups, T, mode):
     a2a.destroy()
     gathered = [None] * world
     dist.all_gather_object(gathered, {"res": res, "moved": moved, "kern": kern, "pattern": pattern,
-                                      "buffer_kind": buffer_kind})
+                                      "buffer_kind": buffer_kind, "proxy": proxy})
     if rank != 0:
         return None, None
     per_rank = [g["res"] for g in gathered]
@@ -339,6 +343,7 @@ def run_mode(ctx, groups, T, mode):
               "slowest_rank": slowest_rank_section(per_rank),
               "gemm_check": gemm_check(per_rank),
               "rdma_pattern": pattern_summary(iters_pat),
+              "proxy_timing": proxy_summary([g["proxy"] for g in gathered]),
               "raw_baseline": None}
     if result["rdma_pattern"]:
         result["raw_baseline_note"] = RAW_BASELINE_TODO

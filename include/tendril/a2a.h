@@ -195,6 +195,29 @@ size_t a2a_memory_bytes(const a2a_ctx *ctx);
 const char *a2a_rdma_buffer_kind(const a2a_ctx *ctx);
 /* Peers of this rank's slice reached over RDMA (0 when every peer shares the node). */
 int a2a_num_rdma_peers(const a2a_ctx *ctx);
+
+/* Host side of this rank's RDMA proxy, per phase (docs/a2a-internode.md, "Proxy"): for
+ * each doorbell that posted writes, four spans in ns, nearest-rank p50/p99 and max over
+ * the last min(count, window) doorbells:
+ *   seen_first  watcher saw the kernel's doorbell -> first te_write accepted
+ *   first_last  first -> last te_write accepted
+ *   last_done   last accepted -> the phase's writes locally complete
+ *   seen_done   watcher saw the doorbell -> local completion */
+enum { A2A_PHASE_DISPATCH = 0, A2A_PHASE_WEIGHTS = 1, A2A_PHASE_COMBINE = 2, A2A_PHASES = 3 };
+typedef struct a2a_span_ns {
+    uint64_t p50, p99, max;
+} a2a_span_ns;
+typedef struct a2a_proxy_timing {
+    uint64_t count;   /* doorbells timed since connect or a2a_proxy_timing_reset */
+    uint64_t window;  /* samples the percentiles are over */
+    uint64_t dropped; /* doorbells not timed (too many incomplete at once) */
+    a2a_span_ns seen_first, first_last, last_done, seen_done;
+} a2a_proxy_timing;
+/* 0 and *out filled; -EINVAL (NULL, phase outside 0..A2A_PHASES-1); -ENOENT when the
+ * context has no proxy (no RDMA peer, or not connected). Thread-safe. */
+int a2a_proxy_timing_get(const a2a_ctx *ctx, int phase, a2a_proxy_timing *out);
+/* Starts every phase's samples afresh (after warm-up). 0, -EINVAL, -ENOENT as above. */
+int a2a_proxy_timing_reset(a2a_ctx *ctx);
 /* For callers that own the engine's peer callback (a2a_config.app_forwards_peer_events):
  * forwards one peer state change (te_peer_fn's arguments) to every context of engine e.
  * Any thread. */

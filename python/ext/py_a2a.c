@@ -243,6 +243,63 @@ static PyObject *py_info(PyObject *self, PyObject *args) {
                          a2a_rdma_buffer_kind(c), "num_rdma_peers", a2a_num_rdma_peers(c));
 }
 
+static PyObject *span_dict(const a2a_span_ns *s) {
+    return Py_BuildValue("{s:K,s:K,s:K}", "p50_ns", (unsigned long long)s->p50, "p99_ns",
+                         (unsigned long long)s->p99, "max_ns", (unsigned long long)s->max);
+}
+
+/* proxy_timing(ctx, reset) -> {"dispatch"|"weights"|"combine": {count, window, dropped,
+ * seen_first, first_last, last_done, seen_done}} or None without an RDMA proxy; reset=True
+ * starts the samples afresh instead and returns None. */
+static PyObject *py_proxy_timing(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    int reset = 0;
+    if (!PyArg_ParseTuple(args, "O|p", &cap, &reset)) return NULL;
+    a2a_ctx *c = get_ctx(cap);
+    if (!c) return NULL;
+    if (a2a_num_rdma_peers(c) == 0) Py_RETURN_NONE;
+    if (reset) {
+        int rc = a2a_proxy_timing_reset(c);
+        if (rc == -ENOENT) Py_RETURN_NONE;
+        if (rc) return raise_rc(rc);
+        Py_RETURN_NONE;
+    }
+    static const char *const names[A2A_PHASES] = {"dispatch", "weights", "combine"};
+    PyObject *out = PyDict_New();
+    if (!out) return NULL;
+    for (int ph = 0; ph < A2A_PHASES; ph++) {
+        a2a_proxy_timing t;
+        int rc = a2a_proxy_timing_get(c, ph, &t);
+        if (rc == -ENOENT) {
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
+        if (rc) {
+            Py_DECREF(out);
+            return raise_rc(rc);
+        }
+        PyObject *sf = span_dict(&t.seen_first), *fl = span_dict(&t.first_last), *ld = span_dict(&t.last_done),
+                 *sd = span_dict(&t.seen_done);
+        PyObject *d = (sf && fl && ld && sd)
+                          ? Py_BuildValue("{s:K,s:K,s:K,s:O,s:O,s:O,s:O}", "count", (unsigned long long)t.count,
+                                          "window", (unsigned long long)t.window, "dropped",
+                                          (unsigned long long)t.dropped, "seen_first", sf, "first_last", fl,
+                                          "last_done", ld, "seen_done", sd)
+                          : NULL;
+        Py_XDECREF(sf);
+        Py_XDECREF(fl);
+        Py_XDECREF(ld);
+        Py_XDECREF(sd);
+        if (!d || PyDict_SetItemString(out, names[ph], d) < 0) {
+            Py_XDECREF(d);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(d);
+    }
+    return out;
+}
+
 static PyObject *py_poll_error(PyObject *self, PyObject *args) {
     PyObject *cap;
     if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
@@ -339,6 +396,8 @@ static PyMethodDef methods[] = {
     {"destroy", py_destroy, METH_VARARGS, "destroy(ctx)"},
     {"info", py_info, METH_VARARGS, "info(ctx) -> dict of sizes"},
     {"poll_error", py_poll_error, METH_VARARGS, "poll_error(ctx): raise the error a kernel recorded"},
+    {"proxy_timing", py_proxy_timing, METH_VARARGS,
+     "proxy_timing(ctx, reset=False) -> per-phase host timing of the RDMA proxy, or None"},
     {"abort", py_abort, METH_VARARGS, "abort(ctx): make every kernel of the context return"},
     {"dispatch", py_dispatch, METH_VARARGS, "dispatch(ctx, flags, ...)"},
     {"combine", py_combine, METH_VARARGS, "combine(ctx, flags, ...)"},

@@ -377,6 +377,15 @@ class P2PAllToAll:
         """Raises the error a kernel recorded (TimeoutError when a peer did not answer)."""
         _a2a.poll_error(self._ctx)
 
+    def proxy_timing(self, reset: bool = False) -> Optional[dict]:
+        """Host side of this rank's RDMA proxy per phase ("dispatch", "weights",
+        "combine"): doorbells timed (count, window, dropped) and four spans, each
+        {p50_ns, p99_ns, max_ns}: seen_first (watcher saw the kernel's doorbell -> first
+        write posted), first_last, last_done (-> the phase's writes locally complete),
+        seen_done. None where this rank has no RDMA peer. reset=True starts the samples
+        afresh (after warm-up) and returns None. Tendril's own; pplx-garden has none."""
+        return _a2a.proxy_timing(self._ctx, bool(reset))
+
     def abort(self) -> None:
         _a2a.abort(self._ctx)
 

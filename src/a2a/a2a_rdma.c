@@ -192,6 +192,40 @@ int a2a_rdma_error(a2a_ctx *c)
     return err ? tn_err(err, "%s", c->px_msg) : 0;
 }
 
+/* ------------------------------------------------------------ proxy timing ---- */
+
+_Static_assert((int)A2A_PHASE_DISPATCH == (int)A2A_PX_DSP && (int)A2A_PHASE_WEIGHTS == (int)A2A_PX_WGT &&
+                   (int)A2A_PHASE_COMBINE == (int)A2A_PX_CMB && (int)A2A_PHASES == (int)A2A_PX_N,
+               "public phase numbers are the proxy's");
+
+static a2a_span_ns span_of(a2a_px_span s) { return (a2a_span_ns){s.p50_ns, s.p99_ns, s.max_ns}; }
+
+int a2a_proxy_timing_get(const a2a_ctx *c, int phase, a2a_proxy_timing *out)
+{
+    if (!c || !out) return tn_err(-EINVAL, "a2a_proxy_timing_get: %s is NULL", c ? "out" : "context");
+    if (phase < 0 || phase >= A2A_PHASES)
+        return tn_err(-EINVAL, "a2a_proxy_timing_get: phase %d outside 0..%d", phase, A2A_PHASES - 1);
+    if (!c->px)
+        return tn_err(-ENOENT, "a2a_proxy_timing_get: rank %d has no RDMA proxy (no RDMA peer, or "
+                      "not connected)", c->t.rank);
+    a2a_px_timing t;
+    int r = a2a_px_timing_get(c->px, phase, &t);
+    if (r) return r;
+    *out = (a2a_proxy_timing){.count = t.count, .window = t.window, .dropped = t.dropped,
+                              .seen_first = span_of(t.seen_first), .first_last = span_of(t.first_last),
+                              .last_done = span_of(t.last_done), .seen_done = span_of(t.seen_done)};
+    return 0;
+}
+
+int a2a_proxy_timing_reset(a2a_ctx *c)
+{
+    if (!c) return tn_err(-EINVAL, "a2a_proxy_timing_reset: context is NULL");
+    if (!c->px)
+        return tn_err(-ENOENT, "a2a_proxy_timing_reset: rank %d has no RDMA proxy (no RDMA peer, "
+                      "or not connected)", c->t.rank);
+    return a2a_px_timing_reset(c->px);
+}
+
 _Static_assert(A2A_PX_MAX_RANKS == A2A_MAX_RANKS, "px_tx and px_flag rows are A2A_MAX_RANKS long");
 
 int a2a_rdma_start(a2a_ctx *c, te_addr *addr, te_mr_desc *desc)

@@ -235,7 +235,22 @@ def run_cfg(cfg: Cfg, world: int, num_sms: int):
         torch.cuda.synchronize()
         a2a.poll_error()
         check_combine(cfg, a2a, it, out, base)
+    check_proxy_timing(a2a, cfg.iters)
     a2a.destroy()
+
+
+def check_proxy_timing(a2a, iters: int) -> None:
+    """Every iteration rang each phase's doorbell once; the proxy timed them (all writes
+    completed by the time the iteration's flags were seen). No RDMA peer: no proxy."""
+    pt = a2a.proxy_timing()
+    if a2a.num_rdma_peers == 0:
+        assert pt is None, pt
+        return
+    for ph in ("dispatch", "weights", "combine"):
+        c = pt[ph]["count"] + pt[ph]["dropped"]
+        assert 1 <= c <= iters, f"rank {a2a.rank} {ph}: {pt[ph]} after {iters} iterations"
+        sd = pt[ph]["seen_done"]
+        assert 0 < sd["p50_ns"] <= sd["p99_ns"] <= sd["max_ns"], f"{ph}: {sd}"
 
 
 def run_graph(cfg: Cfg, world: int, num_sms: int, replays: int = 6):

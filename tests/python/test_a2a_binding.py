@@ -147,3 +147,15 @@ def test_engine_keeps_its_peer_callback():
     wait_until(lambda: rec.count() == 5, TMO, "writes to the dead peer")
     e.set_peer_callback(None)
     e.stop()
+
+
+@needs_a2a
+def test_proxy_timing_needs_a_context():
+    # the accessor exists on the module and on the class, and refuses what is not a context
+    with pytest.raises((TypeError, ValueError)):
+        a2a.proxy_timing(object())
+    with pytest.raises(TypeError):
+        a2a.proxy_timing()
+    import inspect
+    assert "reset" in inspect.signature(tendril.P2PAllToAll.proxy_timing).parameters
+    assert inspect.signature(tendril.P2PAllToAll.destroy).parameters["barrier"].default is True

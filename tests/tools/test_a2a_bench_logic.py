@@ -208,12 +208,30 @@ def test_format_mode_has_every_section():
          "gemm_check": R.gemm_check([{"gemm_alone": [100.0], "gemm_in_dispatch": [101.0]}]),
          "rdma_pattern": {"dsp": {"bytes_per_rank_p50": 3.1e6, "writes_per_rank_p50": 48, "write_bytes_max": 5e5,
                                   "bytes_per_rank_max": 0, "write_bytes_p50": 0}},
-         "raw_baseline": None}
+         "raw_baseline": None,
+         "proxy_timing": R.proxy_summary([_proxy(2000, 9000), None, _proxy(4000, 12000)])}
     text = R.format_mode(r)
     for needle in ("decode: EP16", "RDMA buffers: gpu", "dispatch", "slowest rank per iteration",
                    "dispatch+combine", "ratio 1.010 (within 5 %)", "DSP 3.10 MB in 48 writes",
-                   "raw-provider baseline: not measured"):
+                   "raw-provider baseline: not measured", "proxy host side per doorbell",
+                   "combine      60 doorbells (2 ranks): seen_first 2.0-4.0 / 12.0 / 24.0"):
         assert needle in text, needle
+
+
+def _proxy(p50_ns, p99_ns):
+    """One rank's P2PAllToAll.proxy_timing(): every phase 30 doorbells, every span alike."""
+    span = {"p50_ns": p50_ns, "p99_ns": p99_ns, "max_ns": 2 * p99_ns}
+    return {ph: {"count": 30, "window": 30, "dropped": 0, **{sp: dict(span) for sp in R.PROXY_SPANS}}
+            for ph in ("dispatch", "weights", "combine")}
+
+
+def test_proxy_summary():
+    s = R.proxy_summary([_proxy(1000, 5000), _proxy(3000, 4000), None])
+    d = s["dispatch"]
+    assert d["ranks"] == 2 and d["doorbells"] == 60 and d["dropped"] == 0
+    assert d["seen_done"] == {"p50_us_min": 1.0, "p50_us_max": 3.0, "p99_us": 5.0, "max_us": 10.0}
+    # no rank with an RDMA proxy (one NVLink domain): no section
+    assert R.proxy_summary([None, None]) is None
 
 
 # ---- the program without torch ------------------------------------------------------
