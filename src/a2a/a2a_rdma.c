@@ -198,8 +198,6 @@ _Static_assert((int)A2A_PHASE_DISPATCH == (int)A2A_PX_DSP && (int)A2A_PHASE_WEIG
                    (int)A2A_PHASE_COMBINE == (int)A2A_PX_CMB && (int)A2A_PHASES == (int)A2A_PX_N,
                "public phase numbers are the proxy's");
 
-static a2a_span_ns span_of(a2a_px_span s) { return (a2a_span_ns){s.p50_ns, s.p99_ns, s.max_ns}; }
-
 int a2a_proxy_timing_get(const a2a_ctx *c, int phase, a2a_proxy_timing *out)
 {
     if (!c || !out) return tn_err(-EINVAL, "a2a_proxy_timing_get: %s is NULL", c ? "out" : "context");
@@ -208,13 +206,7 @@ int a2a_proxy_timing_get(const a2a_ctx *c, int phase, a2a_proxy_timing *out)
     if (!c->px)
         return tn_err(-ENOENT, "a2a_proxy_timing_get: rank %d has no RDMA proxy (no RDMA peer, or "
                       "not connected)", c->t.rank);
-    a2a_px_timing t;
-    int r = a2a_px_timing_get(c->px, phase, &t);
-    if (r) return r;
-    *out = (a2a_proxy_timing){.count = t.count, .window = t.window, .dropped = t.dropped,
-                              .seen_first = span_of(t.seen_first), .first_last = span_of(t.first_last),
-                              .last_done = span_of(t.last_done), .seen_done = span_of(t.seen_done)};
-    return 0;
+    return a2a_px_timing_get(c->px, phase, out); /* the same type (proxy/a2a_proxy.h) */
 }
 
 int a2a_proxy_timing_reset(a2a_ctx *c)

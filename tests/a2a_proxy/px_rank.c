@@ -356,8 +356,8 @@ static int child_loop(px_rank *r)
                                (unsigned long long)t.dropped);
             for (int k = 0; k < 4; k++)
                 off += snprintf(text + off, sizeof text - (size_t)off, " %llu %llu %llu",
-                                (unsigned long long)sp[k]->p50_ns, (unsigned long long)sp[k]->p99_ns,
-                                (unsigned long long)sp[k]->max_ns);
+                                (unsigned long long)sp[k]->p50, (unsigned long long)sp[k]->p99,
+                                (unsigned long long)sp[k]->max);
             th_child_reply("%s", text);
         } else if (!strcmp(line, "timing-reset")) {
             if (a2a_px_timing_reset(r->px)) th_child_reply("err %s", te_last_error());

@@ -41,6 +41,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tendril/a2a.h"
 #include "tendril/te.h"
 
 #ifdef __cplusplus
@@ -182,15 +183,12 @@ int a2a_px_stats_get(const a2a_px *px, a2a_px_stats *out);
  * over the same window. Recording is lock-free and allocation-free: three clock reads
  * on the watcher thread and one on the completion of a doorbell's last write. */
 #define A2A_PX_TIMING_WINDOW 1024
-typedef struct a2a_px_span {
-    uint64_t p50_ns, p99_ns, max_ns;
-} a2a_px_span;
-typedef struct a2a_px_timing {
-    uint64_t count;   /* doorbells timed since create or a2a_px_timing_reset */
-    uint64_t window;  /* samples the percentiles are over */
-    uint64_t dropped; /* not timed: 64 earlier doorbells of the phase still incomplete */
-    a2a_px_span seen_first, first_last, last_done, seen_done;
-} a2a_px_timing;
+/* The public types (tendril/a2a.h), so that a context hands the proxy's figures out as
+ * they are: count = doorbells timed since create or a2a_px_timing_reset, window = samples
+ * the percentiles are over, dropped = not timed (64 earlier doorbells of the phase still
+ * incomplete); spans in ns. */
+typedef a2a_span_ns a2a_px_span;
+typedef a2a_proxy_timing a2a_px_timing;
 /* A snapshot for phase (exact once the writes have completed). 0, or -EINVAL (NULL,
  * bad phase). Thread-safe. */
 int a2a_px_timing_get(const a2a_px *px, int phase, a2a_px_timing *out);
