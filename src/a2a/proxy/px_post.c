@@ -162,6 +162,6 @@ bool px_on_doorbell(void *arg, uint64_t old_value, uint64_t v)
         }
     }
     px_timing_posted(px, ph, tm);
-    atomic_fetch_add_explicit(&px->st[ph].doorbells, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&px->st[ph].doorbells, 1, memory_order_release); /* after its writes, bytes */
     return true;
 }
