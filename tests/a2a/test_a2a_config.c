@@ -77,6 +77,34 @@ static void test_struct_size(void **s)
     assert_non_null(strstr(a2a_last_error(), "out is NULL"));
 }
 
+/* The proxy timing accessors refuse bad arguments with a message; a context that is not
+ * connected has no proxy (-ENOENT). The context half needs a GPU (a2a_create); without
+ * one only the NULL checks run, and the test says so. */
+static void test_proxy_timing_errors(void **s)
+{
+    (void)s;
+    a2a_proxy_timing t;
+    assert_int_equal(a2a_proxy_timing_get(NULL, A2A_PHASE_DISPATCH, &t), -EINVAL);
+    assert_non_null(strstr(a2a_last_error(), "context is NULL"));
+    assert_int_equal(a2a_proxy_timing_reset(NULL), -EINVAL);
+    assert_non_null(strstr(a2a_last_error(), "context is NULL"));
+    a2a_config c = base_cfg();
+    a2a_ctx *ctx = NULL;
+    if (a2a_create(&c, &ctx) != 0) {
+        print_message("context checks not run: %s\n", a2a_last_error());
+        return;
+    }
+    assert_int_equal(a2a_proxy_timing_get(ctx, A2A_PHASE_DISPATCH, NULL), -EINVAL);
+    assert_non_null(strstr(a2a_last_error(), "out is NULL"));
+    assert_int_equal(a2a_proxy_timing_get(ctx, A2A_PHASES, &t), -EINVAL);
+    assert_non_null(strstr(a2a_last_error(), "phase 3 outside"));
+    assert_int_equal(a2a_proxy_timing_get(ctx, -1, &t), -EINVAL);
+    assert_int_equal(a2a_proxy_timing_get(ctx, A2A_PHASE_COMBINE, &t), -ENOENT);
+    assert_non_null(strstr(a2a_last_error(), "no RDMA proxy"));
+    assert_int_equal(a2a_proxy_timing_reset(ctx), -ENOENT);
+    a2a_destroy(ctx);
+}
+
 static void test_topology_checks(void **s)
 {
     (void)s;
@@ -217,6 +245,7 @@ int main(void)
         cmocka_unit_test(test_struct_size),   cmocka_unit_test(test_topology_checks),
         cmocka_unit_test(test_rdma_requirements), cmocka_unit_test(test_field_checks),
         cmocka_unit_test(test_slices),        cmocka_unit_test(test_strerror),
+        cmocka_unit_test(test_proxy_timing_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
