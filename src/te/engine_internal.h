@@ -258,10 +258,11 @@ void worker_submit(eng_group *g, eng_op *op);
 void worker_wake(eng_group *g);
 /* Runs one progress step on g if its lock is free: -EBUSY if another thread holds it,
  * else PROGRESS_MOVED if anything moved, | PROGRESS_PENDING if operations are still
- * queued or in flight after it. `waiting`: the caller waits for a completion (the worker
- * then backs off while such steps keep coming). Caller is inside engine_enter. */
+ * queued or in flight after it. `driving`: the caller submits or waits for a completion
+ * and will step again soon (the worker then backs off while such steps keep coming).
+ * Caller is inside engine_enter. */
 enum { PROGRESS_MOVED = 1, PROGRESS_PENDING = 2 };
-int group_try_progress(eng_group *g, bool waiting);
+int group_try_progress(eng_group *g, bool driving);
 /* A waiter that drove g and now goes to sleep: the backed-off worker resumes at once. */
 void group_resume_worker(eng_group *g);
 /* For waits: one step on every group of e (or, `last`, resume their workers). 1 if

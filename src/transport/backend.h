@@ -45,6 +45,9 @@ enum tp_event_kind {
     TP_EV_IMM,       /* an immediate arrived with a remote write (imm) */
     TP_EV_PEER,      /* the transport found `peer` gone (status < 0): work requests to it
                         that are still outstanding complete with errors, new ones fail */
+    TP_EV_REMOTE,    /* peers' writes (len of them) were applied to our memory by this
+                        poll: nothing completes, but a provider whose target must poll for
+                        a write to finish (shm) needs the worker to keep polling now */
 };
 
 typedef struct tp_event {

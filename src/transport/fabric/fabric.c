@@ -49,6 +49,14 @@ struct tp_nic {
      * about 1.4 ms. Real RDMA NICs (efa, verbs) need no target progress. */
     bool target_copies_device;
     _Atomic int remote_dev_mrs; /* device-memory regions registered for remote writes */
+    /* shm/sm2 apply every incoming write (host memory too, since write ordering turns
+     * off the sender's direct copy) only while the target polls, and nothing of it
+     * reaches the CQ or its wait object. This counter of remote writes (FI_RMA_EVENT)
+     * is the one sign the target has that a peer is streaming into it: polls that moved
+     * it report TP_EV_REMOTE, so the worker stays hot instead of sleeping in slices of
+     * up to 1 ms between polls (fabric-debug: 4 KiB writes at 0.24 of raw without it). */
+    struct fid_cntr *rcntr;
+    uint64_t rcntr_seen;
     char hmem_why[160];        /* why not, when !hmem and CUDA memory was wanted */
     shm_peers *shm;            /* shm: per-peer transmit endpoints (fabric_shm.c) */
     sock_probes *probes;       /* tcp: connection probes of stalled peers (fabric_probe.c) */
@@ -62,6 +70,13 @@ static int fab_err(int ret, const char *what, const char *prov)
 {
     return tn_err(fi_to_errno(ret), "%s (%s): %s", what, prov ? prov : "libfabric",
                   fi_strerror(-fi_to_errno(ret)));
+}
+
+/* Providers whose target process copies every incoming write while it polls (shared
+ * memory); with the checked writes of shm (below) that includes host memory. */
+static bool target_applies_writes(const char *provider)
+{
+    return !strcmp(provider, "shm") || !strcmp(provider, "sm2");
 }
 
 /* hmem: ask for FI_HMEM (device memory in MRs) and accept FI_MR_HMEM. Only NICs of
@@ -86,6 +101,7 @@ static struct fi_info *make_hints(const char *provider, const char *domain, bool
      * path off: every write then goes through the target, which checks key and range
      * against its registrations (docs/engine.md, trust model). */
     if (provider && !strcmp(provider, "shm")) h->tx_attr->msg_order = FI_ORDER_WAW;
+    if (provider && target_applies_writes(provider)) h->caps |= FI_RMA_EVENT;
     if (provider) h->fabric_attr->prov_name = strdup(provider);
     if (domain) h->domain_attr->name = strdup(domain);
     return h;
@@ -161,6 +177,7 @@ static void fab_close(tp_nic *n)
     if (!n) return;
     shm_peers_retire(n->shm); /* peers stop posting to us before the endpoint goes */
     if (n->ep) fi_close(&n->ep->fid);
+    if (n->rcntr) fi_close(&n->rcntr->fid);
     shm_peers_close(n->shm);
     if (n->av) fi_close(&n->av->fid);
     if (n->cq) fi_close(&n->cq->fid);
@@ -191,6 +208,20 @@ static void set_ep_options(tp_nic *n)
         if (r) TN_LOGI("efa: FI_OPT_SHARED_MEMORY_PERMITTED not accepted (%s)", fi_strerror(-r));
     }
 #endif
+}
+
+static void open_remote_counter(tp_nic *n)
+{
+    if (!(n->info->caps & FI_RMA_EVENT)) return;
+    struct fi_cntr_attr a = {.events = FI_CNTR_EVENTS_COMP, .wait_obj = FI_WAIT_NONE};
+    int r = fi_cntr_open(n->domain, &a, &n->rcntr, NULL);
+    if (!r && (r = fi_ep_bind(n->ep, &n->rcntr->fid, FI_REMOTE_WRITE))) {
+        fi_close(&n->rcntr->fid);
+        n->rcntr = NULL;
+    }
+    /* Without it the worker still polls, in slices (slower, not wrong). */
+    if (r) TN_LOGI("%s: no remote-write counter (%s): an idle worker sleeps between polls "
+                   "while peers write into this process", n->nfo.provider, fi_strerror(-fi_to_errno(r)));
 }
 
 int fab_shm_name_endpoint(struct fid_ep *ep, char *out, size_t cap)
@@ -288,6 +319,7 @@ static int fab_open(const tp_open_args *a, tp_nic **out)
     if ((ret = fi_endpoint(n->domain, n->info, &n->ep, NULL))) goto fail_ep;
     if ((ret = fi_ep_bind(n->ep, &n->cq->fid, FI_TRANSMIT | FI_RECV))) goto fail_bind;
     if ((ret = fi_ep_bind(n->ep, &n->av->fid, 0))) goto fail_bind;
+    open_remote_counter(n);
     set_ep_options(n);
     bool shm = !strcmp(prov, "shm");
     char shm_name[96];
@@ -608,10 +640,25 @@ int fab_read_cq(struct fid_cq *cq, const char *prov, tp_event *ev, int max, fab_
     return got;
 }
 
+/* Only after an empty CQ read: reading the counter runs the provider's progress again,
+ * which a poll that found completions does not need (the worker stays hot anyway). */
+static int remote_activity(tp_nic *n, tp_event *ev)
+{
+    uint64_t v = fi_cntr_read(n->rcntr);
+    if (v == n->rcntr_seen) return 0;
+    memset(ev, 0, sizeof *ev);
+    ev->kind = TP_EV_REMOTE;
+    ev->len = (size_t)(v - n->rcntr_seen);
+    n->rcntr_seen = v;
+    return 1;
+}
+
 static int fab_poll(tp_nic *n, tp_event *ev, int max)
 {
     int got = fab_read_cq(n->cq, n->nfo.provider, ev, max, NULL, NULL);
-    if (got < 0 || !n->shm || got == max) return got;
+    if (got < 0 || got == max) return got;
+    if (got == 0 && n->rcntr) got = remote_activity(n, ev);
+    if (!n->shm || got == max) return got;
     int r = shm_peers_poll(n->shm, ev + got, max - got);
     return r < 0 ? r : got + r;
 }
