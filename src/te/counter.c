@@ -106,7 +106,7 @@ static int counter_drive(te_counter *c, bool last)
     if (!entered) return -1;
     int r = 0;
     if (last) group_resume_worker(g);
-    else r = group_try_progress(g, true);
+    else r = group_try_progress(g, STEP_WAIT);
     engine_leave(g->e);
     return r > 0 && (r & PROGRESS_MOVED) ? 1 : 0;
 }

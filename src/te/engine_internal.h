@@ -154,6 +154,7 @@ typedef struct eng_group {
     _Atomic(struct eng_op *) op_cache; /* freed operations for reuse (op_cache.c) */
     _Atomic uint32_t op_cache_n;
     uint32_t turns;             /* (P) steps run, for reading the clock every 32nd */
+    uint32_t submit_steps;      /* (P) submitters' steps, for polling every SUBMIT_POLL_EVERY-th */
     uint32_t idx;
     int cuda_device;
     int worker_cpu;
@@ -258,11 +259,13 @@ void worker_submit(eng_group *g, eng_op *op);
 void worker_wake(eng_group *g);
 /* Runs one progress step on g if its lock is free: -EBUSY if another thread holds it,
  * else PROGRESS_MOVED if anything moved, | PROGRESS_PENDING if operations are still
- * queued or in flight after it. `driving`: the caller submits or waits for a completion
- * and will step again soon (the worker then backs off while such steps keep coming).
+ * queued or in flight after it. STEP_SUBMIT and STEP_WAIT: the caller submits or waits
+ * for a completion and will step again soon (the worker then backs off while such steps
+ * keep coming); a submitter's step posts but polls only now and then (worker.c).
  * Caller is inside engine_enter. */
 enum { PROGRESS_MOVED = 1, PROGRESS_PENDING = 2 };
-int group_try_progress(eng_group *g, bool driving);
+enum step_kind { STEP_CONTROL, STEP_SUBMIT, STEP_WAIT };
+int group_try_progress(eng_group *g, enum step_kind kind);
 /* A waiter that drove g and now goes to sleep: the backed-off worker resumes at once. */
 void group_resume_worker(eng_group *g);
 /* For waits: one step on every group of e (or, `last`, resume their workers). 1 if

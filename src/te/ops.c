@@ -106,8 +106,9 @@ static int submit(te_engine *e, eng_group *g, eng_op *op, const te_completion *c
         atomic_fetch_sub_explicit(&g->queued, 1, memory_order_relaxed);
         op->src = NULL; /* no reference was taken yet */
         op_free(g, op);
-        /* A caller that retries at once should find room: complete what is done now. */
-        group_try_progress(g, false);
+        /* A caller that retries at once should find room: complete what is done now
+         * (a polling step, as a waiter's). */
+        group_try_progress(g, STEP_WAIT);
         return tn_err(-EAGAIN, "group %u already has %u operations waiting for completion "
                                "(te_config.max_queued_ops): retry after some complete",
                       g->idx, e->max_queued_ops);

@@ -640,8 +640,8 @@ int fab_read_cq(struct fid_cq *cq, const char *prov, tp_event *ev, int max, fab_
     return got;
 }
 
-/* Only after an empty CQ read: reading the counter runs the provider's progress again,
- * which a poll that found completions does not need (the worker stays hot anyway). */
+/* Only after a poll that found nothing: reading the counter runs the provider's progress
+ * again, which a poll with completions does not need (the worker stays hot anyway). */
 static int remote_activity(tp_nic *n, tp_event *ev)
 {
     uint64_t v = fi_cntr_read(n->rcntr);
@@ -657,10 +657,13 @@ static int fab_poll(tp_nic *n, tp_event *ev, int max)
 {
     int got = fab_read_cq(n->cq, n->nfo.provider, ev, max, NULL, NULL);
     if (got < 0 || got == max) return got;
+    if (n->shm) {
+        int r = shm_peers_poll(n->shm, ev + got, max - got);
+        if (r < 0) return r;
+        got += r;
+    }
     if (got == 0 && n->rcntr) got = remote_activity(n, ev);
-    if (!n->shm || got == max) return got;
-    int r = shm_peers_poll(n->shm, ev + got, max - got);
-    return r < 0 ? r : got + r;
+    return got;
 }
 
 static int fab_peer_check(tp_nic *n, tp_peer peer)
