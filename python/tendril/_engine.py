@@ -6,6 +6,7 @@ normalisation (torch.device / "cuda:1" / ordinal) and register_tensor.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _tendril
@@ -40,6 +41,13 @@ def _device_ordinal(device: DeviceLike) -> int:
             idx = torch.cuda.current_device()
         return int(idx)
     raise ValueError(f"unsupported device {device!r} (use 'cpu', 'cuda:N' or an ordinal)")
+
+
+def _shared_memory(provider: Optional[str]) -> bool:
+    """shm/sm2 (as given, or as TENDRIL_PROVIDER overrides it, as the engine does): one
+    domain that is no NIC, so a GPU's topology NICs name nothing there."""
+    p = os.environ.get("TENDRIL_PROVIDER") or provider or ""
+    return p in ("shm", "sm2")
 
 
 def _nic_name(d: NicName, provider: Optional[str]) -> Optional[str]:
@@ -185,6 +193,9 @@ def _groups_for(
         if not match:
             raise ValueError(f"CUDA device {dev} is not in the detected topology ({len(topo)} GPU groups)")
         g = match[0]
+        if _shared_memory(provider):  # no NICs to pick: nets_per_gpu domains of the provider
+            groups.append((int(dev), [None] * nets_per_gpu, g.cpus[0] if pin and g.cpus else -1))
+            continue
         if len(g.domains) < nets_per_gpu:
             raise ValueError(
                 f"CUDA device {dev}: its topology group has {len(g.domains)} NICs, nets_per_gpu={nets_per_gpu}"

@@ -241,3 +241,27 @@ def test_stopped_engine_errors():
     del e
     gc.collect()
     assert not h.registered  # engine teardown detached the handle
+
+
+def test_gpu_groups_from_topology(monkeypatch):
+    """TransferEngine(nets_per_gpu, cuda_devices) picks each GPU's topology NICs, except
+    on shm/sm2, whose one domain is no NIC: there every NIC is the provider's own domain
+    (a GPU machine's nearest NIC, e.g. eth0, made shm refuse the engine)."""
+    from tendril import _engine
+    from tendril.topology import DomainInfo, TopologyGroup
+    topo = [TopologyGroup(cuda_device=0, numa=0, cpus=[3, 4],
+                          domains=[DomainInfo("mlx5_0", 0, kind="verbs", netdev="eth0"),
+                                   DomainInfo("mlx5_1", 0, kind="verbs", netdev="eth1")])]
+    monkeypatch.setattr(_engine, "detect_topology", lambda: topo)
+    monkeypatch.delenv("TENDRIL_PROVIDER", raising=False)
+    assert _engine._groups_for(2, [0], "verbs", None, True) == [(0, ["mlx5_0", "mlx5_1"], 3)]
+    assert _engine._groups_for(1, [0], "tcp", None, False) == [(0, ["eth0"], -1)]
+    assert _engine._groups_for(2, [0], "shm", None, True) == [(0, [None, None], 3)]
+    # the engine's provider override counts, as it does in the engine
+    monkeypatch.setenv("TENDRIL_PROVIDER", "shm")
+    assert _engine._groups_for(1, [0], "verbs", None, True) == [(0, [None], 3)]
+    monkeypatch.delenv("TENDRIL_PROVIDER")
+    with pytest.raises(ValueError, match="has 2 NICs, nets_per_gpu=3"):
+        _engine._groups_for(3, [0], "verbs", None, True)
+    with pytest.raises(ValueError, match="not in the detected topology"):
+        _engine._groups_for(1, [1], "shm", None, True)
