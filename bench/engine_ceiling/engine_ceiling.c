@@ -106,7 +106,7 @@ static te_engine *null_engine(void)
 {
     te_engine *e = calloc(1, sizeof *e);
     eng_group *g = calloc(1, sizeof *g);
-    if (!e || !g || imm_table_init(&e->imm)) return NULL;
+    if (!e || !g || imm_table_init(&e->imm) || peers_init(e)) return NULL;
     pthread_mutex_init(&e->lists_lock, NULL);
     atomic_init(&e->state, ENGINE_RUNNING);
     snprintf(e->provider, sizeof e->provider, "null");
@@ -185,6 +185,12 @@ int main(int argc, char **argv)
             }
         }
         if (te_counter_wait(done, base + ops, 60000)) return 1;
+        if (te_counter_done(done) != base + ops || te_counter_errors(done)) {
+            fprintf(stderr, "engine_ceiling: %llu writes completed of %llu, %llu with errors\n",
+                    (unsigned long long)(te_counter_done(done) - base), (unsigned long long)ops,
+                    (unsigned long long)te_counter_errors(done));
+            return 1;
+        }
         secs[r] = (double)(tn_now_ns() - t0) / 1e9;
     }
     qsort(secs, (size_t)reps, sizeof *secs, cmp_d);

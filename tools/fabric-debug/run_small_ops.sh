@@ -7,7 +7,8 @@
 #   sh tools/fabric-debug/run_small_ops.sh
 # Optional: LF117=prefix with libfabric 1.17 headers (default .deps/usr if present),
 # LF2=prefix of libfabric 2.x (default .lf2, else ~/.cache/tendril/libfabric-2.1.0-cuda),
-# REPS (default 5), OUT (default ./fd-out). Logs and a summary under $OUT.
+# REPS (default 5), OUT (default ./fd-out), FULL=0 to leave out the full tables (a
+# short device call). Logs and a summary under $OUT.
 OUT=${OUT:-$PWD/fd-out}
 REPS=${REPS:-5}
 mkdir -p "$OUT"
@@ -37,8 +38,10 @@ run() { # name env... -- binary provider
 { nproc; uname -r; lscpu | grep -E "Model name|^CPU\(s\)"; } >"$OUT/machine.txt" 2>&1
 F117=/tmp/tendril-fd-117/bin/fabric-debug
 run ceiling /tmp/tendril-fd-117/bin/engine_ceiling --reps 7
-run 117-shm-full TENDRIL_LOG=warn $F117 local --provider shm --reps 3
-run 117-tcp-full TENDRIL_LOG=warn $F117 local --provider tcp --reps 3
+if [ "${FULL:-1}" != 0 ]; then
+    run 117-shm-full TENDRIL_LOG=warn $F117 local --provider shm --reps 3
+    run 117-tcp-full TENDRIL_LOG=warn $F117 local --provider tcp --reps 3
+fi
 run 117-shm TENDRIL_LOG=warn $F117 local --provider shm $ARGS
 run 117-shm-busy TENDRIL_BUSY_POLL=1 $F117 local --provider shm $ARGS
 run 117-tcp TENDRIL_LOG=warn $F117 local --provider tcp $ARGS
