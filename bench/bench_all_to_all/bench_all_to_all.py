@@ -524,13 +524,17 @@ def worker(local_rank, plan, args):
     if rank == 0:
         print(describe(plan), flush=True)
     out, counts = [], []
-    for m in plan.modes:
-        T = {"decode": args.decode_tokens, "prefill": args.prefill_tokens}[m]
-        r, c = run_mode(ctx, groups, T, m)
-        if rank == 0:
-            out.append(r)
-            counts.append(c)
-            print(format_mode(r), flush=True)
+    # A side stream, as frameworks run their layers: with GPU RDMA buffers over shm the
+    # receiving process's cudaMemcpy (legacy default stream) must not queue behind the
+    # all-to-all's kernels (P2PAllToAll refuses the default stream there)
+    with torch.cuda.stream(torch.cuda.Stream(dev)):
+        for m in plan.modes:
+            T = {"decode": args.decode_tokens, "prefill": args.prefill_tokens}[m]
+            r, c = run_mode(ctx, groups, T, m)
+            if rank == 0:
+                out.append(r)
+                counts.append(c)
+                print(format_mode(r), flush=True)
     if rank == 0 and args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -172,6 +172,7 @@ class P2PAllToAll:
         imm_base: Optional[int] = None,
     ) -> None:
         self._ctx = None
+        self._legacy_stream_deadlocks = False
         self._own_engine = None
         _require()
         out_dtypes = {
@@ -270,6 +271,12 @@ class P2PAllToAll:
         self.memory_bytes = info["memory_bytes"]
         self.num_rdma_peers = info["num_rdma_peers"]
         self._kind = info["rdma_buffer_kind"]
+        # shm/sm2 (the single-machine stand-in for GPUDirect RDMA) move device memory with
+        # a synchronous cudaMemcpy that the *receiving* process issues on CUDA's legacy
+        # default stream; it waits for every kernel on a blocking stream of that process,
+        # so a receive kernel there (waiting for this very data) would never finish.
+        prov = getattr(getattr(engine, "engine", engine), "provider", "") or ""
+        self._legacy_stream_deadlocks = self._kind == "gpu" and prov.split(";")[0] in ("shm", "sm2")
 
     @property
     def rdma_buffer_kind(self) -> str:
@@ -278,7 +285,14 @@ class P2PAllToAll:
 
     # ------------------------------------------------------------------ helpers ----
     def _stream(self) -> int:
-        return torch.cuda.current_stream(self.device).cuda_stream
+        h = torch.cuda.current_stream(self.device).cuda_stream
+        if self._legacy_stream_deadlocks and h in (0, 2):  # legacy / per-thread default stream
+            raise RuntimeError(
+                "P2PAllToAll: GPU RDMA buffers over shm need the all-to-all on a non-default "
+                "stream (e.g. `with torch.cuda.stream(torch.cuda.Stream()):`): shm copies the "
+                "incoming data with cudaMemcpy on the legacy default stream, which would wait "
+                "for the receiving kernel forever (docs/a2a-internode.md)")
+        return h
 
     @staticmethod
     def _indices(indices: torch.Tensor) -> torch.Tensor:

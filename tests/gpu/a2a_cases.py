@@ -55,6 +55,9 @@ add("graph", Cfg("graph_fp8", H=1024, S=8, E=32, K=4, T=64, in_dtype=F8,
 add("timeout", Cfg("timeout", T=8))
 add("timeout", Cfg("timeout_direct", T=300))  # fused direct path: the wait for CNT mid-send
 add("overflow", Cfg("overflow", T=16))          # recv half finds too many rows
+# GPU RDMA buffers over shm: the default stream is refused, a side stream works
+add("legacy_stream", Cfg("legacy_stream", E=8, K=2, T=32, iters=1))
+
 add("overflow", Cfg("overflow_direct", T=300))  # fused direct path: own rows past the capacity
 
 # ---- EP4 / EP8 (several ranks per GPU)

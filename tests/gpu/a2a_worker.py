@@ -11,6 +11,7 @@ agree bit for bit) and checks its own outputs against a PyTorch reference:
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import math
 import os
 import signal
@@ -348,6 +349,31 @@ def run_timeout(cfg: Cfg, world: int, num_sms: int):
     a2a.destroy()
 
 
+def run_legacy_stream(cfg: Cfg, world: int, num_sms: int):
+    """GPU RDMA buffers over shm: dispatch on the default stream must raise at once (its
+    receive kernel would block the target's cudaMemcpy for good); then the same call on a
+    side stream works, so the refusal lost nothing."""
+    dev = torch.device("cuda", torch.cuda.current_device())
+    a2a, _ = make(cfg, world, num_sms)
+    prov = getattr(TOPO_KW.get("engine"), "provider", "")
+    x, s, idx, w, _ = inputs(cfg, a2a.rank, 0)
+    x, idx, w = x.to(dev), idx.to(dev), w.to(dev)
+    out_num = torch.zeros(a2a.num_local_experts, dtype=torch.int32, device=dev)
+    out_x = torch.empty(a2a.max_recv_tokens, cfg.H, dtype=cfg.in_dtype, device=dev)
+    if a2a.rdma_buffer_kind == "gpu" and prov.split(";")[0] in ("shm", "sm2"):
+        with torch.cuda.stream(torch.cuda.default_stream(dev)):
+            try:
+                a2a.dispatch(out_num, out_x, None, x, None, idx, w)
+                raise AssertionError("dispatch on the default stream was accepted")
+            except RuntimeError as ex:
+                assert "non-default stream" in str(ex), ex
+    a2a.dispatch(out_num, out_x, None, x, None, idx, w)
+    torch.cuda.synchronize()
+    a2a.poll_error()
+    check_dispatch(cfg, a2a, 0, out_num, out_x, None, world)
+    a2a.destroy()
+
+
 def run_overflow(cfg: Cfg, world: int, num_sms: int):
     """Every rank passes an output of one row for many received rows: the kernels must
     store nothing past it and report EOVERFLOW, and the context must refuse further work.
@@ -449,21 +475,28 @@ def worker(rank: int, world: int, port: int, job: str, args: dict):
         if args.get("topo"):
             engine = set_topology(rank, world, args["topo"])
         from a2a_cases import CASES  # noqa: E402 (same directory)
-        for cfg_name in args["cases"]:
-            kind, cfg = CASES[cfg_name]
-            if rank == 0:
-                print(f"[EP{world}] {cfg_name}", flush=True)
-            if kind == "run":
-                run_cfg(cfg, world, num_sms)
-            elif kind == "graph":
-                run_graph(cfg, world, num_sms)
-            elif kind == "timeout":
-                run_timeout(cfg, world, num_sms)
-            elif kind == "overflow":
-                run_overflow(cfg, world, num_sms)
-            elif kind == "killed":
-                run_killed(world, num_sms)
-                return  # a rank is dead: no barrier
+        # GPU RDMA buffers over shm: the receiving process's cudaMemcpy (legacy default
+        # stream) must not queue behind the all-to-all's kernels: a non-blocking stream
+        # (P2PAllToAll refuses the default one there; the legacy_stream case checks it)
+        gpu_rdma = TOPO_KW.get("rdma_buffers") == "gpu"
+        with torch.cuda.stream(torch.cuda.Stream()) if gpu_rdma else contextlib.nullcontext():
+            for cfg_name in args["cases"]:
+                kind, cfg = CASES[cfg_name]
+                if rank == 0:
+                    print(f"[EP{world}] {cfg_name}", flush=True)
+                if kind == "run":
+                    run_cfg(cfg, world, num_sms)
+                elif kind == "graph":
+                    run_graph(cfg, world, num_sms)
+                elif kind == "timeout":
+                    run_timeout(cfg, world, num_sms)
+                elif kind == "overflow":
+                    run_overflow(cfg, world, num_sms)
+                elif kind == "legacy_stream":
+                    run_legacy_stream(cfg, world, num_sms)
+                elif kind == "killed":
+                    run_killed(world, num_sms)
+                    return  # a rank is dead: no barrier
         dist.barrier()
     except Exception:
         traceback.print_exc()

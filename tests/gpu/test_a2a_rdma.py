@@ -96,8 +96,8 @@ def test_ep8_two_nodes_of_four():
 
 def test_ep2_gpu_buffers():
     _gpu_buffers_or_skip()
-    _launch(2, ["dtype_fp8_bf16", "dsv3_fp8_bf16_partial_f32", "zero_tokens", "chunked_fp8", "graph_fp8"],
-            ranks_per_node=1, rdma_buffers="gpu")
+    _launch(2, ["legacy_stream", "dtype_fp8_bf16", "dsv3_fp8_bf16_partial_f32", "zero_tokens", "chunked_fp8",
+                "graph_fp8"], ranks_per_node=1, rdma_buffers="gpu")
 
 
 def test_ep4_two_nodes_gpu_buffers():
