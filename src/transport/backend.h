@@ -23,6 +23,7 @@ typedef struct tp_mr {
     void *desc;       /* local descriptor passed with work requests (may be NULL) */
     uint64_t rkey;    /* remote key published in te_mr_desc */
     bool target_polled; /* backend's own: this region keeps the NIC polling (fabric.c) */
+    bool remote;        /* backend's own: registered for remote writes (fabric.c counts them) */
 } tp_mr;
 
 typedef struct tp_write {

@@ -57,6 +57,7 @@ struct tp_nic {
      * up to 1 ms between polls (fabric-debug: 4 KiB writes at 0.24 of raw without it). */
     struct fid_cntr *rcntr;
     uint64_t rcntr_seen;
+    _Atomic int remote_mrs;    /* regions registered for remote writes: none, no counter read */
     char hmem_why[160];        /* why not, when !hmem and CUDA memory was wanted */
     shm_peers *shm;            /* shm: per-peer transmit endpoints (fabric_shm.c) */
     sock_probes *probes;       /* tcp: connection probes of stalled peers (fabric_probe.c) */
@@ -470,6 +471,8 @@ static int fab_mr_reg(tp_nic *n, void *ptr, size_t len, int device, bool remote,
     out->rkey = fi_mr_key(mr);
     out->target_polled = device != TE_DEVICE_HOST && remote && n->target_copies_device;
     if (out->target_polled) atomic_fetch_add(&n->remote_dev_mrs, 1);
+    out->remote = remote;
+    if (remote) atomic_fetch_add(&n->remote_mrs, 1);
     return 0;
 }
 
@@ -477,6 +480,7 @@ static void fab_mr_dereg(tp_nic *n, tp_mr *mr)
 {
     if (mr->handle) fi_close(&((struct fid_mr *)mr->handle)->fid);
     if (mr->handle && mr->target_polled) atomic_fetch_sub(&n->remote_dev_mrs, 1);
+    if (mr->handle && mr->remote) atomic_fetch_sub(&n->remote_mrs, 1);
     mr->handle = NULL;
 }
 
@@ -662,7 +666,9 @@ static int fab_poll(tp_nic *n, tp_event *ev, int max)
         if (r < 0) return r;
         got += r;
     }
-    if (got == 0 && n->rcntr) got = remote_activity(n, ev);
+    /* A NIC with no region open to remote writes (a pure sender) has nothing to count. */
+    if (got == 0 && n->rcntr && atomic_load_explicit(&n->remote_mrs, memory_order_relaxed) > 0)
+        got = remote_activity(n, ev);
     return got;
 }
 
