@@ -321,7 +321,17 @@ static void check_stalled(eng_group *g, eng_op *op, uint64_t now)
          * is not probed: the peer may be alive and reconnecting, and each probe costs a
          * live peer's provider an accepted connection (libfabric 1.17 leaks it). */
         eng_peer_cache_entry *pe = cache_entry(n, op->peer[p->nic]);
-        if (pe && pe->no_probe) continue;
+        if (pe && pe->no_probe) {
+            /* Down since its connection broke, and this operation (started after that,
+             * or it would have failed with the others) could not post anything since:
+             * fail it now rather than at its deadline. Seen once under load in
+             * python.tcp (libfabric 2.1): a write queued behind the reset waited the full
+             * operation timeout. */
+            if (pe->down)
+                worker_peer_gone(g, p->nic, op->peer[p->nic], -ECONNRESET,
+                                 "its connection broke and nothing could be sent to it since", false);
+            continue;
+        }
         if (n->ops->peer_check(n->tp, op->peer[p->nic]) == 0)
             worker_peer_gone(g, p->nic, op->peer[p->nic], -ECONNREFUSED,
                              "connection refused: no engine listens at its address any more", false);
