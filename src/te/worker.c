@@ -246,7 +246,6 @@ static bool nic_poll(eng_group *g, eng_nic *n)
             worker_peer_gone(g, (uint32_t)(n - g->nic), x->peer, x->status, x->msg, true);
             continue;
         }
-        if (x->kind == TP_EV_REMOTE) continue; /* progress only: got > 0 keeps us polling */
         if (x->kind == TP_EV_IMM) {
             if (x->status) {
                 STAT_ADD(n->st_errors, 1);
@@ -742,6 +741,18 @@ static bool backed_off(eng_group *g, uint64_t *seen, uint64_t *slice_ns)
     return true;
 }
 
+/* Peers' writes applied to our memory since the last look (shm: docs/engine.md, idle
+ * handling): counts as progress, so the worker stays hot while peers stream into us. */
+static bool targets_active(eng_group *g)
+{
+    bool active = false;
+    for (uint32_t k = 0; k < g->n_nics; k++) {
+        eng_nic *n = &g->nic[k];
+        if (!n->failed && n->ops->target_activity && n->ops->target_activity(n->tp) > 0) active = true;
+    }
+    return active;
+}
+
 static void *worker_main(void *arg)
 {
     eng_group *g = arg;
@@ -763,6 +774,7 @@ static void *worker_main(void *arg)
         }
         pthread_mutex_lock(&g->plock);
         bool progressed = step_locked(g, true);
+        if (!progressed) progressed = targets_active(g);
         bool inflight = g->inflight_head != NULL;
         pthread_mutex_unlock(&g->plock);
         if (progressed || g->e->busy_poll) {

@@ -46,9 +46,6 @@ enum tp_event_kind {
     TP_EV_IMM,       /* an immediate arrived with a remote write (imm) */
     TP_EV_PEER,      /* the transport found `peer` gone (status < 0): work requests to it
                         that are still outstanding complete with errors, new ones fail */
-    TP_EV_REMOTE,    /* peers' writes (len of them) were applied to our memory by this
-                        poll: nothing completes, but a provider whose target must poll for
-                        a write to finish (shm) needs the worker to keep polling now */
 };
 
 typedef struct tp_event {
@@ -100,6 +97,11 @@ typedef struct tp_ops {
     bool (*can_block)(tp_nic *n);
     /* Drains up to max events. >= 0 number of events; < 0 the NIC is unusable. */
     int (*poll)(tp_nic *n, tp_event *ev, int max);
+    /* Optional. How many peers' writes were applied to our memory since the last call
+     * (0 if none, or if the NIC cannot tell). For a provider whose target must poll for
+     * a write to finish and that shows nothing of it otherwise (shm): the worker asks
+     * after a step that found nothing, and stays hot while peers write into it. */
+    uint64_t (*target_activity)(tp_nic *n);
     /* Optional. Asked about a peer whose operations have made no progress for a while:
      * 0 if the transport has evidence that it is gone (its address refuses connections),
      * 1 otherwise. Never blocks; may start a check whose answer a later call returns. */

@@ -52,9 +52,10 @@ struct tp_nic {
     /* shm/sm2 apply every incoming write (host memory too, since write ordering turns
      * off the sender's direct copy) only while the target polls, and nothing of it
      * reaches the CQ or its wait object. This counter of remote writes (FI_RMA_EVENT)
-     * is the one sign the target has that a peer is streaming into it: polls that moved
-     * it report TP_EV_REMOTE, so the worker stays hot instead of sleeping in slices of
-     * up to 1 ms between polls (fabric-debug: 4 KiB writes at 0.24 of raw without it). */
+     * is the one sign the target has that a peer is streaming into it: the worker reads
+     * it (fab_target_activity) after a step that found nothing and stays hot instead of
+     * sleeping in slices of up to 1 ms between polls (fabric-debug: 4 KiB writes at 0.24
+     * of raw without it). */
     struct fid_cntr *rcntr;
     uint64_t rcntr_seen;
     _Atomic int remote_mrs;    /* regions registered for remote writes: none, no counter read */
@@ -644,17 +645,15 @@ int fab_read_cq(struct fid_cq *cq, const char *prov, tp_event *ev, int max, fab_
     return got;
 }
 
-/* Only after a poll that found nothing: reading the counter runs the provider's progress
- * again, which a poll with completions does not need (the worker stays hot anyway). */
-static int remote_activity(tp_nic *n, tp_event *ev)
+/* Reading the counter runs the provider's progress once more, so only the worker asks,
+ * and only after a step that found nothing: waiting and submitting callers keep polling
+ * anyway. A NIC with no region open to remote writes (a pure sender) has nothing to count. */
+static uint64_t fab_target_activity(tp_nic *n)
 {
-    uint64_t v = fi_cntr_read(n->rcntr);
-    if (v == n->rcntr_seen) return 0;
-    memset(ev, 0, sizeof *ev);
-    ev->kind = TP_EV_REMOTE;
-    ev->len = (size_t)(v - n->rcntr_seen);
+    if (!n->rcntr || atomic_load_explicit(&n->remote_mrs, memory_order_relaxed) == 0) return 0;
+    uint64_t v = fi_cntr_read(n->rcntr), d = v - n->rcntr_seen;
     n->rcntr_seen = v;
-    return 1;
+    return d;
 }
 
 static int fab_poll(tp_nic *n, tp_event *ev, int max)
@@ -666,9 +665,6 @@ static int fab_poll(tp_nic *n, tp_event *ev, int max)
         if (r < 0) return r;
         got += r;
     }
-    /* A NIC with no region open to remote writes (a pure sender) has nothing to count. */
-    if (got == 0 && n->rcntr && atomic_load_explicit(&n->remote_mrs, memory_order_relaxed) > 0)
-        got = remote_activity(n, ev);
     return got;
 }
 
@@ -700,5 +696,6 @@ const tp_ops tp_fabric_ops = {
     .wait_fd = fab_wait_fd,
     .can_block = fab_can_block,
     .poll = fab_poll,
+    .target_activity = fab_target_activity,
     .peer_check = fab_peer_check,
 };
