@@ -584,7 +584,7 @@ static bool step_locked(eng_group *g, bool poll)
 }
 
 /* A submitter's step posts its operation and polls completions only every
- * SUBMIT_POLL_EVERY-th time (or when a NIC is full): each poll of a provider runs its
+ * SUBMIT_POLL_EVERY-th time (or when a NIC is full, or its operation is alone): each poll of a provider runs its
  * progress engine (shm: two of them, the receiving endpoint and the peers' transmit
  * endpoints), which cost more than the post itself, and a caller that submits a window
  * of writes and then waits polls in its wait anyway. A raw libfabric loop posts a batch
@@ -597,7 +597,12 @@ int group_try_progress(eng_group *g, enum step_kind kind)
      * backs off at its next turn instead of winning the lock again. */
     if (kind != STEP_CONTROL) atomic_fetch_add_explicit(&g->drive_seq, 1, memory_order_relaxed);
     if (pthread_mutex_trylock(&g->plock)) return -EBUSY;
-    bool poll = kind != STEP_SUBMIT || ++g->submit_steps % SUBMIT_POLL_EVERY == 0;
+    /* A lone operation (nothing else submitted and not yet completed) is polled at once:
+     * that is the latency case (one write in flight, a ping), where its completion is
+     * often ready right after the post (shm inject) and the caller's wait then needs no
+     * step of its own. */
+    bool poll = kind != STEP_SUBMIT || ++g->submit_steps % SUBMIT_POLL_EVERY == 0 ||
+                atomic_load_explicit(&g->queued, memory_order_relaxed) <= 1;
     int r = step_locked(g, poll) ? PROGRESS_MOVED : 0;
     if (g->inflight_head || !mpsc_empty(&g->subq) || !mpsc_empty(&g->ctlq)) r |= PROGRESS_PENDING;
     pthread_mutex_unlock(&g->plock);
@@ -766,7 +771,7 @@ static void *worker_main(void *arg)
     }
     uint64_t sleep_ns = SLEEP_MIN_NS, last_progress = tn_now_ns();
     uint64_t seen_drive = atomic_load(&g->drive_seq), backoff_ns = BACKOFF_MIN_NS;
-    unsigned idle = 0;
+    unsigned idle = 0, looks = 0;
     while (!atomic_load_explicit(&g->stop, memory_order_acquire)) {
         if (backed_off(g, &seen_drive, &backoff_ns)) {
             idle = 0;
@@ -774,7 +779,9 @@ static void *worker_main(void *arg)
         }
         pthread_mutex_lock(&g->plock);
         bool progressed = step_locked(g, true);
-        if (!progressed) progressed = targets_active(g);
+        /* Not every empty turn: the read is a provider progress of its own, and
+         * activity only has to be seen within the active window (ms), not at once. */
+        if (!progressed && (++looks & 7) == 0) progressed = targets_active(g);
         bool inflight = g->inflight_head != NULL;
         pthread_mutex_unlock(&g->plock);
         if (progressed || g->e->busy_poll) {
