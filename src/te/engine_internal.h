@@ -147,7 +147,8 @@ typedef struct eng_group {
     te_engine *e;
     /* Held by whoever runs a progress step; every field below marked (P) is owned by it. */
     pthread_mutex_t plock;
-    _Atomic uint64_t drive_seq; /* steps run by waiting threads: the worker backs off */
+    _Atomic uint64_t drive_seq; /* steps run by driving callers: the worker backs off */
+    _Atomic uint64_t drive_seen; /* the last drive_seq the worker acted on (written by it) */
     _Atomic bool resume;        /* a waiter stopped driving: the worker takes over now */
     _Atomic uint32_t queued;    /* operations submitted, completion not yet delivered */
     tn_notify backoff;          /* a backed-off worker sleeps here (woken at stop) */

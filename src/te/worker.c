@@ -595,7 +595,13 @@ int group_try_progress(eng_group *g, enum step_kind kind)
 {
     /* A driving caller announces itself even when the lock is busy: the worker then
      * backs off at its next turn instead of winning the lock again. */
-    if (kind != STEP_CONTROL) atomic_fetch_add_explicit(&g->drive_seq, 1, memory_order_relaxed);
+    /* Only if the worker has seen the last announcement: one pending is enough, and an
+     * atomic add on every step would move the line between the caller's core and a
+     * worker polling it (every submit step announces itself). */
+    if (kind != STEP_CONTROL &&
+        atomic_load_explicit(&g->drive_seq, memory_order_relaxed) ==
+            atomic_load_explicit(&g->drive_seen, memory_order_relaxed))
+        atomic_fetch_add_explicit(&g->drive_seq, 1, memory_order_relaxed);
     if (pthread_mutex_trylock(&g->plock)) return -EBUSY;
     /* A lone operation (nothing else submitted and not yet completed) is polled at once:
      * that is the latency case (one write in flight, a ping), where its completion is
@@ -732,12 +738,17 @@ static int idle_block(eng_group *g, uint64_t timeout_ns)
 static bool backed_off(eng_group *g, uint64_t *seen, uint64_t *slice_ns)
 {
     uint64_t s = atomic_load_explicit(&g->drive_seq, memory_order_relaxed);
-    if (atomic_exchange_explicit(&g->resume, false, memory_order_acquire)) *seen = s; /* handed back */
+    if (atomic_load_explicit(&g->resume, memory_order_relaxed) &&
+        atomic_exchange_explicit(&g->resume, false, memory_order_acquire)) { /* handed back */
+        *seen = s;
+        atomic_store_explicit(&g->drive_seen, s, memory_order_relaxed);
+    }
     if (s == *seen) {
         *slice_ns = BACKOFF_MIN_NS;
         return false;
     }
     *seen = s;
+    atomic_store_explicit(&g->drive_seen, s, memory_order_relaxed);
     if (g->e->busy_poll) return true; /* never sleeps: looks again at once */
     uint32_t t = tn_notify_prepare(&g->backoff);
     if (atomic_load(&g->stop)) tn_notify_cancel(&g->backoff);
@@ -771,6 +782,7 @@ static void *worker_main(void *arg)
     }
     uint64_t sleep_ns = SLEEP_MIN_NS, last_progress = tn_now_ns();
     uint64_t seen_drive = atomic_load(&g->drive_seq), backoff_ns = BACKOFF_MIN_NS;
+    atomic_store_explicit(&g->drive_seen, seen_drive, memory_order_relaxed);
     unsigned idle = 0, looks = 0;
     while (!atomic_load_explicit(&g->stop, memory_order_acquire)) {
         if (backed_off(g, &seen_drive, &backoff_ns)) {
@@ -829,6 +841,7 @@ int worker_start(eng_group *g)
     pthread_mutex_init(&g->plock, NULL);
     tn_notify_init(&g->backoff);
     atomic_init(&g->drive_seq, 0);
+    atomic_init(&g->drive_seen, 0);
     atomic_init(&g->resume, false);
     atomic_init(&g->queued, 0);
     mpsc_init(&g->subq);
