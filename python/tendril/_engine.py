@@ -43,11 +43,16 @@ def _device_ordinal(device: DeviceLike) -> int:
     raise ValueError(f"unsupported device {device!r} (use 'cpu', 'cuda:N' or an ordinal)")
 
 
+def shared_memory_provider(name: Optional[str]) -> bool:
+    """shm or sm2 (a provider string as the engine reports it, e.g. "shm"): one domain
+    that is no NIC, and the target process copies every incoming write itself."""
+    return (name or "").split(";")[0] in ("shm", "sm2")
+
+
 def _shared_memory(provider: Optional[str]) -> bool:
-    """shm/sm2 (as given, or as TENDRIL_PROVIDER overrides it, as the engine does): one
-    domain that is no NIC, so a GPU's topology NICs name nothing there."""
-    p = os.environ.get("TENDRIL_PROVIDER") or provider or ""
-    return p in ("shm", "sm2")
+    """The provider asked for, as TENDRIL_PROVIDER overrides it (as the engine does), is
+    shm/sm2: a GPU's topology NICs name nothing there."""
+    return shared_memory_provider(os.environ.get("TENDRIL_PROVIDER") or provider)
 
 
 def _nic_name(d: NicName, provider: Optional[str]) -> Optional[str]:

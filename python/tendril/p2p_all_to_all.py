@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     dist = None  # type: ignore[assignment]
 
 from . import _tendril
+from ._engine import shared_memory_provider
 
 _a2a = getattr(_tendril, "_a2a", None)
 _A2A_MISSING = "the extension was built without CUDA (no nvcc)"
@@ -118,6 +119,18 @@ class _Group:
 def _size(group: Any) -> Optional[int]:
     return None if group is None else _Group(group).size
 
+
+
+def _usable_stream(handle: int, legacy_stream_deadlocks: bool) -> int:
+    """The stream handle the kernels launch on, or RuntimeError where it would hang:
+    CUDA's legacy (0) or per-thread (2) default stream with GPU RDMA buffers over shm."""
+    if legacy_stream_deadlocks and handle in (0, 2):
+        raise RuntimeError(
+            "P2PAllToAll: GPU RDMA buffers over shm need the all-to-all on a non-default "
+            "stream (e.g. `with torch.cuda.stream(torch.cuda.Stream()):`): shm copies the "
+            "incoming data with cudaMemcpy on the legacy default stream, which would wait "
+            "for the receiving kernel forever (docs/a2a-internode.md)")
+    return handle
 
 class P2PAllToAll:
     """Expert-parallel all-to-all: NVLink between the ranks of a node, RDMA between nodes.
@@ -275,8 +288,8 @@ class P2PAllToAll:
         # a synchronous cudaMemcpy that the *receiving* process issues on CUDA's legacy
         # default stream; it waits for every kernel on a blocking stream of that process,
         # so a receive kernel there (waiting for this very data) would never finish.
-        prov = getattr(getattr(engine, "engine", engine), "provider", "") or ""
-        self._legacy_stream_deadlocks = self._kind == "gpu" and prov.split(";")[0] in ("shm", "sm2")
+        prov = getattr(getattr(engine, "engine", engine), "provider", "")
+        self._legacy_stream_deadlocks = self._kind == "gpu" and shared_memory_provider(prov)
 
     @property
     def rdma_buffer_kind(self) -> str:
@@ -285,14 +298,7 @@ class P2PAllToAll:
 
     # ------------------------------------------------------------------ helpers ----
     def _stream(self) -> int:
-        h = torch.cuda.current_stream(self.device).cuda_stream
-        if self._legacy_stream_deadlocks and h in (0, 2):  # legacy / per-thread default stream
-            raise RuntimeError(
-                "P2PAllToAll: GPU RDMA buffers over shm need the all-to-all on a non-default "
-                "stream (e.g. `with torch.cuda.stream(torch.cuda.Stream()):`): shm copies the "
-                "incoming data with cudaMemcpy on the legacy default stream, which would wait "
-                "for the receiving kernel forever (docs/a2a-internode.md)")
-        return h
+        return _usable_stream(torch.cuda.current_stream(self.device).cuda_stream, self._legacy_stream_deadlocks)
 
     @staticmethod
     def _indices(indices: torch.Tensor) -> torch.Tensor:

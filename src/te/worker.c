@@ -594,10 +594,9 @@ static bool step_locked(eng_group *g, bool poll)
 int group_try_progress(eng_group *g, enum step_kind kind)
 {
     /* A driving caller announces itself even when the lock is busy: the worker then
-     * backs off at its next turn instead of winning the lock again. */
-    /* Only if the worker has seen the last announcement: one pending is enough, and an
-     * atomic add on every step would move the line between the caller's core and a
-     * worker polling it (every submit step announces itself). */
+     * backs off at its next turn instead of winning the lock again. Only if the worker
+     * has seen the last announcement: one pending is enough, and an atomic add on every
+     * step would move the line between the caller's core and a worker polling it. */
     if (kind != STEP_CONTROL &&
         atomic_load_explicit(&g->drive_seq, memory_order_relaxed) ==
             atomic_load_explicit(&g->drive_seen, memory_order_relaxed))

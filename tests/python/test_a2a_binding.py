@@ -159,3 +159,19 @@ def test_proxy_timing_needs_a_context():
     import inspect
     assert "reset" in inspect.signature(tendril.P2PAllToAll.proxy_timing).parameters
     assert inspect.signature(tendril.P2PAllToAll.destroy).parameters["barrier"].default is True
+
+
+def test_default_stream_refused_only_where_it_would_hang():
+    """GPU RDMA buffers over shm: the receiving process's cudaMemcpy (legacy default
+    stream) would wait for the receive kernel, so CUDA's default streams are refused with
+    the reason; elsewhere, and on any other stream, the handle is used as given."""
+    from tendril._engine import shared_memory_provider
+    from tendril.p2p_all_to_all import _usable_stream
+    for h in (0, 2):  # legacy, per-thread default stream
+        with pytest.raises(RuntimeError, match="non-default stream"):
+            _usable_stream(h, True)
+        assert _usable_stream(h, False) == h
+    assert _usable_stream(0x7F00DEAD, True) == 0x7F00DEAD
+    assert shared_memory_provider("shm") and shared_memory_provider("sm2")
+    assert not shared_memory_provider("tcp;ofi_rxm") and not shared_memory_provider("efa")
+    assert not shared_memory_provider(None) and not shared_memory_provider("")

@@ -294,8 +294,7 @@ static int fab_open(const tp_open_args *a, tp_nic **out)
      * there, as everywhere, the immediate seen by the receiver is the arrival signal. */
     n->write_flags = strcmp(n->info->fabric_attr->prov_name, "shm") ? FI_DELIVERY_COMPLETE : 0;
     n->hmem = (n->info->caps & FI_HMEM) != 0;
-    n->target_copies_device = n->hmem && (!strcmp(n->info->fabric_attr->prov_name, "shm") ||
-                                          !strcmp(n->info->fabric_attr->prov_name, "sm2"));
+    n->target_copies_device = n->hmem && target_applies_writes(n->info->fabric_attr->prov_name);
     if (!n->hmem && !hmem_tried)
         snprintf(n->hmem_why, sizeof n->hmem_why,
                  "the NIC belongs to a host-memory group (cuda_device = TE_DEVICE_HOST), opened "
@@ -659,13 +658,9 @@ static uint64_t fab_target_activity(tp_nic *n)
 static int fab_poll(tp_nic *n, tp_event *ev, int max)
 {
     int got = fab_read_cq(n->cq, n->nfo.provider, ev, max, NULL, NULL);
-    if (got < 0 || got == max) return got;
-    if (n->shm) {
-        int r = shm_peers_poll(n->shm, ev + got, max - got);
-        if (r < 0) return r;
-        got += r;
-    }
-    return got;
+    if (got < 0 || !n->shm || got == max) return got;
+    int r = shm_peers_poll(n->shm, ev + got, max - got);
+    return r < 0 ? r : got + r;
 }
 
 static int fab_peer_check(tp_nic *n, tp_peer peer)
