@@ -118,7 +118,10 @@ int raw_register(raw_ep *r, void *ptr, size_t len, bool remote, int gpu, raw_reg
                               .requested_key = key,
                               .iface = gpu >= 0 ? FI_HMEM_CUDA : FI_HMEM_SYSTEM};
     attr.device.cuda = gpu >= 0 ? gpu : 0;
-    int ret = fi_mr_regattr(r->domain, &attr, 0, &mr);
+    /* As the engine registers device memory (fab_mr_reg_cuda): the same shm protocol
+     * (CUDA IPC) on both sides of the comparison. */
+    int ret = fi_mr_regattr(r->domain, &attr, gpu >= 0 ? FI_HMEM_DEVICE_ONLY : 0, &mr);
+    if (ret == -FI_EBADFLAGS && gpu >= 0) ret = fi_mr_regattr(r->domain, &attr, 0, &mr);
     if (ret) return ret;
     if (r->mr_mode & FI_MR_ENDPOINT) {
         fi_mr_bind(mr, &r->ep->fid, 0);

@@ -365,6 +365,20 @@ static int fab_address(const tp_nic *n, te_addr *out)
     return 0;
 }
 
+/* fi_mr_regattr with `flags`; where the provider refuses FI_HMEM_DEVICE_ONLY (a hint it
+ * need not know), once more without it. */
+static int reg_cuda_attr(tp_nic *n, const struct fi_mr_attr *attr, uint64_t flags,
+                         struct fid_mr **mr)
+{
+    int ret = fi_mr_regattr(n->domain, attr, flags, mr);
+    if (ret == -FI_EBADFLAGS && (flags & FI_HMEM_DEVICE_ONLY)) {
+        TN_LOGD("%s NIC %s refuses FI_HMEM_DEVICE_ONLY: registering without it",
+                n->nfo.provider, n->nfo.name);
+        ret = fi_mr_regattr(n->domain, attr, flags & ~FI_HMEM_DEVICE_ONLY, mr);
+    }
+    return ret;
+}
+
 /* Registers CUDA device memory of GPU `device`: dma-buf first (FI_MR_DMABUF, libfabric
  * >= 1.18 headers, kernel and driver permitting), then FI_HMEM_CUDA with iface/device
  * (the provider resolves the pages itself, through nvidia-peermem or CUDA IPC). Never
@@ -387,6 +401,14 @@ static int fab_mr_reg_cuda(tp_nic *n, void *ptr, size_t len, int device, uint64_
         .iface = FI_HMEM_CUDA,
     };
     attr.device.cuda = device;
+    /* The pointer is cudaMalloc'ed device memory (checked above: not managed, not host),
+     * which is what FI_HMEM_DEVICE_ONLY states. shm needs it to move such memory by CUDA
+     * IPC (the target maps the source allocation and copies device to device in one
+     * cudaMemcpy); without it shm stages every write through its host bounce buffers in
+     * chunks that need both processes' progress (libfabric 2.1 smr_select_proto: measured
+     * ~1.8 GB/s). Other providers take the flag as a hint; one that refuses it gets the
+     * registration again without it (reg_cuda_attr). */
+    uint64_t flags = FI_HMEM_DEVICE_ONLY;
     int ret;
     char dmabuf_why[200] = "libfabric headers older than 1.18 (no FI_MR_DMABUF)";
 #ifdef FI_MR_DMABUF
@@ -408,7 +430,7 @@ static int fab_mr_reg_cuda(tp_nic *n, void *ptr, size_t len, int device, uint64_
             struct fi_mr_dmabuf dmabuf = {
                 .fd = fd, .offset = off, .len = len, .base_addr = (void *)((uintptr_t)ptr - off)};
             attr.dmabuf = &dmabuf;
-            ret = fi_mr_regattr(n->domain, &attr, FI_MR_DMABUF, mr);
+            ret = reg_cuda_attr(n, &attr, FI_MR_DMABUF | flags, mr);
             close(fd);
             if (!ret) {
                 TN_LOGD("CUDA memory %p+%zu of device %d registered on %s via dma-buf", ptr, len,
@@ -423,7 +445,7 @@ static int fab_mr_reg_cuda(tp_nic *n, void *ptr, size_t len, int device, uint64_
     }
 #endif
     attr.mr_iov = &iov; /* (replaces attr.dmabuf: the same union member in 1.18+) */
-    ret = fi_mr_regattr(n->domain, &attr, 0, mr);
+    ret = reg_cuda_attr(n, &attr, flags, mr);
     if (ret)
         return tn_err(fi_to_errno(ret) == -FI_ENOSYS ? -EOPNOTSUPP : fi_to_errno(ret),
                       "CUDA memory of device %d on %s NIC %s: dma-buf path unavailable (%s); "
