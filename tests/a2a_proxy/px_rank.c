@@ -281,6 +281,8 @@ void pr_free(px_rank *r)
  *                                first_last, last_done, seen_done (waits up to MS for
  *                                COUNT >= N: a doorbell is timed once its writes completed)
  *   timing-reset              -> ok               (a2a_px_timing_reset)
+ *   trace PHASE EPOCH         -> trace SEEN FIRST LAST DONE (ns, a2a_px_trace_get), or
+ *                                "none" for -ENOENT
  *   close                     -> ok               (proxy destroyed)
  *   quit                      -> (exits 0) */
 static int child_loop(px_rank *r)
@@ -359,6 +361,14 @@ static int child_loop(px_rank *r)
                                 (unsigned long long)sp[k]->p50, (unsigned long long)sp[k]->p99,
                                 (unsigned long long)sp[k]->max);
             th_child_reply("%s", text);
+        } else if (sscanf(line, "trace %d %llu", &p, &e) == 2) {
+            uint64_t t[4];
+            int rc = a2a_px_trace_get(r->px, p, e, t);
+            if (rc == -ENOENT) th_child_reply("none");
+            else if (rc) th_child_reply("err %s", te_last_error());
+            else
+                th_child_reply("trace %llu %llu %llu %llu", (unsigned long long)t[0], (unsigned long long)t[1],
+                               (unsigned long long)t[2], (unsigned long long)t[3]);
         } else if (!strcmp(line, "timing-reset")) {
             if (a2a_px_timing_reset(r->px)) th_child_reply("err %s", te_last_error());
             else th_child_reply("ok");

@@ -153,6 +153,26 @@ static void check_timing(world *w, int per_node, uint64_t epochs, bool print)
                               v[1][1] / 1e3, v[1][2] / 1e3, v[2][0] / 1e3, v[2][1] / 1e3, v[2][2] / 1e3,
                               v[3][0] / 1e3, v[3][1] / 1e3, v[3][2] / 1e3);
         }
+        /* the per-epoch trace: the last 16 doorbells of each phase, their times in order;
+         * older epochs, epoch 0 and epochs not rung yet are not there */
+        for (int p = 0; p < A2A_PX_N; p++) {
+            char reply[512];
+            for (uint64_t ep = epochs > 16 ? epochs - 15 : 1; ep <= epochs; ep++) {
+                unsigned long long t[4];
+                ask(w, r, reply, sizeof reply, "trace %d %llu", p, (unsigned long long)ep);
+                if (sscanf(reply, "trace %llu %llu %llu %llu", &t[0], &t[1], &t[2], &t[3]) != 4)
+                    fail_msg("rank %d trace %d epoch %llu: %s", r, p, (unsigned long long)ep, reply);
+                assert_true(t[0] > 0 && t[0] <= t[1] && t[1] <= t[2] && t[2] <= t[3]);
+            }
+            ask(w, r, reply, sizeof reply, "trace %d %llu", p, (unsigned long long)epochs + 1);
+            assert_string_equal(reply, "none");
+            if (epochs > 16) {
+                ask(w, r, reply, sizeof reply, "trace %d %llu", p, (unsigned long long)epochs - 16);
+                assert_string_equal(reply, "none");
+            }
+            ask(w, r, reply, sizeof reply, "trace %d 0", p);
+            assert_true(!strncmp(reply, "err ", 4));
+        }
         /* reset starts every phase's count afresh (no doorbell rings meanwhile) */
         ask_ok(w, r, "timing-reset");
         for (int p = 0; p < A2A_PX_N; p++) {

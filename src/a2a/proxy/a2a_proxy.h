@@ -196,6 +196,12 @@ int a2a_px_timing_get(const a2a_px *px, int phase, a2a_px_timing *out);
  * while it runs may land on either side. 0 or -EINVAL. Thread-safe. */
 int a2a_px_timing_reset(a2a_px *px);
 
+/* The absolute host times (CLOCK_MONOTONIC ns) of the doorbell of `epoch` in phase:
+ * out = {watcher saw it, first te_write accepted, last accepted, writes locally
+ * complete}. Kept for the last 16 timed doorbells of each phase. 0; -ENOENT when that
+ * doorbell is not (or no longer) recorded; -EINVAL. Thread-safe. */
+int a2a_px_trace_get(const a2a_px *px, int phase, uint64_t epoch, uint64_t out[4]);
+
 /* For applications that own the engine's peer callback (app_forwards_peer_events):
  * forwards one peer state change to every proxy of engine e. Any thread. */
 void a2a_px_peer_event(te_engine *e, const te_addr *addr, int state);

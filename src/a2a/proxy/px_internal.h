@@ -31,6 +31,15 @@ typedef struct px_tm_slot {
 #define PX_TM_SLOTS 64
 enum { PX_TM_N = 4 }; /* seen->first, first->last, last->done, seen->done */
 
+/* The absolute host times of the last PX_TRACE_DEPTH timed doorbells of a phase, by
+ * epoch (a2a_px_trace_get): the host half of a per-iteration trace. tag is the epoch
+ * the times belong to, stored last (release); 0 while never written. */
+#define PX_TRACE_DEPTH 16
+typedef struct px_trace_rec {
+    _Atomic uint64_t tag;
+    _Atomic uint64_t t[4]; /* seen, first, last, done */
+} px_trace_rec;
+
 typedef struct px_phase_timing {
     uint64_t per_bell;         /* writes per doorbell: RDMA peers * a2a_px_writes */
     uint64_t bells;            /* doorbells that began posting (watcher thread only) */
@@ -38,6 +47,7 @@ typedef struct px_phase_timing {
     _Atomic uint64_t next, recorded, base, dropped;
     px_tm_slot slot[PX_TM_SLOTS];
     _Atomic uint64_t win[PX_TM_N][A2A_PX_TIMING_WINDOW]; /* durations, ns */
+    px_trace_rec trace[PX_TRACE_DEPTH];
 } px_phase_timing;
 
 /* Watcher argument of one phase's doorbell. */

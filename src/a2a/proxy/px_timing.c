@@ -29,8 +29,23 @@ void px_timing_init(struct a2a_px *px)
     }
 }
 
+/* The doorbell's absolute times under its epoch: doorbell k carries epoch k + 1 (the
+ * proxy acts only on exactly the previous epoch + 1, from 1). A reader that finds the
+ * tag changed while it copied retries (a2a_px_trace_get). */
+static void trace(px_phase_timing *t, const px_tm_slot *s)
+{
+    const uint64_t epoch = atomic_load_explicit(&s->seq, memory_order_relaxed) + 1;
+    px_trace_rec *r = &t->trace[epoch % PX_TRACE_DEPTH];
+    atomic_store_explicit(&r->tag, 0, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    const uint64_t v[4] = {s->t_seen, s->t_first, s->t_last, s->t_done};
+    for (int k = 0; k < 4; k++) atomic_store_explicit(&r->t[k], v[k], memory_order_relaxed);
+    atomic_store_explicit(&r->tag, epoch, memory_order_release);
+}
+
 static void record(px_phase_timing *t, const px_tm_slot *s)
 {
+    trace(t, s);
     const uint64_t d[PX_TM_N] = {s->t_first - s->t_seen, s->t_last - s->t_first, s->t_done - s->t_last,
                                  s->t_done - s->t_seen};
     uint64_t i = atomic_fetch_add_explicit(&t->next, 1, memory_order_relaxed) % A2A_PX_TIMING_WINDOW;
@@ -140,4 +155,24 @@ int a2a_px_timing_reset(a2a_px *px)
         atomic_store_explicit(&t->dropped, 0, memory_order_relaxed);
     }
     return 0;
+}
+
+int a2a_px_trace_get(const a2a_px *cpx, int phase, uint64_t epoch, uint64_t out[4])
+{
+    tn_err_clear();
+    if (!cpx || !out) return tn_err(-EINVAL, "a2a_px_trace_get: %s is NULL", cpx ? "out" : "proxy");
+    if (phase < 0 || phase >= A2A_PX_N)
+        return tn_err(-EINVAL, "a2a_px_trace_get: phase %d outside 0..%d", phase, A2A_PX_N - 1);
+    if (epoch == 0) return tn_err(-EINVAL, "a2a_px_trace_get: epochs start at 1");
+    px_trace_rec *r = &((a2a_px *)cpx)->tm[phase].trace[epoch % PX_TRACE_DEPTH];
+    /* seqlock-style: the tag before and after the copy must both be this epoch */
+    for (int tries = 0; tries < 100; tries++) {
+        if (atomic_load_explicit(&r->tag, memory_order_acquire) != epoch) break;
+        for (int k = 0; k < 4; k++) out[k] = atomic_load_explicit(&r->t[k], memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&r->tag, memory_order_relaxed) == epoch) return 0;
+    }
+    return tn_err(-ENOENT, "a2a_px_trace_get: the %s doorbell of epoch %llu is not timed (not "
+                  "rung yet, its writes not complete, or older than the last %d)",
+                  px_phase_name[phase], (unsigned long long)epoch, PX_TRACE_DEPTH);
 }
