@@ -136,6 +136,54 @@ def proxy_summary(per_rank: Sequence[Optional[dict]]) -> Optional[Dict[str, dict
     return out
 
 
+# The per-iteration breakdown (P2PAllToAll.phase_trace; docs/a2a-internode.md, "Trace"):
+# each stage of one phase from one sending rank, in order.
+TRACE_STAGES = (
+    ("kernel_to_proxy", "bell_ns", "seen_ns"),   # send kernel rang the doorbell -> proxy saw it
+    ("proxy_to_first", "seen_ns", "first_ns"),   # -> first write posted
+    ("first_to_last", "first_ns", "last_ns"),    # -> last write posted
+    ("last_to_flag", "last_ns", "flag_ns"),      # -> the last receiver's recv kernel saw its flag
+)
+
+
+def trace_breakdown(per_rank: Sequence[Optional[List[Optional[dict]]]], dp: int = 1) -> Optional[Dict[str, dict]]:
+    """Per phase, p50/p99 in us over (iteration, sending rank) of each TRACE_STAGES span
+    and of the whole (bell -> last flag). per_rank[r]: rank r's phase_trace of each traced
+    iteration (the same iterations on every rank), None for a rank without RDMA peers.
+    The receivers of rank r's writes are the ranks of its slice (same r % dp) whose
+    flag_ns holds r's slice rank (r // dp); the stage ends at the latest of them. A
+    sample lacking any of its two times is left out (counted in 'missing')."""
+    ranks = [r for r, t in enumerate(per_rank) if t]
+    if not ranks:
+        return None
+    n_it = min(len(per_rank[r]) for r in ranks)
+    out = {}
+    for ph in ("dispatch", "weights", "combine"):
+        spans = {name: [] for name, _, _ in TRACE_STAGES}
+        spans["total"] = []
+        missing = 0
+        for i in range(n_it):
+            for r in ranks:
+                tr = (per_rank[r][i] or {}).get(ph)
+                if not tr:
+                    continue
+                flags = [per_rank[j][i][ph]["flag_ns"].get(r // dp, 0)
+                         for j in ranks if j != r and j % dp == r % dp
+                         and per_rank[j][i] and per_rank[j][i].get(ph)]
+                t = dict(tr, flag_ns=max(flags) if flags and all(flags) else 0)
+                for name, a, b in TRACE_STAGES + (("total", "bell_ns", "flag_ns"),):
+                    if t.get(a) and t.get(b):
+                        spans[name].append((t[b] - t[a]) / 1e3)
+                    else:
+                        missing += 1
+        if not any(spans.values()):
+            continue
+        out[ph] = {name: {"p50_us": pct(v, 50), "p99_us": pct(v, 99), "samples": len(v)}
+                   for name, v in spans.items() if v}
+        out[ph]["missing"] = missing
+    return out or None
+
+
 def pattern_summary(patterns: Sequence[Dict[str, Dict[str, List[int]]]]) -> Optional[Dict[str, Dict[str, float]]]:
     """The RDMA writes of the measured iterations (a2a_bytes.iteration_pattern of each),
     per phase: bytes and writes per sending rank (median and max over ranks and
@@ -204,4 +252,13 @@ def format_mode(r: Dict[str, object]) -> str:
             cells = "; ".join(f"{sp} {v[sp]['p50_us_min']:.1f}-{v[sp]['p50_us_max']:.1f} / {v[sp]['p99_us']:.1f} / "
                               f"{v[sp]['max_us']:.1f}" for sp in PROXY_SPANS)
             lines.append(f"  {ph:<9}{v['doorbells']:>6} doorbells ({v['ranks']} ranks): {cells}")
+    tb = r.get("trace")
+    if tb:
+        lines.append("per-iteration trace, us p50 / p99 (back-to-back iterations; GPU stamps mapped to the host "
+                     f"clock +/- {r.get('clock_sync_us', float('nan')):.1f} us): send kernel rang -> proxy saw -> "
+                     "first write posted -> last posted -> last receiver's recv kernel saw its flag")
+        for ph, v in tb.items():
+            cells = "; ".join(f"{name} {v[name]['p50_us']:.1f} / {v[name]['p99_us']:.1f}"
+                              for name in [n for n, _, _ in TRACE_STAGES] + ["total"] if name in v)
+            lines.append(f"  {ph:<9}{cells}" + (f" ({v['missing']} spans unrecorded)" if v.get("missing") else ""))
     return "\n".join(lines)

@@ -60,7 +60,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "tools", "a2a_model"))
 
 from a2a_bench_args import build_parser, describe, dp_groups, node_groups, parse_gemm, plan_launch  # noqa: E402
 from a2a_bench_report import (RAW_BASELINE_TODO, format_mode, gemm_check, pattern_summary,  # noqa: E402
-                              proxy_summary, series_rows, slowest_rank_section)
+                              proxy_summary, series_rows, slowest_rank_section, trace_breakdown)
 from a2a_bytes import Shape, Topology, iteration_pattern  # noqa: E402
 
 # torch is imported after the arguments are parsed (import_torch), so that --help and
@@ -273,13 +273,22 @@ def run_mode(ctx, groups, T, mode):
     moved, pattern = [], []
     iters = args.warmup + (args.iters if T <= 128 else args.prefill_iters)
     proxy = None  # this rank's proxy timing over the timed iterations (None: no RDMA peer)
+    traces, clock_err = [], None  # phase_trace of each timed step's back-to-back iteration
+    has_trace = hasattr(a2a, "phase_trace")
     for it in range(iters):
         if it == args.warmup:
             a2a.proxy_timing(reset=True)
+            if has_trace:
+                clock_err = a2a.clock_sync()
         sc = step()
         times = t.read()
         if it < args.warmup:
             continue
+        if has_trace:
+            # a step is two iterations: back to back (the one traced), then split with the
+            # GEMM between send and recv (its recv starts late by design)
+            newest = a2a.trace_newest_epoch()
+            traces.append(a2a.phase_trace(newest - 1) if newest > 1 else None)
         moved.append(sum(sc))
         pattern.append(sc)
         for n, v in times.items():
@@ -315,7 +324,8 @@ def run_mode(ctx, groups, T, mode):
     a2a.destroy()
     gathered = [None] * world
     dist.all_gather_object(gathered, {"res": res, "moved": moved, "kern": kern, "pattern": pattern,
-                                      "buffer_kind": buffer_kind, "proxy": proxy})
+                                      "buffer_kind": buffer_kind, "proxy": proxy,
+                                      "trace": traces if any(traces) else None, "clock_err": clock_err})
     if rank != 0:
         return None, None
     per_rank = [g["res"] for g in gathered]
@@ -344,6 +354,8 @@ def run_mode(ctx, groups, T, mode):
               "gemm_check": gemm_check(per_rank),
               "rdma_pattern": pattern_summary(iters_pat),
               "proxy_timing": proxy_summary([g["proxy"] for g in gathered]),
+              "trace": trace_breakdown([g["trace"] for g in gathered], plan.dp),
+              "clock_sync_us": max((g["clock_err"] or 0) for g in gathered) / 1e3,
               "raw_baseline": None}
     if result["rdma_pattern"]:
         result["raw_baseline_note"] = RAW_BASELINE_TODO

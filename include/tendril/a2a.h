@@ -218,6 +218,39 @@ typedef struct a2a_proxy_timing {
 int a2a_proxy_timing_get(const a2a_ctx *ctx, int phase, a2a_proxy_timing *out);
 /* Starts every phase's samples afresh (after warm-up). 0, -EINVAL, -ENOENT as above. */
 int a2a_proxy_timing_reset(a2a_ctx *ctx);
+/* Per-iteration trace of the RDMA phases (docs/a2a-internode.md, "Trace"): where one
+ * iteration's time goes, from the send kernel's stage to the receiver's recv kernel.
+ * Times are CLOCK_MONOTONIC ns of this process's host; the kernels' stamps (GPU
+ * %globaltimer) are mapped onto it by the last a2a_clock_sync. Kept for the last
+ * A2A_TRACE_DEPTH iterations. Comparing one rank's times with another rank's needs
+ * their hosts' clocks to agree (one machine: they do; across machines: PTP or similar). */
+#define A2A_TRACE_DEPTH 16
+typedef struct a2a_phase_trace {
+    uint64_t epoch;     /* the iteration (1 for the first after connect) */
+    uint64_t bell_ns;   /* the send kernel's last block rang the phase's doorbell */
+    uint64_t seen_ns;   /* this rank's proxy saw the doorbell */
+    uint64_t first_ns;  /* its first write accepted by the engine */
+    uint64_t last_ns;   /* its last write accepted */
+    uint64_t done_ns;   /* the phase's writes completed locally */
+    /* the recv kernel (block 0) saw the arrival flag of RDMA source q (slice rank q) for
+     * this phase: for DSP and CMB the dispatch / combine recv, for WGT the combine send */
+    uint64_t flag_ns[A2A_MAX_RANKS];
+    /* each field is 0 where not recorded: not an RDMA source, a phase without RDMA peers,
+     * a recv not run yet, or an epoch older than the last A2A_TRACE_DEPTH */
+} a2a_phase_trace;
+/* Fills *out for phase (A2A_PHASE_*) of iteration `epoch`. Read after the kernels of
+ * that iteration finished (a stream synchronize). 0; -EINVAL; -ENOENT when the context
+ * has no RDMA peer or nothing of that epoch is recorded. */
+int a2a_phase_trace_get(const a2a_ctx *ctx, int phase, uint64_t epoch, a2a_phase_trace *out);
+/* The newest iteration whose dispatch doorbell the kernels stamped (0: none yet). */
+uint64_t a2a_trace_newest_epoch(const a2a_ctx *ctx);
+/* Measures the GPU clock against CLOCK_MONOTONIC again (a probe kernel on a private
+ * stream, 16 rounds; connect runs it once). *err_ns (may be NULL): the uncertainty, +/-.
+ * Call it shortly before a traced run: the two clocks drift apart slowly. 0, -EINVAL,
+ * -ENOENT (no RDMA peer), -ETIMEDOUT (the probe kernel did not start within 1 s: the
+ * GPU is busy), or a CUDA error. */
+int a2a_clock_sync(a2a_ctx *ctx, uint64_t *err_ns);
+
 /* For callers that own the engine's peer callback (a2a_config.app_forwards_peer_events):
  * forwards one peer state change (te_peer_fn's arguments) to every context of engine e.
  * Any thread. */

@@ -389,6 +389,86 @@ static PyObject *py_combine(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* phase_trace(ctx, epoch) -> {"dispatch"|"weights"|"combine": {bell_ns, seen_ns, first_ns,
+ * last_ns, done_ns, flag_ns: {slice rank: ns}}} for one iteration, phases with nothing
+ * recorded left out; None without an RDMA peer or when nothing of epoch is recorded. */
+static PyObject *py_phase_trace(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    unsigned long long epoch;
+    if (!PyArg_ParseTuple(args, "OK", &cap, &epoch)) return NULL;
+    a2a_ctx *c = get_ctx(cap);
+    if (!c) return NULL;
+    if (a2a_num_rdma_peers(c) == 0) Py_RETURN_NONE;
+    if (epoch == 0) {
+        PyErr_SetString(PyExc_ValueError, "phase_trace: epochs start at 1");
+        return NULL;
+    }
+    static const char *const names[A2A_PHASES] = {"dispatch", "weights", "combine"};
+    PyObject *out = PyDict_New();
+    if (!out) return NULL;
+    for (int ph = 0; ph < A2A_PHASES; ph++) {
+        a2a_phase_trace t;
+        int rc = a2a_phase_trace_get(c, ph, epoch, &t);
+        if (rc == -ENOENT) continue;
+        if (rc) {
+            Py_DECREF(out);
+            return raise_rc(rc);
+        }
+        PyObject *flags = PyDict_New();
+        for (int q = 0; flags && q < A2A_MAX_RANKS; q++) {
+            if (!t.flag_ns[q]) continue;
+            PyObject *k = PyLong_FromLong(q), *v = PyLong_FromUnsignedLongLong(t.flag_ns[q]);
+            int bad = !k || !v || PyDict_SetItem(flags, k, v) < 0;
+            Py_XDECREF(k);
+            Py_XDECREF(v);
+            if (bad) Py_CLEAR(flags);
+        }
+        PyObject *d = flags ? Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:O}", "bell_ns", (unsigned long long)t.bell_ns,
+                                            "seen_ns", (unsigned long long)t.seen_ns, "first_ns",
+                                            (unsigned long long)t.first_ns, "last_ns", (unsigned long long)t.last_ns,
+                                            "done_ns", (unsigned long long)t.done_ns, "flag_ns", flags)
+                            : NULL;
+        Py_XDECREF(flags);
+        if (!d || PyDict_SetItemString(out, names[ph], d) < 0) {
+            Py_XDECREF(d);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(d);
+    }
+    if (PyDict_Size(out) == 0) {
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    return out;
+}
+
+/* trace_newest_epoch(ctx) -> the newest iteration the kernels stamped (0: none). */
+static PyObject *py_trace_newest_epoch(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    a2a_ctx *c = get_ctx(cap);
+    if (!c) return NULL;
+    return PyLong_FromUnsignedLongLong(a2a_trace_newest_epoch(c));
+}
+
+/* clock_sync(ctx) -> the uncertainty in ns, or None without an RDMA peer. Releases the
+ * GIL: the probe rounds wait for a kernel. */
+static PyObject *py_clock_sync(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    a2a_ctx *c = get_ctx(cap);
+    if (!c) return NULL;
+    if (a2a_num_rdma_peers(c) == 0) Py_RETURN_NONE;
+    uint64_t err = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = a2a_clock_sync(c, &err);
+    Py_END_ALLOW_THREADS
+    if (rc) return raise_rc(rc);
+    return PyLong_FromUnsignedLongLong(err);
+}
+
 static PyMethodDef methods[] = {
     {"create", (PyCFunction)(void (*)(void))py_create, METH_VARARGS | METH_KEYWORDS,
      "create(**config) -> context capsule"},
@@ -398,6 +478,11 @@ static PyMethodDef methods[] = {
     {"poll_error", py_poll_error, METH_VARARGS, "poll_error(ctx): raise the error a kernel recorded"},
     {"proxy_timing", py_proxy_timing, METH_VARARGS,
      "proxy_timing(ctx, reset=False) -> per-phase host timing of the RDMA proxy, or None"},
+    {"phase_trace", py_phase_trace, METH_VARARGS,
+     "phase_trace(ctx, epoch) -> per-phase trace of one iteration, or None"},
+    {"trace_newest_epoch", py_trace_newest_epoch, METH_VARARGS,
+     "trace_newest_epoch(ctx) -> newest iteration the kernels stamped"},
+    {"clock_sync", py_clock_sync, METH_VARARGS, "clock_sync(ctx) -> uncertainty in ns, or None"},
     {"abort", py_abort, METH_VARARGS, "abort(ctx): make every kernel of the context return"},
     {"dispatch", py_dispatch, METH_VARARGS, "dispatch(ctx, flags, ...)"},
     {"combine", py_combine, METH_VARARGS, "combine(ctx, flags, ...)"},

@@ -406,6 +406,26 @@ class P2PAllToAll:
         afresh (after warm-up) and returns None. Tendril's own; pplx-garden has none."""
         return _a2a.proxy_timing(self._ctx, bool(reset))
 
+    def phase_trace(self, epoch: int) -> Optional[dict]:
+        """Where iteration `epoch` (1 = the first after connect) spent its time, per RDMA
+        phase ("dispatch", "weights", "combine"): host CLOCK_MONOTONIC ns (time.monotonic_ns)
+        of bell_ns (the send kernel rang the proxy's doorbell; GPU clock mapped by
+        clock_sync), seen_ns / first_ns / last_ns / done_ns (this rank's proxy saw it,
+        posted its first and last write, saw them complete) and flag_ns {slice rank:
+        ns} (the recv kernel saw that RDMA source's arrival flag). 0 or absent where not
+        recorded. Read after the iteration's kernels finished; the last 16 iterations
+        are kept. None without an RDMA peer. Tendril's own; pplx-garden has none."""
+        return _a2a.phase_trace(self._ctx, int(epoch))
+
+    def trace_newest_epoch(self) -> int:
+        """The newest iteration whose dispatch doorbell the kernels stamped (0: none)."""
+        return _a2a.trace_newest_epoch(self._ctx)
+
+    def clock_sync(self) -> Optional[int]:
+        """Measures the GPU clock against the host's again (connect does it once); the
+        uncertainty in ns, or None without an RDMA peer."""
+        return _a2a.clock_sync(self._ctx)
+
     def abort(self) -> None:
         _a2a.abort(self._ctx)
 

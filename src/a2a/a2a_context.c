@@ -19,7 +19,7 @@
 #include "a2a_share.h"
 #include "core/env.h"
 
-static int rt_fail(cudaError_t e, const char *what)
+int a2a_rt_fail(cudaError_t e, const char *what)
 {
     return tn_err(e == cudaErrorMemoryAllocation ? -ENOMEM : -ENODEV, "%s: %s", what,
                   cudaGetErrorString(e));
@@ -28,16 +28,16 @@ static int rt_fail(cudaError_t e, const char *what)
 static size_t up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 /* The runtime's current device becomes the context's for a launch; returns the previous. */
-static int enter_dev(const a2a_ctx *c, int *prev)
+int a2a_enter_dev(const a2a_ctx *c, int *prev)
 {
     if (cudaGetDevice(prev) != cudaSuccess) *prev = -1;
     if (*prev != c->dev) {
         cudaError_t e = cudaSetDevice(c->dev);
-        if (e != cudaSuccess) return rt_fail(e, "cudaSetDevice");
+        if (e != cudaSuccess) return a2a_rt_fail(e, "cudaSetDevice");
     }
     return 0;
 }
-static void leave_dev(const a2a_ctx *c, int prev)
+void a2a_leave_dev(const a2a_ctx *c, int prev)
 {
     if (prev >= 0 && prev != c->dev) cudaSetDevice(prev);
 }
@@ -365,20 +365,20 @@ static int begin(a2a_ctx *c, unsigned flags, int first_phase, const char *fn)
 static int launch_phases(a2a_ctx *c, unsigned flags, int first_phase, void *stream)
 {
     int prev;
-    int rc = enter_dev(c, &prev);
+    int rc = a2a_enter_dev(c, &prev);
     if (rc) return rc;
     if (flags == (A2A_SEND | A2A_RECV)) { /* one launch for both halves */
         int e = a2a_kernel_launch(first_phase == A2A_PH_DSEND ? A2A_PH_DBOTH : A2A_PH_CBOTH, &c->kp,
                                   c->nblocks, stream);
-        if (e != 0) rc = rt_fail((cudaError_t)e, "a2a kernel launch");
+        if (e != 0) rc = a2a_rt_fail((cudaError_t)e, "a2a kernel launch");
         else c->next_phase = (first_phase + 2) % 4;
     } else {
         const int ph = (flags & A2A_SEND) ? first_phase : first_phase + 1;
         int e = a2a_kernel_launch(ph, &c->kp, c->nblocks, stream);
-        if (e != 0) rc = rt_fail((cudaError_t)e, "a2a kernel launch");
+        if (e != 0) rc = a2a_rt_fail((cudaError_t)e, "a2a kernel launch");
         else c->next_phase = (ph + 1) % 4;
     }
-    leave_dev(c, prev);
+    a2a_leave_dev(c, prev);
     return rc;
 }
 

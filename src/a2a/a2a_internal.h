@@ -5,6 +5,7 @@
  *                    host-mapped words, RDMA stage/rblock
  *   a2a_bootstrap.c  what the ranks exchange through the caller's all-gather
  *   a2a_rdma.c       RDMA side of connect: buffer kind, registration, proxy
+ *   a2a_trace.c      per-iteration trace: kernel stamps, proxy times, clock sync
  *   a2a_share.c      NVLink side of connect: fd exchange over Unix sockets
  *   a2a_context.c    create / connect / destroy, queries, launches
  * Errors follow the core convention (src/core/error.h): tn_err() records the calling
@@ -13,6 +14,7 @@
 #ifndef TENDRIL_A2A_INTERNAL_H
 #define TENDRIL_A2A_INTERNAL_H
 
+#include <cuda_runtime_api.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -78,6 +80,14 @@ struct a2a_ctx {
     int px_err_claimed;       /* atomic: a report owns px_msg */
     int px_err;               /* atomic, release after px_msg is written */
     char px_msg[400];
+    /* trace (a2a_trace.c) */
+    a2a_stamp_rec *stamp_host;  /* host-mapped ring the kernels stamp */
+    uint64_t stamp_dev;
+    uint64_t *probe_host;       /* [0]: the probe's reading, [1]: go */
+    uint64_t probe_dev;
+    int64_t clock_off;          /* globaltimer - CLOCK_MONOTONIC, ns (0 until synced) */
+    uint64_t clock_err;         /* its uncertainty, +/- ns */
+    int clock_synced;
     a2a_kparams kp;
 };
 
@@ -122,6 +132,19 @@ int a2a_boot_exchange(a2a_ctx *c, int status, te_addr *addr, te_mr_desc *desc, i
 /* Last step of an all-gather connect: every rank contributes its result; returns rc, or
  * -ECONNABORTED naming the first rank that failed. */
 int a2a_boot_finish(a2a_ctx *c, int rc);
+
+/* ---- a2a_context.c: the runtime's device around launches */
+/* Makes the context's device the runtime's current one; *prev: the one before. */
+int a2a_enter_dev(const a2a_ctx *c, int *prev);
+void a2a_leave_dev(const a2a_ctx *c, int prev);
+/* A CUDA runtime error as the core convention's negative errno, with its text. */
+int a2a_rt_fail(cudaError_t e, const char *what);
+
+/* ---- a2a_trace.c: the per-iteration trace (a2a_phase_trace_get) */
+/* Host-mapped stamp ring for the kernels (c->kp.px_stamp) and the clock probe's words;
+ * then one clock sync. With RDMA peers only; 0 or a negative errno. */
+int a2a_trace_setup(a2a_ctx *c);
+void a2a_trace_teardown(a2a_ctx *c);
 
 /* ---- a2a_rdma.c */
 /* With RDMA peers: chooses the buffer kind (a loopback write of at most timeout_ms

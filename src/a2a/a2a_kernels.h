@@ -62,6 +62,17 @@ enum { A2A_ARR_DSEND = 0, A2A_ARR_WGT = 1, A2A_ARR_CSEND = 2, A2A_ARR_CRECV = 3,
 #error "A2A_MAX_RANKS exceeds the proxy's A2A_PX_MAX_RANKS"
 #endif
 
+/* GPU half of the per-iteration trace (a2a_phase_trace_get; docs/a2a-internode.md,
+ * "Trace"): host-mapped, a ring of A2A_STAMP_DEPTH records indexed by epoch. The last
+ * block of a proxied phase stamps %globaltimer just before it rings the doorbell; block 0
+ * of a recv stamps it when it has seen an RDMA source's arrival flag. Each time is
+ * written before its epoch tag; the host reads both after the kernels finished. */
+#define A2A_STAMP_DEPTH 16
+typedef struct a2a_stamp_rec {
+    uint64_t bell_ep[A2A_PX_N], bell_t[A2A_PX_N];
+    uint64_t seen_ep[A2A_PX_N][A2A_PX_MAX_RANKS], seen_t[A2A_PX_N][A2A_PX_MAX_RANKS];
+} a2a_stamp_rec;
+
 typedef struct a2a_kparams {
     char *peer[A2A_MAX_RANKS]; /* base of each slice peer's shared block, mapped here
                                   (NULL for RDMA peers) */
@@ -78,6 +89,7 @@ typedef struct a2a_kparams {
     const uint64_t *const *px_flag;    /* device [A2A_PX_N][A2A_PX_MAX_RANKS] epoch-word
                                           pointers (te_imm_flag); non-NULL for every RDMA
                                           source, NULL elsewhere */
+    a2a_stamp_rec *px_stamp;   /* host-mapped [A2A_STAMP_DEPTH] trace records, or NULL */
     int32_t *ws_rslot;         /* workspace [Tmax][A2A_PX_MAX_RANKS]: dispatch row j our token t
                                   got at RDMA peer q (-1: none), rewritten by every dispatch
                                   send for t < T; combine recv reads its compact part row.
@@ -138,6 +150,10 @@ size_t a2a_kernel_smem(int phase, const a2a_kparams *p);
 int a2a_kernel_launch(int phase, const a2a_kparams *p, int nblocks, void *stream);
 /* Largest number of co-resident blocks of the heaviest kernel on this device. */
 int a2a_kernel_max_blocks(const a2a_kparams *p, int device);
+/* One clock probe on stream (a2a_trace.c): a single thread spins until *go (device
+ * address of host-mapped memory) is non-zero, then writes %globaltimer into *out; 1
+ * after limit_ns without go. A cudaError_t. */
+int a2a_clock_probe_launch(const uint32_t *go, uint64_t *out, uint64_t limit_ns, void *stream);
 
 #ifdef __cplusplus
 }

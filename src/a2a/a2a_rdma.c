@@ -274,7 +274,7 @@ int a2a_rdma_start(a2a_ctx *c, te_addr *addr, te_mr_desc *desc)
     c->kp.rblock = (char *)(uintptr_t)c->rblock_dev;
     c->kp.px_tx = (int32_t *)(uintptr_t)c->px_tx_dev;
     c->kp.px_flag = (const uint64_t *const *)c->px_flag_table;
-    return 0;
+    return a2a_trace_setup(c);
 }
 
 void a2a_rdma_teardown(a2a_ctx *c)
@@ -284,6 +284,7 @@ void a2a_rdma_teardown(a2a_ctx *c)
         c->px = NULL;
     }
     free_buffers(c);
+    a2a_trace_teardown(c);
     if (c->px_tx_host) tcu_host_free_mapped(c->dev, c->px_tx_host);
     if (c->px_flag_table) tcu_dev_free(c->dev, c->px_flag_table);
     c->px_tx_host = NULL;

@@ -237,6 +237,7 @@ def run_cfg(cfg: Cfg, world: int, num_sms: int):
         a2a.poll_error()
         check_combine(cfg, a2a, it, out, base)
     check_proxy_timing(a2a, cfg.iters)
+    check_trace(a2a)
     a2a.destroy()
 
 
@@ -252,6 +253,30 @@ def check_proxy_timing(a2a, iters: int) -> None:
         assert 1 <= c <= iters, f"rank {a2a.rank} {ph}: {pt[ph]} after {iters} iterations"
         sd = pt[ph]["seen_done"]
         assert 0 < sd["p50_ns"] <= sd["p99_ns"] <= sd["max_ns"], f"{ph}: {sd}"
+
+
+def check_trace(a2a) -> None:
+    """The last iteration's trace (synchronized before): every phase has the kernel's
+    doorbell stamp, the proxy's four times in order, and a flag stamp from each RDMA
+    source; the doorbell precedes the proxy seeing it (within the clock sync's
+    uncertainty). No RDMA peer: no trace."""
+    newest = a2a.trace_newest_epoch()
+    if a2a.num_rdma_peers == 0:
+        assert newest == 0 and a2a.phase_trace(1) is None and a2a.clock_sync() is None
+        return
+    err = a2a.clock_sync()
+    assert err is not None and 0 <= err < 1_000_000, f"clock sync uncertainty {err} ns"
+    assert newest >= 1
+    tr = a2a.phase_trace(newest)
+    assert tr is not None, f"rank {a2a.rank}: nothing traced for epoch {newest}"
+    for ph in ("dispatch", "weights", "combine"):
+        t = tr.get(ph)
+        assert t, f"rank {a2a.rank} epoch {newest}: no {ph} trace: {tr}"
+        assert 0 < t["seen_ns"] <= t["first_ns"] <= t["last_ns"] <= t["done_ns"], f"{ph}: {t}"
+        assert t["bell_ns"] > 0 and t["bell_ns"] <= t["seen_ns"] + err + 2000, f"{ph}: {t} (+/- {err} ns)"
+        assert len(t["flag_ns"]) == a2a.num_rdma_peers and all(v > 0 for v in t["flag_ns"].values()), \
+            f"{ph}: flags {t['flag_ns']} for {a2a.num_rdma_peers} RDMA peers"
+    assert a2a.phase_trace(newest + 1) is None
 
 
 def run_graph(cfg: Cfg, world: int, num_sms: int, replays: int = 6):

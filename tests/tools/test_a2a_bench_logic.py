@@ -247,3 +247,41 @@ def test_help_lists_pplx_garden_flags():
     for flag in ("--world-size", "--nvlink", "--nets-per-gpu", "--dp-size", "--init-method", "--node-rank",
                  "--gemm", "--write-pattern", "--rdma-buffers", "--provider", "--nic-names"):
         assert flag in p.stdout, flag
+
+
+def _trace(bell, seen, first, last, flags):
+    """One phase of one rank's phase_trace (ns)."""
+    return {"bell_ns": bell, "seen_ns": seen, "first_ns": first, "last_ns": last, "done_ns": last + 5,
+            "flag_ns": flags}
+
+
+def test_trace_breakdown():
+    # two ranks, RDMA between them, two traced iterations; rank 1's dispatch is 1 us later
+    it = lambda k: [
+        {"dispatch": _trace(1000 + k, 3000 + k, 4000 + k, 6000 + k, {1: 9000 + k})},
+        {"dispatch": _trace(2000 + k, 4000 + k, 5000 + k, 8000 + k, {0: 10000 + k})},
+    ]
+    per_rank = [[it(0)[0], it(1)[0]], [it(0)[1], it(1)[1]]]
+    b = R.trace_breakdown(per_rank)
+    d = b["dispatch"]
+    assert d["kernel_to_proxy"]["samples"] == 4 and d["kernel_to_proxy"]["p50_us"] == 2.0
+    assert d["first_to_last"]["p99_us"] == 3.0  # rank 1: 5000 -> 8000
+    # rank 0's writes land at rank 1 (flag of source 0 at 10000: 4 us after its last post)
+    # and rank 1's at rank 0 1 us after (9000): p50 of [1, 1, 4, 4] by nearest rank
+    assert d["last_to_flag"]["samples"] == 4 and d["last_to_flag"]["p50_us"] == 4.0
+    assert d["total"]["p99_us"] == 9.0 and d["missing"] == 0
+    # phases nobody traced are left out; a rank without RDMA peers is None
+    assert "combine" not in b
+    assert R.trace_breakdown([None, None]) is None
+    # a receiver that has not stamped the flag leaves that span (and the total) out
+    per_rank[1][0] = {"dispatch": _trace(2000, 4000, 5000, 8000, {})}
+    d = R.trace_breakdown(per_rank)["dispatch"]
+    assert d["last_to_flag"]["samples"] == 3 and d["missing"] == 2
+
+
+def test_trace_breakdown_dp():
+    # dp 2: ranks 0 and 2 form slice 0 (slice ranks 0, 1), 1 and 3 slice 1
+    tr = lambda base, src: {"dispatch": _trace(base, base + 1000, base + 2000, base + 3000, {src: base + 7000})}
+    per_rank = [[tr(0, 1)], [tr(0, 1)], [tr(0, 0)], [tr(0, 0)]]
+    d = R.trace_breakdown(per_rank, dp=2)["dispatch"]
+    assert d["last_to_flag"]["samples"] == 4 and d["last_to_flag"]["p50_us"] == 4.0

@@ -249,6 +249,13 @@ template <bool R> __device__ inline bool block_wait_all(const P &p, int kind, ui
         uint32_t target;
         const uint32_t *f = src_flag<R>(p, kind, threadIdx.x, ep, nvl, &target);
         if (!wait_flag(p, f, target, phase, threadIdx.x)) s_fail = 1;
+        else if (R && blockIdx.x == 0 && p.px_stamp && rdma_peer(p, threadIdx.x)) {
+            /* the trace: when this recv saw the source's RDMA arrival flag */
+            const int ph = kind == A2A_FLAG_WGT ? A2A_PX_WGT : kind == A2A_FLAG_CMB ? A2A_PX_CMB : A2A_PX_DSP;
+            a2a_stamp_rec *r = &p.px_stamp[ep % A2A_STAMP_DEPTH];
+            *(volatile uint64_t *)&r->seen_t[ph][threadIdx.x] = gtimer();
+            *(volatile uint64_t *)&r->seen_ep[ph][threadIdx.x] = ep;
+        }
     }
     __syncthreads();
     const int f = s_fail;
@@ -316,6 +323,11 @@ template <class LenFn> __device__ inline void ring_doorbell(const P &p, int phas
         if (rdma_peer(p, q)) *(volatile int32_t *)&p.px_tx[phase * A2A_PX_MAX_RANKS + q] = len(q);
     __syncthreads(); /* every thread's lengths (and the caller's stores) before the fence */
     if (threadIdx.x == 0) {
+        if (p.px_stamp) { /* the trace: the kernel's stage ends here */
+            a2a_stamp_rec *r = &p.px_stamp[ep % A2A_STAMP_DEPTH];
+            *(volatile uint64_t *)&r->bell_t[phase] = gtimer();
+            *(volatile uint64_t *)&r->bell_ep[phase] = ep;
+        }
         __threadfence_system();
         st_release_sys_u64(p.px_doorbell[phase], (uint64_t)ep);
     }

@@ -91,3 +91,27 @@ extern "C" int a2a_kernel_max_blocks(const a2a_kparams *p, int device) {
     }
     return best;
 }
+
+/* Clock probe of the trace (a2a_trace.c): waits until the host sets *go (or limit_ns
+ * passed), then stores %globaltimer into *out (1 on timeout: never a valid reading). The
+ * timer is read after go was seen, so the reading lies between the host's store of go
+ * and the host's load of the reading. */
+static __global__ void k_clock_probe(const volatile uint32_t *go, volatile uint64_t *out, uint64_t limit_ns) {
+    uint64_t t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    while (!*go) {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        if (t - t0 > limit_ns) {
+            *out = 1;
+            return;
+        }
+    }
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    *out = t;
+    __threadfence_system();
+}
+
+extern "C" int a2a_clock_probe_launch(const uint32_t *go, uint64_t *out, uint64_t limit_ns, void *stream) {
+    k_clock_probe<<<1, 1, 0, (cudaStream_t)stream>>>(go, out, limit_ns);
+    return (int)cudaGetLastError();
+}
