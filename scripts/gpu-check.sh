@@ -9,7 +9,8 @@
 # (issue 14): the NVLink suite against the restructured kernels (a2a_nvlink), the RDMA
 # suite over shm and tcp, every rank a process with its own engine (a2a_rdma), and
 # fabric-debug's a2a write pattern with device buffers, engine against raw (a2a_fd);
-# each of the three can be named alone.
+# each of the three can be named alone. a2a_bench (named alone, not part of a2a): the
+# benchmark at EP2 over shm with GPU buffers (A2A_BENCH_ARGS, default a short decode).
 #
 #   usage (repo root, on the GPU machine): bash scripts/gpu-check.sh
 #   env:  STEPS        step groups: engine, a2a              (default engine)
@@ -21,6 +22,7 @@
 #         PACK         1: pack the logs into $OUT.tgz at the end (one file to fetch)
 #         A2A_RDMA_PROVIDERS  providers of the a2a RDMA suite   (default "shm tcp")
 #         A2A_RDMA_ARGS       extra pytest arguments for it, e.g. "-k gpu_buffers"
+#         A2A_BENCH_ARGS      bench_all_to_all flags of a2a_bench (default: --modes decode --iters 50)
 # Both prefixes are staged by scripts/stage-device.sh; GPU steps require GPU registration
 # (TENDRIL_GPU_REQUIRE_HMEM=1): a provider without FI_HMEM is a failure here, not a skip.
 set -u
@@ -141,6 +143,14 @@ if want a2a_fd; then
         step fabric-debug.a2a.$m 90 "$X/fabric-debug" local --provider shm --gpu 0 --only a2a \
             --a2a-pattern "$OUT/$m-ep8-nvl1.txt" --reps 3 --verify --json "$OUT/fabric-debug.a2a.$m.json"
     done
+fi
+if want a2a_bench; then
+    # bench_all_to_all, two ranks on this GPU, RDMA between them over shm with GPU buffers:
+    # the per-iteration trace and proxy timing of issue 14 (A2A_BENCH_ARGS: other flags)
+    # shellcheck disable=SC2086
+    step a2a_bench 300 env $A2A_ENV TENDRIL_GPU_REQUIRE_HMEM=1 python3 "$ROOT/bench/bench_all_to_all/bench_all_to_all.py" \
+        --world-size 2 --nvlink 1 --provider shm --rdma-buffers gpu \
+        ${A2A_BENCH_ARGS:---modes decode --iters 50} --json "$OUT/a2a_bench.json"
 fi
 if ! want engine; then
     summary
