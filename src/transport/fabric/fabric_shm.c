@@ -74,6 +74,7 @@ struct shm_peers {
     shm_peer **peer;
     uint32_t n, cap;
     shm_wr *free_wrs;
+    uint64_t n_out;     /* work requests outstanding on all peer endpoints */
     tp_event *backlog;  /* events to hand out before reading the CQ again */
     uint32_t n_backlog, cap_backlog, backlog_head;
     uint32_t probe_cursor;
@@ -319,6 +320,7 @@ static void wr_unlink(shm_peers *s, shm_wr *w)
     if (w->prev) w->prev->next = w->next;
     else p->out = w->next;
     if (w->next) w->next->prev = w->prev;
+    s->n_out--;
 }
 
 static void wr_put(shm_peers *s, shm_wr *w)
@@ -369,6 +371,7 @@ static int post(shm_peers *s, tp_peer peer, void *ctx, post_fn fn, const void *a
     w->next = p->out;
     if (p->out) p->out->prev = w;
     p->out = w;
+    s->n_out++;
     return 0;
 }
 
@@ -469,8 +472,9 @@ static void peer_gone(shm_peers *s, shm_peer *p)
 
 static void probe_round(shm_peers *s)
 {
+    if (s->n == 0) return; /* no peer to probe: not even the clock */
     uint64_t now = coarse_ns();
-    if (now < s->next_probe || s->n == 0) return;
+    if (now < s->next_probe) return;
     s->next_probe = now + PROBE_NS;
     for (uint32_t k = 0; k < PROBES_PER_ROUND && k < s->n; k++) {
         shm_peer *p = s->peer[s->probe_cursor++ % s->n];
@@ -500,7 +504,10 @@ int shm_peers_poll(shm_peers *s, tp_event *ev, int max)
         x->peer = k;
         snprintf(x->msg, sizeof x->msg, "shm: peer %.100s is gone", p->name);
     }
-    if (got == max) return got;
+    /* Nothing outstanding, nothing to complete: no progress call on the transmit CQ
+     * (each runs shm's progress engine; a pure target would pay it on every poll for
+     * endpoints that have nothing in flight). */
+    if (got == max || s->n_out == 0) return got;
     int r = fab_read_cq(s->cq, "shm", ev + got, max - got, unwrap, s);
     return r < 0 ? r : got + r;
 }
