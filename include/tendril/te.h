@@ -193,7 +193,8 @@ typedef struct te_config {
     te_group_config groups[TE_MAX_GROUPS];
     uint32_t op_timeout_ms;   /* per-operation deadline; 0 = default (30000) */
     uint32_t max_msg_size;    /* largest te_send payload; 0 = default (65536) */
-    bool busy_poll;           /* workers never sleep (lowest latency, burns a core) */
+    bool busy_poll;           /* workers never sleep and post and poll for every caller
+                                 (callers only queue; burns a core per group) */
     uint32_t max_queued_ops;  /* per group: operations submitted and not yet completed
                                  beyond which submission returns -EAGAIN; 0 = default
                                  (65536) */

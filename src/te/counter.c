@@ -101,7 +101,8 @@ static int counter_drive(te_counter *c, bool last)
     eng_group *g = NULL;
     if (atomic_load_explicit(&c->pending, memory_order_seq_cst) > 0)
         g = atomic_load_explicit(&c->group, memory_order_acquire);
-    bool entered = g && g->e->wait_drive && engine_enter(g->e) == 0;
+    /* (busy poll: the worker polls anyway, as in engine_drive) */
+    bool entered = g && g->e->wait_drive && !g->e->busy_poll && engine_enter(g->e) == 0;
     atomic_fetch_sub_explicit(&c->peeking, 1, memory_order_seq_cst);
     if (!entered) return -1;
     int r = 0;

@@ -27,12 +27,15 @@ int dg_resolve(eng_group *g, uint32_t nic, const te_addr *addr, tp_peer *out)
      * 4 KiB write's worker time in a profile). */
     eng_peer_cache_entry *hit = NULL;
     if (n->last_peer && te_addr_equal(&n->last_peer->addr, addr)) hit = n->last_peer;
-    unsigned b = addr_hash(addr);
-    for (eng_peer_cache_entry *x = hit ? NULL : n->peers[b]; x; x = x->next)
-        if (te_addr_equal(&x->addr, addr)) {
-            n->last_peer = hit = x;
-            break;
-        }
+    unsigned b = 0;
+    if (!hit) {
+        b = addr_hash(addr); /* a byte loop over the address: not on the repeat path */
+        for (eng_peer_cache_entry *x = n->peers[b]; x; x = x->next)
+            if (te_addr_equal(&x->addr, addr)) {
+                n->last_peer = hit = x;
+                break;
+            }
+    }
     if (hit) {
         if (hit->final)
             return tn_err(-ECONNRESET, "the peer is gone (te_peer_state: TE_PEER_DOWN)");

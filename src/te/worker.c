@@ -513,6 +513,11 @@ void worker_wake(eng_group *g)
 void worker_submit(eng_group *g, eng_op *op)
 {
     mpsc_push(&g->subq, &op->qnode);
+    /* Busy poll: the worker owns a core and never sleeps, so it takes the operation from
+     * the queue within a turn; the caller returns at once and its next submission
+     * overlaps this one's post (a pipeline of two threads, where posting here would
+     * serialise the caller's work and the provider's). */
+    if (g->e->busy_poll) return;
     /* Post it from this thread when nobody else is in a step (the common case for one
      * submitting thread); otherwise the lock holder or the worker takes it from the queue.
      * The worker is woken only if it sleeps: it must poll what was posted here. The step
@@ -633,7 +638,9 @@ void group_resume_worker(eng_group *g)
 
 int engine_drive(te_engine *e, bool last)
 {
-    if (!e->wait_drive || engine_enter(e)) return -1;
+    /* busy poll: the worker polls anyway; a waiter that drove would only contend for
+     * its lock (and make it back off) */
+    if (!e->wait_drive || e->busy_poll || engine_enter(e)) return -1;
     int moved = 0;
     for (uint32_t k = 0; k < e->n_groups; k++) {
         if (last) group_resume_worker(e->groups[k]);
