@@ -56,6 +56,7 @@ static void load_once(void)
         {"cuMemFree_v2", (void **)&g_api.cuMemFree, 0},
         {"cuMemsetD8_v2", (void **)&g_api.cuMemsetD8, 0},
         {"cuCtxSynchronize", (void **)&g_api.cuCtxSynchronize, 0},
+        {"cuStreamSynchronize", (void **)&g_api.cuStreamSynchronize, 0},
         {"cuMemcpyHtoD_v2", (void **)&g_api.cuMemcpyHtoD, 0},
         {"cuMemcpyDtoH_v2", (void **)&g_api.cuMemcpyDtoH, 0},
         {"cuMemGetHandleForAddressRange", (void **)&g_api.cuMemGetHandleForAddressRange, 1},
@@ -109,6 +110,17 @@ const char *tcu_strerror(tcu_result r)
     if (g_api.cuGetErrorString) g_api.cuGetErrorString(r, &s);
     snprintf(buf, sizeof buf, "CUDA error %d (%s)", r, s ? s : "unknown");
     return buf;
+}
+
+int tcu_sync_legacy_stream(void)
+{
+    const tcu_api *cu;
+    int r = tcu_load(&cu);
+    if (r) return r;
+    /* CU_STREAM_LEGACY; a thread without a current context issued nothing to wait for */
+    tcu_result cr = cu->cuStreamSynchronize((void *)(uintptr_t)1);
+    if (cr == 0 || cr == 201 /* CUDA_ERROR_INVALID_CONTEXT */) return 0;
+    return tn_err(-EIO, "cuStreamSynchronize(legacy stream): %s", tcu_strerror(cr));
 }
 
 int tcu_device_count(void)

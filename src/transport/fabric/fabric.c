@@ -49,6 +49,7 @@ struct tp_nic {
      * about 1.4 ms. Real RDMA NICs (efa, verbs) need no target progress. */
     bool target_copies_device;
     _Atomic int remote_dev_mrs; /* device-memory regions registered for remote writes */
+    bool sync_warned;           /* sync_device_arrivals failed once (said so) */
     /* shm/sm2 apply every incoming write (host memory too, since write ordering turns
      * off the sender's direct copy) only while the target polls, and nothing of it
      * reaches the CQ or its wait object. This counter of remote writes (FI_RMA_EVENT)
@@ -677,9 +678,30 @@ static uint64_t fab_target_activity(tp_nic *n)
     return d;
 }
 
+/* shm moves a write into device memory by CUDA IPC: the target maps the source and
+ * copies with cudaMemcpy in its own progress call, on the calling thread's legacy
+ * stream, and reports the write done when that call returns. A device-to-device
+ * cudaMemcpy returns before the copy ends (libfabric 2.1 hmem_cuda.c does not wait), so
+ * an immediate could announce bytes a GPU reader does not see yet (measured on an H100:
+ * the all-to-all's recv kernel read the counts of the previous iteration). Before this
+ * NIC hands over an arrival, the copies this thread's progress issued are waited for. */
+static void sync_device_arrivals(tp_nic *n, const tp_event *ev, int got)
+{
+    if (!n->target_copies_device || atomic_load_explicit(&n->remote_dev_mrs, memory_order_relaxed) == 0)
+        return;
+    bool arrival = false;
+    for (int k = 0; k < got && !arrival; k++) arrival = ev[k].kind == TP_EV_IMM || ev[k].kind == TP_EV_RECV;
+    if (arrival && tcu_sync_legacy_stream() != 0 && !n->sync_warned) {
+        n->sync_warned = true;
+        TN_LOGW("%s NIC %s: cannot wait for device copies (%s): immediates may precede their bytes",
+                n->nfo.provider, n->nfo.name, te_last_error());
+    }
+}
+
 static int fab_poll(tp_nic *n, tp_event *ev, int max)
 {
     int got = fab_read_cq(n->cq, n->nfo.provider, ev, max, NULL, NULL);
+    if (got > 0) sync_device_arrivals(n, ev, got);
     if (got < 0 || !n->shm || got == max) return got;
     int r = shm_peers_poll(n->shm, ev + got, max - got);
     return r < 0 ? r : got + r;
