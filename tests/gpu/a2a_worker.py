@@ -385,6 +385,7 @@ def run_legacy_stream(cfg: Cfg, world: int, num_sms: int):
     x, idx, w = x.to(dev), idx.to(dev), w.to(dev)
     out_num = torch.zeros(a2a.num_local_experts, dtype=torch.int32, device=dev)
     out_x = torch.empty(a2a.max_recv_tokens, cfg.H, dtype=cfg.in_dtype, device=dev)
+    out_x.view(torch.uint8).fill_(SENTINEL)  # check_dispatch: padding rows stay untouched
     if a2a.rdma_buffer_kind == "gpu" and prov.split(";")[0] in ("shm", "sm2"):
         with torch.cuda.stream(torch.cuda.default_stream(dev)):
             try:
