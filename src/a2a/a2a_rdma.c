@@ -146,7 +146,18 @@ int a2a_rdma_prepare(a2a_ctx *c, int timeout_ms)
                                    "was built or started without CUDA",
                       wk ? wk : "unknown");
     int rc;
-    if (c->cfg.rdma_buffers != A2A_RDMA_HOST) {
+    /* "auto" over a shared-memory provider (shm, sm2: one machine standing in for the
+     * NICs) takes host buffers. Their CUDA IPC path moved the bytes on an H100, but the
+     * RDMA suite with GPU buffers then timed out in its second case's dispatch recv
+     * (docs/a2a-internode.md, "Memory"; cause not established), while host buffers pass
+     * the whole suite there. rdma_buffers = GPU still asks for GPU buffers. */
+    const char *prov = te_provider_name(c->cfg.engine);
+    const bool shm_like = prov && (!strncmp(prov, "shm", 3) || !strncmp(prov, "sm2", 3));
+    if (c->cfg.rdma_buffers == A2A_RDMA_AUTO && shm_like)
+        TN_LOGI("a2a rank %d: RDMA buffers in pinned host memory: provider %s stands in for NICs "
+                "on one machine, where GPU buffers are not established (ask rdma_buffers=gpu to try)",
+                c->t.rank, prov);
+    else if (c->cfg.rdma_buffers != A2A_RDMA_HOST) {
         rc = setup_gpu(c, timeout_ms);
         if (rc == 0) goto tables;
         char why[300];
