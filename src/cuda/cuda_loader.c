@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "core/env.h"
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -56,7 +57,10 @@ static void load_once(void)
         {"cuMemFree_v2", (void **)&g_api.cuMemFree, 0},
         {"cuMemsetD8_v2", (void **)&g_api.cuMemsetD8, 0},
         {"cuCtxSynchronize", (void **)&g_api.cuCtxSynchronize, 0},
-        {"cuStreamSynchronize", (void **)&g_api.cuStreamSynchronize, 0},
+        {"cuEventCreate", (void **)&g_api.cuEventCreate, 0},
+        {"cuEventRecord", (void **)&g_api.cuEventRecord, 0},
+        {"cuEventQuery", (void **)&g_api.cuEventQuery, 0},
+        {"cuEventDestroy_v2", (void **)&g_api.cuEventDestroy, 0},
         {"cuMemcpyHtoD_v2", (void **)&g_api.cuMemcpyHtoD, 0},
         {"cuMemcpyDtoH_v2", (void **)&g_api.cuMemcpyDtoH, 0},
         {"cuMemGetHandleForAddressRange", (void **)&g_api.cuMemGetHandleForAddressRange, 1},
@@ -112,15 +116,29 @@ const char *tcu_strerror(tcu_result r)
     return buf;
 }
 
-int tcu_sync_legacy_stream(void)
+int tcu_sync_legacy_stream(uint64_t timeout_ns)
 {
     const tcu_api *cu;
     int r = tcu_load(&cu);
     if (r) return r;
-    /* CU_STREAM_LEGACY; a thread without a current context issued nothing to wait for */
-    tcu_result cr = cu->cuStreamSynchronize((void *)(uintptr_t)1);
-    if (cr == 0 || cr == 201 /* CUDA_ERROR_INVALID_CONTEXT */) return 0;
-    return tn_err(-EIO, "cuStreamSynchronize(legacy stream): %s", tcu_strerror(cr));
+    /* An event recorded on CU_STREAM_LEGACY, polled: a plain cuStreamSynchronize could
+     * wait for good if the copy never runs. A thread without a current context issued
+     * nothing to wait for. */
+    void *ev = NULL;
+    tcu_result cr = cu->cuEventCreate(&ev, 0x2 /* CU_EVENT_DISABLE_TIMING */);
+    if (cr == 201 /* CUDA_ERROR_INVALID_CONTEXT */) return 0;
+    if (cr) return tn_err(-EIO, "cuEventCreate: %s", tcu_strerror(cr));
+    cr = cu->cuEventRecord(ev, (void *)(uintptr_t)1);
+    const uint64_t deadline = tn_now_ns() + timeout_ns;
+    unsigned n = 0;
+    while (!cr && (cr = cu->cuEventQuery(ev)) == 600 /* CUDA_ERROR_NOT_READY */) {
+        if ((++n & 63) == 0 && tn_now_ns() >= deadline) break;
+    }
+    cu->cuEventDestroy(ev);
+    if (cr == 600)
+        return tn_err(-ETIMEDOUT, "the legacy stream's copies did not finish within %llu ms",
+                      (unsigned long long)(timeout_ns / 1000000u));
+    return cr ? tn_err(-EIO, "waiting for the legacy stream: %s", tcu_strerror(cr)) : 0;
 }
 
 int tcu_device_count(void)

@@ -84,7 +84,10 @@ typedef struct tcu_api {
     tcu_result (*cuMemFree)(tcu_deviceptr d);                /* _v2 */
     tcu_result (*cuMemsetD8)(tcu_deviceptr d, unsigned char v, size_t n);        /* _v2 */
     tcu_result (*cuCtxSynchronize)(void);
-    tcu_result (*cuStreamSynchronize)(void *stream);
+    tcu_result (*cuEventCreate)(void **ev, unsigned flags);
+    tcu_result (*cuEventRecord)(void *ev, void *stream);
+    tcu_result (*cuEventQuery)(void *ev);
+    tcu_result (*cuEventDestroy)(void *ev); /* _v2 */
     tcu_result (*cuMemcpyHtoD)(tcu_deviceptr dst, const void *src, size_t n);    /* _v2 */
     tcu_result (*cuMemcpyDtoH)(void *dst, tcu_deviceptr src, size_t n);          /* _v2 */
     /* Optional (NULL if the driver predates CUDA 11.7): dma-buf export. */
@@ -115,10 +118,11 @@ typedef struct tcu_api {
 int tcu_load(const tcu_api **out);
 /* "CUDA_ERROR_...: text" for a driver result. Never NULL. */
 const char *tcu_strerror(tcu_result r);
-/* Waits for the work this thread's current context queued on its legacy default stream
- * (copies a library issued with cudaMemcpy on this thread). 0 also where the thread has
- * no context; a negative errno when CUDA is unavailable or the wait failed. */
-int tcu_sync_legacy_stream(void);
+/* Waits, at most timeout_ns, for the work this thread's current context queued on its
+ * legacy default stream (copies a library issued with cudaMemcpy). 0 also where the
+ * thread has no context; -ETIMEDOUT; another negative errno when CUDA is unavailable or
+ * the wait failed. */
+int tcu_sync_legacy_stream(uint64_t timeout_ns);
 /* Number of CUDA devices; 0 when CUDA is unavailable (never an error). */
 int tcu_device_count(void);
 
