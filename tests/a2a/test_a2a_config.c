@@ -105,6 +105,39 @@ static void test_proxy_timing_errors(void **s)
     a2a_destroy(ctx);
 }
 
+/* The trace accessors (a2a_trace.c) refuse bad arguments with a message; a context that
+ * is not connected has no trace (-ENOENT, newest epoch 0). As above, the context half
+ * needs a GPU. */
+static void test_trace_errors(void **s)
+{
+    (void)s;
+    a2a_phase_trace t;
+    assert_int_equal(a2a_phase_trace_get(NULL, A2A_PHASE_DISPATCH, 1, &t), -EINVAL);
+    assert_non_null(strstr(a2a_last_error(), "ctx is NULL"));
+    assert_int_equal(a2a_clock_sync(NULL, NULL), -EINVAL);
+    assert_non_null(strstr(a2a_last_error(), "ctx is NULL"));
+    assert_int_equal(a2a_trace_newest_epoch(NULL), 0);
+    a2a_config c = base_cfg();
+    a2a_ctx *ctx = NULL;
+    if (a2a_create(&c, &ctx) != 0) {
+        print_message("context checks not run: %s\n", a2a_last_error());
+        return;
+    }
+    assert_int_equal(a2a_phase_trace_get(ctx, A2A_PHASE_DISPATCH, 1, NULL), -EINVAL);
+    assert_non_null(strstr(a2a_last_error(), "out is NULL"));
+    assert_int_equal(a2a_phase_trace_get(ctx, A2A_PHASES, 1, &t), -EINVAL);
+    assert_non_null(strstr(a2a_last_error(), "phase 3 outside"));
+    assert_int_equal(a2a_phase_trace_get(ctx, A2A_PHASE_DISPATCH, 0, &t), -EINVAL);
+    assert_non_null(strstr(a2a_last_error(), "epochs start at 1"));
+    assert_int_equal(a2a_phase_trace_get(ctx, A2A_PHASE_COMBINE, 1, &t), -ENOENT);
+    assert_non_null(strstr(a2a_last_error(), "no trace"));
+    uint64_t err = 1;
+    assert_int_equal(a2a_clock_sync(ctx, &err), -ENOENT);
+    assert_int_equal(err, 1); /* untouched on failure */
+    assert_int_equal(a2a_trace_newest_epoch(ctx), 0);
+    a2a_destroy(ctx);
+}
+
 static void test_topology_checks(void **s)
 {
     (void)s;
@@ -246,6 +279,7 @@ int main(void)
         cmocka_unit_test(test_rdma_requirements), cmocka_unit_test(test_field_checks),
         cmocka_unit_test(test_slices),        cmocka_unit_test(test_strerror),
         cmocka_unit_test(test_proxy_timing_errors),
+        cmocka_unit_test(test_trace_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

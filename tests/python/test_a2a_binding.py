@@ -156,7 +156,15 @@ def test_proxy_timing_needs_a_context():
         a2a.proxy_timing(object())
     with pytest.raises(TypeError):
         a2a.proxy_timing()
+    # so do the trace accessors
+    for fn, args in ((a2a.phase_trace, (object(), 1)), (a2a.trace_newest_epoch, (object(),)),
+                     (a2a.clock_sync, (object(),))):
+        with pytest.raises((TypeError, ValueError)):
+            fn(*args)
+    with pytest.raises(TypeError):
+        a2a.phase_trace(object())  # epoch missing
     import inspect
+    assert "epoch" in inspect.signature(tendril.P2PAllToAll.phase_trace).parameters
     assert "reset" in inspect.signature(tendril.P2PAllToAll.proxy_timing).parameters
     assert inspect.signature(tendril.P2PAllToAll.destroy).parameters["barrier"].default is True
 
