@@ -285,9 +285,9 @@ class P2PAllToAll:
         self.num_rdma_peers = info["num_rdma_peers"]
         self._kind = info["rdma_buffer_kind"]
         # shm/sm2 (the single-machine stand-in for GPUDirect RDMA) move device memory with
-        # a synchronous cudaMemcpy that the *receiving* process issues on CUDA's legacy
-        # default stream; it waits for every kernel on a blocking stream of that process,
-        # so a receive kernel there (waiting for this very data) would never finish.
+        # a cudaMemcpy that the *receiving* process issues on CUDA's legacy default
+        # stream; it waits for every kernel on a blocking stream of that process, so a
+        # receive kernel there (waiting for this very data) would never finish.
         prov = getattr(getattr(engine, "engine", engine), "provider", "")
         self._legacy_stream_deadlocks = self._kind == "gpu" and shared_memory_provider(prov)
 
