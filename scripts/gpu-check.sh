@@ -11,6 +11,9 @@
 # fabric-debug's a2a write pattern with device buffers, engine against raw (a2a_fd);
 # each of the three can be named alone. a2a_bench (named alone, not part of a2a): the
 # benchmark at EP2 over shm with GPU buffers (A2A_BENCH_ARGS, default a short decode).
+# a2a_mps (named alone): that benchmark without and with the CUDA MPS daemon, host and GPU
+# buffers, and the GPU-buffer RDMA tests under MPS (two rank processes on one GPU are
+# time-sliced without it).
 #
 #   usage (repo root, on the GPU machine): bash scripts/gpu-check.sh
 #   env:  STEPS        step groups: engine, a2a              (default engine)
@@ -151,6 +154,41 @@ if want a2a_bench; then
     step a2a_bench 300 env $A2A_ENV TENDRIL_GPU_REQUIRE_HMEM=1 python3 "$ROOT/bench/bench_all_to_all/bench_all_to_all.py" \
         --world-size 2 --nvlink 1 --provider shm --rdma-buffers gpu \
         ${A2A_BENCH_ARGS:---modes decode --iters 50} --json "$OUT/a2a_bench.json"
+fi
+if want a2a_mps; then
+    # The ~2 ms between a proxy's last write and the receiver seeing its flag, and the
+    # GPU-buffer tests that time out over shm: both rank processes share this one GPU as
+    # separate contexts, which the GPU time-slices (a spinning kernel of one rank holds the
+    # GPU for its slice while the other's copies and kernels wait). MPS runs the contexts
+    # side by side. The same bench without and with the MPS daemon, then the GPU-buffer
+    # tests under it; the daemon is stopped again at the end (the machine stays as found).
+    B_ARGS="--world-size 2 --nvlink 1 --provider shm --modes decode --iters 50 --no-nccl"
+    # shellcheck disable=SC2086
+    step a2a_bench.gpu.nomps 150 env $A2A_ENV TENDRIL_GPU_REQUIRE_HMEM=1 python3 \
+        "$ROOT/bench/bench_all_to_all/bench_all_to_all.py" $B_ARGS --rdma-buffers gpu --json "$OUT/a2a_bench.gpu.nomps.json"
+    if command -v nvidia-cuda-mps-control >/dev/null; then
+        export CUDA_MPS_PIPE_DIRECTORY=/tmp/tendril-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/tendril-mps/log
+        mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+        nvidia-cuda-mps-control -d >"$OUT/mps.log" 2>&1 && trap 'echo quit | nvidia-cuda-mps-control' EXIT
+        # shellcheck disable=SC2086
+        step a2a_bench.gpu.mps 150 env $A2A_ENV TENDRIL_GPU_REQUIRE_HMEM=1 python3 \
+            "$ROOT/bench/bench_all_to_all/bench_all_to_all.py" $B_ARGS --rdma-buffers gpu --json "$OUT/a2a_bench.gpu.mps.json"
+        # shellcheck disable=SC2086
+        step a2a_bench.host.mps 150 env $A2A_ENV python3 \
+            "$ROOT/bench/bench_all_to_all/bench_all_to_all.py" $B_ARGS --rdma-buffers host --json "$OUT/a2a_bench.host.mps.json"
+        # shellcheck disable=SC2086
+        step a2a_rdma.shm.gpu_buffers.mps 240 env $A2A_ENV TENDRIL_TEST_PROVIDER=shm TENDRIL_GPU_REQUIRE_HMEM=1 \
+            python3 "$ROOT/tests/gpu/run_gpu_tests.py" test_a2a_rdma.py -k gpu_buffers
+        cp -r "$CUDA_MPS_LOG_DIRECTORY" "$OUT/mps-log" 2>/dev/null
+        echo quit | nvidia-cuda-mps-control
+        trap - EXIT
+        unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    else
+        printf 'mps\tSKIP\t0\tnvidia-cuda-mps-control not on PATH\n' >>"$OUT/summary.tsv"
+    fi
+    for f in "$OUT"/a2a_bench.*.log; do
+        [ -f "$f" ] && { echo "=== $(basename "$f" .log)"; grep -a -iE "dispatch|combine|trace|doorbell|flag|p50" "$f" | head -30; }
+    done
 fi
 if ! want engine; then
     summary

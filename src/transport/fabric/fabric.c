@@ -85,7 +85,23 @@ static bool target_applies_writes(const char *provider)
 /* hmem: ask for FI_HMEM (device memory in MRs) and accept FI_MR_HMEM. Only NICs of
  * groups that drive a GPU ask: FI_HMEM in the hints filters out every provider that
  * lacks it, and host-only engines must keep working there. */
-static struct fi_info *make_hints(const char *provider, const char *domain, bool hmem)
+/* The threading level asked of the provider. Every call on an endpoint, completion queue,
+ * counter or address vector runs under the group's progress lock (docs/engine.md, "Who
+ * drives progress"), so the provider need not lock them itself: FI_THREAD_COMPLETION lets
+ * it drop those locks (libfabric's util endpoints and CQs take a mutex per call under
+ * FI_THREAD_SAFE). Memory registration runs on caller threads outside that lock; it only
+ * touches the domain, which stays thread-safe at this level, unless the provider needs
+ * FI_MR_ENDPOINT (registration then binds to the endpoint): fab_open asks again with
+ * FI_THREAD_SAFE there. TENDRIL_FI_THREADING=safe asks for FI_THREAD_SAFE everywhere. */
+static enum fi_threading wanted_threading(void)
+{
+    static const char *const names[] = {"completion", "safe"};
+    return tn_env_choice_warn("TENDRIL_FI_THREADING", names, 2, 0) == 1 ? FI_THREAD_SAFE
+                                                                       : FI_THREAD_COMPLETION;
+}
+
+static struct fi_info *make_hints(const char *provider, const char *domain, bool hmem,
+                                  enum fi_threading threading)
 {
     struct fi_info *h = fi_allocinfo();
     if (!h) return NULL;
@@ -95,9 +111,7 @@ static struct fi_info *make_hints(const char *provider, const char *domain, bool
     h->ep_attr->type = FI_EP_RDM;
     h->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY |
                               FI_MR_ENDPOINT | (hmem ? FI_MR_HMEM : 0);
-    /* Thread-safe domain: memory registration runs on caller threads, never on the
-     * worker, so a large registration does not stall the posting loop. */
-    h->domain_attr->threading = FI_THREAD_SAFE;
+    h->domain_attr->threading = threading;
     /* shm writes a plain write (no remote CQ data) straight into the target's memory from
      * the sender with process_vm_writev, checking neither the key nor the range ("fast
      * RMA", libfabric 1.17 and 2.1 alike). Asking for write-after-write ordering turns that
@@ -121,13 +135,30 @@ static struct fi_info *pick_info(struct fi_info *list, const char *domain)
     return NULL;
 }
 
-static int query_hmem(const char *provider, const char *domain, bool hmem, struct fi_info **out)
+static int query_at(const char *provider, const char *domain, bool hmem, enum fi_threading threading,
+                    struct fi_info **out)
 {
-    struct fi_info *hints = make_hints(provider, domain, hmem);
+    struct fi_info *hints = make_hints(provider, domain, hmem, threading);
     if (!hints) return tn_err(-ENOMEM, "fi_allocinfo failed");
     int ret = fi_getinfo(TP_FI_VERSION, NULL, NULL, 0, hints, out);
     fi_freeinfo(hints);
     return ret;
+}
+
+static int query_hmem(const char *provider, const char *domain, bool hmem, struct fi_info **out)
+{
+    enum fi_threading t = wanted_threading();
+    int ret = query_at(provider, domain, hmem, t, out);
+    if (ret || t == FI_THREAD_SAFE) return ret;
+    /* Registration must bind to the endpoint on this provider: it would touch an endpoint
+     * outside the progress lock, so the provider must lock. */
+    bool mr_ep = false;
+    for (struct fi_info *i = *out; i; i = i->next)
+        if (i->domain_attr->mr_mode & FI_MR_ENDPOINT) mr_ep = true;
+    if (!mr_ep) return 0;
+    fi_freeinfo(*out);
+    *out = NULL;
+    return query_at(provider, domain, hmem, FI_THREAD_SAFE, out);
 }
 
 static int query(const char *provider, const char *domain, struct fi_info **out)
