@@ -13,7 +13,7 @@
 # benchmark at EP2 over shm with GPU buffers (A2A_BENCH_ARGS, default a short decode).
 # a2a_mps (named alone): that benchmark without and with the CUDA MPS daemon, host and GPU
 # buffers, and the GPU-buffer RDMA tests under MPS (two rank processes on one GPU are
-# time-sliced without it).
+# time-sliced without it). a2a_hybrid (named alone): the benchmark at 2 nodes x 2 ranks.
 #
 #   usage (repo root, on the GPU machine): bash scripts/gpu-check.sh
 #   env:  STEPS        step groups: engine, a2a              (default engine)
@@ -154,6 +154,14 @@ if want a2a_bench; then
     step a2a_bench 300 env $A2A_ENV TENDRIL_GPU_REQUIRE_HMEM=1 python3 "$ROOT/bench/bench_all_to_all/bench_all_to_all.py" \
         --world-size 2 --nvlink 1 --provider shm --rdma-buffers gpu \
         ${A2A_BENCH_ARGS:---modes decode --iters 50} --json "$OUT/a2a_bench.json"
+fi
+if want a2a_hybrid; then
+    # hybrid: 2 "nodes" of 2 ranks, NVLink (CUDA IPC) inside a node, RDMA over shm between
+    # them, host RDMA buffers (auto on shm), decode and prefill
+    # shellcheck disable=SC2086
+    step a2a_bench.hybrid 200 env $A2A_ENV python3 "$ROOT/bench/bench_all_to_all/bench_all_to_all.py" \
+        --world-size 4 --nvlink 2 --provider shm --modes decode,prefill --iters 50 --prefill-iters 10 \
+        --no-nccl --json "$OUT/a2a_bench.hybrid.json"
 fi
 if want a2a_mps; then
     # The ~2 ms between a proxy's last write and the receiver seeing its flag, and the

@@ -36,9 +36,9 @@ static const te_env_var vars[] = {
      "how long a waiting thread spins before it sleeps"},
     {"TENDRIL_NO_WAIT_FD", "0|1", "0",
      "1: poll completion queues without a wait fd (debugging providers)"},
-    {"TENDRIL_FI_THREADING", "completion|safe", "completion",
-     "libfabric threading level asked of the provider (safe: FI_THREAD_SAFE, the provider "
-     "locks every call)"},
+    {"TENDRIL_FI_THREADING", "auto|safe|completion", "auto",
+     "libfabric threading level asked of the provider (auto: FI_THREAD_COMPLETION on shm "
+     "and sm2, FI_THREAD_SAFE elsewhere)"},
     {"TENDRIL_CUDA", "0|1", "1",
      "0: never load the CUDA driver (host memory only)"},
     {"TENDRIL_GDRCOPY", "0|1", "1",

@@ -69,16 +69,21 @@ uint64_t te_counter_errors(const te_counter *c)
     return c ? atomic_load(&((te_counter *)c)->errors) : 0;
 }
 
-void counter_bump(te_counter *c, bool failed)
+void counter_bump_n(te_counter *c, uint32_t n, uint32_t failed)
 {
     atomic_fetch_add_explicit(&c->bumping, 1, memory_order_seq_cst);
     /* errors first, so a waiter that sees `done` also sees the error it includes */
-    if (failed) atomic_fetch_add_explicit(&c->errors, 1, memory_order_release);
-    uint64_t now = atomic_fetch_add_explicit(&c->done, 1, memory_order_seq_cst) + 1;
+    if (failed) atomic_fetch_add_explicit(&c->errors, failed, memory_order_release);
+    uint64_t now = atomic_fetch_add_explicit(&c->done, n, memory_order_seq_cst) + n;
     tn_notify_at_reached(&c->wake, now);
-    if (atomic_fetch_sub_explicit(&c->pending, 1, memory_order_seq_cst) == 1)
+    if (atomic_fetch_sub_explicit(&c->pending, n, memory_order_seq_cst) == n)
         while (atomic_load_explicit(&c->peeking, memory_order_seq_cst)) sched_yield();
     atomic_fetch_sub_explicit(&c->bumping, 1, memory_order_release);
+}
+
+void counter_bump(te_counter *c, bool failed)
+{
+    counter_bump_n(c, 1, failed ? 1 : 0);
 }
 
 void counter_note_submit(te_counter *c, eng_group *g)

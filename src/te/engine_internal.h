@@ -156,6 +156,13 @@ typedef struct eng_group {
     _Atomic uint32_t op_cache_n;
     uint32_t turns;             /* (P) steps run, for reading the clock every 32nd */
     uint32_t submit_steps;      /* (P) submitters' steps, for polling every SUBMIT_POLL_EVERY-th */
+    /* (P) Completions delivered during the current step, applied once at its end
+     * (worker.c, bump_flush): consecutive completions on one counter become one bump, and
+     * `queued` drops once per step, so a step that completes k operations does a few
+     * atomic operations instead of about 5k. */
+    bool in_step;
+    struct te_counter *bump_c;
+    uint32_t bump_n, bump_err, unqueued;
     uint32_t idx;
     int cuda_device;
     int worker_cpu;
@@ -287,6 +294,7 @@ void pages_retain(te_pages *p);
 
 /* ---- counter.c ---- */
 void counter_bump(te_counter *c, bool failed);
+void counter_bump_n(te_counter *c, uint32_t n, uint32_t failed); /* n completions, `failed` of them errors */
 /* At submission, before the operation is queued: lets waiters on c drive g's progress. */
 void counter_note_submit(te_counter *c, eng_group *g);
 

@@ -83,15 +83,41 @@ static void inflight_del(eng_group *g, eng_op *op)
     op->prev = op->next = NULL;
 }
 
-/* Delivers the user's completion once. */
+/* Applies the completions a step has gathered (engine_internal.h, in_step). Runs before
+ * the step ends, so a waiter that sees its count also sees every completion the step
+ * made before it, as when each was applied at once. */
+static void bump_flush(eng_group *g)
+{
+    if (g->bump_c) counter_bump_n(g->bump_c, g->bump_n, g->bump_err);
+    g->bump_c = NULL;
+    g->bump_n = g->bump_err = 0;
+    if (g->unqueued) atomic_fetch_sub_explicit(&g->queued, g->unqueued, memory_order_relaxed);
+    g->unqueued = 0;
+}
+
+/* Delivers the user's completion once: inside a step, gathered for bump_flush
+ * (consecutive completions on one counter, the common case of a window of writes, cost
+ * one bump); elsewhere (stop), applied at once. */
 static void op_complete_user(eng_group *g, eng_op *op)
 {
     if (op->finished) return;
     op->finished = true;
-    atomic_fetch_sub_explicit(&g->queued, 1, memory_order_relaxed);
     te_completion *c = &op->comp;
     if (op->status) TN_LOGD("op %p failed: %s", (void *)op, op->msg);
-    if (c->counter) counter_bump(c->counter, op->status != 0);
+    if (!g->in_step) {
+        atomic_fetch_sub_explicit(&g->queued, 1, memory_order_relaxed);
+        if (c->counter) counter_bump(c->counter, op->status != 0);
+    } else {
+        g->unqueued++;
+        if (c->counter) {
+            if (g->bump_c != c->counter) {
+                bump_flush(g);
+                g->bump_c = c->counter;
+            }
+            g->bump_n++;
+            if (op->status) g->bump_err++;
+        }
+    }
     if (c->fn) cb_post_done(g->e, c->fn, c->arg, op->status, op->status ? op->msg : NULL);
     if (!c->counter && !c->fn && op->status)
         TN_LOGW("operation failed with no completion to report to: %s", op->msg);
@@ -553,6 +579,7 @@ static bool post_all(eng_group *g)
  * without it they are drained only if some NIC could not post everything (it is full). */
 static bool step_locked(eng_group *g, bool poll)
 {
+    g->in_step = true;
     bool progressed = false, polled = false;
     mpsc_node *qn;
     while ((qn = mpsc_pop(&g->ctlq))) {
@@ -585,6 +612,8 @@ static bool step_locked(eng_group *g, bool poll)
             g->next_timeout_check = now + 1000000ull;
         }
     }
+    bump_flush(g);
+    g->in_step = false;
     return progressed || polled;
 }
 

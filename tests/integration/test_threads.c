@@ -1,6 +1,8 @@
 /* Many caller threads submitting at once: every operation completes exactly once, the
- * peer sees exactly one immediate per write, and every byte lands where it should. Runs
- * under ThreadSanitizer in CI (label "threads"). */
+ * peer sees exactly one immediate per write, and every byte lands where it should; and
+ * memory registered and deregistered on other threads while writes run (registration
+ * runs outside the progress lock, against a domain opened FI_THREAD_COMPLETION on shm).
+ * Runs under ThreadSanitizer in CI (label "threads"). */
 /* ctest-labels: threads (the TSan run: many submitting threads) */
 #include <errno.h>
 #include <inttypes.h>
@@ -62,7 +64,47 @@ static void *submitter(void *arg)
     return NULL;
 }
 
+typedef struct registrar {
+    te_engine *e;
+    _Atomic bool *stop;
+    int cycles, errors;
+} registrar;
+
+/* Registers and deregisters regions of 64 KiB..1 MiB until told to stop (at least 50
+ * times), while the submitters write. */
+static void *register_loop(void *arg)
+{
+    registrar *r = arg;
+    for (int k = 0; k < 50 || !atomic_load(r->stop); k++) {
+        size_t len = (size_t)64 << 10 << (k % 5);
+        void *buf = aligned_alloc(4096, len);
+        te_mr *mr;
+        if (!buf || te_mr_register(r->e, buf, len, TE_DEVICE_HOST, TE_MR_REMOTE_WRITE, &mr)) {
+            r->errors++;
+        } else {
+            te_mr_desc d;
+            if (te_mr_desc_get(mr, &d) || d.len != len) r->errors++;
+            if (te_mr_deregister(mr)) r->errors++;
+        }
+        free(buf);
+        r->cycles++;
+    }
+    return NULL;
+}
+
+static void run_submitters(void **state, bool registrars);
+
 static void test_concurrent_submitters(void **state)
+{
+    run_submitters(state, false);
+}
+
+static void test_register_while_writing(void **state)
+{
+    run_submitters(state, true);
+}
+
+static void run_submitters(void **state, bool registrars)
 {
     (void)state;
     th_proc p;
@@ -82,14 +124,23 @@ static void test_concurrent_submitters(void **state)
     assert_int_equal(th_ask(&p, line, sizeof line, TMO, "counter 4242"), 0);
     assert_string_equal(line, "ok");
 
-    pthread_t th[THREADS];
+    pthread_t th[THREADS], rt[2];
     targ ta[THREADS];
+    _Atomic bool stop = false;
+    registrar rg[2] = {{s.e, &stop, 0, 0}, {s.e, &stop, 0, 0}};
+    for (int k = 0; registrars && k < 2; k++) pthread_create(&rt[k], NULL, register_loop, &rg[k]);
     for (int k = 0; k < THREADS; k++) {
         ta[k] = (targ){&s, k};
         pthread_create(&th[k], NULL, submitter, &ta[k]);
     }
     for (int k = 0; k < THREADS; k++) pthread_join(th[k], NULL);
     assert_int_equal(s.submit_errors, 0);
+    atomic_store(&stop, true);
+    for (int k = 0; registrars && k < 2; k++) {
+        pthread_join(rt[k], NULL);
+        assert_int_equal(rg[k].errors, 0);
+        assert_true(rg[k].cycles >= 50);
+    }
 
     uint64_t via_counter = THREADS * (PER_THREAD / 2);
     assert_int_equal(te_counter_wait(s.done, via_counter, TMO), 0);
@@ -124,6 +175,7 @@ int main(int argc, char **argv)
     if (argc >= 3 && !strcmp(argv[1], "--child")) return th_peer_main(argc > 3 ? argv[3] : NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_concurrent_submitters),
+        cmocka_unit_test(test_register_while_writing),
     };
     return cmocka_run_group_tests_name(th_provider(), tests, NULL, NULL);
 }

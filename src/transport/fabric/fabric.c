@@ -87,17 +87,23 @@ static bool target_applies_writes(const char *provider)
  * lacks it, and host-only engines must keep working there. */
 /* The threading level asked of the provider. Every call on an endpoint, completion queue,
  * counter or address vector runs under the group's progress lock (docs/engine.md, "Who
- * drives progress"), so the provider need not lock them itself: FI_THREAD_COMPLETION lets
- * it drop those locks (libfabric's util endpoints and CQs take a mutex per call under
- * FI_THREAD_SAFE). Memory registration runs on caller threads outside that lock; it only
- * touches the domain, which stays thread-safe at this level, unless the provider needs
- * FI_MR_ENDPOINT (registration then binds to the endpoint): fab_open asks again with
- * FI_THREAD_SAFE there. TENDRIL_FI_THREADING=safe asks for FI_THREAD_SAFE everywhere. */
-static enum fi_threading wanted_threading(void)
+ * drives progress"), so the provider need not lock them itself: at FI_THREAD_COMPLETION
+ * libfabric's util endpoints and CQs drop the mutex they take per call under
+ * FI_THREAD_SAFE. Memory registration runs on caller threads outside that lock; it only
+ * touches the domain, which shm locks at every level. Only shm and sm2 are asked for it
+ * (checked: libfabric 1.17 and 2.1): other providers change more than their locks at
+ * that level (libfabric 2.1's tcp switches to one sub-domain per endpoint and crashes in
+ * fi_cq_open), and one that needs FI_MR_ENDPOINT would bind registrations to the
+ * endpoint outside the lock. TENDRIL_FI_THREADING: auto (that rule), safe (always
+ * FI_THREAD_SAFE), completion (always FI_THREAD_COMPLETION, to try a provider). */
+static enum fi_threading wanted_threading(const char *provider)
 {
-    static const char *const names[] = {"completion", "safe"};
-    return tn_env_choice_warn("TENDRIL_FI_THREADING", names, 2, 0) == 1 ? FI_THREAD_SAFE
-                                                                       : FI_THREAD_COMPLETION;
+    static const char *const names[] = {"auto", "safe", "completion"};
+    switch (tn_env_choice_warn("TENDRIL_FI_THREADING", names, 3, 0)) {
+    case 1: return FI_THREAD_SAFE;
+    case 2: return FI_THREAD_COMPLETION;
+    default: return provider && target_applies_writes(provider) ? FI_THREAD_COMPLETION : FI_THREAD_SAFE;
+    }
 }
 
 static struct fi_info *make_hints(const char *provider, const char *domain, bool hmem,
@@ -147,7 +153,7 @@ static int query_at(const char *provider, const char *domain, bool hmem, enum fi
 
 static int query_hmem(const char *provider, const char *domain, bool hmem, struct fi_info **out)
 {
-    enum fi_threading t = wanted_threading();
+    enum fi_threading t = wanted_threading(provider);
     int ret = query_at(provider, domain, hmem, t, out);
     if (ret || t == FI_THREAD_SAFE) return ret;
     /* Registration must bind to the endpoint on this provider: it would touch an endpoint
