@@ -536,14 +536,18 @@ void worker_wake(eng_group *g)
     if (g->event_fd >= 0 && write(g->event_fd, &one, sizeof one) < 0) { /* counter full: awake anyway */ }
 }
 
+static int try_step(eng_group *g, enum step_kind kind, eng_op *op);
+
 void worker_submit(eng_group *g, eng_op *op)
 {
-    mpsc_push(&g->subq, &op->qnode);
     /* Busy poll: the worker owns a core and never sleeps, so it takes the operation from
      * the queue within a turn; the caller returns at once and its next submission
      * overlaps this one's post (a pipeline of two threads, where posting here would
      * serialise the caller's work and the provider's). */
-    if (g->e->busy_poll) return;
+    if (g->e->busy_poll) {
+        mpsc_push(&g->subq, &op->qnode);
+        return;
+    }
     /* Post it from this thread when nobody else is in a step (the common case for one
      * submitting thread); otherwise the lock holder or the worker takes it from the queue.
      * The worker is woken only if it sleeps: it must poll what was posted here. The step
@@ -551,7 +555,7 @@ void worker_submit(eng_group *g, eng_op *op)
      * worker backs off instead of taking the lock between its steps. On two cores a
      * worker preempted while holding the lock stalled the submitter: 64 KiB writes over
      * shm at 0.3-0.4 of raw before, 0.7-0.95 after (fabric-debug, docs/performance.md). */
-    after_caller_step(g, group_try_progress(g, STEP_SUBMIT));
+    after_caller_step(g, try_step(g, STEP_SUBMIT, op));
 }
 
 /* ------------------------------------------------------------------- step ---- */
@@ -577,13 +581,17 @@ static bool post_all(eng_group *g)
 
 /* One turn of progress. Caller holds g->plock. `poll`: drain the NICs' completions;
  * without it they are drained only if some NIC could not post everything (it is full). */
-static bool step_locked(eng_group *g, bool poll)
+static bool step_locked(eng_group *g, bool poll, eng_op *direct)
 {
     g->in_step = true;
     bool progressed = false, polled = false;
     mpsc_node *qn;
     while ((qn = mpsc_pop(&g->ctlq))) {
         handle_ctl(g, (eng_ctl *)qn);
+        progressed = true;
+    }
+    if (direct) {
+        start_op(g, direct);
         progressed = true;
     }
     progressed |= take_submissions(g);
@@ -627,6 +635,15 @@ static bool step_locked(eng_group *g, bool poll)
  * or by the worker. */
 int group_try_progress(eng_group *g, enum step_kind kind)
 {
+    return try_step(g, kind, NULL);
+}
+
+/* `op`: a submitter's new operation. With the lock taken and nothing queued before it, it
+ * is started in the step without passing through the queue (a push and a pop, two atomic
+ * exchanges, per write); otherwise it is queued behind what is there, or left for the
+ * lock holder. */
+static int try_step(eng_group *g, enum step_kind kind, eng_op *op)
+{
     /* A driving caller announces itself even when the lock is busy: the worker then
      * backs off at its next turn instead of winning the lock again. Only if the worker
      * has seen the last announcement: one pending is enough, and an atomic add on every
@@ -635,14 +652,21 @@ int group_try_progress(eng_group *g, enum step_kind kind)
         atomic_load_explicit(&g->drive_seq, memory_order_relaxed) ==
             atomic_load_explicit(&g->drive_seen, memory_order_relaxed))
         atomic_fetch_add_explicit(&g->drive_seq, 1, memory_order_relaxed);
-    if (pthread_mutex_trylock(&g->plock)) return -EBUSY;
+    if (pthread_mutex_trylock(&g->plock)) {
+        if (op) mpsc_push(&g->subq, &op->qnode);
+        return -EBUSY;
+    }
+    if (op && !mpsc_empty(&g->subq)) { /* others' operations first: they came earlier */
+        mpsc_push(&g->subq, &op->qnode);
+        op = NULL;
+    }
     /* A lone operation (nothing else submitted and not yet completed) is polled at once:
      * that is the latency case (one write in flight, a ping), where its completion is
      * often ready right after the post (shm inject) and the caller's wait then needs no
      * step of its own. */
     bool poll = kind != STEP_SUBMIT || ++g->submit_steps % SUBMIT_POLL_EVERY == 0 ||
                 atomic_load_explicit(&g->queued, memory_order_relaxed) <= 1;
-    int r = step_locked(g, poll) ? PROGRESS_MOVED : 0;
+    int r = step_locked(g, poll, op) ? PROGRESS_MOVED : 0;
     if (g->inflight_head || !mpsc_empty(&g->subq) || !mpsc_empty(&g->ctlq)) r |= PROGRESS_PENDING;
     pthread_mutex_unlock(&g->plock);
     return r;
@@ -825,7 +849,7 @@ static void *worker_main(void *arg)
             continue;
         }
         pthread_mutex_lock(&g->plock);
-        bool progressed = step_locked(g, true);
+        bool progressed = step_locked(g, true, NULL);
         /* Not every empty turn: the read is a provider progress of its own, and
          * activity only has to be seen within the active window (ms), not at once. */
         if (!progressed && (++looks & 7) == 0) progressed = targets_active(g);
