@@ -155,14 +155,6 @@ if want a2a_bench; then
         --world-size 2 --nvlink 1 --provider shm --rdma-buffers gpu \
         ${A2A_BENCH_ARGS:---modes decode --iters 50} --json "$OUT/a2a_bench.json"
 fi
-if want a2a_hybrid; then
-    # hybrid: 2 "nodes" of 2 ranks, NVLink (CUDA IPC) inside a node, RDMA over shm between
-    # them, host RDMA buffers (auto on shm), decode and prefill
-    # shellcheck disable=SC2086
-    step a2a_bench.hybrid 200 env $A2A_ENV python3 "$ROOT/bench/bench_all_to_all/bench_all_to_all.py" \
-        --world-size 4 --nvlink 2 --provider shm --modes decode,prefill --iters 50 --prefill-iters 10 \
-        --no-nccl --json "$OUT/a2a_bench.hybrid.json"
-fi
 if want a2a_mps; then
     # The ~2 ms between a proxy's last write and the receiver seeing its flag, and the
     # GPU-buffer tests that time out over shm: both rank processes share this one GPU as
@@ -197,6 +189,14 @@ if want a2a_mps; then
     for f in "$OUT"/a2a_bench.*.log; do
         [ -f "$f" ] && { echo "=== $(basename "$f" .log)"; grep -a -iE "dispatch|combine|trace|doorbell|flag|p50" "$f" | head -30; }
     done
+fi
+if want a2a_hybrid; then
+    # hybrid: 2 "nodes" of 2 ranks, NVLink (CUDA IPC) inside a node, RDMA over shm between
+    # them, host RDMA buffers (auto on shm), decode and prefill
+    # shellcheck disable=SC2086
+    step a2a_bench.hybrid 200 env $A2A_ENV python3 "$ROOT/bench/bench_all_to_all/bench_all_to_all.py" \
+        --world-size 4 --nvlink 2 --provider shm --modes decode,prefill --iters 50 --prefill-iters 10 \
+        --no-nccl --json "$OUT/a2a_bench.hybrid.json"
 fi
 if ! want engine; then
     summary
