@@ -31,12 +31,13 @@ int tn_wait_until(const tn_wait_spec *w)
     pthread_once(&spin_once, pick_spin);
     uint64_t spin_until = 0, drive_until = 0;
     bool moved_lately = true, driving = w->drive != NULL;
+    bool (*check)(void *) = w->check ? w->check : w->done;
     for (unsigned turn = 0;; turn++) {
-        if (w->done(w->arg)) return 0;
+        if (check(w->arg)) return 0;
         if (w->give_up && w->give_up(w->arg)) return -ESHUTDOWN;
         int moved = driving ? w->drive(w->arg, false) : -1;
         if (moved > 0) {
-            if (w->done(w->arg)) return 0;
+            if (check(w->arg)) return 0;
             moved_lately = true;
         }
         /* While driving, the clock (as costly as a post on a VM) is read every 16th turn. */

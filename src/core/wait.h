@@ -13,6 +13,10 @@
 typedef struct tn_wait_spec {
     tn_notify *notify;              /* woken by whoever makes `done` true */
     bool (*done)(void *arg);        /* the condition (may also consume, e.g. take n) */
+    /* optional: the same condition without what `done` does only for a sleeper (e.g.
+     * publishing a wake-up threshold: an atomic exchange per look); used on the turns
+     * that do not lead to sleep. NULL: `done` everywhere. */
+    bool (*check)(void *arg);
     bool (*give_up)(void *arg);     /* optional: stop waiting (engine stopped) */
     /* optional: one progress step; 1 something moved, 0 nothing (yet), < 0 cannot drive.
      * The waiter keeps driving until nothing moved for a while, then calls it once with

@@ -132,6 +132,14 @@ static bool counter_reached(void *arg)
     return atomic_load_explicit(&w->c->done, memory_order_seq_cst) >= w->target;
 }
 
+/* Awake turns: no threshold to publish (it is for the bump that must wake a sleeper),
+ * which would cost the waiter a compare-exchange and the bumper a reset per count. */
+static bool counter_at(void *arg)
+{
+    counter_wait *w = arg;
+    return atomic_load_explicit(&w->c->done, memory_order_seq_cst) >= w->target;
+}
+
 int te_counter_wait(te_counter *c, uint64_t target, int timeout_ms)
 {
     tn_err_clear();
@@ -140,7 +148,7 @@ int te_counter_wait(te_counter *c, uint64_t target, int timeout_ms)
      * no vDSO path) */
     if (atomic_load_explicit(&c->done, memory_order_acquire) >= target) return 0;
     counter_wait cw = {c, target};
-    tn_wait_spec w = {.notify = &c->wake.n, .done = counter_reached, .drive = counter_drive_fn,
+    tn_wait_spec w = {.notify = &c->wake.n, .done = counter_reached, .check = counter_at, .drive = counter_drive_fn,
                       .arg = &cw, .deadline_ns = tn_deadline_ms(timeout_ms)};
     if (tn_wait_until(&w) == 0) return 0;
     return tn_err(-ETIMEDOUT, "te_counter_wait: %llu of %llu operations done after %d ms",
