@@ -296,6 +296,13 @@ static bool imm_took(void *arg)
     return try_take(w->c, w->n);
 }
 
+/* Awake turns: the same without publishing (counter.c, counter_at, says why). */
+static bool imm_take(void *arg)
+{
+    imm_wait *w = arg;
+    return try_take(w->c, w->n);
+}
+
 static int imm_drive(void *arg, bool last)
 {
     imm_wait *w = arg;
@@ -314,7 +321,7 @@ int te_imm_counter_wait(te_imm_counter *c, uint64_t n, int timeout_ms)
     if (!c) return tn_err(-EINVAL, "te_imm_counter_wait: counter is NULL");
     if (n > INT64_MAX) return tn_err(-EINVAL, "te_imm_counter_wait: n too large");
     imm_wait iw = {c, n};
-    tn_wait_spec w = {.notify = &c->wake.n, .done = imm_took, .give_up = imm_engine_stopped,
+    tn_wait_spec w = {.notify = &c->wake.n, .done = imm_took, .check = imm_take, .give_up = imm_engine_stopped,
                       .drive = imm_drive, .arg = &iw, .deadline_ns = tn_deadline_ms(timeout_ms)};
     int r = tn_wait_until(&w);
     if (r == -ESHUTDOWN) return tn_err(r, "te_imm_counter_wait: engine stopped");
