@@ -5,7 +5,9 @@
  * group's progress lock: one thread at a time, but not always the same thread (the
  * worker, a submitter or a waiter: src/te/worker.c).
  * mr_reg / mr_dereg may be called from any thread concurrently with the worker (the
- * backend must make that safe: libfabric uses FI_THREAD_SAFE domains for it). */
+ * backend must make that safe: libfabric domains stay thread-safe for registration,
+ * FI_THREAD_SAFE, or FI_THREAD_COMPLETION on shm/sm2 whose domain locks at every level:
+ * src/transport/fabric/fabric.c, wanted_threading). */
 #ifndef TENDRIL_TRANSPORT_BACKEND_H
 #define TENDRIL_TRANSPORT_BACKEND_H
 
