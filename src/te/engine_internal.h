@@ -163,6 +163,8 @@ typedef struct eng_group {
     bool in_step;
     struct te_counter *bump_c;
     uint32_t bump_n, bump_err, unqueued;
+    struct te_mr *unref_mr;     /* source region of the gathered completions, and how */
+    uint32_t unref_n;           /* many of its in-flight references they drop */
     uint32_t idx;
     int cuda_device;
     int worker_cpu;

@@ -88,6 +88,10 @@ static void inflight_del(eng_group *g, eng_op *op)
  * made before it, as when each was applied at once. */
 static void bump_flush(eng_group *g)
 {
+    /* the source regions first: a region is free before its user hears of completion */
+    if (g->unref_mr) atomic_fetch_sub(&g->unref_mr->inflight, g->unref_n);
+    g->unref_mr = NULL;
+    g->unref_n = 0;
     if (g->bump_c) counter_bump_n(g->bump_c, g->bump_n, g->bump_err);
     g->bump_c = NULL;
     g->bump_n = g->bump_err = 0;
@@ -145,8 +149,17 @@ static void op_check(eng_group *g, eng_op *op)
         if (p->posted < p->count || p->done < p->posted || p->queued) return;
     }
     /* The source is free before the user hears of completion: a deregistration right
-     * after the completion must not see it busy. */
-    if (op->src) atomic_fetch_sub(&op->src->inflight, 1);
+     * after the completion must not see it busy. Inside a step, an operation that
+     * reports through a counter only gathers the release for bump_flush, which applies
+     * it before the counter moves; a callback (delivered at once) needs it now. */
+    if (op->src) {
+        if (g->in_step && !op->comp.fn && (!g->unref_mr || g->unref_mr == op->src)) {
+            g->unref_mr = op->src;
+            g->unref_n++;
+        } else {
+            atomic_fetch_sub(&op->src->inflight, 1);
+        }
+    }
     op->src = NULL;
     op_complete_user(g, op);
     inflight_del(g, op);
