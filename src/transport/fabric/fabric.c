@@ -95,13 +95,20 @@ static bool target_applies_writes(const char *provider)
  * that level (libfabric 2.1's tcp switches to one sub-domain per endpoint and crashes in
  * fi_cq_open), and one that needs FI_MR_ENDPOINT would bind registrations to the
  * endpoint outside the lock. TENDRIL_FI_THREADING: auto (that rule), safe (always
- * FI_THREAD_SAFE), completion (always FI_THREAD_COMPLETION, to try a provider). */
+ * FI_THREAD_SAFE), completion (FI_THREAD_COMPLETION, to try a provider; not on tcp). */
 static enum fi_threading wanted_threading(const char *provider)
 {
     static const char *const names[] = {"auto", "safe", "completion"};
     switch (tn_env_choice_warn("TENDRIL_FI_THREADING", names, 3, 0)) {
     case 1: return FI_THREAD_SAFE;
-    case 2: return FI_THREAD_COMPLETION;
+    case 2:
+        /* not where it is known to crash the provider */
+        if (provider && strstr(provider, "tcp")) {
+            TN_LOGW("TENDRIL_FI_THREADING=completion ignored for %s: libfabric 2.1's tcp crashes "
+                    "in fi_cq_open at that level; using FI_THREAD_SAFE", provider);
+            return FI_THREAD_SAFE;
+        }
+        return FI_THREAD_COMPLETION;
     default: return provider && target_applies_writes(provider) ? FI_THREAD_COMPLETION : FI_THREAD_SAFE;
     }
 }
