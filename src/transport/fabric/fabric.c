@@ -104,8 +104,10 @@ static enum fi_threading wanted_threading(const char *provider)
     case 2:
         /* not where it is known to crash the provider */
         if (provider && strstr(provider, "tcp")) {
-            TN_LOGW("TENDRIL_FI_THREADING=completion ignored for %s: libfabric 2.1's tcp crashes "
-                    "in fi_cq_open at that level; using FI_THREAD_SAFE", provider);
+            static atomic_bool said;
+            if (!atomic_exchange(&said, true))
+                TN_LOGW("TENDRIL_FI_THREADING=completion ignored for %s: libfabric 2.1's tcp "
+                        "crashes in fi_cq_open at that level; using FI_THREAD_SAFE", provider);
             return FI_THREAD_SAFE;
         }
         return FI_THREAD_COMPLETION;
