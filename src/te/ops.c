@@ -102,7 +102,7 @@ static void op_set_dst(eng_op *op, const te_mr_desc *d)
 /* Takes ownership of op; pushes it or frees it. Caller is inside engine_enter. */
 static int submit(te_engine *e, eng_group *g, eng_op *op, const te_completion *c)
 {
-    if (atomic_fetch_add_explicit(&g->queued, 1, memory_order_relaxed) >= e->max_queued_ops) {
+    if (atomic_fetch_add_explicit(&g->queued, 1, memory_order_acquire) >= e->max_queued_ops) {
         atomic_fetch_sub_explicit(&g->queued, 1, memory_order_relaxed);
         op->src = NULL; /* no reference was taken yet */
         op_free(g, op);

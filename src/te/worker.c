@@ -95,32 +95,35 @@ static void bump_flush(eng_group *g)
     if (g->bump_c) counter_bump_n(g->bump_c, g->bump_n, g->bump_err);
     g->bump_c = NULL;
     g->bump_n = g->bump_err = 0;
-    if (g->unqueued) atomic_fetch_sub_explicit(&g->queued, g->unqueued, memory_order_relaxed);
+    /* release: a submitter whose acquiring increment sees the slot free also sees the count */
+    if (g->unqueued) atomic_fetch_sub_explicit(&g->queued, g->unqueued, memory_order_release);
     g->unqueued = 0;
 }
 
-/* Delivers the user's completion once: inside a step, gathered for bump_flush
- * (consecutive completions on one counter, the common case of a window of writes, cost
- * one bump); elsewhere (stop), applied at once. */
+/* Delivers the user's completion once: inside a step, a counted completion is gathered
+ * for bump_flush (consecutive completions on one counter, the common case of a window
+ * of writes, cost one bump); a callback's slot is released at once (its callback may
+ * submit again), and outside a step (stop) everything is applied at once. */
 static void op_complete_user(eng_group *g, eng_op *op)
 {
     if (op->finished) return;
     op->finished = true;
     te_completion *c = &op->comp;
     if (op->status) TN_LOGD("op %p failed: %s", (void *)op, op->msg);
-    if (!g->in_step) {
-        atomic_fetch_sub_explicit(&g->queued, 1, memory_order_relaxed);
+    if (!g->in_step || !c->counter) {
+        atomic_fetch_sub_explicit(&g->queued, 1, memory_order_release);
         if (c->counter) counter_bump(c->counter, op->status != 0);
     } else {
-        g->unqueued++;
-        if (c->counter) {
-            if (g->bump_c != c->counter) {
-                bump_flush(g);
-                g->bump_c = c->counter;
-            }
-            g->bump_n++;
-            if (op->status) g->bump_err++;
+        /* Flush another counter's run first, so this operation's slot in `queued` is
+         * released only after its own count (bump_flush: count, then queued): a
+         * submitter never sees more than max_queued_ops submitted and not counted. */
+        if (g->bump_c != c->counter) {
+            bump_flush(g);
+            g->bump_c = c->counter;
         }
+        g->unqueued++;
+        g->bump_n++;
+        if (op->status) g->bump_err++;
     }
     if (c->fn) cb_post_done(g->e, c->fn, c->arg, op->status, op->status ? op->msg : NULL);
     if (!c->counter && !c->fn && op->status)
