@@ -92,12 +92,13 @@ static void bump_flush(eng_group *g)
     if (g->unref_mr) atomic_fetch_sub(&g->unref_mr->inflight, g->unref_n);
     g->unref_mr = NULL;
     g->unref_n = 0;
+    /* then the operations' slots, right before their count, as when each completion was
+     * applied alone: a caller whose wait saw the count finds the slots free */
+    if (g->unqueued) atomic_fetch_sub_explicit(&g->queued, g->unqueued, memory_order_release);
+    g->unqueued = 0;
     if (g->bump_c) counter_bump_n(g->bump_c, g->bump_n, g->bump_err);
     g->bump_c = NULL;
     g->bump_n = g->bump_err = 0;
-    /* release: a submitter whose acquiring increment sees the slot free also sees the count */
-    if (g->unqueued) atomic_fetch_sub_explicit(&g->queued, g->unqueued, memory_order_release);
-    g->unqueued = 0;
 }
 
 /* Delivers the user's completion once: inside a step, a counted completion is gathered
@@ -114,9 +115,10 @@ static void op_complete_user(eng_group *g, eng_op *op)
         atomic_fetch_sub_explicit(&g->queued, 1, memory_order_release);
         if (c->counter) counter_bump(c->counter, op->status != 0);
     } else {
-        /* Flush another counter's run first, so this operation's slot in `queued` is
-         * released only after its own count (bump_flush: count, then queued): a
-         * submitter never sees more than max_queued_ops submitted and not counted. */
+        /* Flush another counter's run first: this operation's slot is released with its
+         * own count (bump_flush), not a step earlier, so a submitter sees no more than
+         * max_queued_ops submitted and not counted (but for the instant between the two
+         * updates, as when each completion was applied alone). */
         if (g->bump_c != c->counter) {
             bump_flush(g);
             g->bump_c = c->counter;
