@@ -123,21 +123,22 @@ static int counter_drive_fn(void *arg, bool last)
 }
 
 
+/* Awake turns: the count alone. No threshold is published: it is for the bump that must
+ * wake a sleeper, and would cost the waiter a compare-exchange and the bumper a reset
+ * per count. */
+static bool counter_at(void *arg)
+{
+    counter_wait *w = arg;
+    return atomic_load_explicit(&w->c->done, memory_order_seq_cst) >= w->target;
+}
+
 /* Publishes the target, then checks: tn_wait_until calls this after it announced itself
  * as a sleeper, the order tn_notify_at needs. */
 static bool counter_reached(void *arg)
 {
     counter_wait *w = arg;
     tn_notify_at_publish(&w->c->wake, w->target);
-    return atomic_load_explicit(&w->c->done, memory_order_seq_cst) >= w->target;
-}
-
-/* Awake turns: no threshold to publish (it is for the bump that must wake a sleeper),
- * which would cost the waiter a compare-exchange and the bumper a reset per count. */
-static bool counter_at(void *arg)
-{
-    counter_wait *w = arg;
-    return atomic_load_explicit(&w->c->done, memory_order_seq_cst) >= w->target;
+    return counter_at(arg);
 }
 
 int te_counter_wait(te_counter *c, uint64_t target, int timeout_ms)

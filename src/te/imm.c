@@ -287,20 +287,20 @@ typedef struct imm_wait {
     uint64_t n;
 } imm_wait;
 
+/* Awake turns: take without publishing (counter.c, counter_at, says why). */
+static bool imm_take(void *arg)
+{
+    imm_wait *w = arg;
+    return try_take(w->c, w->n);
+}
+
 /* Publishes n, then tries: tn_wait_until calls this after it announced itself as a
  * sleeper, the order tn_notify_at needs. */
 static bool imm_took(void *arg)
 {
     imm_wait *w = arg;
     tn_notify_at_publish(&w->c->wake, w->n);
-    return try_take(w->c, w->n);
-}
-
-/* Awake turns: the same without publishing (counter.c, counter_at, says why). */
-static bool imm_take(void *arg)
-{
-    imm_wait *w = arg;
-    return try_take(w->c, w->n);
+    return imm_take(arg);
 }
 
 static int imm_drive(void *arg, bool last)

@@ -111,7 +111,7 @@ static void op_complete_user(eng_group *g, eng_op *op)
     op->finished = true;
     te_completion *c = &op->comp;
     if (op->status) TN_LOGD("op %p failed: %s", (void *)op, op->msg);
-    if (!g->in_step || !c->counter) {
+    if (!g->in_step || !c->counter || c->fn) {
         atomic_fetch_sub_explicit(&g->queued, 1, memory_order_release);
         if (c->counter) counter_bump(c->counter, op->status != 0);
     } else {
