@@ -163,6 +163,15 @@ if want a2a_mps; then
     # side by side. The same bench without and with the MPS daemon, then the GPU-buffer
     # tests under it; the daemon is stopped again at the end (the machine stays as found).
     B_ARGS="--world-size 2 --nvlink 1 --provider shm --modes decode --iters 50 --no-nccl"
+    # The GPU-buffer tests with each rank's kernels on its share of the SMs (as the tests
+    # choose) and on a quarter of the SMs (TENDRIL_TEST_NUM_SMS): shm's copies into the
+    # receiver need SMs of their own while the receive kernels spin.
+    GB="python3 $ROOT/tests/gpu/run_gpu_tests.py test_a2a_rdma.py -k gpu_buffers"
+    GB_ENV="$A2A_ENV TENDRIL_TEST_PROVIDER=shm TENDRIL_GPU_REQUIRE_HMEM=1"
+    # shellcheck disable=SC2086
+    step a2a_rdma.shm.gpu_buffers.nomps 120 env $GB_ENV $GB
+    # shellcheck disable=SC2086
+    step a2a_rdma.shm.gpu_buffers.nomps.sms33 120 env $GB_ENV TENDRIL_TEST_NUM_SMS=33 $GB
     # shellcheck disable=SC2086
     step a2a_bench.gpu.nomps 150 env $A2A_ENV TENDRIL_GPU_REQUIRE_HMEM=1 python3 \
         "$ROOT/bench/bench_all_to_all/bench_all_to_all.py" $B_ARGS --rdma-buffers gpu --json "$OUT/a2a_bench.gpu.nomps.json"
@@ -177,8 +186,9 @@ if want a2a_mps; then
         step a2a_bench.host.mps 150 env $A2A_ENV python3 \
             "$ROOT/bench/bench_all_to_all/bench_all_to_all.py" $B_ARGS --rdma-buffers host --json "$OUT/a2a_bench.host.mps.json"
         # shellcheck disable=SC2086
-        step a2a_rdma.shm.gpu_buffers.mps 240 env $A2A_ENV TENDRIL_TEST_PROVIDER=shm TENDRIL_GPU_REQUIRE_HMEM=1 \
-            python3 "$ROOT/tests/gpu/run_gpu_tests.py" test_a2a_rdma.py -k gpu_buffers
+        step a2a_rdma.shm.gpu_buffers.mps 120 env $GB_ENV $GB
+        # shellcheck disable=SC2086
+        step a2a_rdma.shm.gpu_buffers.mps.sms33 120 env $GB_ENV TENDRIL_TEST_NUM_SMS=33 $GB
         cp -r "$CUDA_MPS_LOG_DIRECTORY" "$OUT/mps-log" 2>/dev/null
         echo quit | nvidia-cuda-mps-control
         trap - EXIT

@@ -116,29 +116,43 @@ const char *tcu_strerror(tcu_result r)
     return buf;
 }
 
-int tcu_sync_legacy_stream(uint64_t timeout_ns)
+int tcu_mark_legacy_stream(void **mark)
 {
     const tcu_api *cu;
     int r = tcu_load(&cu);
     if (r) return r;
-    /* An event recorded on CU_STREAM_LEGACY, polled: a plain cuStreamSynchronize could
-     * wait for good if the copy never runs. A thread without a current context issued
-     * nothing to wait for. */
-    void *ev = NULL;
-    tcu_result cr = cu->cuEventCreate(&ev, 0x2 /* CU_EVENT_DISABLE_TIMING */);
-    if (cr == 201 /* CUDA_ERROR_INVALID_CONTEXT */) return 0;
-    if (cr) return tn_err(-EIO, "cuEventCreate: %s", tcu_strerror(cr));
-    cr = cu->cuEventRecord(ev, (void *)(uintptr_t)1);
-    const uint64_t deadline = tn_now_ns() + timeout_ns;
-    unsigned n = 0;
-    while (!cr && (cr = cu->cuEventQuery(ev)) == 600 /* CUDA_ERROR_NOT_READY */) {
-        if ((++n & 63) == 0 && tn_now_ns() >= deadline) break;
+    /* An event recorded on CU_STREAM_LEGACY covers every copy queued there before it; it
+     * is queried, never synchronised on, so a copy that cannot run stalls nobody. A
+     * thread without a current context issued nothing to wait for. */
+    if (!*mark) {
+        tcu_result cr = cu->cuEventCreate(mark, 0x2 /* CU_EVENT_DISABLE_TIMING */);
+        if (cr == 201 /* CUDA_ERROR_INVALID_CONTEXT */) {
+            *mark = NULL;
+            return 1;
+        }
+        if (cr) {
+            *mark = NULL;
+            return tn_err(-EIO, "cuEventCreate: %s", tcu_strerror(cr));
+        }
     }
-    cu->cuEventDestroy(ev);
-    if (cr == 600)
-        return tn_err(-ETIMEDOUT, "the legacy stream's copies did not finish within %llu ms",
-                      (unsigned long long)(timeout_ns / 1000000u));
-    return cr ? tn_err(-EIO, "waiting for the legacy stream: %s", tcu_strerror(cr)) : 0;
+    tcu_result cr = cu->cuEventRecord(*mark, (void *)(uintptr_t)1 /* CU_STREAM_LEGACY */);
+    if (cr == 201) return 1;
+    return cr ? tn_err(-EIO, "cuEventRecord on the legacy stream: %s", tcu_strerror(cr)) : 0;
+}
+
+int tcu_mark_done(void *mark)
+{
+    const tcu_api *cu;
+    if (tcu_load(&cu)) return 1;
+    tcu_result cr = cu->cuEventQuery(mark);
+    if (cr == 600 /* CUDA_ERROR_NOT_READY */) return 0;
+    return cr ? tn_err(-EIO, "cuEventQuery: %s", tcu_strerror(cr)) : 1;
+}
+
+void tcu_mark_free(void *mark)
+{
+    const tcu_api *cu;
+    if (mark && !tcu_load(&cu)) cu->cuEventDestroy(mark);
 }
 
 int tcu_device_count(void)

@@ -118,11 +118,16 @@ typedef struct tcu_api {
 int tcu_load(const tcu_api **out);
 /* "CUDA_ERROR_...: text" for a driver result. Never NULL. */
 const char *tcu_strerror(tcu_result r);
-/* Waits, at most timeout_ns, for the work this thread's current context queued on its
- * legacy default stream (copies a library issued with cudaMemcpy). 0 also where the
- * thread has no context; -ETIMEDOUT; another negative errno when CUDA is unavailable or
- * the wait failed. */
-int tcu_sync_legacy_stream(uint64_t timeout_ns);
+/* Marks the work this thread's current context has queued so far on its legacy default
+ * stream (copies a library issued with cudaMemcpy). *mark: NULL the first time (an event
+ * is created), then the same mark again once tcu_mark_done said 1. 0: marked; 1: the
+ * thread has no context, so nothing was queued (nothing to wait for); negative errno when
+ * CUDA is unavailable or the record failed. */
+int tcu_mark_legacy_stream(void **mark);
+/* 1: the marked work has finished, 0: not yet, negative errno: the query failed. Never
+ * blocks. */
+int tcu_mark_done(void *mark);
+void tcu_mark_free(void *mark);
 /* Number of CUDA devices; 0 when CUDA is unavailable (never an error). */
 int tcu_device_count(void);
 

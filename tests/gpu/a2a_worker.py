@@ -494,7 +494,8 @@ def worker(rank: int, world: int, port: int, job: str, args: dict):
     torch.cuda.set_device(rank % ngpu)
     per_gpu = math.ceil(world / ngpu)
     sms = torch.cuda.get_device_properties(rank % ngpu).multi_processor_count
-    num_sms = max(1, sms // per_gpu)
+    # TENDRIL_TEST_NUM_SMS: the kernels' SM count (default: this rank's share of the GPU)
+    num_sms = int(os.environ.get("TENDRIL_TEST_NUM_SMS", "0")) or max(1, sms // per_gpu)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     engine = None
     try:

@@ -49,7 +49,7 @@ struct tp_nic {
      * about 1.4 ms. Real RDMA NICs (efa, verbs) need no target progress. */
     bool target_copies_device;
     _Atomic int remote_dev_mrs; /* device-memory regions registered for remote writes */
-    bool sync_warned;           /* sync_device_arrivals failed once (said so) */
+    held_arrivals *held;        /* arrivals waiting for those copies (fabric_arrivals.c) */
     /* shm/sm2 apply every incoming write (host memory too, since write ordering turns
      * off the sender's direct copy) only while the target polls, and nothing of it
      * reaches the CQ or its wait object. This counter of remote writes (FI_RMA_EVENT)
@@ -234,6 +234,7 @@ static void fab_close(tp_nic *n)
     if (n->fabric) fi_close(&n->fabric->fid);
     if (n->info) fi_freeinfo(n->info);
     sock_probes_free(n->probes);
+    held_close(n->held);
     free(n->posted_ok);
     free(n);
 }
@@ -644,12 +645,21 @@ static int fab_cancel_recv(tp_nic *n, void *ctx)
     return ret ? tn_err(fi_to_errno(ret), "fi_cancel (%s): %s", n->nfo.provider, fi_strerror(-ret)) : 0;
 }
 
+/* While shm copies into device memory of ours, arrivals wait for those copies
+ * (fabric_arrivals.c); once held, later arrivals queue behind them even after the last
+ * such region is gone, so none overtakes another. */
+static bool holds_arrivals(tp_nic *n)
+{
+    return (n->target_copies_device && atomic_load_explicit(&n->remote_dev_mrs, memory_order_relaxed) > 0) ||
+           held_count(n->held) > 0;
+}
+
 static int fab_wait_fd(tp_nic *n) { return n->wait_fd; }
 
 static bool fab_can_block(tp_nic *n)
 {
     struct fid *f = &n->cq->fid;
-    if (atomic_load_explicit(&n->remote_dev_mrs, memory_order_relaxed) > 0) return false;
+    if (holds_arrivals(n)) return false;
     return n->wait_fd >= 0 && fi_trywait(n->fabric, &f, 1) == FI_SUCCESS;
 }
 
@@ -724,35 +734,26 @@ static uint64_t fab_target_activity(tp_nic *n)
     return d;
 }
 
-/* shm moves a write into device memory by CUDA IPC: the target maps the source and
- * copies with cudaMemcpy in its own progress call, on the calling thread's legacy
- * stream, and reports the write done when that call returns. A device-to-device
- * cudaMemcpy returns before the copy ends (libfabric 2.1 hmem_cuda.c does not wait), so
- * an immediate could announce bytes a GPU reader does not see yet (measured on an H100:
- * the all-to-all's recv kernel read the counts of the previous iteration). Before this
- * NIC hands over an arrival, the copies this thread's progress issued are waited for. */
-#define SYNC_ARRIVAL_NS 1000000000ull /* longest wait for the target's device copies */
-
-static void sync_device_arrivals(tp_nic *n, const tp_event *ev, int got)
-{
-    if (!n->target_copies_device || atomic_load_explicit(&n->remote_dev_mrs, memory_order_relaxed) == 0)
-        return;
-    bool arrival = false;
-    for (int k = 0; k < got && !arrival; k++) arrival = ev[k].kind == TP_EV_IMM || ev[k].kind == TP_EV_RECV;
-    /* Bounded: a copy that cannot run (it never has in our runs) must not stop the worker
-     * for good; the arrival then goes out, with a warning, possibly ahead of its bytes. */
-    if (arrival && tcu_sync_legacy_stream(SYNC_ARRIVAL_NS) != 0 && !n->sync_warned) {
-        n->sync_warned = true;
-        TN_LOGW("%s NIC %s: cannot wait for device copies (%s): immediates may precede their bytes",
-                n->nfo.provider, n->nfo.name, te_last_error());
-    }
-}
-
 static int fab_poll(tp_nic *n, tp_event *ev, int max)
 {
-    int got = fab_read_cq(n->cq, n->nfo.provider, ev, max, NULL, NULL);
-    if (got > 0) sync_device_arrivals(n, ev, got);
-    if (got < 0 || !n->shm || got == max) return got;
+    int got = 0, room = max;
+    const bool hold = holds_arrivals(n);
+    if (hold) {
+        if (!n->held) {
+            int r = held_open(n->nfo.provider, n->nfo.name, &n->held);
+            if (r) return r;
+        }
+        got = held_release(n->held, ev, max);
+        room = max - got;
+        if (room > held_room(n->held)) room = held_room(n->held);
+    }
+    if (room > 0) {
+        int r = fab_read_cq(n->cq, n->nfo.provider, ev + got, room, NULL, NULL);
+        if (r < 0) return r;
+        if (r > 0 && hold) r = held_take(n->held, ev + got, r);
+        got += r;
+    }
+    if (!n->shm || got == max) return got;
     int r = shm_peers_poll(n->shm, ev + got, max - got);
     return r < 0 ? r : got + r;
 }

@@ -49,4 +49,19 @@ int shm_peers_send(shm_peers *s, tp_peer peer, const void *buf, size_t len, void
  * TP_EV_PEER per peer found gone. */
 int shm_peers_poll(shm_peers *s, tp_event *ev, int max);
 
+/* ---- fabric_arrivals.c: arrivals held until the device copies shm made for them finish ---- */
+typedef struct held_arrivals held_arrivals;
+int held_open(const char *provider, const char *nic, held_arrivals **out);
+void held_close(held_arrivals *h);
+/* Arrivals held now (0 for NULL). */
+unsigned held_count(const held_arrivals *h);
+/* How many CQ entries the caller may read before held_take (0: read none now). */
+int held_room(const held_arrivals *h);
+/* Hands over, in arrival order, up to max held arrivals whose copies have finished. */
+int held_release(held_arrivals *h, tp_event *ev, int max);
+/* Keeps back the successful arrivals (TP_EV_IMM, TP_EV_RECV) among ev[0..got), behind the
+ * copies this thread has queued so far, and compacts the rest to the front; what is ready
+ * already follows them. Returns the number of events left in ev. */
+int held_take(held_arrivals *h, tp_event *ev, int got);
+
 #endif
