@@ -165,7 +165,9 @@ if want a2a_mps; then
     B_ARGS="--world-size 2 --nvlink 1 --provider shm --modes decode --iters 50 --no-nccl"
     # The GPU-buffer tests with each rank's kernels on its share of the SMs (as the tests
     # choose) and on a quarter of the SMs (TENDRIL_TEST_NUM_SMS): shm's copies into the
-    # receiver need SMs of their own while the receive kernels spin.
+    # receiver may need SMs of their own while the receive kernels spin; under MPS also
+    # with every module loaded at start (CUDA_MODULE_LOADING=EAGER: a lazily loaded copy
+    # kernel can wait for the spinning receive kernel).
     GB="python3 $ROOT/tests/gpu/run_gpu_tests.py test_a2a_rdma.py -k gpu_buffers"
     GB_ENV="$A2A_ENV TENDRIL_TEST_PROVIDER=shm TENDRIL_GPU_REQUIRE_HMEM=1"
     # shellcheck disable=SC2086
@@ -189,6 +191,8 @@ if want a2a_mps; then
         step a2a_rdma.shm.gpu_buffers.mps 120 env $GB_ENV $GB
         # shellcheck disable=SC2086
         step a2a_rdma.shm.gpu_buffers.mps.sms33 120 env $GB_ENV TENDRIL_TEST_NUM_SMS=33 $GB
+        # shellcheck disable=SC2086
+        step a2a_rdma.shm.gpu_buffers.mps.eager 120 env $GB_ENV CUDA_MODULE_LOADING=EAGER $GB
         cp -r "$CUDA_MPS_LOG_DIRECTORY" "$OUT/mps-log" 2>/dev/null
         echo quit | nvidia-cuda-mps-control
         trap - EXIT
