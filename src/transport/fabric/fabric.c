@@ -737,19 +737,20 @@ static uint64_t fab_target_activity(tp_nic *n)
 static int fab_poll(tp_nic *n, tp_event *ev, int max)
 {
     int got = 0, room = max;
-    const bool hold = holds_arrivals(n);
+    bool hold = holds_arrivals(n);
+    if (hold && !n->held && held_open(n->nfo.provider, n->nfo.name, &n->held) != 0) {
+        TN_LOGW("%s NIC %s: %s: immediates may precede their bytes", n->nfo.provider, n->nfo.name,
+                te_last_error());
+        hold = false; /* out of memory: delivered as read rather than the NIC failed */
+    }
     if (hold) {
-        if (!n->held) {
-            int r = held_open(n->nfo.provider, n->nfo.name, &n->held);
-            if (r) return r;
-        }
         got = held_release(n->held, ev, max);
         room = max - got;
         if (room > held_room(n->held)) room = held_room(n->held);
     }
     if (room > 0) {
         int r = fab_read_cq(n->cq, n->nfo.provider, ev + got, room, NULL, NULL);
-        if (r < 0) return r;
+        if (r < 0) return got > 0 ? got : r; /* released arrivals first; the error stays */
         if (r > 0 && hold) r = held_take(n->held, ev + got, r);
         got += r;
     }
