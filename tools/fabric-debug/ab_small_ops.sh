@@ -8,7 +8,8 @@
 #                        (GPU machine: carry [".deps", ".lf2", ".base"])
 # env for run: OUT (default ./ab-out), REPS (default 3), LF117 / LF2 prefixes as in
 # run_small_ops.sh, ROWS (default "ceiling 117-shm lf2-shm lf2-shm-safe 117-tcp lf2-tcp";
-# *-safe rows only for the working tree: TENDRIL_FI_THREADING=safe).
+# *-safe rows only for the working tree: TENDRIL_FI_THREADING=safe), PACK=1 (also pack
+# OUT into OUT.tgz: the device tool brings back only a few files per call).
 set -u
 case "${1:-}" in
 stage)
@@ -77,3 +78,6 @@ for r in $ROWS; do
         grep -E "engine_ceiling|^single|engine  |raw provider|KiB  " "$f"
     done
 done
+if [ "${PACK:-0}" = 1 ]; then
+    tar czf "$O.tgz" -C "$(dirname "$O")" "$(basename "$O")" && echo "packed: $O.tgz"
+fi
