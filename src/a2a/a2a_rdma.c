@@ -38,38 +38,74 @@ static void probe_done(void *arg, int status, const char *msg)
 }
 
 
-/* Writes our own cnt slot (zeros onto zeros: nothing runs yet) from stage to rblock. */
-static int probe_write(a2a_ctx *c, int timeout_ms)
+/* One write of `len` bytes from stage at src_off to dst at dst_off, waited for (at most
+ * timeout_ms); `what` names it in errors. */
+static int write_and_wait(a2a_ctx *c, const te_mr_desc *dst, uint64_t src_off, uint64_t dst_off,
+                          uint64_t len, int timeout_ms, const char *what)
 {
     probe *p = calloc(1, sizeof *p);
     if (!p) return tn_err(-ENOMEM, "a2a_connect: out of host memory");
-    const uint64_t off = c->kp.off_cnt + (uint64_t)c->t.srank * (c->L + 1) * 4;
     te_write_args a;
     memset(&a, 0, sizeof a);
     a.src = c->stage_mr;
-    a.src_offset = off;
-    a.len = (uint64_t)(c->L + 1) * 4;
-    a.dst = &c->rblock_desc;
-    a.dst_offset = off;
+    a.src_offset = src_off;
+    a.len = len;
+    a.dst = dst;
+    a.dst_offset = dst_off;
     a.route.kind = TE_ROUTE_SHARDED;
     te_completion comp = {.fn = probe_done, .arg = p, .counter = NULL};
     int rc = te_write(c->cfg.engine, &a, &comp);
     if (rc) {
         free(p);
-        return tn_err(rc, "a loopback write of GPU memory was refused: %s", te_last_error());
+        return tn_err(rc, "%s was refused: %s", what, te_last_error());
     }
     const uint64_t deadline = tn_now_ms() + (uint64_t)timeout_ms;
     while (__atomic_load_n(&p->state, __ATOMIC_ACQUIRE) != PROBE_DONE) {
         if (tn_now_ms() >= deadline) {
             if (__atomic_exchange_n(&p->state, PROBE_ABANDONED, __ATOMIC_ACQ_REL) == PROBE_DONE) break;
-            return tn_err(-ETIMEDOUT, "a loopback write of GPU memory did not complete within %d ms",
+            return tn_err(-ETIMEDOUT, "%s did not complete within %d ms", what,
                           timeout_ms); /* p is freed by probe_done */
         }
         tn_sleep_us(200);
     }
-    rc = p->status ? tn_err(p->status, "a loopback write of GPU memory failed: %s", p->msg) : 0;
+    rc = p->status ? tn_err(p->status, "%s failed: %s", what, p->msg) : 0;
     free(p);
     return rc;
+}
+
+/* The cnt slot source `src` owns in a receive block (rblock) or stage: slot = rank. */
+static uint64_t cnt_slot(const a2a_ctx *c, int rank)
+{
+    return c->kp.off_cnt + (uint64_t)rank * (c->L + 1) * 4;
+}
+
+/* Writes our own cnt slot (zeros onto zeros: nothing runs yet) from stage to rblock. */
+static int probe_write(a2a_ctx *c, int timeout_ms)
+{
+    const uint64_t off = cnt_slot(c, c->t.srank);
+    return write_and_wait(c, &c->rblock_desc, off, off, (uint64_t)(c->L + 1) * 4, timeout_ms,
+                          "a loopback write of GPU memory");
+}
+
+/* GPU buffers: one write to every RDMA peer before any kernel runs (a2a_connect's last
+ * all-gather follows, so every rank's first incoming writes have been taken by then).
+ * On shm, the stand-in for GPUDirect RDMA, a target's first write from a peer opens the
+ * peer's CUDA IPC handle and issues the first device copy; done while a receive kernel
+ * spins on the same GPU, that set-up was suspected of waiting for the kernel (an H100
+ * test under MPS saw its copies not finish). It also tells a rank that cannot reach a
+ * peer's memory at connect, by name, instead of at the first dispatch's timeout. Zeros
+ * onto zeros: our stage slot for q and q's receive slot for us are untouched until then. */
+static int greet_peers(a2a_ctx *c, const te_mr_desc *desc, int timeout_ms)
+{
+    for (int q = 0; q < c->t.sworld; q++) {
+        if (!a2a_is_rdma(&c->t, q)) continue;
+        char what[96];
+        snprintf(what, sizeof what, "a2a_connect: a first write into rank %d's GPU memory", q);
+        int rc = write_and_wait(c, &desc[q], cnt_slot(c, q), cnt_slot(c, c->t.srank),
+                                (uint64_t)(c->L + 1) * 4, timeout_ms, what);
+        if (rc) return rc;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------ buffers ---- */
@@ -285,6 +321,7 @@ int a2a_rdma_start(a2a_ctx *c, te_addr *addr, te_mr_desc *desc)
     c->kp.rblock = (char *)(uintptr_t)c->rblock_dev;
     c->kp.px_tx = (int32_t *)(uintptr_t)c->px_tx_dev;
     c->kp.px_flag = (const uint64_t *const *)c->px_flag_table;
+    if (c->rdma_kind == A2A_KIND_GPU && (rc = greet_peers(c, desc, pc.timeout_ms)) != 0) return rc;
     return a2a_trace_setup(c);
 }
 
