@@ -73,17 +73,16 @@ static int write_and_wait(a2a_ctx *c, const te_mr_desc *dst, uint64_t src_off, u
     return rc;
 }
 
-/* The cnt slot source `src` owns in a receive block (rblock) or stage: slot = rank. */
-static uint64_t cnt_slot(const a2a_ctx *c, int rank)
-{
-    return c->kp.off_cnt + (uint64_t)rank * (c->L + 1) * 4;
-}
+/* A cnt slot: L + 1 int32 counts; slot `rank` of a receive block (rblock) holds what
+ * source `rank` wrote, slot `rank` of the stage what goes to peer `rank`. */
+static uint64_t cnt_len(const a2a_ctx *c) { return (uint64_t)(c->L + 1) * 4; }
+static uint64_t cnt_slot(const a2a_ctx *c, int rank) { return c->kp.off_cnt + (uint64_t)rank * cnt_len(c); }
 
 /* Writes our own cnt slot (zeros onto zeros: nothing runs yet) from stage to rblock. */
 static int probe_write(a2a_ctx *c, int timeout_ms)
 {
     const uint64_t off = cnt_slot(c, c->t.srank);
-    return write_and_wait(c, &c->rblock_desc, off, off, (uint64_t)(c->L + 1) * 4, timeout_ms,
+    return write_and_wait(c, &c->rblock_desc, off, off, cnt_len(c), timeout_ms,
                           "a loopback write of GPU memory");
 }
 
@@ -101,8 +100,8 @@ static int greet_peers(a2a_ctx *c, const te_mr_desc *desc, int timeout_ms)
         if (!a2a_is_rdma(&c->t, q)) continue;
         char what[96];
         snprintf(what, sizeof what, "a2a_connect: a first write into rank %d's GPU memory", q);
-        int rc = write_and_wait(c, &desc[q], cnt_slot(c, q), cnt_slot(c, c->t.srank),
-                                (uint64_t)(c->L + 1) * 4, timeout_ms, what);
+        int rc = write_and_wait(c, &desc[q], cnt_slot(c, q), cnt_slot(c, c->t.srank), cnt_len(c),
+                                timeout_ms, what);
         if (rc) return rc;
     }
     return 0;

@@ -9,11 +9,10 @@
  *
  * Each poll that read arrivals records an event on the legacy stream behind the copies
  * that poll issued; its arrivals are handed over, in order, once the event has completed.
- * Nothing here waits: a copy that cannot run (an earlier version waited for it, up to a
- * second, inside the worker's poll, and then let the arrival go ahead of its bytes) only
- * keeps its arrivals back, while the NIC's other completions flow, and whoever waits for
- * those arrivals times out with its own error. A warning says why once a batch has been
- * held for a second. */
+ * Nothing here waits: a copy that cannot run only keeps its arrivals back, while the
+ * NIC's other completions flow, and whoever waits for those arrivals times out with its
+ * own error (letting an arrival go ahead of its bytes instead hands a reader stale
+ * data). A warning says why once a batch has been held for a second. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
